@@ -1,0 +1,165 @@
+"""The `opd-lab` command line: a thin caller of the library.
+
+    opd-lab lab build [--task addition] [--force]    build the offline lab
+    opd-lab eval MODEL [--task addition]             held-out accuracy of a model
+    opd-lab train [CONFIG] [--method opd ...]        train in the foreground
+    opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
+    opd-lab runs                                     list runs
+    opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
+    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app
+
+The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
+may set them too (flags win). `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
+and the runs live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from opd_lab.config import ConfigError, RunConfig, config_fields
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a YAML or JSON config file (optional)")
+    group = parser.add_argument_group("run config (see RunConfig)")
+    for spec in config_fields():
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
+        if spec.type == "bool":
+            group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=spec.name, default=None, metavar=spec.type.upper(),
+                               choices=spec.metadata.get("choices"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run config from an optional file plus the flags that were given."""
+    base = RunConfig.from_file(args.config).to_dict() if args.config else {}
+    for spec in config_fields():
+        value = getattr(args, spec.name, None)
+        if value is not None:
+            base[spec.name] = value
+    return RunConfig.from_dict(base)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opd-lab", description="On-policy distillation lab.")
+    parser.add_argument("--data-dir", help="where the lab and runs live (default: $OPD_LAB_HOME or ~/.cache/opd-lab)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    lab = commands.add_parser("lab", help="the built-in offline lab")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    build = lab_commands.add_parser("build", help="train the lab's teacher and base student (cached)")
+    build.add_argument("--task", default="addition", help="built-in task (default: addition)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--force", action="store_true", help="rebuild even if a matching lab exists")
+
+    evaluate = commands.add_parser("eval", help="held-out accuracy of a model on a task")
+    evaluate.add_argument("model", help="'lab-teacher', 'lab-student', a directory, a .gguf file, or a hub id")
+    evaluate.add_argument("--task", default="addition")
+    evaluate.add_argument("--count", type=int, default=200)
+    evaluate.add_argument("--samples", type=int, default=0, help="also sample k answers per problem (pass@k)")
+
+    for name, help_text in (("train", "train in the foreground"), ("launch", "start a detached background run")):
+        sub = commands.add_parser(name, help=help_text)
+        _add_config_flags(sub)
+        if name == "train":
+            sub.add_argument("--run-dir", help=argparse.SUPPRESS)
+            sub.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+
+    commands.add_parser("runs", help="list runs")
+    for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("run", help="run id (see opd-lab runs)")
+        if name == "resume":
+            sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
+
+    app = commands.add_parser("app", help="the web app")
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--auth", help="user:password required to open the app")
+    app.add_argument("--max-runs", type=int, default=None, help="most runs at once (default 3)")
+    app.add_argument("--trust-remote-code", action="store_true", help="allow models that ship their own code")
+    app.add_argument("--no-build", action="store_true", help="do not build the lab on start")
+    return parser
+
+
+def _eval(args) -> None:
+    from opd_lab.eval import evaluate
+    from opd_lab.models import load_model
+    from opd_lab.tasks import get_task
+
+    spec, role = args.model, "student"
+    if spec in ("lab-teacher", "lab-student"):
+        spec, role = "lab", spec.split("-")[1]
+    model, tokenizer = load_model(spec, role, args.task)
+    result = evaluate(model, tokenizer, get_task(args.task), count=args.count,
+                      samples_per_problem=args.samples, progress=True)
+    print(f"greedy accuracy {result.accuracy:.1%} on {result.count} held-out problems, "
+          f"mean completion length {result.mean_completion_length:.1f} tokens")
+    if result.k:
+        print(f"sampled accuracy {result.sampled_accuracy:.1%}, pass@{result.k} {result.pass_at_k:.1%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.data_dir:
+        os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
+    from opd_lab.models import ModelLoadError
+    from opd_lab.runs import RunError
+
+    try:
+        return _dispatch(args) or 0
+    except (ConfigError, ModelLoadError, RunError, FileNotFoundError, ValueError) as error:
+        print(f"opd-lab: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args) -> int | None:
+    from opd_lab import runs
+
+    if args.command == "lab":
+        from opd_lab.lab import LabRecipe, build_lab, format_summary
+
+        print(format_summary(build_lab(LabRecipe(task=args.task, seed=args.seed), force=args.force)))
+    elif args.command == "eval":
+        _eval(args)
+    elif args.command == "train":
+        from opd_lab.train import run_training
+
+        run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(config_from_args(args))
+        if not args.run_dir:
+            print(f"run {run_dir.name} in {run_dir}")
+        runs.update_status(run_dir, pid=os.getpid())
+        state = run_training(run_dir, progress=not args.no_progress)
+        print(f"{run_dir.name}: {state} - {runs.status_of(run_dir).get('message', '')}")
+        return 0 if state in ("finished", "stopped") else 1
+    elif args.command == "launch":
+        run_dir = runs.create_run(config_from_args(args))
+        runs.launch(run_dir)
+        print(run_dir.name)
+    elif args.command == "runs":
+        print(runs.format_runs(runs.list_runs()))
+    elif args.command == "stop":
+        print(runs.request_stop(runs.run_path(args.run)))
+    elif args.command == "resume":
+        run_dir = runs.run_path(args.run)
+        if args.foreground:
+            from opd_lab.train import run_training
+
+            runs.update_status(run_dir, pid=os.getpid())
+            return 0 if run_training(run_dir) in ("finished", "stopped") else 1
+        pid = runs.resume(run_dir)
+        print(f"resumed {run_dir.name} (pid {pid})")
+    elif args.command == "app":
+        from app.main import serve
+
+        serve(host=args.host, port=args.port, auth=args.auth, max_runs=args.max_runs,
+              trust_remote_code=args.trust_remote_code, build=not args.no_build)
+    return None

@@ -1,0 +1,196 @@
+"""The run configuration: one frozen dataclass, the single source of every setting.
+
+Each field is documented where it is declared (its `help`), validated in
+`__post_init__` before any model loads, and never mutated. The CLI flags
+(`opd-lab train --steps 100 ...`) and the app's Launch form are generated from these
+fields; config files in YAML or JSON use the same names.
+
+Example:
+    >>> config = RunConfig(method="opd", steps=100)
+    >>> config.with_overrides(learning_rate=3e-4).learning_rate
+    0.0003
+    >>> RunConfig(method="dpo")
+    Traceback (most recent call last):
+    ...
+    opd_lab.config.ConfigError: method: must be one of opd, sft, rl (got 'dpo')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("opd", "sft", "rl")
+ESTIMATORS = ("sampled", "full")
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+FINETUNE_MODES = ("auto", "full", "lora")
+SFT_SOURCES = ("teacher", "reference")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message starts with the field's name."""
+
+
+def _field(default, help: str, choices: tuple | None = None, **kwargs):
+    return field(default=default, metadata={"help": help, "choices": choices}, **kwargs)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (OPD, SFT or RL)."""
+
+    name: str = _field("", "Run name; the run id is made from it (default: method-task).")
+    method: str = _field("opd", "opd: on-policy distillation; sft: train on teacher samples; rl: GRPO with the task's reward.", METHODS)
+    task: str = _field("addition", "Built-in task (addition, addition2, addition4, sorting) or a .jsonl file of prompt/answer rows.")
+    task_regex: str = _field("", "For .jsonl tasks: a regex whose first group extracts the answer (default: exact match).")
+    teacher: str = _field("lab", "Teacher model: 'lab', a local directory, a .gguf file, 'smollm2', or a hub id.")
+    student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
+    steps: int = _field(150, "Optimizer steps.")
+    batch_size: int = _field(32, "Prompts per step.")
+    samples_per_prompt: int = _field(1, "Completions sampled per prompt (RL needs at least 2 to compare them).")
+    learning_rate: float = _field(1e-3, "AdamW learning rate (constant after a short warmup).")
+    warmup_steps: int = _field(5, "Steps of linear learning-rate warmup.")
+    max_grad_norm: float = _field(1.0, "Gradient clipping norm.")
+    temperature: float = _field(1.0, "Sampling temperature of the student's rollouts.")
+    max_new_tokens: int = _field(0, "Longest completion in tokens; 0 uses the task's own limit.")
+    estimator: str = _field("sampled", "OPD signal. sampled: per-token advantage log p_teacher - log p_student on the sampled token, with a policy-gradient loss; full: exact divergence over the whole vocabulary.", ESTIMATORS)
+    divergence: str = _field("reverse_kl", "Divergence for the full estimator (sampled is always reverse KL).", DIVERGENCES)
+    jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
+    on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
+    reward_coef: float = _field(0.0, "OPD only: weight of the task's reward added to each token's advantage.")
+    sft_source: str = _field("teacher", "SFT only: train on teacher samples or on the task's reference solutions.", SFT_SOURCES)
+    finetune: str = _field("auto", "full or lora; auto is full for lab models and LoRA for real ones.", FINETUNE_MODES)
+    lora_rank: int = _field(16, "LoRA rank.")
+    lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
+    eval_every: int = _field(25, "Evaluate held-out accuracy every N steps (and at the start and end).")
+    eval_count: int = _field(200, "Held-out problems per evaluation.")
+    sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps.")
+    samples_to_log: int = _field(4, "Rollouts logged each time.")
+    checkpoint_every: int = _field(50, "Save a checkpoint every N steps (and at the end or a stop).")
+    seed: int = _field(0, "Seed for prompts, sampling and initialization.")
+    device: str = _field("auto", "cpu, cuda, mps, or auto (the best available).", DEVICES)
+    trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
+
+    def __post_init__(self):
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata.get("choices")
+            value = getattr(self, spec.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{spec.name}: must be one of {', '.join(choices)} (got {value!r})")
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[spec.type]
+            if not isinstance(value, expected) or (spec.type == "int" and isinstance(value, bool)):
+                raise ConfigError(f"{spec.name}: expected {spec.type}, got {value!r}")
+        positive = ("steps", "batch_size", "samples_per_prompt", "eval_every", "eval_count",
+                    "sample_every", "checkpoint_every", "lora_rank", "lora_alpha")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must not be negative (got {getattr(self, name)})")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate: must be in (0, 1) (got {self.learning_rate})")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature: must be positive (got {self.temperature})")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm: must be positive (got {self.max_grad_norm})")
+        if not 0 <= self.on_policy_fraction <= 1:
+            raise ConfigError(f"on_policy_fraction: must be in [0, 1] (got {self.on_policy_fraction})")
+        if not 0 < self.jsd_beta < 1:
+            raise ConfigError(f"jsd_beta: must be in (0, 1) (got {self.jsd_beta})")
+        if self.method == "rl" and self.samples_per_prompt < 2:
+            raise ConfigError("samples_per_prompt: RL compares samples of the same prompt, so it needs at least 2")
+        if self.method == "opd" and self.estimator == "sampled" and self.divergence != "reverse_kl":
+            raise ConfigError("divergence: the sampled estimator is reverse KL; use estimator=full for forward_kl or jsd")
+        if self.task.endswith(".jsonl") and not Path(self.task).expanduser().is_file():
+            raise ConfigError(f"task: file not found: {self.task}")
+        if not self.task.endswith(".jsonl"):
+            from opd_lab.tasks import BUILTIN_TASKS
+
+            if self.task not in BUILTIN_TASKS:
+                raise ConfigError(f"task: unknown task {self.task!r}; use one of {', '.join(sorted(BUILTIN_TASKS))} or a .jsonl file")
+        if self.name and not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"name: use letters, digits, '-', '_' and '.' only (got {self.name!r})")
+        for name in ("teacher", "student"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name}: must name a model ('lab', a path, or a hub id)")
+
+    # --- conversions -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Build from a dict; unknown keys are an error naming them."""
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not a config field (known: {', '.join(sorted(known))})")
+        coerced = {}
+        for spec in dataclasses.fields(cls):
+            if spec.name in data:
+                coerced[spec.name] = _coerce(spec, data[spec.name])
+        return cls(**coerced)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        """Read a YAML or JSON config file."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot parse ({error})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of field names to values")
+        return cls.from_dict(data)
+
+    def with_overrides(self, **changes) -> "RunConfig":
+        """A new, validated config with some fields changed."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def resolved_max_new_tokens(self, task_max_new_tokens: int) -> int:
+        return self.max_new_tokens or task_max_new_tokens
+
+    def uses_lora(self, student_is_lab: bool) -> bool:
+        return self.finetune == "lora" or (self.finetune == "auto" and not student_is_lab)
+
+
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    """Turn strings from forms and CLIs into the field's type; leave other values alone."""
+    if not isinstance(value, str) or spec.type == "str":
+        return value
+    try:
+        if spec.type == "int":
+            return int(value)
+        if spec.type == "float":
+            return float(value)
+        if spec.type == "bool":
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+    except ValueError:
+        pass
+    raise ConfigError(f"{spec.name}: expected {spec.type}, got {value!r}")
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The config's fields in declaration order (for CLI and form generation)."""
+    return list(dataclasses.fields(RunConfig))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "OPD on the lab": {"method": "opd"},
+    "SFT on the lab": {"method": "sft"},
+    "RL on the lab": {"method": "rl", "samples_per_prompt": 4, "batch_size": 8},
+}

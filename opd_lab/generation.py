@@ -1,0 +1,238 @@
+"""The one inference path: batched sampling and scoring of completions.
+
+Training rollouts, evaluation, the CLI, the app's playground and the notebooks all
+sample through `generate` and score through `forward_logits`, so the log-probs a
+student reports while sampling are the ones it is trained on.
+
+Batches are left-padded: every prompt ends at the same column, so the completion
+tokens of all rows are written in lock-step with a KV cache. Position ids are counted
+from each row's first real token (`cumsum(attention_mask) - 1`), so a padded prompt
+gets exactly the positions it would get alone.
+
+Layout of a `Rollouts` batch (P = padded prompt length, L = generated length):
+
+    sequences_BS        [pad pad p1 p2 p3 | c1 c2 c3 <eos> pad]   S = P + L
+    attention_mask_BS   [ 0   0  1  1  1  |  1  1  1   1    0 ]
+    target_mask_BT      mask over *targets* sequences[:, 1:] (T = S - 1): 1 on c1..<eos>
+
+Targets are shifted by one because the logits at position s predict token s + 1.
+
+Example:
+    >>> rollouts = generate(model, tokenizer, ["347+285="], max_new_tokens=40)  # doctest: +SKIP
+    >>> rollouts.completions[0]  # doctest: +SKIP
+    '7+5+0=12;4+8+1=13;3+2+1=06;632'
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from opd_lab.losses import token_logprobs
+
+
+@dataclass
+class Rollouts:
+    """A batch of prompts with their completions (see the module docstring for layout)."""
+
+    prompts: list[str]
+    completions: list[str]
+    sequences_BS: torch.Tensor
+    attention_mask_BS: torch.Tensor
+    target_mask_BT: torch.Tensor
+    sampling_logprobs_BT: torch.Tensor
+    prompt_length: int
+    temperature: float
+
+    @property
+    def completion_lengths(self) -> list[int]:
+        """Completion tokens per row, EOS included."""
+        return [int(n) for n in self.target_mask_BT.sum(dim=1).tolist()]
+
+    def completion_token_ids(self, row: int) -> list[int]:
+        """The token ids of one row's completion (EOS included when it was produced)."""
+        length = self.completion_lengths[row]
+        return self.sequences_BS[row, self.prompt_length : self.prompt_length + length].tolist()
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """Wrap `prompt` in the tokenizer's chat template when it has one (real chat models).
+
+    Lab tokenizers have no template: their prompts are used as they are.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
+    """Left-padded `(input_ids_BP, attention_mask_BP)` for a list of prompts."""
+    if not prompts:
+        raise ValueError("encode_prompts needs at least one prompt")
+    encoded = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("a prompt encodes to zero tokens")
+    width = max(len(ids) for ids in encoded)
+    pad_id = tokenizer.pad_token_id
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def position_ids_for(attention_mask_BS: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token; padding gets position 0."""
+    return (attention_mask_BS.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def forward_logits(model, sequences_BS: torch.Tensor, attention_mask_BS: torch.Tensor) -> torch.Tensor:
+    """Logits `(B, S, V)` for whole sequences, with left-padding-aware positions.
+
+    Gradients flow unless the caller wraps this in `torch.no_grad()` (teacher scoring).
+    """
+    output = model(
+        input_ids=sequences_BS,
+        attention_mask=attention_mask_BS,
+        position_ids=position_ids_for(attention_mask_BS),
+        use_cache=False,
+    )
+    return output.logits.float()
+
+
+def target_logprobs(logits_BSV: torch.Tensor, rollouts: Rollouts) -> torch.Tensor:
+    """Log-probs `(B, S-1)` of each next token, at the rollouts' sampling temperature."""
+    return token_logprobs(logits_BSV[:, :-1], rollouts.sequences_BS[:, 1:], temperature=rollouts.temperature)
+
+
+def _cache_argument(model) -> str:
+    """The keyword that passes the KV cache: `cache` in recent transformers, `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
+    """Sample (or greedily decode) one completion per prompt, as one batch.
+
+    Args:
+        model: a causal LM (lab or Hugging Face), in eval mode or not: no gradients are taken.
+        tokenizer: its tokenizer; `pad_token_id` and `eos_token_id` must be set.
+        prompts: B prompt strings (chat-templated here when the tokenizer has a template).
+        max_new_tokens: the most tokens a completion may have; rows stop at EOS.
+        temperature: softmax temperature; the recorded log-probs are those of the
+            tempered distribution that was actually sampled.
+        greedy: take the argmax instead of sampling (log-probs still recorded).
+        generator: a seeded `torch.Generator` on the model's device, for reproducibility.
+
+    Returns:
+        Rollouts with B rows; `sampling_logprobs_BT` holds the log-prob of each sampled
+        token under the sampling policy, aligned with `target_mask_BT`.
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive (use greedy=True for argmax decoding)")
+    was_training = model.training
+    model.eval()
+    try:
+        return _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator)
+    finally:
+        model.train(was_training)
+
+
+def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator) -> Rollouts:
+    device = _model_device(model)
+    input_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    attention_mask = prompt_mask
+    batch, prompt_length = input_ids.shape
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    output = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_for(attention_mask), use_cache=True)
+    cache_argument = _cache_argument(model)
+    cache, next_logits = _returned_cache(output), output.logits[:, -1].float()
+    positions = position_ids_for(attention_mask)[:, -1]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs, live = [], [], []
+    for _ in range(max_new_tokens):
+        logprobs_BV = torch.log_softmax(next_logits / temperature, dim=-1)
+        if greedy:
+            token = logprobs_BV.argmax(dim=-1)
+        else:
+            token = torch.multinomial(logprobs_BV.exp(), 1, generator=generator).squeeze(1)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        logprobs.append(logprobs_BV.gather(1, token[:, None]).squeeze(1))
+        live.append(~finished)
+        finished = finished | (token == eos_id)
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, live[-1].long()[:, None]], dim=1)
+        positions = positions + 1
+        output = model(input_ids=token[:, None], attention_mask=attention_mask,
+                       position_ids=positions[:, None], use_cache=True, **{cache_argument: cache})
+        cache, next_logits = _returned_cache(output), output.logits[:, -1].float()
+
+    completion_BL = torch.stack(tokens, dim=1)
+    live_BL = torch.stack(live, dim=1).long()
+    sequences = torch.cat([input_ids, completion_BL], dim=1)
+    full_mask = torch.cat([prompt_mask, live_BL], dim=1)
+    target_mask = torch.zeros(batch, sequences.shape[1] - 1, device=device)
+    target_mask[:, prompt_length - 1 :] = live_BL.float()
+    sampling_logprobs = torch.zeros_like(target_mask)
+    sampling_logprobs[:, prompt_length - 1 :] = torch.stack(logprobs, dim=1) * live_BL
+    completions = [
+        tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True)
+        for row, mask in zip(completion_BL, live_BL)
+    ]
+    return Rollouts(list(prompts), completions, sequences, full_mask, target_mask,
+                    sampling_logprobs, prompt_length, temperature)
+
+
+def rollouts_from_texts(tokenizer, prompts: list[str], completions: list[str],
+                        device: torch.device | str = "cpu", temperature: float = 1.0) -> Rollouts:
+    """Pack given (prompt, completion) texts into a `Rollouts` batch, EOS appended.
+
+    Used for teacher-written or reference completions (SFT) and for completions typed
+    by a user (the app's "what would the teacher say"). `sampling_logprobs_BT` is zero:
+    nothing was sampled.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    input_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    encoded = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    batch, prompt_length = input_ids.shape
+    length = max(len(ids) for ids in encoded)
+    completion_BL = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    live_BL = torch.zeros((batch, length), dtype=torch.long, device=device)
+    for row, ids in enumerate(encoded):
+        completion_BL[row, : len(ids)] = torch.tensor(ids, device=device)
+        live_BL[row, : len(ids)] = 1
+    sequences = torch.cat([input_ids, completion_BL], dim=1)
+    target_mask = torch.zeros(batch, sequences.shape[1] - 1, device=device)
+    target_mask[:, prompt_length - 1 :] = live_BL.float()
+    return Rollouts(list(prompts), list(completions), sequences, torch.cat([prompt_mask, live_BL], dim=1),
+                    target_mask, torch.zeros_like(target_mask), prompt_length, temperature)

@@ -1,0 +1,112 @@
+"""Per-token teacher feedback: what the teacher thinks of every token the student wrote.
+
+For each completion token: its text, the student's and the teacher's log-probs, their
+difference (the OPD advantage, `log p_teacher - log p_student`), the exact
+full-vocabulary reverse KL at that position, the student's entropy, and both models'
+top-k alternatives. The training engine logs these records into `samples.jsonl`; the
+app's Inspect and Playground tabs and the notebooks compute them on demand for any
+prompt and completion. Each model scores a whole batch in one forward pass.
+
+Example:
+    >>> records = score_completions(teacher, student, tokenizer, ["347+285="],
+    ...                             ["7+5+0=12;4+8+1=13;3+2+1=06;632"])[0]  # doctest: +SKIP
+    >>> records[0]["text"], round(records[0]["reverse_kl"], 3)  # doctest: +SKIP
+    ('7', 0.002)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts
+from opd_lab.losses import per_token_reverse_kl
+
+
+def _top(logprobs_V: torch.Tensor, tokenizer, k: int) -> list[list]:
+    values, indices = logprobs_V.topk(k)
+    return [[tokenizer.decode([int(i)]), round(float(v.exp()), 6)] for v, i in zip(values, indices)]
+
+
+def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tensor,
+                  teacher_logits_BSV: torch.Tensor | None, rows: list[int] | None = None,
+                  top_k: int = 5) -> list[list[dict]]:
+    """Per-token records of the completions of `rows` (all rows by default).
+
+    Args:
+        rollouts: the batch the logits were computed on.
+        student_logits_BSV, teacher_logits_BSV: logits over the whole sequences (the
+            teacher's may be None, then only student fields are filled).
+        top_k: how many alternatives to list per model.
+
+    Returns:
+        One list of token dicts per row (see docs/run-folder.md, samples.jsonl).
+    """
+    temperature = rollouts.temperature
+    student_logprobs = torch.log_softmax(student_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
+    teacher_logprobs = (torch.log_softmax(teacher_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
+                        if teacher_logits_BSV is not None else None)
+    if teacher_logits_BSV is not None:
+        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float() / temperature,
+                                     teacher_logits_BSV[:, :-1].detach().float() / temperature)
+    targets = rollouts.sequences_BS[:, 1:]
+    results = []
+    for row in rows if rows is not None else range(len(rollouts.prompts)):
+        positions = rollouts.target_mask_BT[row].nonzero().flatten().tolist()
+        records = []
+        for t in positions:
+            token = int(targets[row, t])
+            s_lp = student_logprobs[row, t]
+            entropy = float(-(s_lp.exp() * s_lp).sum())
+            record = {"text": tokenizer.decode([token]), "token_id": token,
+                      "student_logprob": float(s_lp[token]), "student_entropy": entropy,
+                      "student_top": _top(s_lp, tokenizer, top_k)}
+            if teacher_logprobs is not None:
+                t_lp = teacher_logprobs[row, t]
+                record.update({"teacher_logprob": float(t_lp[token]),
+                               "advantage": float(t_lp[token] - s_lp[token]),
+                               "reverse_kl": float(kl_BT[row, t]),
+                               "teacher_top": _top(t_lp, tokenizer, top_k)})
+            records.append(record)
+        results.append(records)
+    return results
+
+
+@torch.no_grad()
+def score_rollouts(teacher, student, tokenizer, rollouts: Rollouts, top_k: int = 5) -> list[list[dict]]:
+    """Records for every row of `rollouts`, one forward pass per model."""
+    student_logits = forward_logits(student, rollouts.sequences_BS, rollouts.attention_mask_BS)
+    teacher_logits = (forward_logits(teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
+                      if teacher is not None else None)
+    return token_records(tokenizer, rollouts, student_logits, teacher_logits, top_k=top_k)
+
+
+def score_completions(teacher, student, tokenizer, prompts: list[str], completions: list[str],
+                      top_k: int = 5) -> list[list[dict]]:
+    """Records for given completions (typed, edited, or read from a run), EOS appended.
+
+    "What would the teacher say": the teacher judges each token of a completion that
+    neither model needs to have written.
+    """
+    device = next(student.parameters()).device
+    rollouts = rollouts_from_texts(tokenizer, prompts, completions, device=device)
+    return score_rollouts(teacher, student, tokenizer, rollouts, top_k=top_k)
+
+
+def sample_and_score(teacher, student, tokenizer, prompts: list[str], max_new_tokens: int,
+                     greedy: bool = True, temperature: float = 1.0, seed: int = 0,
+                     top_k: int = 5) -> tuple[list[str], list[list[dict]]]:
+    """Let the student answer, then score its answers: `(completions, records)`."""
+    device = next(student.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rollouts = generate(student, tokenizer, prompts, max_new_tokens, temperature=temperature,
+                        greedy=greedy, generator=generator)
+    return rollouts.completions, score_rollouts(teacher, student, tokenizer, rollouts, top_k=top_k)
+
+
+def summarize(records: list[dict]) -> dict[str, float]:
+    """Totals of one completion's records: tokens, summed and mean reverse KL and advantage."""
+    count = len(records)
+    kl = sum(r.get("reverse_kl", 0.0) for r in records)
+    advantage = sum(r.get("advantage", 0.0) for r in records)
+    return {"tokens": count, "reverse_kl_sum": kl, "reverse_kl_mean": kl / max(count, 1),
+            "advantage_sum": advantage, "advantage_mean": advantage / max(count, 1)}

@@ -1,0 +1,274 @@
+"""Every training loss once, as a pure function: tensors and a mask in, `(loss, metrics)` out.
+
+Notation: `B` batch rows, `T` completion positions, `V` vocabulary. `p_s` is the student's
+next-token distribution, `p_t` the teacher's. Masks are `(B, T)`, bool or float, 1 on the
+completion tokens that count; every loss is a mean over masked tokens,
+`sum(x * mask) / max(sum(mask), 1)`, so padding and prompt tokens never matter.
+
+The divergences (per position, over the whole vocabulary):
+
+- **reverse KL** `KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v))`, the on-policy
+  distillation objective. The expectation is under the *student*, so a token the student
+  gives mass but the teacher does not is punished hard (`log p_t -> -inf`), while a teacher
+  mode the student ignores costs nothing. The student therefore collapses onto one of the
+  teacher's modes instead of smearing itself over all of them: **mode-seeking**.
+- **forward KL** `KL(p_t || p_s)`, classic distillation / SFT: expectation under the
+  teacher, so the student is punished for missing any teacher mode: **mode-covering**.
+- **generalized JSD** with `m = beta p_t + (1 - beta) p_s`:
+  `beta KL(p_t || m) + (1 - beta) KL(p_s || m)`, bounded and symmetric-ish; as beta -> 0
+  or 1 it vanishes (both terms shrink to zero), so beta must lie strictly in (0, 1).
+
+Two estimators of the reverse KL gradient (`RunConfig.estimator`):
+
+- `full`: `divergence_loss` computes the exact sum over `V` at every position and
+  backpropagates through the student's logits (teacher detached).
+- `sampled`: the student already sampled `x ~ p_s`, so the single-sample estimate
+  `log p_s(x) - log p_t(x)` is unbiased for the reverse KL: its expectation over x is
+  exactly the sum above. OPD turns it into a per-token advantage
+  `A = log p_t(x) - log p_s(x)` (`opd_sampled_advantages`, no discounting) and feeds it
+  to the same `policy_gradient_loss` RL uses. In expectation that surrogate's gradient,
+  `-E_x[A(x) grad log p_s(x)]`, equals `grad KL(p_s || p_t)` (the remaining term,
+  `E_x[grad log p_s(x)] = grad sum_x p_s(x) = 0`). tests/test_losses.py checks both facts
+  by enumerating a small vocabulary. It needs only the sampled token's teacher log-prob.
+
+Example:
+    >>> import torch
+    >>> logits = torch.randn(2, 3, 5)
+    >>> kl_BT = per_token_reverse_kl(logits, logits)
+    >>> float(kl_BT.abs().max()) < 1e-6
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32 (log-softmax over a large vocabulary needs it)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}")
+
+
+def _check_logits_pair(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> None:
+    if student_logits_BTV.dim() != 3:
+        raise ValueError(f"logits must be (B, T, V), got shape {tuple(student_logits_BTV.shape)}")
+    _check_same_shape("student_logits_BTV", student_logits_BTV, "teacher_logits_BTV", teacher_logits_BTV)
+
+
+def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """`sum(values * mask) / max(sum(mask), 1)`; masked-out values (even inf/nan) are ignored.
+
+    Args:
+        values_BT: (B, T) per-token values.
+        mask_BT: (B, T) bool or float mask.
+    Returns:
+        A scalar tensor (0 when the mask is empty).
+    """
+    _check_same_shape("values_BT", values_BT, "mask_BT", mask_BT)
+    weights_BT = mask_BT.to(values_BT.dtype)
+    kept_BT = torch.where(mask_BT != 0, values_BT, torch.zeros_like(values_BT))
+    return (kept_BT * weights_BT).sum() / weights_BT.sum().clamp(min=1)
+
+
+def _kl_from_logprobs(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position from log-probabilities; tiny negative round-off clamped to 0."""
+    return (logp_BTV.exp() * (logp_BTV - logq_BTV)).sum(dim=-1).clamp(min=0.0)
+
+
+# --- per-token quantities ------------------------------------------------------------
+
+def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each given token under `softmax(logits / temperature)`.
+
+    Args:
+        logits_BTV: (B, T, V) logits; position t scores `tokens_BT[:, t]`.
+        tokens_BT: (B, T) integer token ids.
+        temperature: softmax temperature (> 0), the one the tokens were sampled at.
+    Returns:
+        logps_BT: (B, T), differentiable w.r.t. the logits.
+    """
+    if logits_BTV.dim() != 3 or logits_BTV.shape[:2] != tokens_BT.shape:
+        raise ValueError(f"logits {tuple(logits_BTV.shape)} and tokens {tuple(tokens_BT.shape)} "
+                         "must be (B, T, V) and (B, T)")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logps_BTV = F.log_softmax(_full_precision(logits_BTV) / temperature, dim=-1)
+    return logps_BTV.gather(-1, tokens_BT.long().unsqueeze(-1)).squeeze(-1)
+
+
+def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:
+    """Exact `KL(p_s || p_t)` at every position (no reduction, never negative).
+
+    Args:
+        student_logits_BTV, teacher_logits_BTV: (B, T, V) logits of the same tokens.
+    Returns:
+        kl_BT: (B, T); differentiable through both arguments (detach what you don't train).
+    """
+    _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
+    student_BTV = F.log_softmax(_full_precision(student_logits_BTV), dim=-1)
+    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
+    return _kl_from_logprobs(student_BTV, teacher_BTV)
+
+
+def per_token_forward_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:
+    """Exact `KL(p_t || p_s)` at every position; same shapes as `per_token_reverse_kl`."""
+    _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
+    student_BTV = F.log_softmax(_full_precision(student_logits_BTV), dim=-1)
+    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
+    return _kl_from_logprobs(teacher_BTV, student_BTV)
+
+
+def per_token_generalized_jsd(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
+                              beta: float) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence at every position.
+
+    `m = beta p_t + (1 - beta) p_s`, `JSD = beta KL(p_t || m) + (1 - beta) KL(p_s || m)`;
+    beta = 0.5 is the ordinary JSD (at most log 2).
+
+    Args:
+        student_logits_BTV, teacher_logits_BTV: (B, T, V) logits.
+        beta: mixture weight of the teacher, strictly between 0 and 1.
+    Returns:
+        jsd_BT: (B, T), non-negative.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be strictly between 0 and 1 (the JSD vanishes at the ends), got {beta}")
+    _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
+    student_BTV = F.log_softmax(_full_precision(student_logits_BTV), dim=-1)
+    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
+    # log m = log(beta p_t + (1 - beta) p_s), computed in log space.
+    mixture_BTV = torch.logaddexp(teacher_BTV + math.log(beta), student_BTV + math.log(1.0 - beta))
+    return (beta * _kl_from_logprobs(teacher_BTV, mixture_BTV)
+            + (1.0 - beta) * _kl_from_logprobs(student_BTV, mixture_BTV))
+
+
+# --- losses ----------------------------------------------------------------------------
+
+def divergence_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, mask_BT: torch.Tensor,
+                    divergence: str = "reverse_kl", beta: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """The `full` OPD estimator: the exact divergence, averaged over masked tokens.
+
+    Gradients flow into the student only (the teacher's logits are detached here).
+
+    Args:
+        student_logits_BTV, teacher_logits_BTV: (B, T, V) logits for the completion tokens.
+        mask_BT: (B, T) completion mask.
+        divergence: "reverse_kl" (OPD), "forward_kl" or "jsd".
+        beta: JSD mixture weight of the teacher (only for "jsd").
+    Returns:
+        (loss, metrics) with metrics `loss` and `reverse_kl` (mean per-token reverse KL).
+    """
+    teacher_logits_BTV = teacher_logits_BTV.detach()
+    reverse_kl_BT = per_token_reverse_kl(student_logits_BTV, teacher_logits_BTV)
+    _check_same_shape("mask_BT", mask_BT, "the logits' (B, T)", reverse_kl_BT)
+    if divergence == "reverse_kl":
+        per_token_BT = reverse_kl_BT
+    elif divergence == "forward_kl":
+        per_token_BT = per_token_forward_kl(student_logits_BTV, teacher_logits_BTV)
+    elif divergence == "jsd":
+        per_token_BT = per_token_generalized_jsd(student_logits_BTV, teacher_logits_BTV, beta)
+    else:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    loss = masked_mean(per_token_BT, mask_BT)
+    return loss, {"loss": loss.item(), "reverse_kl": masked_mean(reverse_kl_BT.detach(), mask_BT).item()}
+
+
+def opd_sampled_advantages(teacher_logps_BT: torch.Tensor, student_sampling_logps_BT: torch.Tensor,
+                           mask_BT: torch.Tensor) -> torch.Tensor:
+    """The `sampled` OPD signal: `log p_t(x_t) - log p_s(x_t)` per sampled token.
+
+    This is the negative single-sample reverse KL at each position, used as a per-token
+    advantage with discount 0 (each token answers only for itself).
+
+    Args:
+        teacher_logps_BT: (B, T) teacher log-probs of the sampled tokens.
+        student_sampling_logps_BT: (B, T) student log-probs recorded at sampling time.
+        mask_BT: (B, T) completion mask.
+    Returns:
+        advantages_BT: (B, T), detached, 0 where the mask is 0.
+    """
+    _check_same_shape("teacher_logps_BT", teacher_logps_BT, "student_sampling_logps_BT", student_sampling_logps_BT)
+    _check_same_shape("teacher_logps_BT", teacher_logps_BT, "mask_BT", mask_BT)
+    difference_BT = (teacher_logps_BT - student_sampling_logps_BT).detach()
+    return torch.where(mask_BT != 0, difference_BT, torch.zeros_like(difference_BT))
+
+
+def group_normalized_advantages(rewards_N: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO-style advantages: each reward standardized within its prompt's group.
+
+    Args:
+        rewards_N: (N,) rewards; entries `[k*group_size, (k+1)*group_size)` share a prompt.
+        group_size: samples per prompt.
+        eps: added to the group's (population) standard deviation.
+    Returns:
+        advantages_N: (N,) `(r - group mean) / (group std + eps)`; exactly 0 for a group
+        whose rewards are all equal (nothing to learn from it).
+
+    Example:
+        >>> group_normalized_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)
+        tensor([ 1.0000, -1.0000,  0.0000,  0.0000])
+    """
+    if rewards_N.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards_N.shape)}")
+    if group_size < 1 or rewards_N.numel() % group_size:
+        raise ValueError(f"{rewards_N.numel()} rewards cannot be split into groups of {group_size}")
+    rewards_GK = rewards_N.float().view(-1, group_size)
+    centered_GK = rewards_GK - rewards_GK.mean(dim=1, keepdim=True)
+    advantages_GK = centered_GK / (rewards_GK.std(dim=1, unbiased=False, keepdim=True) + eps)
+    all_equal_G1 = (rewards_GK == rewards_GK[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(all_equal_G1, torch.zeros_like(advantages_GK), advantages_GK).view(-1)
+
+
+def policy_gradient_loss(logps_BT: torch.Tensor, sampling_logps_BT: torch.Tensor, advantages_BT: torch.Tensor,
+                         mask_BT: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Importance-sampled policy gradient, shared by RL and `sampled` OPD.
+
+    `ratio = exp(logps - sampling_logps)` corrects for the (small) gap between the policy
+    that sampled and the one being trained; its value is 1 on-policy, but its gradient is
+    `grad log p`, so `-mean(ratio * A)` has the REINFORCE gradient `-mean(A grad log p)`.
+
+    Args:
+        logps_BT: (B, T) current student log-probs of the sampled tokens (with grad).
+        sampling_logps_BT: (B, T) log-probs recorded at sampling time (treated as constants).
+        advantages_BT: (B, T) per-token advantages (treated as constants).
+        mask_BT: (B, T) completion mask.
+    Returns:
+        (loss, metrics) with `loss`, `ratio_mean`, `advantage_mean` and `logprob_diff`
+        (mean |logps - sampling_logps|, the sampler/trainer mismatch).
+    """
+    _check_same_shape("logps_BT", logps_BT, "sampling_logps_BT", sampling_logps_BT)
+    _check_same_shape("logps_BT", logps_BT, "advantages_BT", advantages_BT)
+    _check_same_shape("logps_BT", logps_BT, "mask_BT", mask_BT)
+    log_ratio_BT = logps_BT - sampling_logps_BT.detach()
+    ratio_BT = torch.where(mask_BT != 0, log_ratio_BT, torch.zeros_like(log_ratio_BT)).exp()
+    loss = -masked_mean(ratio_BT * advantages_BT.detach(), mask_BT)
+    return loss, {"loss": loss.item(),
+                  "ratio_mean": masked_mean(ratio_BT.detach(), mask_BT).item(),
+                  "advantage_mean": masked_mean(advantages_BT.detach(), mask_BT).item(),
+                  "logprob_diff": masked_mean(log_ratio_BT.detach().abs(), mask_BT).item()}
+
+
+def cross_entropy_loss(logps_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """SFT: the negative log-likelihood of the given (teacher-written) tokens.
+
+    Args:
+        logps_BT: (B, T) student log-probs of the target tokens (`token_logprobs`).
+        mask_BT: (B, T) completion mask.
+    Returns:
+        (loss, metrics) with metric `loss`.
+    """
+    _check_same_shape("logps_BT", logps_BT, "mask_BT", mask_BT)
+    loss = -masked_mean(logps_BT, mask_BT)
+    return loss, {"loss": loss.item()}

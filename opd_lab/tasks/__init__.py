@@ -1,0 +1,36 @@
+"""Built-in tasks and the task registry.
+
+`get_task(spec)` accepts a built-in name (`addition`, `addition4`, `sorting`) or the
+path of a `.jsonl` file (optionally `path.jsonl` with `regex=` given separately).
+"""
+
+from __future__ import annotations
+
+from opd_lab.tasks.addition import AdditionTask
+from opd_lab.tasks.base import Problem, Task, Verdict
+from opd_lab.tasks.jsonl import JsonlTask
+from opd_lab.tasks.sorting import SortingTask
+
+BUILTIN_TASKS = {
+    "addition": lambda: AdditionTask(digits=3),
+    "addition2": lambda: AdditionTask(digits=2),
+    "addition4": lambda: AdditionTask(digits=4),
+    "sorting": lambda: SortingTask(),
+}
+
+
+def get_task(spec: str, regex: str | None = None) -> Task:
+    """The task named by `spec`: a built-in name or a path to a JSONL file.
+
+    Raises:
+        ValueError: for an unknown name, naming the built-in tasks.
+    """
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec]()
+    if spec.endswith(".jsonl"):
+        return JsonlTask(spec, regex=regex)
+    known = ", ".join(sorted(BUILTIN_TASKS))
+    raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
+
+
+__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "SortingTask", "Task", "Verdict", "get_task"]

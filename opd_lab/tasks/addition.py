@@ -1,0 +1,53 @@
+"""Multi-digit addition written out column by column, with carries.
+
+The completion is a chain of thought the teacher knows and the student must learn:
+one step per column from the right, `a+b+carry=ss` with the two-digit column sum
+(its tens digit is the next carry), then the answer after the last `;`.
+
+    prompt:     "347+285="
+    completion: "7+5+0=12;4+8+1=13;3+2+1=06;632"
+
+The reward is 1 for the right final answer and 0 otherwise; the steps are not graded.
+"""
+
+from __future__ import annotations
+
+import random
+
+from opd_lab.tasks.base import GeneratedTask, Problem, Verdict
+
+
+def worked_solution(a: int, b: int, digits: int) -> str:
+    """The reference chain of thought for `a + b`, both with at most `digits` digits."""
+    steps, carry = [], 0
+    for column in range(digits):
+        x, y = (a // 10**column) % 10, (b // 10**column) % 10
+        total = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={total:02d}")
+        carry = total // 10
+    return ";".join(steps + [str(a + b)])
+
+
+class AdditionTask(GeneratedTask):
+    """Add two `digits`-digit numbers (no leading zeros), showing each column's carry."""
+
+    def __init__(self, digits: int = 3):
+        if not 1 <= digits <= 9:
+            raise ValueError(f"addition digits must be between 1 and 9, got {digits}")
+        self.digits = digits
+        self.name = "addition" if digits == 3 else f"addition{digits}"
+        self.description = f"{digits}-digit addition with written carries"
+        # Each column step is 8 characters plus a separator; the answer and EOS follow.
+        self.max_new_tokens = 9 * digits + digits + 3
+
+    def make_problem(self, rng: random.Random) -> Problem:
+        low = 10 ** (self.digits - 1) if self.digits > 1 else 0
+        a, b = rng.randint(low, 10**self.digits - 1), rng.randint(low, 10**self.digits - 1)
+        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), reference=worked_solution(a, b, self.digits))
+
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        final = completion.strip().rsplit(";", 1)[-1].strip()
+        if ";" not in completion or not final.isdigit():
+            return Verdict(reward=0.0, correct=False, parsed=None)
+        correct = int(final) == int(problem.answer)
+        return Verdict(reward=float(correct), correct=correct, parsed=final)

@@ -1,0 +1,101 @@
+"""The task interface: prompts to answer, and a verifier that scores an answer.
+
+A task is the only thing the engine knows about a problem domain. It hands out
+training problems and a fixed held-out set, and it verifies a completion. The reward
+used for RL training and the accuracy reported by evaluation both come from
+`verify`, but they are kept apart: `Verdict.reward` is what RL optimizes (in [0, 1]),
+`Verdict.correct` is what evaluation counts.
+
+Example:
+    >>> from opd_lab.tasks import get_task
+    >>> task = get_task("addition")
+    >>> problem = task.eval_problems(1)[0]
+    >>> task.verify(problem, problem.reference).correct
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question. `reference` is a full worked solution when the task knows one."""
+
+    prompt: str
+    answer: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A scored completion: RL reward in [0, 1], exact correctness, the parsed answer."""
+
+    reward: float
+    correct: bool
+    parsed: str | None
+
+
+def is_held_out(key: str, fraction_denominator: int = 10) -> bool:
+    """Deterministically assign a problem to the held-out split (1 in `fraction_denominator`).
+
+    A hash of the problem's text decides, so training never sees an evaluation problem,
+    whatever seed either side uses.
+    """
+    digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") % fraction_denominator == 0
+
+
+class Task(ABC):
+    """A verifiable task. Subclasses set `name`, `description` and `max_new_tokens`."""
+
+    name: str = "task"
+    description: str = ""
+    max_new_tokens: int = 64
+
+    @abstractmethod
+    def train_problems(self, count: int, rng: random.Random) -> list[Problem]:
+        """`count` problems from the training split, drawn with `rng`."""
+
+    @abstractmethod
+    def eval_problems(self, count: int, seed: int = 0) -> list[Problem]:
+        """The first `count` problems of the fixed held-out split (the same for the same seed)."""
+
+    @abstractmethod
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        """Score `completion` (the model's text after the prompt, without special tokens)."""
+
+
+class GeneratedTask(Task):
+    """A task whose problems come from a generator function of a `random.Random`."""
+
+    @abstractmethod
+    def make_problem(self, rng: random.Random) -> Problem:
+        """One random problem, from either split."""
+
+    def _draw(self, count: int, rng: random.Random, held_out: bool) -> list[Problem]:
+        problems, seen = [], set()
+        attempts = 0
+        while len(problems) < count:
+            attempts += 1
+            if attempts > 1000 * max(count, 1):
+                raise RuntimeError(f"task {self.name!r} cannot produce {count} distinct problems")
+            problem = self.make_problem(rng)
+            if is_held_out(problem.prompt) != held_out:
+                continue
+            if held_out:  # the evaluation set has no duplicates
+                if problem.prompt in seen:
+                    continue
+                seen.add(problem.prompt)
+            problems.append(problem)
+        return problems
+
+    def train_problems(self, count: int, rng: random.Random) -> list[Problem]:
+        return self._draw(count, rng, held_out=False)
+
+    def eval_problems(self, count: int, seed: int = 0) -> list[Problem]:
+        return self._draw(count, random.Random(10_000 + seed), held_out=True)

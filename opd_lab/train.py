@@ -1,0 +1,333 @@
+"""The training engine: OPD, SFT and RL as one loop that differs only in its signal.
+
+Every step:
+
+1. draw `batch_size` training prompts from the task;
+2. **rollouts**: the student samples `samples_per_prompt` completions per prompt
+   (on-policy; OPD and RL), and/or the teacher writes completions (SFT, and the
+   off-policy share of OPD when `on_policy_fraction < 1`);
+3. **signal**: for on-policy rollouts, a per-token advantage
+   - OPD `sampled`: `log p_teacher(x_t) - log p_student(x_t)` on each sampled token
+     (the negative per-token reverse KL, discount 0), plus `reward_coef * reward`;
+   - RL: the group-normalized verifiable reward, the same for every token;
+   and one policy-gradient loss for both; or, for OPD `full`, the exact divergence over
+   the vocabulary, differentiated through the student; off-policy (teacher-written)
+   completions get cross-entropy;
+4. one AdamW step; metrics, per-token samples, evaluation and checkpoints on schedule.
+
+A run lives in its folder (docs/run-folder.md); `run_training(run_dir)` (re)starts it
+from its config and last checkpoint. Start runs with `opd-lab train` / `opd-lab launch`
+(see `opd_lab.runs`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from opd_lab import checkpoints, losses
+from opd_lab.config import RunConfig
+from opd_lab.eval import evaluate
+from opd_lab.flops import FlopsCounter, count_parameters
+from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
+from opd_lab.inspect import token_records
+from opd_lab.models import load_pair
+from opd_lab.runfiles import (METRICS_FILE, SAMPLES_FILE, STOP_FILE, append_jsonl, load_config,
+                              load_status, read_jsonl, truncate_jsonl)
+from opd_lab.runs import update_status
+from opd_lab.tasks import Problem, get_task
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the run stops without saving the bad weights."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    metrics: dict
+    logged: list[dict]
+
+
+class Trainer:
+    """Holds the models, optimizer and counters of one run; `step()` does one update."""
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        self.config, self.run_dir = config, run_dir
+        self.device = pick_device(config.device)
+        self.task = get_task(config.task, regex=config.task_regex or None)
+        self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
+        self.teacher, student, self.tokenizer = load_pair(
+            config.teacher, config.student, task=config.task, device=self.device,
+            trust_remote_code=config.trust_remote_code)
+        self.lora = config.uses_lora(student_is_lab=config.student == "lab")
+        self.student = checkpoints.prepare_student(student, config) if self.lora else student
+        self.student.train()
+        self.teacher_params = count_parameters(self.teacher)
+        self.student_params = count_parameters(self.student)
+        self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
+                                           lr=config.learning_rate, weight_decay=0.0)
+        self.prompt_rng = random.Random(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.flops = FlopsCounter()
+        self.step_done, self.wall_s, self.samples_seen, self.tokens_seen = 0, 0.0, 0, 0
+
+    # --- one step -----------------------------------------------------------------
+
+    def _set_learning_rate(self, step: int) -> None:
+        scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * scale
+
+    def _teacher_rollouts(self, problems: list[Problem]) -> Rollouts:
+        """Teacher-written completions (SFT data), or the task's references."""
+        if self.config.method == "sft" and self.config.sft_source == "reference":
+            return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
+                                       [p.reference or p.answer for p in problems], device=self.device)
+        rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
+                            temperature=self.config.temperature, generator=self.generator)
+        self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
+        return rollouts
+
+    def _on_policy_loss(self, problems: list[Problem]):
+        """Student samples, then the OPD or RL signal on them."""
+        config = self.config
+        repeated = [p for p in problems for _ in range(config.samples_per_prompt)]
+        rollouts = generate(self.student, self.tokenizer, [p.prompt for p in repeated], self.max_new_tokens,
+                            temperature=config.temperature, generator=self.generator)
+        tokens = int(rollouts.attention_mask_BS.sum())
+        self.flops.add_sampling(self.student_params, tokens)
+        verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
+        rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
+
+        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
+        logps = target_logprobs(student_logits, rollouts)
+        mask = rollouts.target_mask_BT
+        with torch.no_grad():
+            teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
+        if config.method == "opd":
+            self.flops.add_teacher(self.teacher_params, tokens)
+        if config.method == "opd" and config.estimator == "full":
+            loss, extra = losses.divergence_loss(student_logits[:, :-1] / config.temperature,
+                                                 teacher_logits[:, :-1] / config.temperature, mask,
+                                                 divergence=config.divergence, beta=config.jsd_beta)
+        else:
+            if config.method == "opd":
+                teacher_logps = target_logprobs(teacher_logits, rollouts)
+                advantages = losses.opd_sampled_advantages(teacher_logps, rollouts.sampling_logprobs_BT, mask)
+                advantages = advantages + config.reward_coef * rewards[:, None] * mask
+            else:
+                group_advantages = losses.group_normalized_advantages(rewards, config.samples_per_prompt)
+                advantages = group_advantages[:, None] * mask
+            loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
+        reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach() / config.temperature,
+                                                 teacher_logits[:, :-1] / config.temperature)
+        metrics = {
+            "train/reward": rewards.mean().item(),
+            "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
+            "train/reverse_kl": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
+            "train/completion_len": float(mask.sum(dim=1).mean()),
+            "train/logprob_diff": float(((logps.detach() - rollouts.sampling_logprobs_BT).abs() * mask).sum()
+                                        / mask.sum().clamp(min=1)),
+        }
+        metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
+        return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
+
+    def _off_policy_loss(self, problems: list[Problem]):
+        """Cross-entropy on teacher-written completions."""
+        rollouts = self._teacher_rollouts(problems)
+        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
+        mask = rollouts.target_mask_BT
+        loss, _ = losses.cross_entropy_loss(target_logprobs(student_logits, rollouts), mask)
+        with torch.no_grad():
+            teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
+        reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach(), teacher_logits[:, :-1])
+        metrics = {"train/reverse_kl_teacher_samples": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
+                   "train/completion_len": float(mask.sum(dim=1).mean())}
+        verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
+        return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
+
+    def step(self) -> StepResult:
+        config = self.config
+        started = time.perf_counter()
+        step = self.step_done + 1
+        self._set_learning_rate(self.step_done)
+        problems = self.task.train_problems(config.batch_size, self.prompt_rng)
+        if config.method == "sft":
+            on_count = 0
+        elif config.method == "rl":
+            on_count = len(problems)
+        else:
+            on_count = round(config.on_policy_fraction * len(problems))
+        parts = []
+        if on_count:
+            parts.append(self._on_policy_loss(problems[:on_count]))
+        if on_count < len(problems):
+            parts.append(self._off_policy_loss(problems[on_count:]))
+        token_counts = torch.stack([p[1] for p in parts]).float()
+        loss = sum(p[0] * n for p, n in zip(parts, token_counts)) / token_counts.sum().clamp(min=1)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss.item()} at step {step}; weights from before this step are kept")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
+        self.optimizer.step()
+
+        trained_tokens = sum(int(p[3][0].attention_mask_BS.sum()) for p in parts)
+        self.flops.add_training(self.student_params, trained_tokens)
+        completion_tokens = int(token_counts.sum())
+        elapsed = time.perf_counter() - started
+        self.wall_s += elapsed
+        self.samples_seen += sum(len(p[3][0].prompts) for p in parts)
+        self.tokens_seen += completion_tokens
+        self.step_done = step
+
+        metrics = {"step": step, "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                   "train/learning_rate": self.optimizer.param_groups[0]["lr"]}
+        for part in parts:  # on-policy metrics first, so they win on shared keys
+            for key, value in part[2].items():
+                metrics.setdefault(key, value)
+        metrics.update({"progress/samples": self.samples_seen, "progress/tokens": self.tokens_seen,
+                        "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
+                        **self.flops.as_metrics()})
+        logged = self._log_samples(step, parts[0]) if step % config.sample_every == 0 or step == config.steps else []
+        return StepResult(loss, metrics, logged)
+
+    def _log_samples(self, step: int, part) -> list[dict]:
+        rollouts, student_logits, teacher_logits, verdicts = part[3]
+        rows = list(range(min(self.config.samples_to_log, len(rollouts.prompts))))
+        records = token_records(self.tokenizer, rollouts, student_logits, teacher_logits, rows=rows)
+        return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
+                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
+                for row in rows]
+
+    def evaluate(self) -> dict:
+        result = evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count)
+        self.student.train()
+        return result.as_metrics()
+
+    # --- state --------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen,
+                "tokens": self.tokens_seen, "flops": self.flops.as_metrics(),
+                "optimizer": self.optimizer.state_dict(), "prompt_rng": self.prompt_rng.getstate(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.step_done, self.wall_s = state["step"], state["wall_s"]
+        self.samples_seen, self.tokens_seen = state["samples"], state["tokens"]
+        self.flops = FlopsCounter.from_metrics(state["flops"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.prompt_rng.setstate(state["prompt_rng"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def run_training(run_dir: str | Path, progress: bool = True) -> str:
+    """Run (or continue) the run in `run_dir` to its end; returns the final state.
+
+    Continues from the newest checkpoint when there is one, after dropping metric and
+    sample rows written after it, so the metric steps have no gaps and no repeats.
+    Stops gracefully (checkpoint, state `stopped`) when the folder's STOP file appears
+    or on SIGTERM; a non-finite loss or any error ends in state `failed` with the
+    message in status.json, and the last good checkpoint untouched.
+    """
+    run_dir = Path(run_dir)
+    stop_requested = {"flag": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True)) \
+        if _in_main_thread() else None
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    update_status(run_dir, state="running", message="loading models", started_at=time.time())
+    trainer = None
+    try:
+        config = RunConfig.from_dict(load_config(run_dir))
+        trainer = Trainer(config, run_dir)
+        latest = checkpoints.latest(run_dir)
+        if latest is not None:
+            checkpoints.restore(trainer, latest)
+            truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done)
+            truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done)
+        else:
+            truncate_jsonl(run_dir / METRICS_FILE, -1)
+            truncate_jsonl(run_dir / SAMPLES_FILE, -1)
+        if not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE)):
+            update_status(run_dir, message="evaluating the starting student")
+            append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
+                                                   "perf/wall_s": 0.0, **FlopsCounter().as_metrics(),
+                                                   **trainer.evaluate()}])
+        return _loop(trainer, run_dir, stop_requested, progress)
+    except Exception as error:  # noqa: BLE001 - every failure must reach status.json
+        with (run_dir / "log.txt").open("a") as log:
+            log.write(traceback.format_exc())
+        message = str(error) if isinstance(error, NonFiniteLoss) else f"{type(error).__name__}: {error}"
+        step = trainer.step_done if trainer else load_status(run_dir).get("step", 0)
+        update_status(run_dir, state="failed", message=message, step=step, pid=None)
+        return "failed"
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool) -> str:
+    config = trainer.config
+    bar = tqdm(total=config.steps, initial=trainer.step_done, desc=f"{config.method} {run_dir.name}",
+               unit="step", disable=not progress)
+    started_wall = trainer.wall_s
+    first_step = trainer.step_done
+    while trainer.step_done < config.steps:
+        result = trainer.step()
+        step = trainer.step_done
+        metrics = result.metrics
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics.update(trainer.evaluate())
+        append_jsonl(run_dir / METRICS_FILE, [metrics])
+        if result.logged:
+            append_jsonl(run_dir / SAMPLES_FILE, result.logged)
+        stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+            checkpoints.save(trainer, run_dir)
+        per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
+        update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
+                      message=f"loss {metrics['train/loss']:.4f}"
+                      + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kl=f"{metrics.get('train/reverse_kl', math.nan):.3f}")
+        if stopping and step < config.steps:
+            bar.close()
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            update_status(run_dir, state="stopped", message=f"stopped at step {step}; resume to continue", pid=None)
+            return "stopped"
+    bar.close()
+    final = read_jsonl(run_dir / METRICS_FILE)[-1].get("eval/accuracy")
+    update_status(run_dir, state="finished", eta_s=0, pid=None,
+                  message=f"finished {config.steps} steps" + (f", held-out accuracy {final:.1%}" if final is not None else ""))
+    return "finished"

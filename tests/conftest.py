@@ -1,0 +1,31 @@
+"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def lab_home(tmp_path_factory):
+    """A data dir holding a tiny addition lab; OPD_LAB_HOME points at it for the session."""
+    home = tmp_path_factory.mktemp("opd-lab-home")
+    previous = os.environ.get("OPD_LAB_HOME")
+    os.environ["OPD_LAB_HOME"] = str(home)
+    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
+
+    summary = build_lab(LabRecipe(**TINY_RECIPE), progress_print=lambda *_: None)
+    yield home, summary
+    if previous is None:
+        os.environ.pop("OPD_LAB_HOME", None)
+    else:
+        os.environ["OPD_LAB_HOME"] = previous
+
+
+@pytest.fixture()
+def lab_pair(lab_home):
+    """(teacher, student, tokenizer) of the tiny lab."""
+    from opd_lab.models import load_pair
+
+    return load_pair("lab", "lab", task="addition")
