@@ -126,7 +126,10 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
     if len(others) >= limit:
         raise RunError(f"{len(others)} runs are already running (the limit is {limit}); "
                        "stop one or wait for it to finish")
-    env = {**os.environ, ENV_VAR: str(data_dir())}
+    # The child imports this very package, even when it is run from a source checkout.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
     with (run_dir / LOG_FILE).open("a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress"],

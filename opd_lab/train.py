@@ -160,7 +160,7 @@ class Trainer:
         with torch.no_grad():
             teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
         reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach(), teacher_logits[:, :-1])
-        metrics = {"train/reverse_kl_teacher_samples": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
+        metrics = {"train/reverse_kl": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
                    "train/completion_len": float(mask.sum(dim=1).mean())}
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
         return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)

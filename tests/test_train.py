@@ -140,7 +140,9 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_checkpoint(lab_home, monkey
     assert _steps(run_dir) == [0, 1, 2]
 
 
-PINNED_OPD_LOSSES = None  # filled below from a reference run; see test_pinned_loss_trajectory
+# Measured once from this test's own run (torch 2.13 CPU); small float noise is tolerated.
+PINNED_LOSSES = [0.5508, 0.6035, 0.6712, 0.6149]
+PINNED_REVERSE_KL = [0.48, 0.5543, 0.5214, 0.535]
 
 
 def test_pinned_loss_trajectory(lab_home):
@@ -150,4 +152,5 @@ def test_pinned_loss_trajectory(lab_home):
     assert run_training(run_dir, progress=False) == "finished"
     trajectory = [round(row["train/loss"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
     kl = [round(row["train/reverse_kl"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
-    assert (trajectory, kl) == PINNED_OPD_LOSSES
+    assert trajectory == pytest.approx(PINNED_LOSSES, abs=2e-3)
+    assert kl == pytest.approx(PINNED_REVERSE_KL, abs=2e-3)

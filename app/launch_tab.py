@@ -1,0 +1,211 @@
+"""The Launch tab: a form generated from `RunConfig`'s fields that starts a background run.
+
+Each field becomes a widget (a dropdown for fields with choices, a checkbox for
+booleans, a number box for ints and floats, a text box otherwise) with the field's
+`help` as its caption, so the form never drifts from the config. The form shows the
+equivalent `opd-lab launch ...` command, saves and loads YAML/JSON configs, and
+launches through `opd_lab.runs` (a detached process, no shell).
+
+`trust_remote_code` is not in the form: only the `--trust-remote-code` flag of
+`opd-lab app` can allow a model's own Python code to run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import yaml
+
+from app.state import error_text
+from opd_lab import runs
+from opd_lab.config import PRESETS, ConfigError, RunConfig, config_fields
+
+BROWSER_LOCKED = ("trust_remote_code",)
+FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
+FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
+# Shown first; every other field goes under "More settings", in declaration order.
+MAIN_FIELDS = ("name", "method", "task", "teacher", "student", "steps", "batch_size", "samples_per_prompt",
+               "learning_rate", "eval_every", "eval_count", "sample_every", "checkpoint_every")
+DEFAULTS_PRESET = "defaults"
+COLUMNS = 3
+
+INTRO = ("**Start a training run in the background.** Pick a preset or change any setting "
+         "(each one's meaning is written under it), then press **Launch**. The run keeps going if "
+         "you close this page or the app; follow it in the **Runs** tab.")
+
+
+def form_dict(values) -> dict:
+    """Form values (in FORM_FIELDS order) as {field name: value}; empty boxes are left out."""
+    return {name: value for name, value in zip(FIELD_NAMES, values) if value is not None}
+
+
+def config_from_form(values, trust_remote_code: bool = False) -> RunConfig:
+    """The validated config of the form's values; raises ConfigError naming the bad field."""
+    data = form_dict(values)
+    missing = [name for name, value in zip(FIELD_NAMES, values) if value is None]
+    if missing:
+        raise ConfigError(f"{missing[0]}: enter a value")
+    return RunConfig.from_dict({**data, "trust_remote_code": trust_remote_code})
+
+
+def _flag_value(value) -> str:
+    return shlex.quote(repr(value) if isinstance(value, float) else str(value))
+
+
+def preview_command(values, trust_remote_code: bool = False) -> str:
+    """The `opd-lab launch` command equivalent to the form: only flags that differ from the defaults.
+
+    Example:
+        >>> preview_command([{"method": "rl"}.get(n, s.default) for n, s in zip(FIELD_NAMES, FORM_FIELDS)])
+        'opd-lab launch --method rl'
+    """
+    parts = ["opd-lab launch"]
+    data = {**form_dict(values), "trust_remote_code": trust_remote_code}
+    for spec in config_fields():
+        value = data.get(spec.name)
+        if value is None or value == spec.default:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type == "bool":
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts.append(f"{flag} {_flag_value(value)}")
+    return " ".join(parts)
+
+
+def preset_values(preset: str) -> list:
+    """Form values of a preset: the defaults with the preset's changes."""
+    changes = PRESETS.get(preset, {})
+    return [changes.get(spec.name, spec.default) for spec in FORM_FIELDS]
+
+
+def _active_with_process() -> int:
+    return len([p for p in runs.active_runs() if runs.status_of(p).get("pid")])
+
+
+def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
+    """Validate the form and start the run: `(message, run id or "")`.
+
+    A bad value or a full run limit creates no run folder.
+    """
+    try:
+        config = config_from_form(values, trust_remote_code)
+    except ConfigError as error:
+        return f"**Not launched.** {error}", ""
+    active, limit = _active_with_process(), runs.max_active_runs()
+    if active >= limit:
+        return (f"**Not launched.** {active} runs are already running (the limit is {limit}): "
+                "stop one in the Runs tab or wait for it to finish."), ""
+    run_dir = runs.create_run(config)
+    try:
+        pid = runs.launch(run_dir)
+    except runs.RunError as error:  # another launch took the last slot meanwhile
+        runs.update_status(run_dir, state="stopped", message="not launched")
+        runs.delete_run(run_dir)
+        return f"**Not launched.** {error}", ""
+    return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
+            f"its folder is `{run_dir}`."), run_dir.name
+
+
+def save_config(values, trust_remote_code: bool = False) -> tuple[str | None, str]:
+    """Write the form as a YAML file to download: `(path or None, message)`."""
+    try:
+        config = config_from_form(values, trust_remote_code)
+    except ConfigError as error:
+        return None, f"**Not saved.** {error}"
+    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{config.name or config.method + '-' + Path(config.task).stem}.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return str(path), f"Saved `{path.name}`: use it with `opd-lab launch {path.name}` or load it here."
+
+
+def load_config_file(path: str | None) -> tuple[list, str]:
+    """Form values from an uploaded YAML/JSON config: `(values, message)`.
+
+    On an error the values are None (the form is left as it is).
+    """
+    if not path:
+        return [None] * len(FORM_FIELDS), ""
+    try:
+        config = RunConfig.from_file(path)
+    except ConfigError as error:
+        return [None] * len(FORM_FIELDS), f"**Not loaded.** {error}"
+    note = ""
+    if config.trust_remote_code:
+        note = (" The file sets `trust_remote_code: true`, which the app ignores: only "
+                "`opd-lab app --trust-remote-code` can allow it.")
+    return [getattr(config, name) for name in FIELD_NAMES], f"Loaded `{Path(path).name}`.{note}"
+
+
+def _component(spec: dataclasses.Field):
+    label, info, choices = spec.name, spec.metadata["help"], spec.metadata.get("choices")
+    key = f"field-{spec.name}"
+    if choices:
+        return gr.Dropdown(list(choices), value=spec.default, label=label, info=info, elem_id=key)
+    if spec.type == "bool":
+        return gr.Checkbox(value=spec.default, label=label, info=info, elem_id=key)
+    if spec.type == "int":
+        return gr.Number(value=spec.default, label=label, info=info, precision=0, elem_id=key)
+    if spec.type == "float":
+        return gr.Number(value=spec.default, label=label, info=info, step=0.0001, elem_id=key)
+    return gr.Textbox(value=spec.default, label=label, info=info, elem_id=key, max_lines=1)
+
+
+def _grid(specs: list) -> dict:
+    components = {}
+    for start in range(0, len(specs), COLUMNS):
+        with gr.Row(equal_height=True):
+            for spec in specs[start:start + COLUMNS]:
+                components[spec.name] = _component(spec)
+    return components
+
+
+def build(trust_remote_code: bool = False) -> None:
+    """The tab's widgets and events (call inside a `gr.Tab`)."""
+    gr.Markdown(INTRO, elem_classes="tab-intro")
+    if trust_remote_code:
+        gr.Markdown("This app was started with `--trust-remote-code`: runs may load models that ship their own code.")
+    with gr.Row():
+        preset = gr.Dropdown([DEFAULTS_PRESET, *PRESETS], value=DEFAULTS_PRESET, label="Preset",
+                             info="Fill the form with a starting point (then change anything).", scale=2)
+        load_button = gr.UploadButton("Load config (YAML/JSON)", file_types=[".yaml", ".yml", ".json"],
+                                      file_count="single", scale=1)
+        save_button = gr.Button("Save config as YAML", scale=1)
+    main = [spec for spec in FORM_FIELDS if spec.name in MAIN_FIELDS]
+    more = [spec for spec in FORM_FIELDS if spec.name not in MAIN_FIELDS]
+    components = _grid(main)
+    with gr.Accordion("More settings", open=False, elem_id="more-settings"):
+        components.update(_grid(more))
+    form = [components[name] for name in FIELD_NAMES]
+
+    command = gr.Code(preview_command(preset_values(DEFAULTS_PRESET), trust_remote_code), language="shell",
+                      label="The same run from a terminal", interactive=False, elem_id="launch-command")
+    with gr.Row():
+        launch_button = gr.Button("Launch", variant="primary", elem_id="launch-button", scale=1)
+        run_id = gr.Textbox(label="Launched run", interactive=False, elem_id="launched-run", scale=2)
+    message = gr.Markdown(elem_id="launch-message")
+    saved = gr.File(label="Config to download", visible=False, interactive=False)
+
+    def on_preview(*values):
+        return preview_command(values, trust_remote_code)
+
+    def on_launch(*values):
+        return launch_run(values, trust_remote_code)
+
+    def on_save(*values):
+        path, text = save_config(values, trust_remote_code)
+        return gr.update(value=path, visible=path is not None), text
+
+    def on_load(file):
+        values, text = load_config_file(file)
+        return [gr.skip() if value is None else value for value in values] + [text]
+
+    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command, api_name="preview",
+          show_progress="hidden")
+    preset.change(preset_values, inputs=preset, outputs=form, api_visibility="private")
+    launch_button.click(on_launch, inputs=form, outputs=[message, run_id], api_name="launch")
+    save_button.click(on_save, inputs=form, outputs=[saved, message], api_visibility="private")
+    load_button.upload(on_load, inputs=load_button, outputs=[*form, message], api_visibility="private")
