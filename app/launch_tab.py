@@ -28,10 +28,11 @@ BROWSER_LOCKED = ("trust_remote_code",)
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
 FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
 # Shown first; every other field goes under "More settings", in declaration order.
-MAIN_FIELDS = ("name", "method", "task", "teacher", "student", "steps", "batch_size", "samples_per_prompt",
-               "learning_rate", "eval_every", "eval_count", "sample_every", "checkpoint_every")
+MAIN_FIELDS = ("name", "method", "task", "device", "teacher", "student", "steps", "batch_size",
+               "samples_per_prompt", "learning_rate", "temperature", "seed",
+               "eval_every", "eval_count", "sample_every", "checkpoint_every")
 DEFAULTS_PRESET = "defaults"
-COLUMNS = 3
+COLUMNS = 4
 
 INTRO = ("**Start a training run in the background.** Pick a preset or change any setting "
          "(each one's meaning is written under it), then press **Launch**. The run keeps going if "

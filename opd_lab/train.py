@@ -331,3 +331,17 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
     update_status(run_dir, state="finished", eta_s=0, pid=None,
                   message=f"finished {config.steps} steps" + (f", held-out accuracy {final:.1%}" if final is not None else ""))
     return "finished"
+
+
+def train(config: RunConfig, progress: bool = True) -> Path:
+    """Create a run folder for `config` and train it here, in the foreground; returns the folder.
+
+    The notebooks' entry point: `run_dir = train(RunConfig(method="opd", steps=60))`.
+    """
+    from opd_lab.runs import create_run
+
+    run_dir = create_run(config)
+    state = run_training(run_dir, progress=progress)
+    if state == "failed":
+        raise RuntimeError(f"run {run_dir.name} failed: {load_status(run_dir).get('message')}")
+    return run_dir

@@ -1,0 +1,131 @@
+"""The Inspect tab: the teacher's verdict on every token the student wrote during training.
+
+A run logs a few rollouts with per-token records every `sample_every` steps
+(samples.jsonl). Pick a run, a logged step and a sample: its tokens are coloured by
+the reverse KL to the teacher (or by the OPD advantage), hovering a token shows both
+models' probabilities and the teacher's alternatives. The heatmap shows every logged
+sample of that step, and the last chart the KL over training: step through the logged
+steps to watch it fall.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.state import error_text, run_dir_of, run_ids
+from opd_lab import plots, runs, tokenview
+from opd_lab.runfiles import load_samples, sample_steps
+
+COLOR_CHOICES = [("reverse KL (where the student departs from the teacher)", "reverse_kl"),
+                 ("advantage (log p_teacher - log p_student of the sampled token)", "advantage")]
+
+INTRO = ("**See what the teacher thinks of each token.** Pick a run, a logged step and one of its "
+         "samples: red tokens are where the student's next-token distribution departs from the "
+         "teacher's. Hover a token for the numbers and the teacher's alternatives; use "
+         "**Previous step** / **Next step** to watch the KL fall over training.")
+
+
+def steps_of(run_id: str) -> list[int]:
+    try:
+        return sample_steps(run_dir_of(run_id))
+    except runs.RunError:
+        return []
+
+
+def sample_label(sample: dict) -> str:
+    verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
+    return f"#{sample.get('index', '?')} {sample.get('prompt', '')} {verdict}".strip()
+
+
+def sample_choices(run_id: str, step) -> list[tuple[str, int]]:
+    """(label, index) of the samples logged at `step`."""
+    try:
+        samples = load_samples(run_dir_of(run_id), step=int(step))
+    except (runs.RunError, TypeError, ValueError):
+        return []
+    return [(sample_label(sample), position) for position, sample in enumerate(samples)]
+
+
+def token_view(run_id: str, step, index, color_by: str = "reverse_kl") -> str:
+    """The token view (HTML) of one logged sample; an error line if there is none."""
+    if color_by not in tokenview.COLOR_KINDS:
+        return error_text(f"unknown colouring {color_by!r}")
+    try:
+        samples = load_samples(run_dir_of(run_id), step=int(step))
+        sample = samples[int(index)]
+    except runs.RunError as error:
+        return error_text(error)
+    except (TypeError, ValueError, IndexError):
+        return "Choose a logged step and a sample."
+    title = f"{run_id}, step {step}, {sample_label(sample)}"
+    return tokenview.render_tokens(sample.get("tokens", []), prompt=sample.get("prompt"), color_by=color_by,
+                                   title=title)
+
+
+def step_figures(run_id: str, step):
+    """(per-position KL heatmap of the step's samples, KL over training)."""
+    run_dir = run_dir_of(run_id)
+    samples = load_samples(run_dir, step=int(step)) if step is not None else []
+    return plots.kl_heatmap(samples, title=f"per-token reverse KL at step {step}"), plots.kl_over_training(run_dir)
+
+
+def _neighbour(run_id: str, step, offset: int):
+    steps = steps_of(run_id)
+    if not steps:
+        return None
+    if step not in steps:
+        return steps[-1]
+    return steps[min(max(steps.index(step) + offset, 0), len(steps) - 1)]
+
+
+def build() -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
+    gr.Markdown(INTRO, elem_classes="tab-intro")
+    with gr.Row():
+        run = gr.Dropdown(run_ids(), value=None, label="Run", scale=3, elem_id="inspect-run")
+        step = gr.Dropdown([], label="Logged step", scale=1, elem_id="inspect-step")
+        sample = gr.Dropdown([], label="Sample", scale=3, elem_id="inspect-sample")
+    with gr.Row():
+        previous = gr.Button("◀ Previous step", elem_id="inspect-previous")
+        following = gr.Button("Next step ▶", elem_id="inspect-next")
+        color = gr.Radio(COLOR_CHOICES, value="reverse_kl", label="Colour tokens by", scale=3)
+    view = gr.HTML(elem_id="token-view", padding=True)
+    heatmap = gr.Plot(label="All samples of this step", elem_id="kl-heatmap")
+    over_training = gr.Plot(label="KL over training", elem_id="kl-over-training")
+
+    def on_step(run_id, step_value, index, color_by):
+        """Outputs: sample picker, token view, heatmap, KL over training."""
+        if not run_id or step_value is None:
+            return gr.update(choices=[], value=None), "", None, None
+        try:
+            heat, curve = step_figures(run_id, step_value)
+        except runs.RunError as error:
+            return gr.update(choices=[], value=None), error_text(error), None, None
+        choices = sample_choices(run_id, step_value)
+        index = index if isinstance(index, int) and index < len(choices) else 0
+        return (gr.update(choices=choices, value=index if choices else None),
+                token_view(run_id, step_value, index, color_by), heat, curve)
+
+    def on_run_change(run_id, color_by):
+        steps = steps_of(run_id)
+        if not steps:
+            message = "This run has not logged samples yet." if run_id else ""
+            return gr.update(choices=[], value=None), gr.update(choices=[], value=None), message, None, None
+        return (gr.update(choices=steps, value=steps[-1]), *on_step(run_id, steps[-1], 0, color_by))
+
+    def on_move(run_id, step_value, index, color_by, offset):
+        target = _neighbour(run_id, step_value, offset)
+        if target is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.update(value=target), *on_step(run_id, target, index, color_by))
+
+    step_outputs = [sample, view, heatmap, over_training]
+    run.input(on_run_change, inputs=[run, color], outputs=[step, *step_outputs], api_visibility="private")
+    step.input(on_step, inputs=[run, step, sample, color], outputs=step_outputs, api_visibility="private")
+    previous.click(lambda *a: on_move(*a, -1), inputs=[run, step, sample, color], outputs=[step, *step_outputs],
+                   api_visibility="private")
+    following.click(lambda *a: on_move(*a, +1), inputs=[run, step, sample, color], outputs=[step, *step_outputs],
+                    api_visibility="private")
+    gr.on([sample.input, color.input], token_view, inputs=[run, step, sample, color], outputs=view,
+          api_name="token_view")
+    return {"run": run}

@@ -1,0 +1,129 @@
+"""The opd-lab web app: launch, follow, compare and inspect OPD, SFT and RL runs.
+
+Run:
+    opd-lab app                                  # http://127.0.0.1:7860, builds the lab first if needed
+    opd-lab app --host 0.0.0.0 --auth me:secret  # reachable from other machines, with a password
+    opd-lab app --max-runs 2 --no-build
+
+Five tabs, each a thin view over the library: **Launch** (a form generated from
+`RunConfig`), **Runs** (live table, curves, log, stop/resume/delete), **Compare**
+(curves by method and compute to reach the teacher), **Inspect** (the teacher's verdict
+on each logged token) and **Playground** (any student checkpoint on your own prompt).
+Everything lives in the run folders, so closing the app never stops a run and a new
+app shows it again.
+
+For tests and embedding, `build_app()` returns the `gr.Blocks` without serving it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
+from app.state import built_lab_tasks, lab_summary, run_ids
+from opd_lab.paths import data_dir
+
+TITLE = "opd-lab: on-policy distillation"
+DEFAULT_LAB_TASK = "addition"
+
+
+def header() -> str:
+    """The page's first lines: what the app is, where its data lives, and the lab's state."""
+    lines = [f"# {TITLE}",
+             "A **student** model samples answers, a stronger **teacher** scores every token, and the "
+             "student learns from the per-token reverse KL. Launch runs (OPD, and SFT and RL to compare), "
+             "follow them, and look at what the teacher says about each token.",
+             ""]
+    labs = []
+    for task in built_lab_tasks():
+        summary = lab_summary(task)
+        labs.append(f"**{task}** (teacher {summary['teacher']['accuracy']:.0%}, base student "
+                    f"{summary['student']['accuracy']:.0%} held-out accuracy)")
+    if labs:
+        lines.append(f"Built labs: {', '.join(labs)}. Data folder: `{data_dir()}`.")
+    else:
+        lines.append(f"No lab is built yet in `{data_dir()}`: run `opd-lab lab build` "
+                     "(about 4 minutes) before launching runs on the lab.")
+    return "\n".join(lines)
+
+
+def build_app(trust_remote_code: bool = False) -> gr.Blocks:
+    """The whole app as a `gr.Blocks`, not yet served.
+
+    Args:
+        trust_remote_code: whether runs launched from the browser (and the Playground)
+            may load models that ship their own Python code. Only the command line sets
+            it; the browser cannot.
+    """
+    with gr.Blocks(title="opd-lab", analytics_enabled=False) as demo:
+        gr.Markdown(header(), elem_id="app-header")
+        with gr.Tabs():
+            with gr.Tab("Launch", id="launch"):
+                launch_tab.build(trust_remote_code)
+            with gr.Tab("Runs", id="runs"):
+                runs_parts = runs_tab.build()
+            with gr.Tab("Compare", id="compare") as compare:
+                compare_parts = compare_tab.build()
+            with gr.Tab("Inspect", id="inspect") as inspect:
+                inspect_parts = inspect_tab.build()
+            with gr.Tab("Playground", id="playground") as playground:
+                playground_parts = playground_tab.build(trust_remote_code)
+
+        demo.load(**runs_parts["load"])
+        # Pickers list the runs that exist when their tab is opened.
+        def keep(current, choices):
+            values = [value for _, value in choices] if choices and isinstance(choices[0], tuple) else choices
+            if isinstance(current, list):
+                return gr.update(choices=choices, value=[value for value in current if value in values])
+            return gr.update(choices=choices, value=current if current in values else None)
+
+        compare.select(lambda current: keep(current, run_ids()), inputs=compare_parts["chosen"],
+                       outputs=compare_parts["chosen"], api_visibility="private")
+        inspect.select(lambda current: keep(current, run_ids()), inputs=inspect_parts["run"],
+                       outputs=inspect_parts["run"], api_visibility="private")
+        playground.select(lambda current: keep(current, playground_tab.model_choices()),
+                          inputs=playground_parts["model"], outputs=playground_parts["model"],
+                          api_visibility="private")
+    return demo
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """"user:password" -> ("user", "password"); None stays None.
+
+    Raises:
+        ValueError: without a ':' or with an empty user or password.
+    """
+    if auth is None:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth: expected user:password")
+    return user, password
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, max_runs: int | None = None,
+          trust_remote_code: bool = False, build: bool = True) -> None:
+    """Build the lab if it is missing (with `build`), then serve the app until interrupted.
+
+    Args:
+        host, port: where to listen ("0.0.0.0" to be reachable from other machines).
+        auth: "user:password" to require a login.
+        max_runs: most runs training at once (sets `$OPD_LAB_MAX_RUNS` for this process).
+        trust_remote_code: allow models that ship their own code (see `build_app`).
+        build: build the default lab first when it is not built.
+    """
+    credentials = parse_auth(auth)
+    if max_runs is not None:
+        if max_runs < 1:
+            raise ValueError(f"--max-runs: must be at least 1 (got {max_runs})")
+        os.environ["OPD_LAB_MAX_RUNS"] = str(max_runs)
+    if build and lab_summary(DEFAULT_LAB_TASK) is None:
+        from opd_lab.lab import LabRecipe, build_lab, format_summary
+
+        print(f"Building the {DEFAULT_LAB_TASK} lab first (about 4 minutes on 2 cores; cached afterwards)...")
+        print(format_summary(build_lab(LabRecipe(task=DEFAULT_LAB_TASK))))
+    print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
+    build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,
+                                        footer_links=["api"], show_error=True)

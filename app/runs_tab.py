@@ -1,0 +1,186 @@
+"""The Runs tab: every run's state, live curves and log, and Stop / Resume / Delete.
+
+Everything is read from the run folders every couple of seconds (a `gr.Timer`), so the
+table is right after a page refresh, an app restart, or a run started from the CLI.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from app.state import LOG_LINES, error_text, format_accuracy, format_duration, log_tail, run_dir_of
+from opd_lab import plots, runs
+from opd_lab.runfiles import LOG_FILE, METRICS_FILE, STATUS_FILE
+
+TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
+REFRESH_SECONDS = 2.0
+ACCURACY_METRIC = "eval/accuracy"
+DEFAULT_METRIC = "train/loss"
+
+INTRO = ("**Follow your runs.** The table refreshes every 2 seconds from the run folders. "
+         "Click a row (or pick a run below) to see its held-out accuracy, any other metric, "
+         "and the end of its log; stop, resume or delete it with the buttons.")
+
+
+def run_rows() -> list[list]:
+    """One table row per run, newest first (see TABLE_HEADERS)."""
+    rows = []
+    for run in runs.list_runs():
+        eta = format_duration(run["eta_s"]) if run["state"] == "running" else "-"
+        rows.append([run["id"], run["method"] or "?", run["task"] or "?", run["state"],
+                     f"{run['step']}/{run['total_steps']}", eta, format_accuracy(run["accuracy"]),
+                     run["message"]])
+    return rows
+
+
+def run_table() -> pd.DataFrame:
+    return pd.DataFrame(run_rows(), columns=TABLE_HEADERS)
+
+
+def run_summary(run_id: str) -> str:
+    """A Markdown line: the run's state, step, ETA, last accuracy and message."""
+    try:
+        run_dir = run_dir_of(run_id)
+    except runs.RunError as error:
+        return error_text(error)
+    row = next((r for r in runs.list_runs() if r["id"] == run_dir.name), None)
+    if row is None:
+        return error_text(f"no run named {run_id!r}")
+    parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{row['state']}**",
+             f"step {row['step']}/{row['total_steps']}", f"accuracy {format_accuracy(row['accuracy'])}"]
+    if row["state"] == "running":
+        parts.append(f"ETA {format_duration(row['eta_s'])}")
+    return " · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
+
+
+def metric_choices(run_id: str) -> list[str]:
+    try:
+        return plots.available_metrics([run_dir_of(run_id)])
+    except runs.RunError:
+        return []
+
+
+def run_figures(run_id: str, metric: str):
+    """(accuracy figure, `metric` figure, last log lines) of one run."""
+    run_dir = run_dir_of(run_id)
+    accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
+    other = plots.training_curves([run_dir], metric or DEFAULT_METRIC)
+    return accuracy, other, log_tail(run_dir)
+
+
+def _signature(run_id: str, metric: str):
+    """What the figures depend on: when it is unchanged, the tick redraws nothing."""
+    try:
+        run_dir = run_dir_of(run_id)
+    except runs.RunError:
+        return None
+    sizes = tuple((run_dir / name).stat().st_mtime_ns if (run_dir / name).exists() else 0
+                  for name in (METRICS_FILE, LOG_FILE, STATUS_FILE))
+    return (run_id, metric, sizes)
+
+
+def stop_run(run_id: str) -> str:
+    try:
+        return runs.request_stop(run_dir_of(run_id)) + " (it stops after the current step, with a checkpoint)"
+    except runs.RunError as error:
+        return error_text(error)
+
+
+def resume_run(run_id: str) -> str:
+    try:
+        pid = runs.resume(run_dir_of(run_id))
+    except runs.RunError as error:
+        return error_text(error)
+    return f"Resumed **{run_id}** from its last checkpoint (process {pid})."
+
+
+def delete_run(run_id: str, confirmed: bool) -> str:
+    if not confirmed:
+        return "Tick **I am sure** first: deleting removes the run's folder, checkpoints included."
+    try:
+        run_dir = run_dir_of(run_id)
+        runs.delete_run(run_dir)
+    except runs.RunError as error:
+        return error_text(error)
+    return f"Deleted **{run_id}**."
+
+
+def build() -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
+    gr.Markdown(INTRO, elem_classes="tab-intro")
+    table = gr.Dataframe(run_table(), headers=TABLE_HEADERS, interactive=False, label="Runs",
+                         elem_id="runs-table", max_height=320, wrap=True)
+    with gr.Row():
+        ids = [row[0] for row in run_rows()]
+        selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", scale=3, elem_id="runs-selected",
+                               allow_custom_value=False)
+        refresh = gr.Button("Refresh", scale=1)
+    summary = gr.Markdown(elem_id="run-summary")
+    with gr.Row():
+        stop = gr.Button("Stop", elem_id="stop-button")
+        resume = gr.Button("Resume", elem_id="resume-button")
+        sure = gr.Checkbox(label="I am sure", value=False, elem_id="delete-sure")
+        delete = gr.Button("Delete", variant="stop", elem_id="delete-button")
+    action = gr.Markdown(elem_id="run-action")
+    with gr.Row():
+        accuracy_plot = gr.Plot(label="Held-out accuracy", elem_id="run-accuracy-plot")
+        with gr.Column():
+            metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True)
+            metric_plot = gr.Plot(label="Metric", elem_id="run-metric-plot")
+    log = gr.Textbox(label=f"Last {LOG_LINES} lines of log.txt", lines=10, max_lines=30, interactive=False,
+                     elem_id="run-log", autoscroll=True)
+    memory = gr.State({"ids": ids, "signature": None})
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def show(run_id, metric_name, state, force=False):
+        """Outputs: table, picker, summary, accuracy plot, metric picker, metric plot, log, state."""
+        state = dict(state or {})
+        current = run_rows()
+        current_ids = [row[0] for row in current]
+        if run_id not in current_ids:
+            run_id = current_ids[0] if current_ids else None
+        picker = gr.update(choices=current_ids, value=run_id) if current_ids != state.get("ids") or force else gr.skip()
+        state["ids"] = current_ids
+        table_value = pd.DataFrame(current, columns=TABLE_HEADERS)
+        if run_id is None:
+            state["signature"] = None
+            return (table_value, picker, "No runs yet: start one in the **Launch** tab.", None,
+                    gr.skip(), None, "", state)
+        signature = _signature(run_id, metric_name)
+        if signature == state.get("signature") and not force:
+            return table_value, picker, run_summary(run_id), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        state["signature"] = signature
+        try:
+            accuracy, other, text = run_figures(run_id, metric_name)
+        except runs.RunError as error:
+            return table_value, picker, error_text(error), None, gr.skip(), None, "", state
+        choices = metric_choices(run_id) or [DEFAULT_METRIC]
+        text = text or "(no log.txt: this run was not launched in the background, e.g. `opd-lab train`)"
+        return (table_value, picker, run_summary(run_id), accuracy,
+                gr.update(choices=choices), other, text, state)
+
+    outputs = [table, selected, summary, accuracy_plot, metric, metric_plot, log, memory]
+
+    def on_tick(run_id, metric_name, state):
+        return show(run_id, metric_name, state)
+
+    def on_select(run_id, metric_name, state):
+        return show(run_id, metric_name, state, force=True)
+
+    def on_row(evt: gr.SelectData):
+        row = evt.row_value
+        return row[0] if row else gr.skip()
+
+    redraw = dict(fn=on_select, inputs=[selected, metric, memory], outputs=outputs, show_progress="hidden",
+                  api_visibility="private")
+    timer.tick(on_tick, inputs=[selected, metric, memory], outputs=outputs, show_progress="hidden",
+               api_visibility="private", queue=False)
+    gr.on([selected.input, metric.input], **redraw)
+    table.select(on_row, outputs=selected, api_visibility="private").then(**redraw)
+    refresh.click(run_table, outputs=table, api_name="list_runs").then(**redraw)
+    stop.click(stop_run, inputs=selected, outputs=action, api_name="stop").then(**redraw)
+    resume.click(resume_run, inputs=selected, outputs=action, api_name="resume").then(**redraw)
+    delete.click(delete_run, inputs=[selected, sure], outputs=action, api_name="delete").then(
+        lambda: False, outputs=sure, api_visibility="private").then(**redraw)
+    return {"selected": selected, "load": redraw}
