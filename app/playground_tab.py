@@ -57,7 +57,7 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
     if choice.startswith(LAB_PREFIX):
         task = choice[len(LAB_PREFIX):]
         if task not in built_lab_tasks():
-            raise runs.RunError(f"no built lab for task {task!r}: run `opd-lab lab build --task {task}`")
+            raise runs.RunError(f"no built lab for task {task!r} (build one with `opd-lab lab build`)")
         return {"task": task, "task_regex": "", "student": ("lab", task), "teacher": "lab",
                 "trust_remote_code": trust_remote_code,
                 "description": f"Student: the base student of the {task} lab. Teacher: the {task} lab's teacher."}

@@ -22,8 +22,10 @@ Run:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -128,18 +130,34 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
     """Build (or reuse) the lab of `recipe.task`; returns the summary dict.
 
     The summary holds, for teacher and base student: parameters, steps, held-out greedy
-    accuracy, and seconds taken.
+    accuracy, and seconds taken. Builds are serialized by a lock file (the app and the
+    CLI may both ask at once) and written to a temporary folder that replaces the old
+    lab only when complete, so an interrupted build never leaves a half-built lab.
     """
     recipe = recipe or LabRecipe()
     folder = lab_dir(recipe.task)
-    summary = read_json(folder / SUMMARY_FILE)
-    if summary and summary.get("recipe") == json.loads(json.dumps(recipe.to_dict())) and not force:
-        progress_print(f"Reusing the lab in {folder} (pass --force to rebuild).")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    wanted = json.loads(json.dumps(recipe.to_dict()))
+    with open(folder.parent / f".{recipe.task}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = read_json(folder / SUMMARY_FILE)
+        if summary and summary.get("recipe") == wanted and not force:
+            progress_print(f"Reusing the lab in {folder} (pass --force to rebuild).")
+            return summary
+        staging = folder.parent / f".building-{recipe.task}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            summary = _build(recipe, staging)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return summary
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
 
+
+def _build(recipe: LabRecipe, folder) -> dict:
     task = get_task(recipe.task)
     tokenizer = build_char_tokenizer()
     train_rng = random.Random(recipe.seed)
@@ -171,6 +189,7 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
     summary = {
         "task": recipe.task,
         "recipe": json.loads(json.dumps(recipe.to_dict())),
+        "torch_threads": torch.get_num_threads(),
         "teacher": {"parameters": count_parameters(teacher), "steps": recipe.teacher_steps,
                     "accuracy": teacher_eval.accuracy, "seconds": round(teacher_seconds, 1)},
         "student": {"parameters": count_parameters(student), "steps": recipe.student_steps,

@@ -1,0 +1,342 @@
+"""The web app's handlers, called directly and through gradio_client, on the tiny lab.
+
+Handlers are plain functions of the tab modules; the served app is driven through its
+named API endpoints (/preview, /launch, /list_runs, /stop, ...). One test launches a
+real background run from the app, closes the app, and checks the run carried on and
+a new app instance shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+
+import pytest
+
+from synthetic_runs import make_run
+
+gr = pytest.importorskip("gradio")
+
+
+@pytest.fixture()
+def runs_root(lab_home):
+    from opd_lab.paths import runs_dir
+
+    return runs_dir()
+
+
+def _form(**changes) -> list:
+    from app.launch_tab import FORM_FIELDS
+
+    values = [changes.pop(spec.name, spec.default) for spec in FORM_FIELDS]
+    assert not changes, f"not form fields: {changes}"
+    return values
+
+
+def _folders(root) -> set[str]:
+    return {path.name for path in root.iterdir()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_state(run_dir, states, timeout=120.0) -> dict:
+    from opd_lab import runs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = runs.status_of(run_dir)
+        if status.get("state") in states:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir.name} never reached {states}: {runs.status_of(run_dir)}")
+
+
+# --- Launch -------------------------------------------------------------------------
+
+
+def test_form_has_every_config_field_but_trust_remote_code():
+    from app.launch_tab import FIELD_NAMES
+    from opd_lab.config import RunConfig
+
+    names = [spec.name for spec in dataclasses.fields(RunConfig)]
+    assert FIELD_NAMES == [name for name in names if name != "trust_remote_code"]
+
+
+def test_built_form_widgets_follow_field_types(lab_home):
+    from app.main import build_app
+
+    demo = build_app()
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert isinstance(by_id["field-method"], gr.Dropdown)
+    assert isinstance(by_id["field-steps"], gr.Number) and by_id["field-steps"].precision == 0
+    assert isinstance(by_id["field-learning_rate"], gr.Number)
+    assert isinstance(by_id["field-teacher"], gr.Textbox)
+    assert "field-trust_remote_code" not in by_id
+    assert "Optimizer steps." in by_id["field-steps"].info
+
+
+def test_preview_lists_only_changed_flags():
+    from app.launch_tab import preview_command
+
+    assert preview_command(_form()) == "opd-lab launch"
+    command = preview_command(_form(method="rl", samples_per_prompt=4, steps=6, learning_rate=3e-4,
+                                    name="my run"))
+    assert command == "opd-lab launch --name 'my run' --method rl --steps 6 --samples-per-prompt 4 --learning-rate 0.0003"
+    assert preview_command(_form(), trust_remote_code=True) == "opd-lab launch --trust-remote-code"
+
+
+def test_launch_with_a_bad_value_shows_the_error_and_creates_no_run(runs_root):
+    from app.launch_tab import launch_run
+
+    before = _folders(runs_root)
+    message, run_id = launch_run(_form(learning_rate=5.0))
+    assert run_id == "" and "learning_rate" in message and "Not launched" in message
+    message, run_id = launch_run(_form(steps=None))
+    assert run_id == "" and "steps: enter a value" in message
+    message, run_id = launch_run(_form(method="rl", samples_per_prompt=1))
+    assert run_id == "" and "samples_per_prompt" in message
+    assert _folders(runs_root) == before
+
+
+def test_launch_refused_at_the_run_limit_creates_no_run(runs_root, monkeypatch):
+    from app.launch_tab import launch_run
+
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "0")
+    before = _folders(runs_root)
+    message, run_id = launch_run(_form(steps=2))
+    assert run_id == "" and "limit is 0" in message
+    assert _folders(runs_root) == before
+
+
+def test_presets_fill_the_form():
+    from app.launch_tab import FIELD_NAMES, preset_values
+
+    values = dict(zip(FIELD_NAMES, preset_values("RL on the lab")))
+    assert values["method"] == "rl" and values["samples_per_prompt"] == 4 and values["batch_size"] == 8
+    assert values["steps"] == 150  # everything else is the default
+
+
+def test_config_saves_and_loads_back_without_trust_remote_code(tmp_path):
+    from app.launch_tab import FIELD_NAMES, load_config_file, save_config
+
+    path, message = save_config(_form(method="sft", steps=7, name="saved"))
+    assert path.endswith("saved.yaml") and "Saved" in message
+    values, message = load_config_file(path)
+    assert dict(zip(FIELD_NAMES, values))["steps"] == 7 and "Loaded" in message
+
+    risky = tmp_path / "risky.json"
+    risky.write_text('{"method": "opd", "trust_remote_code": true, "steps": 3}')
+    values, message = load_config_file(str(risky))
+    assert "trust_remote_code" not in FIELD_NAMES and "ignores" in message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 0\n")
+    values, message = load_config_file(str(bad))
+    assert values == [None] * len(FIELD_NAMES) and "steps" in message
+    assert save_config(_form(steps=0))[0] is None
+
+
+# --- Runs ---------------------------------------------------------------------------
+
+
+def test_run_table_has_one_row_per_run(runs_root):
+    from app.runs_tab import TABLE_HEADERS, run_rows, run_summary
+
+    make_run(runs_root, "table-demo", method="rl", steps=20, eval_accuracy={0: 0.1, 20: 0.8})
+    rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
+    assert rows["table-demo"] == {"run": "table-demo", "method": "rl", "task": "addition", "state": "finished",
+                                  "step": "20/20", "ETA": "-", "accuracy": "80.0%", "message": "finished"}
+    assert "**finished**" in run_summary("table-demo")
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc", "..", "/etc/passwd", "a/../../b", "", "runs/../x"])
+def test_run_ids_that_leave_the_runs_folder_are_rejected(runs_root, bad_id):
+    from app import compare_tab, inspect_tab, playground_tab, runs_tab
+
+    before = _folders(runs_root)
+    for message in (runs_tab.stop_run(bad_id), runs_tab.resume_run(bad_id), runs_tab.delete_run(bad_id, True),
+                    runs_tab.run_summary(bad_id), inspect_tab.token_view(bad_id, 2, 0),
+                    compare_tab.comparison([bad_id], "step", "eval/accuracy")[2]):
+        assert message.startswith("**Error:**"), message
+    assert inspect_tab.steps_of(bad_id) == []
+    with pytest.raises(ValueError):
+        playground_tab.resolve_choice(f"run:{bad_id}/step_000001")
+    assert _folders(runs_root) == before
+
+
+def test_delete_needs_the_confirmation(runs_root):
+    from app.runs_tab import delete_run
+
+    make_run(runs_root, "to-delete")
+    assert "I am sure" in delete_run("to-delete", False)
+    assert (runs_root / "to-delete").exists()
+    assert "Deleted" in delete_run("to-delete", True)
+    assert not (runs_root / "to-delete").exists()
+
+
+# --- Compare ------------------------------------------------------------------------
+
+
+def test_comparison_overlays_runs_and_tabulates_compute(runs_root, monkeypatch):
+    from app import compare_tab
+
+    make_run(runs_root, "cmp-opd", method="opd", eval_accuracy={0: 0.1, 10: 0.7, 20: 0.8})
+    make_run(runs_root, "cmp-rl", method="rl", eval_accuracy={0: 0.1, 10: 0.2, 20: 0.3})
+    monkeypatch.setattr(compare_tab, "lab_summary", lambda task: {"teacher": {"accuracy": 0.8}})
+    figure, table, note = compare_tab.comparison(["cmp-opd", "cmp-rl"], "flops", "eval/accuracy")
+    assert [trace.name for trace in figure.data] == ["OPD (cmp-opd)", "RL (cmp-rl)"]
+    assert len(table) == 6 and "80.0%" in note
+    reached = table[(table["run"] == "cmp-rl") & (table["fraction of teacher"] == "90%")]
+    assert reached["step"].item() == "not reached"
+    assert compare_tab.comparison([], "step", "eval/accuracy")[2] == "Choose at least one run."
+
+
+def test_three_methods_share_the_budget():
+    from app.compare_tab import three_method_configs
+    from opd_lab.config import ConfigError
+
+    configs = {config.method: config for config in three_method_configs(steps=12, batch_size=8)}
+    assert set(configs) == {"rl", "sft", "opd"}
+    assert {config.steps for config in configs.values()} == {12}
+    sequences = {method: config.batch_size * config.samples_per_prompt for method, config in configs.items()}
+    assert sequences == {"rl": 8, "sft": 8, "opd": 8}
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        three_method_configs(steps=12, batch_size=6)
+
+
+def test_three_methods_refused_beyond_the_run_limit(runs_root, monkeypatch):
+    from app.compare_tab import launch_three
+
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "2")
+    before = _folders(runs_root)
+    message, launched = launch_three(4, 8)
+    assert launched == [] and "limit is 2" in message
+    assert _folders(runs_root) == before
+
+
+# --- Inspect ------------------------------------------------------------------------
+
+
+def test_inspect_shows_a_logged_sample(runs_root):
+    from app import inspect_tab
+
+    make_run(runs_root, "inspect-demo", steps=20, sample_every=10)
+    assert inspect_tab.steps_of("inspect-demo") == [10, 20]
+    choices = inspect_tab.sample_choices("inspect-demo", 10)
+    assert [index for _, index in choices] == [0, 1]
+    view = inspect_tab.token_view("inspect-demo", 10, 1, "advantage")
+    assert "<div" in view and "inspect-demo, step 10" in view and "<script" not in view
+    assert inspect_tab.token_view("inspect-demo", 10, 5) == "Choose a logged step and a sample."
+    heatmap, over_training = inspect_tab.step_figures("inspect-demo", 10)
+    assert heatmap.data[0].z.shape[0] == 2 and len(over_training.data) >= 1
+
+
+# --- Playground ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(lab_home):
+    """A 2-step OPD run trained in this process, with a checkpoint."""
+    from opd_lab import runs
+    from opd_lab.config import RunConfig
+    from opd_lab.train import run_training
+
+    config = RunConfig(name="playground", steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1,
+                       checkpoint_every=2, samples_to_log=2)
+    run_dir = runs.create_run(config)
+    assert run_training(run_dir, progress=False) == "finished"
+    return run_dir
+
+
+def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, monkeypatch):
+    from app import playground_tab
+
+    choices = dict((value, label) for label, value in playground_tab.model_choices())
+    choice = f"run:{trained_run.name}/step_000002"
+    assert "lab:addition" in choices and choice in choices
+    completion, view, about, records = playground_tab.answer(choice, "123+456=", True, 1.0, 0, "reverse_kl")
+    assert view.startswith("<style") and len(records) >= 1 and trained_run.name in about
+    assert completion == "".join(record["text"] for record in records if record["text"] != "</s>")[:len(completion)]
+
+    loads = []
+    monkeypatch.setattr(playground_tab, "load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(playground_tab, "load_student", lambda *a, **k: loads.append(a))
+    again = playground_tab.answer(choice, "123+456=", True, 1.0, 0, "reverse_kl")
+    assert again[0] == completion and loads == []  # served from the cache
+
+    view, about, records = playground_tab.score("lab:addition", "1+2=", "1+2+0=03;3", "advantage")
+    assert len(records) == len("1+2+0=03;3") + 1  # every character, and the end of text
+    assert "base student" in about
+
+
+def test_playground_rejects_unknown_models(lab_home):
+    from app import playground_tab
+
+    for choice in ("lab:../../etc", "lab:sorting", "run:nope/step_000001", "/etc/passwd", ""):
+        completion, view, _, _ = playground_tab.answer(choice, "1+1=", True, 1.0, 0, "reverse_kl")
+        assert completion == "" and view.startswith("**Error:**")
+
+
+# --- the served app, through gradio_client -----------------------------------------
+
+
+@pytest.fixture()
+def served_app(lab_home):
+    from app.main import build_app
+
+    demo = build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_client_endpoints(served_app, runs_root):
+    from gradio_client import Client
+
+    make_run(runs_root, "client-demo")
+    _, url = served_app
+    client = Client(url, verbose=False)
+    table = client.predict(api_name="/list_runs")
+    assert "client-demo" in [row[0] for row in table["data"]]
+    assert client.predict(*_form(steps=6, method="sft"), api_name="/preview") == "opd-lab launch --method sft --steps 6"
+    assert client.predict("../../etc", api_name="/stop").startswith("**Error:**")
+    before = _folders(runs_root)
+    message, run_id = client.predict(*_form(eval_every=0), api_name="/launch")
+    assert run_id == "" and "eval_every" in message and _folders(runs_root) == before
+
+
+def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
+    from gradio_client import Client
+
+    from app.main import build_app
+    from opd_lab import runs
+
+    demo = build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        form = _form(name="survivor", steps=8, batch_size=4, eval_every=4, eval_count=8, sample_every=4,
+                     checkpoint_every=4)
+        message, run_id = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(*form, api_name="/launch")
+    finally:
+        demo.close()
+    assert run_id.startswith("survivor-"), message
+    run_dir = runs.run_path(run_id)
+    assert runs.status_of(run_dir)["state"] in runs.ACTIVE_STATES  # the app is gone, the run is not
+    status = _wait_state(run_dir, ("finished", "failed", "stopped"))
+    assert status["state"] == "finished" and status["step"] == 8, status
+
+    demo = build_app()  # a new app instance reads the run back from its folder
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        table = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/list_runs")
+    finally:
+        demo.close()
+    row = next(row for row in table["data"] if row[0] == run_id)
+    assert row[3] == "finished" and row[4] == "8/8"
