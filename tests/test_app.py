@@ -262,15 +262,15 @@ def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, mon
     assert view.startswith("<style") and len(records) >= 1 and trained_run.name in about
     assert completion == "".join(record["text"] for record in records if record["text"] != "</s>")[:len(completion)]
 
+    view, about, records = playground_tab.score("lab:addition", "1+2=", "1+2+0=03;3", "advantage")
+    assert len(records) == len("1+2+0=03;3") + 1  # every character, and the end of text
+    assert "base student" in about
+
     loads = []
     monkeypatch.setattr(playground_tab, "load_model", lambda *a, **k: loads.append(a))
     monkeypatch.setattr(playground_tab, "load_student", lambda *a, **k: loads.append(a))
     again = playground_tab.answer(choice, "123+456=", True, 1.0, 0, "reverse_kl")
     assert again[0] == completion and loads == []  # served from the cache
-
-    view, about, records = playground_tab.score("lab:addition", "1+2=", "1+2+0=03;3", "advantage")
-    assert len(records) == len("1+2+0=03;3") + 1  # every character, and the end of text
-    assert "base student" in about
 
 
 def test_playground_rejects_unknown_models(lab_home):
