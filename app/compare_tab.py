@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import error_text, lab_summary, run_dir_of, run_ids
+from app.state import active_run_count, error_text, lab_summary, run_dir_of, run_ids
 from opd_lab import plots, runs
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.runfiles import load_config
@@ -90,7 +90,7 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
         configs = three_method_configs(int(steps or 0), int(batch_size or 0))
     except (ConfigError, ValueError) as error:
         return f"**Not launched.** {error}", []
-    active = len([p for p in runs.active_runs() if runs.status_of(p).get("pid")])
+    active = active_run_count()
     limit = runs.max_active_runs()
     if active + len(configs) > limit:
         return (f"**Not launched.** This starts {len(configs)} runs, {active} are already running and the "
@@ -100,9 +100,7 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
         run_dir = runs.create_run(config)
         try:
             runs.launch(run_dir)
-        except runs.RunError as error:
-            runs.update_status(run_dir, state="stopped", message="not launched")
-            runs.delete_run(run_dir)
+        except runs.RunError as error:  # another launch took a slot since the check above
             return f"**Launched only {', '.join(launched) or 'none'}.** {error}", launched
         launched.append(run_dir.name)
     return (f"Launched {', '.join(f'**{run}**' for run in launched)}: {steps} steps each, "
@@ -114,7 +112,8 @@ def build() -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
-        chosen = gr.Dropdown(run_ids(), value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs")
+        chosen = gr.Dropdown(run_ids(), value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs",
+                             allow_custom_value=True)
         x = gr.Radio(X_CHOICES, value="step", label="x-axis", scale=3)
         metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
                              scale=2)
@@ -148,7 +147,7 @@ def build() -> dict:
         return text, picker
 
     update.click(comparison, inputs=[chosen, x, metric], outputs=[figure, table, note], api_name="compare")
-    gr.on([chosen.change, x.change, metric.change], comparison, inputs=[chosen, x, metric],
+    gr.on([chosen.change, x.input, metric.input], comparison, inputs=[chosen, x, metric],
           outputs=[figure, table, note], api_visibility="private")
     chosen.change(on_metrics, inputs=chosen, outputs=metric, api_visibility="private")
     start.click(on_three, inputs=[steps, batch], outputs=[launched, chosen], api_name="launch_three")

@@ -82,9 +82,9 @@ def build() -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
-        run = gr.Dropdown(run_ids(), value=None, label="Run", scale=3, elem_id="inspect-run")
-        step = gr.Dropdown([], label="Logged step", scale=1, elem_id="inspect-step")
-        sample = gr.Dropdown([], label="Sample", scale=3, elem_id="inspect-sample")
+        run = gr.Dropdown(run_ids(), value=None, label="Run", scale=3, elem_id="inspect-run", allow_custom_value=True)
+        step = gr.Dropdown([], label="Logged step", scale=1, elem_id="inspect-step", allow_custom_value=True)
+        sample = gr.Dropdown([], label="Sample", scale=3, elem_id="inspect-sample", allow_custom_value=True)
     with gr.Row():
         previous = gr.Button("◀ Previous step", elem_id="inspect-previous")
         following = gr.Button("Next step ▶", elem_id="inspect-next")

@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
-from app.state import error_text
+from app.state import active_run_count
 from opd_lab import runs
 from opd_lab.config import PRESETS, ConfigError, RunConfig, config_fields
 
@@ -78,14 +78,19 @@ def preview_command(values, trust_remote_code: bool = False) -> str:
     return " ".join(parts)
 
 
+def check_form(values, trust_remote_code: bool = False) -> str:
+    """A Markdown line: ready to launch, or the first bad value."""
+    try:
+        config_from_form(values, trust_remote_code)
+    except ConfigError as error:
+        return f"**Fix this before launching:** {error}"
+    return "Ready: press **Launch**."
+
+
 def preset_values(preset: str) -> list:
     """Form values of a preset: the defaults with the preset's changes."""
     changes = PRESETS.get(preset, {})
     return [changes.get(spec.name, spec.default) for spec in FORM_FIELDS]
-
-
-def _active_with_process() -> int:
-    return len([p for p in runs.active_runs() if runs.status_of(p).get("pid")])
 
 
 def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
@@ -97,16 +102,14 @@ def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return f"**Not launched.** {error}", ""
-    active, limit = _active_with_process(), runs.max_active_runs()
+    active, limit = active_run_count(), runs.max_active_runs()
     if active >= limit:
         return (f"**Not launched.** {active} runs are already running (the limit is {limit}): "
                 "stop one in the Runs tab or wait for it to finish."), ""
     run_dir = runs.create_run(config)
     try:
         pid = runs.launch(run_dir)
-    except runs.RunError as error:  # another launch took the last slot meanwhile
-        runs.update_status(run_dir, state="stopped", message="not launched")
-        runs.delete_run(run_dir)
+    except runs.RunError as error:  # another launch took the last slot since the check above
         return f"**Not launched.** {error}", ""
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
             f"its folder is `{run_dir}`."), run_dir.name
@@ -118,7 +121,8 @@ def save_config(values, trust_remote_code: bool = False) -> tuple[str | None, st
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return None, f"**Not saved.** {error}"
-    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{config.name or config.method + '-' + Path(config.task).stem}.yaml"
+    stem = config.name or f"{config.method}-{Path(config.task).stem}"
+    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{stem}.yaml"
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return str(path), f"Saved `{path.name}`: use it with `opd-lab launch {path.name}` or load it here."
 
@@ -182,8 +186,10 @@ def build(trust_remote_code: bool = False) -> None:
         components.update(_grid(more))
     form = [components[name] for name in FIELD_NAMES]
 
+    form_check = gr.Markdown(elem_id="form-check")
     command = gr.Code(preview_command(preset_values(DEFAULTS_PRESET), trust_remote_code), language="shell",
-                      label="The same run from a terminal", interactive=False, elem_id="launch-command")
+                      label="The same run from a terminal", interactive=False, elem_id="launch-command",
+                      lines=1, wrap_lines=True, buttons=["copy"])
     with gr.Row():
         launch_button = gr.Button("Launch", variant="primary", elem_id="launch-button", scale=1)
         run_id = gr.Textbox(label="Launched run", interactive=False, elem_id="launched-run", scale=2)
@@ -191,7 +197,7 @@ def build(trust_remote_code: bool = False) -> None:
     saved = gr.File(label="Config to download", visible=False, interactive=False)
 
     def on_preview(*values):
-        return preview_command(values, trust_remote_code)
+        return preview_command(values, trust_remote_code), check_form(values, trust_remote_code)
 
     def on_launch(*values):
         return launch_run(values, trust_remote_code)
@@ -204,9 +210,10 @@ def build(trust_remote_code: bool = False) -> None:
         values, text = load_config_file(file)
         return [gr.skip() if value is None else value for value in values] + [text]
 
-    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command, api_name="preview",
+    gr.on([c.change for c in form], on_preview, inputs=form, outputs=[command, form_check], api_name="preview",
           show_progress="hidden")
     preset.change(preset_values, inputs=preset, outputs=form, api_visibility="private")
+    gr.on([c.input for c in form], lambda: "", outputs=message, api_visibility="private", show_progress="hidden")
     launch_button.click(on_launch, inputs=form, outputs=[message, run_id], api_name="launch")
     save_button.click(on_save, inputs=form, outputs=[saved, message], api_visibility="private")
     load_button.upload(on_load, inputs=load_button, outputs=[*form, message], api_visibility="private")

@@ -151,7 +151,7 @@ def build(trust_remote_code: bool = False) -> dict:
     choices = model_choices()
     with gr.Row():
         model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Student model",
-                            scale=3, elem_id="playground-model")
+                            scale=3, elem_id="playground-model", allow_custom_value=True)
         color = gr.Radio([("reverse KL", "reverse_kl"), ("advantage", "advantage")], value="reverse_kl",
                          label="Colour tokens by", scale=2)
     description = gr.Markdown()

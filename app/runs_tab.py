@@ -75,16 +75,19 @@ def _signature(run_id: str, metric: str):
         run_dir = run_dir_of(run_id)
     except runs.RunError:
         return None
-    sizes = tuple((run_dir / name).stat().st_mtime_ns if (run_dir / name).exists() else 0
-                  for name in (METRICS_FILE, LOG_FILE, STATUS_FILE))
-    return (run_id, metric, sizes)
+    stamps = tuple((run_dir / name).stat().st_mtime_ns if (run_dir / name).exists() else 0
+                   for name in (METRICS_FILE, LOG_FILE, STATUS_FILE))
+    return (run_id, metric, stamps)
 
 
 def stop_run(run_id: str) -> str:
     try:
-        return runs.request_stop(run_dir_of(run_id)) + " (it stops after the current step, with a checkpoint)"
+        run_dir = run_dir_of(run_id)
     except runs.RunError as error:
         return error_text(error)
+    active = runs.status_of(run_dir).get("state") in runs.ACTIVE_STATES
+    message = runs.request_stop(run_dir)
+    return message + (" (it stops after the current step, with a checkpoint)" if active else "")
 
 
 def resume_run(run_id: str) -> str:
@@ -114,7 +117,7 @@ def build() -> dict:
     with gr.Row():
         ids = [row[0] for row in run_rows()]
         selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", scale=3, elem_id="runs-selected",
-                               allow_custom_value=False)
+                               allow_custom_value=True)
         refresh = gr.Button("Refresh", scale=1)
     summary = gr.Markdown(elem_id="run-summary")
     with gr.Row():
@@ -130,7 +133,7 @@ def build() -> dict:
             metric_plot = gr.Plot(label="Metric", elem_id="run-metric-plot")
     log = gr.Textbox(label=f"Last {LOG_LINES} lines of log.txt", lines=10, max_lines=30, interactive=False,
                      elem_id="run-log", autoscroll=True)
-    memory = gr.State({"ids": ids, "signature": None})
+    memory = gr.State({"ids": ids, "rows": None, "signature": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
     def show(run_id, metric_name, state, force=False):
@@ -142,7 +145,10 @@ def build() -> dict:
             run_id = current_ids[0] if current_ids else None
         picker = gr.update(choices=current_ids, value=run_id) if current_ids != state.get("ids") or force else gr.skip()
         state["ids"] = current_ids
-        table_value = pd.DataFrame(current, columns=TABLE_HEADERS)
+        # Redrawing an unchanged table would reset its scroll position every tick.
+        changed = current != state.get("rows") or force
+        table_value = pd.DataFrame(current, columns=TABLE_HEADERS) if changed else gr.skip()
+        state["rows"] = current
         if run_id is None:
             state["signature"] = None
             return (table_value, picker, "No runs yet: start one in the **Launch** tab.", None,

@@ -9,6 +9,7 @@ a new app instance shows it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import time
 
@@ -81,13 +82,16 @@ def test_built_form_widgets_follow_field_types(lab_home):
 
 
 def test_preview_lists_only_changed_flags():
-    from app.launch_tab import preview_command
+    from app.launch_tab import check_form, preview_command
 
     assert preview_command(_form()) == "opd-lab launch"
     command = preview_command(_form(method="rl", samples_per_prompt=4, steps=6, learning_rate=3e-4,
                                     name="my run"))
-    assert command == "opd-lab launch --name 'my run' --method rl --steps 6 --samples-per-prompt 4 --learning-rate 0.0003"
+    assert command == ("opd-lab launch --name 'my run' --method rl --steps 6 --samples-per-prompt 4 "
+                       "--learning-rate 0.0003")
     assert preview_command(_form(), trust_remote_code=True) == "opd-lab launch --trust-remote-code"
+    assert check_form(_form()).startswith("Ready")
+    assert "temperature" in check_form(_form(temperature=0.0))
 
 
 def test_launch_with_a_bad_value_shows_the_error_and_creates_no_run(runs_root):
@@ -303,7 +307,10 @@ def test_client_endpoints(served_app, runs_root):
     client = Client(url, verbose=False)
     table = client.predict(api_name="/list_runs")
     assert "client-demo" in [row[0] for row in table["data"]]
-    assert client.predict(*_form(steps=6, method="sft"), api_name="/preview") == "opd-lab launch --method sft --steps 6"
+    command, check = client.predict(*_form(steps=6, method="sft"), api_name="/preview")
+    assert command == "opd-lab launch --method sft --steps 6" and check.startswith("Ready")
+    command, check = client.predict(*_form(steps=0), api_name="/preview")
+    assert command == "opd-lab launch --steps 0" and "steps: must be at least 1" in check
     assert client.predict("../../etc", api_name="/stop").startswith("**Error:**")
     before = _folders(runs_root)
     message, run_id = client.predict(*_form(eval_every=0), api_name="/launch")
@@ -340,3 +347,42 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
         demo.close()
     row = next(row for row in table["data"] if row[0] == run_id)
     assert row[3] == "finished" and row[4] == "8/8"
+
+
+# --- serve --------------------------------------------------------------------------
+
+
+def test_parse_auth():
+    from app.main import parse_auth
+
+    assert parse_auth(None) is None
+    assert parse_auth("me:se:cret") == ("me", "se:cret")
+    for bad in ("nocolon", ":pw", "me:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_auth(bad)
+
+
+def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home, monkeypatch):
+    import app.main
+    import opd_lab.lab
+
+    launched, built = {}, []
+
+    class FakeApp:
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code: launched.update(trust=trust_remote_code)
+                        or FakeApp())
+    monkeypatch.setattr(app.main, "lab_summary", lambda task: None)  # as if no lab were built
+    monkeypatch.setattr(opd_lab.lab, "build_lab", lambda recipe: built.append(recipe.task) or {})
+    monkeypatch.setattr(opd_lab.lab, "format_summary", lambda summary: "summary")
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")  # restored after the test; serve overwrites it
+    app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
+    assert built == ["addition"]
+    assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7999
+    assert launched["auth"] == ("me", "pw") and launched["trust"] is True
+    assert os.environ["OPD_LAB_MAX_RUNS"] == "5"
+    built.clear()
+    app.main.serve(build=False)
+    assert built == []

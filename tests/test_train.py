@@ -37,7 +37,8 @@ def _wait_for(predicate, timeout=120):
     dict(method="opd", estimator="full", divergence="jsd", on_policy_fraction=0.5, reward_coef=0.5),
     dict(method="sft", sft_source="teacher"),
     dict(method="rl", samples_per_prompt=2),
-], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl"])
+    dict(method="opd", finetune="lora", lora_rank=4, learning_rate=1e-2),
+], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl", "opd-lora"])
 def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     run_dir = runs.create_run(RunConfig(**SMALL, **overrides))
     assert run_training(run_dir, progress=False) == "finished", load_status(run_dir)

@@ -1,0 +1,152 @@
+"""The app in a real browser: launch a run, follow it, stop it, inspect its tokens.
+
+Drives Chromium (the Debian package at /usr/bin/chromium, never a downloaded one)
+through Playwright against the app served on a free port, on the tiny lab. Every tab
+is screenshot into $OPD_LAB_SCREENSHOTS (or the test's tmp_path) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium "
+                                                     "(apt-get install -y chromium chromium-driver)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture()
+def app_url(lab_home):
+    from app.main import build_app
+
+    demo = build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture()
+def screenshots(tmp_path) -> Path:
+    folder = Path(os.environ.get("OPD_LAB_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture()
+def page(app_url):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(app_url)
+        page.wait_for_selector("#launch-button")
+        yield page
+        browser.close()
+
+
+def _set_number(page, field: str, value) -> None:
+    box = page.locator(f"#field-{field} input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _pick(page, dropdown_id: str, option: str) -> None:
+    """Choose `option` in a Gradio dropdown by typing it and clicking the match."""
+    box = page.locator(f"#{dropdown_id} input")
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option).first.click()
+
+
+def _open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
+    from playwright.sync_api import expect
+
+    from opd_lab import runs
+
+    started = time.monotonic()
+    # Launch: a bad value is refused next to the form, then a small run starts.
+    _set_number(page, "learning_rate", 5)
+    expect(page.locator("#form-check")).to_contain_text("learning_rate: must be in (0, 1)")
+    page.click("#launch-button")
+    expect(page.locator("#launch-message")).to_contain_text("learning_rate")
+    _set_number(page, "learning_rate", 0.001)
+    page.locator("#field-name input").fill("browser")
+    for field, value in (("steps", 6), ("batch_size", 4), ("eval_every", 3), ("sample_every", 2),
+                         ("checkpoint_every", 3), ("eval_count", 16)):
+        _set_number(page, field, value)
+    expect(page.locator("#launch-command")).to_contain_text(
+        "opd-lab launch --name browser --steps 6 --batch-size 4 --eval-every 3 --eval-count 16 "
+        "--sample-every 2 --checkpoint-every 3")
+    page.screenshot(path=str(screenshots / "1-launch.png"), full_page=True)
+    page.click("#launch-button")
+    expect(page.locator("#launched-run input, #launched-run textarea")).to_have_value(re.compile(r"^browser-"))
+    run_id = page.locator("#launched-run input, #launched-run textarea").input_value()
+    expect(page.locator("#launch-message")).to_contain_text("Launched")
+
+    # Runs: the table shows the run; selecting it draws its curves; stop it.
+    _open_tab(page, "Runs")
+    table = page.locator("#runs-table")
+    row = table.locator("[role=gridcell]", has_text=run_id).first
+    row.click()
+    expect(page.locator("#run-summary")).to_contain_text(run_id)
+    expect(table.locator("[role=row]", has_text=run_id)).to_contain_text(re.compile(r"\b[1-6]/6\b"),
+                                                                          timeout=90_000)  # step > 0
+    expect(page.locator("#run-accuracy-plot .js-plotly-plot").first).to_be_visible()
+    page.click("#stop-button")
+    expect(page.locator("#run-action")).to_contain_text(re.compile(r"stop requested|not running"))
+    expect(page.locator("#run-summary")).to_contain_text(re.compile(r"stopped|finished"), timeout=90_000)
+    expect(page.locator("#run-log textarea")).not_to_have_value("")
+    page.screenshot(path=str(screenshots / "2-runs.png"), full_page=True)
+    assert runs.status_of(runs.run_path(run_id))["state"] in ("stopped", "finished")
+
+    # Compare: the run's curve.
+    _open_tab(page, "Compare")
+    _pick(page, "compare-runs", run_id)
+    page.keyboard.press("Escape")
+    expect(page.locator("#compare-plot .js-plotly-plot").first).to_be_visible()
+    expect(page.locator("#compare-plot")).to_contain_text("held-out accuracy")
+    page.wait_for_timeout(500)  # let the chart finish drawing before the screenshot
+    page.screenshot(path=str(screenshots / "3-compare.png"), full_page=True)
+
+    # Inspect: a sample's tokens, coloured, with a hover card.
+    _open_tab(page, "Inspect")
+    _pick(page, "inspect-run", run_id)
+    token = page.locator("#token-view .tvt").first
+    expect(token).to_be_visible()
+    expect(page.locator("#kl-heatmap .js-plotly-plot").first).to_be_visible()
+    token.hover()
+    expect(token.locator(".tvc")).to_be_visible()
+    expect(token.locator(".tvc")).to_contain_text("teacher p")
+    page.click("#inspect-previous")
+    expect(page.locator("#token-view")).to_contain_text(re.compile(r"step [24],"))
+    page.screenshot(path=str(screenshots / "4-inspect.png"), full_page=True)
+
+    # Playground: the base student answers, every token coloured.
+    _open_tab(page, "Playground")
+    page.click("#playground-answer")
+    expect(page.locator("#playground-view .tvt").first).to_be_visible()
+    page.screenshot(path=str(screenshots / "5-playground.png"), full_page=True)
+    assert time.monotonic() - started < 150
