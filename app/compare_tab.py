@@ -13,13 +13,12 @@ import pandas as pd
 
 from app.state import active_run_count, error_text, lab_summary, run_dir_of, run_ids
 from opd_lab import plots, runs
+from opd_lab.compare import RL_SAMPLES_PER_PROMPT, method_configs
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.runfiles import load_config
 
 X_CHOICES = list(plots.X_AXES)
 DEFAULT_METRIC = "eval/accuracy"
-RL_SAMPLES_PER_PROMPT = 4
-COMPARISON_PREFIX = "compare"
 
 INTRO = ("**Compare runs.** Choose runs, an x-axis and a metric: curves are coloured by method "
          "(OPD blue, SFT orange, RL green). The table says when each run first reached a share of the "
@@ -63,31 +62,10 @@ def comparison(selected: list[str], x: str, metric: str):
     return figure, pd.DataFrame(table["data"], columns=table["headers"]), note
 
 
-def three_method_configs(steps: int, batch_size: int) -> list[RunConfig]:
-    """RL, SFT and OPD with the same budget: the same steps and sampled sequences per step.
-
-    RL samples `RL_SAMPLES_PER_PROMPT` completions per prompt, so it gets that many
-    times fewer prompts per step.
-
-    Raises:
-        ConfigError: for a batch size RL cannot split evenly, or any bad value.
-    """
-    if not isinstance(batch_size, int) or batch_size % RL_SAMPLES_PER_PROMPT:
-        raise ConfigError(f"batch_size: must be a multiple of {RL_SAMPLES_PER_PROMPT} so that RL, with "
-                          f"{RL_SAMPLES_PER_PROMPT} samples per prompt, samples as many sequences per step "
-                          f"(got {batch_size})")
-    return [
-        RunConfig(name=f"{COMPARISON_PREFIX}-rl", method="rl", steps=steps,
-                  batch_size=batch_size // RL_SAMPLES_PER_PROMPT, samples_per_prompt=RL_SAMPLES_PER_PROMPT),
-        RunConfig(name=f"{COMPARISON_PREFIX}-sft", method="sft", steps=steps, batch_size=batch_size),
-        RunConfig(name=f"{COMPARISON_PREFIX}-opd", method="opd", steps=steps, batch_size=batch_size),
-    ]
-
-
 def launch_three(steps, batch_size) -> tuple[str, list[str]]:
     """Create and launch the RL/SFT/OPD trio: `(message, run ids)`; all three or none."""
     try:
-        configs = three_method_configs(int(steps or 0), int(batch_size or 0))
+        configs = method_configs(int(steps or 0), int(batch_size or 0))
     except (ConfigError, ValueError) as error:
         return f"**Not launched.** {error}", []
     active = active_run_count()

@@ -45,7 +45,7 @@ def header() -> str:
         lines.append(f"Built labs: {', '.join(labs)}. Data folder: `{data_dir()}`.")
     else:
         lines.append(f"No lab is built yet in `{data_dir()}`: run `opd-lab lab build` "
-                     "(about 4 minutes) before launching runs on the lab.")
+                     "(about 2 minutes) before launching runs on the lab.")
     return "\n".join(lines)
 
 
@@ -122,7 +122,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, ma
     if build and lab_summary(DEFAULT_LAB_TASK) is None:
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        print(f"Building the {DEFAULT_LAB_TASK} lab first (about 4 minutes on 2 cores; cached afterwards)...")
+        print(f"Building the {DEFAULT_LAB_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
         print(format_summary(build_lab(LabRecipe(task=DEFAULT_LAB_TASK))))
     print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
     build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,

@@ -15,7 +15,7 @@ seed give the same models and accuracies. A second build with the same recipe re
 the saved models.
 
 Run:
-    opd-lab lab build                 # addition, about 3 minutes on 2 cores
+    opd-lab lab build                 # addition, about 2 minutes on 2 cores
     opd-lab lab build --task sorting
 """
 
@@ -59,7 +59,7 @@ class LabRecipe:
     student_size: LabModelSize = LabModelSize(hidden_size=128, layers=2, heads=4, intermediate_size=384)
     # The base student sees this many teacher solutions, for this many steps.
     student_examples: int = 1024
-    student_steps: int = 550
+    student_steps: int = 700
     student_batch_size: int = 32
     student_learning_rate: float = 3e-3
     eval_count: int = 500
@@ -119,6 +119,26 @@ def sft_train(model, tokenizer, examples: list[tuple[str, str]], steps: int, bat
     return loss_value
 
 
+def make_student(teacher, tokenizer, task, problems: list[Problem], size: LabModelSize, steps: int,
+                 batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 1):
+    """A fresh `size` model given a brief SFT on the teacher's greedy solutions of `problems`.
+
+    This is how the lab makes its base student (a student with the foundations but not
+    yet the skill); notebook 5 uses it for students without the foundations
+    (`steps=0`: the random initialization) or with too little capacity (a smaller `size`).
+
+    Example:
+        >>> tiny = make_student(teacher, tokenizer, task, problems,
+        ...                     LabModelSize(32, 1, 2, 64), steps=700)  # doctest: +SKIP
+    """
+    solutions = answer(teacher, tokenizer, task, problems, greedy=True) if steps > 0 else []
+    student = build_lab_model(size, tokenizer, seed=seed)
+    if steps > 0:
+        examples = [(r["prompt"], r["completion"]) for r in solutions]
+        sft_train(student, tokenizer, examples, steps, batch_size, learning_rate, seed, "student")
+    return student.eval()
+
+
 def _reference_examples(problems: list[Problem]) -> list[tuple[str, str]]:
     missing = [p.prompt for p in problems if p.reference is None]
     if missing:
@@ -170,15 +190,10 @@ def _build(recipe: LabRecipe, folder) -> dict:
     teacher_seconds = time.perf_counter() - started
     teacher_eval = evaluate(teacher, tokenizer, task, count=recipe.eval_count)
 
-    # The base student learns from the teacher's own greedy solutions, like SFT on
-    # teacher samples, and sees only a fixed, small number of them.
     student_started = time.perf_counter()
     student_problems = task.train_problems(recipe.student_examples, train_rng)
-    teacher_answers = answer(teacher, tokenizer, task, student_problems, greedy=True)
-    student_examples = [(r["prompt"], r["completion"]) for r in teacher_answers]
-    student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
-    sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
-              recipe.student_learning_rate, recipe.seed + 1, "base student")
+    student = make_student(teacher, tokenizer, task, student_problems, recipe.student_size, recipe.student_steps,
+                           recipe.student_batch_size, recipe.student_learning_rate, seed=recipe.seed + 1)
     student_seconds = time.perf_counter() - student_started
     student_eval = evaluate(student, tokenizer, task, count=recipe.eval_count)
 

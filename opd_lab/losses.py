@@ -83,8 +83,14 @@ def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
 
 
 def _kl_from_logprobs(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per position from log-probabilities; tiny negative round-off clamped to 0."""
-    return (logp_BTV.exp() * (logp_BTV - logq_BTV)).sum(dim=-1).clamp(min=0.0)
+    """KL(p || q) per position from log-probabilities; tiny negative round-off clamped to 0.
+
+    Tokens with p = 0 (log p = -inf, e.g. masked logits) contribute 0, the usual
+    0 log 0 = 0 convention, instead of NaN; q = 0 where p > 0 gives +inf, as it should.
+    """
+    impossible_BTV = torch.isneginf(logp_BTV)
+    difference_BTV = torch.where(impossible_BTV, torch.zeros_like(logp_BTV), logp_BTV - logq_BTV)
+    return (logp_BTV.exp() * difference_BTV).sum(dim=-1).clamp(min=0.0)
 
 
 # --- per-token quantities ------------------------------------------------------------

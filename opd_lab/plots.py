@@ -50,6 +50,7 @@ METRIC_TITLES = {
     "train/accuracy": "accuracy of the student's samples",
     "train/completion_len": "completion length (tokens)",
     "train/grad_norm": "gradient norm (before clipping)",
+    "train/zero_advantage_fraction": "RL: share of samples in groups with equal rewards (no signal)",
 }
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
@@ -269,7 +270,8 @@ def compute_to_target_table(run_dirs, teacher_accuracy: float, fractions: Iterab
     return {"headers": list(TARGET_TABLE_HEADERS), "data": data}
 
 
-_KL_FIGURES = ("kl_heatmap", "kl_histogram", "kl_over_training", "divergence_teaching_figure", "fit_gaussian")
+_KL_FIGURES = ("kl_heatmap", "kl_histogram", "kl_over_training", "divergence_teaching_figure",
+               "divergence_explorer", "fit_gaussian")
 
 
 def __getattr__(name: str):

@@ -252,3 +252,52 @@ def divergence_teaching_figure(divergence: str = "reverse", separation: float = 
     fig.update_xaxes(title_text="x")
     fig.update_yaxes(title_text="density")
     return fig
+
+
+def divergence_explorer(separations=(0.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0),
+                        mode_sigma: float = 1.0, start: float = 8.0) -> go.Figure:
+    """Both fits at once, with a slider over the distance between p's two modes.
+
+    The interactive version of `divergence_teaching_figure` for notebooks and the app:
+    the slider lives in the figure itself (no widget library, no kernel callback), so
+    it works in JupyterLab, in Gradio and in an exported HTML file. Each slider
+    position shows p, the reverse-KL fit (OPD's, mode-seeking) and the forward-KL fit
+    (SFT's, mode-covering), with both KL values in the legend.
+
+    Args:
+        separations: the distances between the modes offered by the slider.
+        mode_sigma: the standard deviation of each mode.
+        start: the separation shown first (the nearest offered one).
+    """
+    separations = [float(s) for s in separations]
+    if not separations or any(not (s >= 0) for s in separations):
+        raise ValueError(f"separations must be a non-empty list of numbers >= 0 (got {separations!r})")
+    half_width = max(separations) / 2 + 4 * mode_sigma
+    fig = go.Figure()
+    for separation in separations:
+        x_G, log_p_G = _target_grid(separation, mode_sigma, half_width)
+        fig.add_trace(go.Scatter(x=x_G, y=np.exp(log_p_G), name="target p (two modes)", mode="lines",
+                                 fill="tozeroy", line=dict(color="#6b7280"), fillcolor="rgba(107,114,128,0.25)",
+                                 visible=False))
+        for divergence, label, method in (("reverse", "reverse KL(q ‖ p), OPD", "opd"),
+                                          ("forward", "forward KL(p ‖ q), SFT", "sft")):
+            mu, sigma, kl = fit_gaussian(divergence, separation, mode_sigma)
+            fig.add_trace(go.Scatter(x=x_G, y=np.exp(_normal_logpdf(x_G, mu, sigma)), mode="lines", visible=False,
+                                     name=f"{label}: μ = {mu:.1f}, σ = {sigma:.1f}, KL = {kl:.2f}",
+                                     line=dict(color=METHOD_COLORS[method], width=3,
+                                               dash="solid" if divergence == "reverse" else "dash")))
+    first = min(range(len(separations)), key=lambda i: abs(separations[i] - start))
+    for trace in fig.data[3 * first: 3 * first + 3]:
+        trace.visible = True
+    steps = []
+    for index, separation in enumerate(separations):
+        visible = [3 * index <= trace < 3 * index + 3 for trace in range(3 * len(separations))]
+        steps.append(dict(method="update", label=f"{separation:g}", args=[{"visible": visible}]))
+    fig.update_layout(template="plotly_white", height=460, margin=dict(l=60, r=20, t=60, b=40),
+                      title="Best single Gaussian q for a two-mode p: reverse vs forward KL",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+                      sliders=[dict(active=first, steps=steps, pad=dict(t=50),
+                                    currentvalue=dict(prefix="distance between the modes: "))])
+    fig.update_xaxes(title_text="x")
+    fig.update_yaxes(title_text="density")
+    return fig

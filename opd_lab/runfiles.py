@@ -113,3 +113,22 @@ def load_samples(run_dir: str | os.PathLike, step: int | None = None) -> list[di
 def sample_steps(run_dir: str | os.PathLike) -> list[int]:
     """The steps at which samples were logged, ascending."""
     return sorted({row["step"] for row in load_samples(run_dir) if "step" in row})
+
+
+def summarize_run(run_dir: str | os.PathLike) -> dict:
+    """A run's headline numbers, read from its folder: accuracy at the start, end and
+    best evaluation, and what the run spent.
+
+    Returns:
+        A dict with ``run``, ``method``, ``steps``, ``accuracy_start``, ``accuracy_end``,
+        ``accuracy_best`` (None without evaluations), ``samples``, ``flops`` and
+        ``wall_s``; the notebooks show a list of them as a table.
+    """
+    rows = load_metrics(run_dir)
+    accuracies = [row["eval/accuracy"] for row in rows if isinstance(row.get("eval/accuracy"), (int, float))]
+    last = rows[-1] if rows else {}
+    return {"run": Path(run_dir).name, "method": load_config(run_dir).get("method"), "steps": last.get("step", 0),
+            "accuracy_start": accuracies[0] if accuracies else None,
+            "accuracy_end": accuracies[-1] if accuracies else None,
+            "accuracy_best": max(accuracies) if accuracies else None,
+            "samples": last.get("progress/samples"), "flops": last.get("perf/flops"), "wall_s": last.get("perf/wall_s")}

@@ -137,6 +137,8 @@ class Trainer:
             else:
                 group_advantages = losses.group_normalized_advantages(rewards, config.samples_per_prompt)
                 advantages = group_advantages[:, None] * mask
+                # A group whose samples all got the same reward teaches RL nothing.
+                silent = float((group_advantages == 0).float().mean())
             loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
         reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach() / config.temperature,
                                                  teacher_logits[:, :-1] / config.temperature)
@@ -149,6 +151,8 @@ class Trainer:
                                         / mask.sum().clamp(min=1)),
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
+        if config.method == "rl":
+            metrics["train/zero_advantage_fraction"] = silent
         return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
 
     def _off_policy_loss(self, problems: list[Problem]):

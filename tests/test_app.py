@@ -200,16 +200,20 @@ def test_comparison_overlays_runs_and_tabulates_compute(runs_root, monkeypatch):
 
 
 def test_three_methods_share_the_budget():
-    from app.compare_tab import three_method_configs
-    from opd_lab.config import ConfigError
+    from opd_lab.compare import method_configs
+    from opd_lab.config import ConfigError, RunConfig
 
-    configs = {config.method: config for config in three_method_configs(steps=12, batch_size=8)}
+    base = RunConfig(method="opd", estimator="full", divergence="jsd", on_policy_fraction=0.5, eval_every=3, seed=7)
+    configs = {config.method: config for config in method_configs(steps=12, sequences_per_step=8, base=base)}
     assert set(configs) == {"rl", "sft", "opd"}
     assert {config.steps for config in configs.values()} == {12}
     sequences = {method: config.batch_size * config.samples_per_prompt for method, config in configs.items()}
     assert sequences == {"rl": 8, "sft": 8, "opd": 8}
-    with pytest.raises(ConfigError, match="multiple of 4"):
-        three_method_configs(steps=12, batch_size=6)
+    assert {(config.eval_every, config.seed, config.on_policy_fraction) for config in configs.values()} == {(3, 7, 1.0)}
+    assert [config.name for config in configs.values()] == ["compare-rl", "compare-sft", "compare-opd"]
+    for bad in (6, 0):
+        with pytest.raises(ConfigError, match="multiple of 4"):
+            method_configs(steps=12, sequences_per_step=bad)
 
 
 def test_three_methods_refused_beyond_the_run_limit(runs_root, monkeypatch):

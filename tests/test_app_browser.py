@@ -98,7 +98,7 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
                          ("checkpoint_every", 3), ("eval_count", 16)):
         _set_number(page, field, value)
     expect(page.locator("#launch-command")).to_contain_text(
-        "opd-lab launch --name browser --steps 6 --batch-size 4 --eval-every 3 --eval-count 16 "
+        "opd-lab launch --name browser --steps 6 --batch-size 4 --learning-rate 0.001 --eval-every 3 --eval-count 16 "
         "--sample-every 2 --checkpoint-every 3")
     page.screenshot(path=str(screenshots / "1-launch.png"), full_page=True)
     page.click("#launch-button")

@@ -220,3 +220,13 @@ def test_shape_mismatches_raise():
         losses.opd_sampled_advantages(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
     with pytest.raises(ValueError, match="1-D"):
         losses.group_normalized_advantages(torch.zeros(2, 2), 2)
+
+
+def test_zero_probability_tokens_follow_the_0_log_0_convention():
+    teacher = torch.tensor([0.5, 0.5, 0.0]).log()[None, None]  # (1, 1, 3)
+    student = torch.tensor([1.0, 0.0, 0.0]).log()[None, None].requires_grad_()
+    reverse = losses.per_token_reverse_kl(student, teacher)
+    assert reverse.item() == pytest.approx(math.log(2))  # the student ignores a mode: log 2, not NaN
+    reverse.sum().backward()
+    assert torch.isfinite(student.grad).all()
+    assert losses.per_token_forward_kl(student.detach(), teacher).item() == math.inf  # it misses teacher mass

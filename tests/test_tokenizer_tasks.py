@@ -59,6 +59,18 @@ def test_sorting_verifier():
     assert task.verify(problem, "").reward == 0.0
 
 
+def test_reverse_verifier():
+    task = get_task("reverse")
+    problem = Problem("reverse:09305=", "50390")
+    assert task.verify(problem, "50390").correct and task.verify(problem, " 50390 ").reward == 1.0
+    assert not task.verify(problem, "09305").correct  # the digits forwards
+    assert not task.verify(problem, "5039").correct  # one digit short
+    assert task.verify(problem, "5o39o").parsed is None and task.verify(problem, "").reward == 0.0
+    drawn = task.train_problems(50, random.Random(0))
+    assert all(p.reference == p.answer == p.prompt[len("reverse:"):-1][::-1] for p in drawn)
+    assert all(3 <= len(p.answer) <= 6 for p in drawn)
+
+
 def test_held_out_split_is_disjoint_from_training():
     task = get_task("addition")
     held_out = {p.prompt for p in task.eval_problems(300)}

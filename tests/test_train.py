@@ -58,6 +58,10 @@ def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
         assert rows[2]["perf/flops_teacher"] == 0
     if overrides["method"] != "sft":
         assert rows[1]["train/logprob_diff"] < 1e-3  # sampling and training log-probs agree
+    if overrides["method"] == "rl":
+        assert 0 <= rows[1]["train/zero_advantage_fraction"] <= 1
+    else:
+        assert "train/zero_advantage_fraction" not in rows[1]
     samples = load_samples(run_dir)
     assert {s["step"] for s in samples} == {1, 2}
     token = samples[0]["tokens"][0]
@@ -149,7 +153,7 @@ PINNED_REVERSE_KL = [0.48, 0.5543, 0.5214, 0.535]
 def test_pinned_loss_trajectory(lab_home):
     """A short OPD run on the tiny lab gives these exact losses; a change means the method changed."""
     torch.manual_seed(0)
-    run_dir = runs.create_run(RunConfig(**{**SMALL, "steps": 4, "eval_every": 100}))
+    run_dir = runs.create_run(RunConfig(**{**SMALL, "steps": 4, "eval_every": 100, "learning_rate": 1e-3}))
     assert run_training(run_dir, progress=False) == "finished"
     trajectory = [round(row["train/loss"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
     kl = [round(row["train/reverse_kl"], 4) for row in load_metrics(run_dir) if row["step"] > 0]

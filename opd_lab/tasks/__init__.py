@@ -1,7 +1,8 @@
 """Built-in tasks and the task registry.
 
-`get_task(spec)` accepts a built-in name (`addition`, `addition4`, `sorting`) or the
-path of a `.jsonl` file (optionally `path.jsonl` with `regex=` given separately).
+`get_task(spec)` accepts a built-in name (`addition`, `addition2`, `addition4`, `sorting`,
+`reverse`) or the path of a `.jsonl` file (optionally `path.jsonl` with `regex=` given
+separately).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from opd_lab.tasks.addition import AdditionTask
 from opd_lab.tasks.base import Problem, Task, Verdict
 from opd_lab.tasks.jsonl import JsonlTask
+from opd_lab.tasks.reverse import ReverseTask
 from opd_lab.tasks.sorting import SortingTask
 
 BUILTIN_TASKS = {
@@ -16,6 +18,7 @@ BUILTIN_TASKS = {
     "addition2": lambda: AdditionTask(digits=2),
     "addition4": lambda: AdditionTask(digits=4),
     "sorting": lambda: SortingTask(),
+    "reverse": lambda: ReverseTask(),
 }
 
 
@@ -33,4 +36,5 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "SortingTask", "Task", "Verdict", "get_task"]
+__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "Task", "Verdict",
+           "get_task"]

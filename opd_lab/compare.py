@@ -1,0 +1,53 @@
+"""RL vs SFT vs OPD with the same budget: the configs of the textbook comparison.
+
+One definition serves the app's one-click comparison, the benchmark
+(`python -m bench.compare_methods`) and the workshop notebook, so all three compare
+the same thing: the same optimizer steps and the same number of sequences per step.
+RL samples `RL_SAMPLES_PER_PROMPT` completions per prompt (its group-normalized
+advantage needs several), so it sees that many times fewer prompts per step.
+
+Example:
+    >>> [c.method for c in method_configs(steps=60, sequences_per_step=32)]
+    ['rl', 'sft', 'opd']
+    >>> [c.batch_size * c.samples_per_prompt for c in method_configs(60, 32)]
+    [32, 32, 32]
+"""
+
+from __future__ import annotations
+
+from opd_lab.config import ConfigError, RunConfig
+
+RL_SAMPLES_PER_PROMPT = 4
+COMPARISON_PREFIX = "compare"
+
+
+def method_configs(steps: int, sequences_per_step: int, base: RunConfig | None = None,
+                   name_prefix: str = COMPARISON_PREFIX) -> list[RunConfig]:
+    """RL, SFT and OPD configs that differ only in method (and RL's prompts per step).
+
+    Args:
+        steps: optimizer steps of each run.
+        sequences_per_step: sequences each method trains on per step; a multiple of
+            `RL_SAMPLES_PER_PROMPT`.
+        base: the shared settings (task, evaluation schedule, seed, ...); defaults
+            to `RunConfig()`.
+        name_prefix: runs are named `<prefix>-rl`, `<prefix>-sft`, `<prefix>-opd`.
+
+    Raises:
+        ConfigError: for a batch that RL cannot split evenly, or any bad value.
+    """
+    if (not isinstance(sequences_per_step, int) or sequences_per_step < RL_SAMPLES_PER_PROMPT
+            or sequences_per_step % RL_SAMPLES_PER_PROMPT):
+        raise ConfigError(f"batch_size: must be a multiple of {RL_SAMPLES_PER_PROMPT} so that RL, with "
+                          f"{RL_SAMPLES_PER_PROMPT} samples per prompt, samples as many sequences per step "
+                          f"(got {sequences_per_step})")
+    base = base or RunConfig()
+    shared = dict(steps=steps, on_policy_fraction=1.0, reward_coef=0.0)
+    return [
+        base.with_overrides(name=f"{name_prefix}-rl", method="rl", samples_per_prompt=RL_SAMPLES_PER_PROMPT,
+                            batch_size=sequences_per_step // RL_SAMPLES_PER_PROMPT, **shared),
+        base.with_overrides(name=f"{name_prefix}-sft", method="sft", samples_per_prompt=1,
+                            batch_size=sequences_per_step, **shared),
+        base.with_overrides(name=f"{name_prefix}-opd", method="opd", samples_per_prompt=1,
+                            batch_size=sequences_per_step, **shared),
+    ]
