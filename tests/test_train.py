@@ -115,6 +115,10 @@ def test_resume_after_kill_9_has_no_duplicate_or_missing_steps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 4, "eval_every": 10})
     run_dir = runs.create_run(config)
     pid = runs.launch(run_dir)
+    # Background runs share the cores instead of each taking all of them.
+    child_env = dict(item.split("=", 1) for item in open(f"/proc/{pid}/environ").read().split("\0") if "=" in item)
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert child_env["OMP_NUM_THREADS"] == str(runs.threads_per_run(runs.max_active_runs()))
     assert _wait_for(lambda: load_status(run_dir).get("step", 0) >= 6), load_status(run_dir)
     os.kill(pid, signal.SIGKILL)
     assert _wait_for(lambda: runs.status_of(run_dir).get("state") == "failed", timeout=20)
@@ -125,6 +129,11 @@ def test_resume_after_kill_9_has_no_duplicate_or_missing_steps(lab_home):
     assert _steps(run_dir) == list(range(41))
     sample_steps = [s["step"] for s in load_samples(run_dir)]
     assert len(sample_steps) == len(set((s["step"], s["index"]) for s in load_samples(run_dir)))
+
+
+def test_threads_per_run_splits_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [runs.threads_per_run(limit) for limit in (1, 2, 3, 8, 20)] == [8, 4, 2, 1, 1]
 
 
 def test_non_finite_loss_fails_clearly_and_keeps_the_checkpoint(lab_home, monkeypatch):
