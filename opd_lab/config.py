@@ -54,7 +54,7 @@ class RunConfig:
     steps: int = _field(150, "Optimizer steps.")
     batch_size: int = _field(32, "Prompts per step.")
     samples_per_prompt: int = _field(1, "Completions sampled per prompt (RL needs at least 2 to compare them).")
-    learning_rate: float = _field(3e-5, "AdamW learning rate (constant after a short warmup). Fine-tuning takes small steps: 1e-3 wrecks the lab student in a few steps with every method.")
+    learning_rate: float = _field(3e-5, "AdamW learning rate (constant after a short warmup); fine-tuning needs small steps.")
     warmup_steps: int = _field(5, "Steps of linear learning-rate warmup.")
     max_grad_norm: float = _field(1.0, "Gradient clipping norm.")
     temperature: float = _field(1.0, "Sampling temperature of the student's rollouts.")
