@@ -99,3 +99,38 @@ class GeneratedTask(Task):
 
     def eval_problems(self, count: int, seed: int = 0) -> list[Problem]:
         return self._draw(count, random.Random(10_000 + seed), held_out=True)
+
+
+class StringTransformTask(GeneratedTask):
+    """Rewrite a random string of `alphabet` symbols; the reward is the exact match.
+
+    Subclasses set `prefix` (the prompt is `f"{prefix}{text}="`), `alphabet`, and
+    `transform`, the answer for a given text. A completion with a symbol outside the
+    alphabet is malformed (`parsed` is None).
+    """
+
+    prefix: str = ""
+    alphabet: str = ""
+
+    def __init__(self, min_length: int, max_length: int):
+        if not 1 <= min_length <= max_length <= 20:
+            raise ValueError(f"{self.name} needs 1 <= min_length <= max_length <= 20 "
+                             f"(got {min_length}, {max_length})")
+        self.min_length, self.max_length = min_length, max_length
+        self.max_new_tokens = max_length + 2  # the answer, EOS, and a spare
+
+    @abstractmethod
+    def transform(self, text: str) -> str:
+        """The right answer for `text`."""
+
+    def make_problem(self, rng: random.Random) -> Problem:
+        text = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_length, self.max_length)))
+        answer = self.transform(text)
+        return Problem(prompt=f"{self.prefix}{text}=", answer=answer, reference=answer)
+
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        text = completion.strip()
+        if not text or any(symbol not in self.alphabet for symbol in text):
+            return Verdict(reward=0.0, correct=False, parsed=None)
+        correct = text == problem.answer
+        return Verdict(reward=float(correct), correct=correct, parsed=text)

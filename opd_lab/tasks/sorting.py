@@ -10,32 +10,21 @@ exact match (1 or 0).
 
 from __future__ import annotations
 
-import random
 import string
 
-from opd_lab.tasks.base import GeneratedTask, Problem, Verdict
+from opd_lab.tasks.base import StringTransformTask
 
 
-class SortingTask(GeneratedTask):
+class SortingTask(StringTransformTask):
     """Sort `min_length`..`max_length` random lowercase letters alphabetically."""
 
     name = "sorting"
     description = "sort the letters of a random word"
+    prefix = "sort:"
+    alphabet = string.ascii_lowercase
 
     def __init__(self, min_length: int = 4, max_length: int = 7):
-        if not 1 <= min_length <= max_length <= 20:
-            raise ValueError("sorting needs 1 <= min_length <= max_length <= 20")
-        self.min_length, self.max_length = min_length, max_length
-        self.max_new_tokens = max_length + 2
+        super().__init__(min_length, max_length)
 
-    def make_problem(self, rng: random.Random) -> Problem:
-        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(self.min_length, self.max_length)))
-        answer = "".join(sorted(word))
-        return Problem(prompt=f"sort:{word}=", answer=answer, reference=answer)
-
-    def verify(self, problem: Problem, completion: str) -> Verdict:
-        text = completion.strip()
-        if not text or not text.isalpha():
-            return Verdict(reward=0.0, correct=False, parsed=None)
-        correct = text == problem.answer
-        return Verdict(reward=float(correct), correct=correct, parsed=text)
+    def transform(self, text: str) -> str:
+        return "".join(sorted(text))
