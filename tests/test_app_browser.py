@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,6 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
 
     from opd_lab import runs
 
-    started = time.monotonic()
     # Launch: a bad value is refused next to the form, then a small run starts.
     _set_number(page, "learning_rate", 5)
     expect(page.locator("#form-check")).to_contain_text("learning_rate: must be in (0, 1)")
@@ -149,4 +147,3 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     page.click("#playground-answer")
     expect(page.locator("#playground-view .tvt").first).to_be_visible()
     page.screenshot(path=str(screenshots / "5-playground.png"), full_page=True)
-    assert time.monotonic() - started < 150
