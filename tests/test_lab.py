@@ -38,3 +38,22 @@ def test_bad_recipe_is_refused():
         LabRecipe(task="chess")
     with pytest.raises(ValueError, match="teacher_steps"):
         LabRecipe(teacher_steps=0)
+
+
+def test_make_student_without_steps_is_the_untrained_model_and_with_steps_learns(lab_pair):
+    import random
+
+    from opd_lab.lab import make_student
+    from opd_lab.models import LabModelSize, build_lab_model
+    from opd_lab.tasks import get_task
+
+    teacher, _, tokenizer = lab_pair
+    task = get_task("addition")
+    problems = task.train_problems(16, random.Random(0))
+    size = LabModelSize(hidden_size=32, layers=1, heads=2, intermediate_size=64)
+    untrained = make_student(teacher, tokenizer, task, problems, size, steps=0, seed=3)
+    fresh = build_lab_model(size, tokenizer, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), fresh.state_dict().values()))
+    trained = make_student(teacher, tokenizer, task, problems, size, steps=3, seed=3)
+    assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh.state_dict().values()))
+    assert not trained.training
