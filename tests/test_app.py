@@ -123,6 +123,10 @@ def test_presets_fill_the_form():
     values = dict(zip(FIELD_NAMES, preset_values("RL on the lab")))
     assert values["method"] == "rl" and values["samples_per_prompt"] == 4 and values["batch_size"] == 8
     assert values["steps"] == 150  # everything else is the default
+    from opd_lab.config import PRESETS, RunConfig
+
+    for preset in PRESETS:  # every preset is a valid config
+        RunConfig.from_dict(dict(zip(FIELD_NAMES, preset_values(preset))))
 
 
 def test_config_saves_and_loads_back_without_trust_remote_code(tmp_path):
