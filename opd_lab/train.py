@@ -117,6 +117,7 @@ class Trainer:
         self.flops.add_sampling(self.student_params, tokens)
         verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
         rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
+        method_metrics = {}  # metrics only one method has
 
         student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
         logps = target_logprobs(student_logits, rollouts)
@@ -138,7 +139,7 @@ class Trainer:
                 group_advantages = losses.group_normalized_advantages(rewards, config.samples_per_prompt)
                 advantages = group_advantages[:, None] * mask
                 # A group whose samples all got the same reward teaches RL nothing.
-                silent = float((group_advantages == 0).float().mean())
+                method_metrics["train/zero_advantage_fraction"] = float((group_advantages == 0).float().mean())
             loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
         reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach() / config.temperature,
                                                  teacher_logits[:, :-1] / config.temperature)
@@ -151,8 +152,7 @@ class Trainer:
                                         / mask.sum().clamp(min=1)),
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
-        if config.method == "rl":
-            metrics["train/zero_advantage_fraction"] = silent
+        metrics.update(method_metrics)
         return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
 
     def _off_policy_loss(self, problems: list[Problem]):
