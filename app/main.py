@@ -123,7 +123,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, ma
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
         print(f"Building the {DEFAULT_LAB_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
-        print(format_summary(build_lab(LabRecipe(task=DEFAULT_LAB_TASK))))
+        print(format_summary(build_lab(LabRecipe.for_task(DEFAULT_LAB_TASK))))
     print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
     build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,
                                         footer_links=["api"], show_error=True)

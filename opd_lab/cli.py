@@ -127,7 +127,7 @@ def _dispatch(args) -> int | None:
     if args.command == "lab":
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        print(format_summary(build_lab(LabRecipe(task=args.task, seed=args.seed), force=args.force)))
+        print(format_summary(build_lab(LabRecipe.for_task(args.task, seed=args.seed), force=args.force)))
     elif args.command == "eval":
         _eval(args)
     elif args.command == "train":

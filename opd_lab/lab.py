@@ -16,7 +16,7 @@ the saved models.
 
 Run:
     opd-lab lab build                 # addition, about 2 minutes on 2 cores
-    opd-lab lab build --task sorting
+    opd-lab lab build --task sorting  # about 3 minutes (its teacher trains longer)
 """
 
 from __future__ import annotations
@@ -74,6 +74,20 @@ class LabRecipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_task(cls, task: str = "addition", **changes) -> "LabRecipe":
+        """The recipe `opd-lab lab build --task TASK` uses: the defaults, the task's own
+        adjustments (`TASK_RECIPES`), then `changes`."""
+        return cls(task=task, **{**TASK_RECIPES.get(task, {}), **changes})
+
+
+# Tasks whose teacher needs more than the default to reach >= 98% held-out accuracy
+# (measured: sorting's teacher gets 79.0% after 1200 steps, 94.2% after 2400 and
+# 99.4% after 4000, with the base student at 64.0%; 170 s in all on 2 cores).
+TASK_RECIPES: dict[str, dict] = {
+    "sorting": {"teacher_steps": 4000},
+}
 
 
 # A recipe small enough for unit tests (seconds): the models learn little.
@@ -154,7 +168,7 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
     CLI may both ask at once) and written to a temporary folder that replaces the old
     lab only when complete, so an interrupted build never leaves a half-built lab.
     """
-    recipe = recipe or LabRecipe()
+    recipe = recipe or LabRecipe.for_task()
     folder = lab_dir(recipe.task)
     folder.parent.mkdir(parents=True, exist_ok=True)
     wanted = json.loads(json.dumps(recipe.to_dict()))

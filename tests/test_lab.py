@@ -57,3 +57,11 @@ def test_make_student_without_steps_is_the_untrained_model_and_with_steps_learns
     trained = make_student(teacher, tokenizer, task, problems, size, steps=3, seed=3)
     assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh.state_dict().values()))
     assert not trained.training
+
+
+def test_recipe_for_task_applies_the_task_adjustments_then_the_changes():
+    assert LabRecipe.for_task("addition") == LabRecipe()
+    assert LabRecipe.for_task("sorting").teacher_steps == 4000  # sorting's teacher needs longer
+    assert LabRecipe.for_task("sorting", teacher_steps=30).teacher_steps == 30
+    with pytest.raises(ValueError, match="unknown task"):
+        LabRecipe.for_task("multiplication")
