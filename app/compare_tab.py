@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import active_run_count, error_text, lab_summary, run_dir_of, run_ids
+from app.state import error_text, lab_summary, run_dir_of, run_ids
 from opd_lab import plots, runs
 from opd_lab.compare import RL_SAMPLES_PER_PROMPT, method_configs
 from opd_lab.config import ConfigError, RunConfig
@@ -68,16 +68,15 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
         configs = method_configs(int(steps or 0), int(batch_size or 0))
     except (ConfigError, ValueError) as error:
         return f"**Not launched.** {error}", []
-    active = active_run_count()
+    active = runs.running_count()
     limit = runs.max_active_runs()
     if active + len(configs) > limit:
         return (f"**Not launched.** This starts {len(configs)} runs, {active} are already running and the "
                 f"limit is {limit} (`opd-lab app --max-runs`): stop some runs first."), []
     launched = []
     for config in configs:
-        run_dir = runs.create_run(config)
         try:
-            runs.launch(run_dir)
+            run_dir, _ = runs.start_run(config)
         except runs.RunError as error:  # another launch took a slot since the check above
             return f"**Launched only {', '.join(launched) or 'none'}.** {error}", launched
         launched.append(run_dir.name)

@@ -20,7 +20,6 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
-from app.state import active_run_count
 from opd_lab import runs
 from opd_lab.config import PRESETS, ConfigError, RunConfig, config_fields
 
@@ -102,13 +101,12 @@ def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return f"**Not launched.** {error}", ""
-    active, limit = active_run_count(), runs.max_active_runs()
+    active, limit = runs.running_count(), runs.max_active_runs()
     if active >= limit:
         return (f"**Not launched.** {active} runs are already running (the limit is {limit}): "
                 "stop one in the Runs tab or wait for it to finish."), ""
-    run_dir = runs.create_run(config)
     try:
-        pid = runs.launch(run_dir)
+        run_dir, pid = runs.start_run(config)
     except runs.RunError as error:  # another launch took the last slot since the check above
         return f"**Not launched.** {error}", ""
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "

@@ -39,11 +39,6 @@ def run_ids() -> list[str]:
     return [row["id"] for row in runs.list_runs()]
 
 
-def active_run_count() -> int:
-    """Runs holding a training process now: what `opd_lab.runs.launch` counts against its limit."""
-    return len([run_dir for run_dir in runs.active_runs() if runs.status_of(run_dir).get("pid")])
-
-
 def checkpoint_of(run_id: str, name: str) -> Path:
     """The checkpoint folder `name` (e.g. "step_000050") of a run, validated."""
     run_dir = run_dir_of(run_id)

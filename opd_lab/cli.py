@@ -141,8 +141,7 @@ def _dispatch(args) -> int | None:
         print(f"{run_dir.name}: {state} - {runs.status_of(run_dir).get('message', '')}")
         return 0 if state in ("finished", "stopped") else 1
     elif args.command == "launch":
-        run_dir = runs.create_run(config_from_args(args))
-        runs.launch(run_dir)
+        run_dir, _ = runs.start_run(config_from_args(args))
         print(run_dir.name)
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))

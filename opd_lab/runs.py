@@ -124,6 +124,11 @@ def threads_per_run(limit: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, limit))
 
 
+def running_count(exclude: Path | None = None) -> int:
+    """Active runs that hold a training process: what `launch` counts against its limit."""
+    return len([p for p in active_runs() if p != exclude and status_of(p).get("pid")])
+
+
 def launch(run_dir: str | Path, limit: int | None = None) -> int:
     """Start the run detached in its own process session; returns the pid.
 
@@ -132,9 +137,9 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
     """
     run_dir = Path(run_dir)
     limit = max_active_runs() if limit is None else limit
-    others = [p for p in active_runs() if p != run_dir and status_of(p).get("pid")]
-    if len(others) >= limit:
-        raise RunError(f"{len(others)} runs are already running (the limit is {limit}); "
+    others = running_count(exclude=run_dir)
+    if others >= limit:
+        raise RunError(f"{others} runs are already running (the limit is {limit}); "
                        "stop one or wait for it to finish")
     # The child imports this very package, even when it is run from a source checkout.
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -151,6 +156,21 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
     # Reap the child when it exits so it never lingers as a zombie of this process.
     threading.Thread(target=process.wait, daemon=True).start()
     return process.pid
+
+
+def start_run(config: RunConfig) -> tuple[Path, int]:
+    """Create a run folder for `config` and launch it: `(run folder, pid)`.
+
+    Raises:
+        RunError: when the run limit is reached; the new folder is removed, so a
+            refused launch leaves no never-started run behind.
+    """
+    run_dir = create_run(config)
+    try:
+        return run_dir, launch(run_dir)
+    except RunError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def request_stop(run_dir: str | Path) -> str:

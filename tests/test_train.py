@@ -168,3 +168,11 @@ def test_pinned_loss_trajectory(lab_home):
     kl = [round(row["train/reverse_kl"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
     assert trajectory == pytest.approx(PINNED_LOSSES, abs=2e-3)
     assert kl == pytest.approx(PINNED_REVERSE_KL, abs=2e-3)
+
+
+def test_a_refused_launch_leaves_no_run_folder(lab_home, monkeypatch):
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "0")
+    before = set(runs.runs_dir().iterdir())
+    with pytest.raises(runs.RunError, match="the limit is 0"):
+        runs.start_run(RunConfig(**SMALL))
+    assert set(runs.runs_dir().iterdir()) == before
