@@ -4,6 +4,7 @@
     opd-lab eval MODEL [--task addition]             held-out accuracy of a model
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
+    opd-lab compare --scenario reasoning [--quick]   RL vs SFT vs OPD, several seeds, a verdict
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
     opd-lab app [--host 127.0.0.1] [--port 7860]     the web app
@@ -20,7 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+from opd_lab.compare import VARIANTS
 from opd_lab.config import ConfigError, RunConfig, config_fields
+from opd_lab.scenarios import SCENARIOS, get_scenario
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     build = lab_commands.add_parser("build", help="train the lab's teacher and base student (cached)")
     build.add_argument("--task", default="addition", help="built-in task (default: addition)")
+    build.add_argument("--scenario", help="build a lab scenario instead (see docs/claims.md): "
+                       + ", ".join(SCENARIOS))
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even if a matching lab exists")
 
@@ -70,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             sub.add_argument("--run-dir", help=argparse.SUPPRESS)
             sub.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+
+    compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
+    compare.add_argument("--scenario", required=True, choices=list(SCENARIOS))
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
+    compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
+    compare.add_argument("--workers", type=int, default=2, help="runs trained at once, one thread each (default 2)")
+    compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
 
     commands.add_parser("runs", help="list runs")
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
@@ -127,7 +140,20 @@ def _dispatch(args) -> int | None:
     if args.command == "lab":
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        print(format_summary(build_lab(LabRecipe.for_task(args.task, seed=args.seed), force=args.force)))
+        if args.scenario:
+            from dataclasses import replace
+
+            recipe = replace(get_scenario(args.scenario).recipe(), seed=args.seed)
+        else:
+            recipe = LabRecipe.for_task(args.task, seed=args.seed)
+        print(format_summary(build_lab(recipe, force=args.force)))
+    elif args.command == "compare":
+        from opd_lab.experiment import CompareSettings, run_compare
+
+        settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
+                                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+        folder = run_compare(settings, out=args.out)
+        print(f"report: {folder / 'report.md'}")
     elif args.command == "eval":
         _eval(args)
     elif args.command == "train":

@@ -42,12 +42,31 @@ def method_configs(steps: int, sequences_per_step: int, base: RunConfig | None =
                           f"{RL_SAMPLES_PER_PROMPT} samples per prompt, samples as many sequences per step "
                           f"(got {sequences_per_step})")
     base = base or RunConfig()
-    shared = dict(steps=steps, on_policy_fraction=1.0, reward_coef=0.0)
-    return [
-        base.with_overrides(name=f"{name_prefix}-rl", method="rl", samples_per_prompt=RL_SAMPLES_PER_PROMPT,
-                            batch_size=sequences_per_step // RL_SAMPLES_PER_PROMPT, **shared),
-        base.with_overrides(name=f"{name_prefix}-sft", method="sft", samples_per_prompt=1,
-                            batch_size=sequences_per_step, **shared),
-        base.with_overrides(name=f"{name_prefix}-opd", method="opd", samples_per_prompt=1,
-                            batch_size=sequences_per_step, **shared),
-    ]
+    return [base.with_overrides(name=f"{name_prefix}-{arm}", steps=steps, on_policy_fraction=1.0, reward_coef=0.0,
+                                **arm_overrides(arm, sequences_per_step))
+            for arm in ("rl", "sft", "opd")]
+
+
+# Arms beyond the three methods that `opd-lab compare --variants` can add.
+VARIANTS: dict[str, dict] = {
+    "opd-full": {"method": "opd", "estimator": "full"},  # the exact reverse KL over the vocabulary
+}
+
+
+def arm_overrides(arm: str, sequences_per_step: int, prompt_pool: int = 0) -> dict:
+    """The config fields that define one arm of a comparison at `sequences_per_step`.
+
+    RL samples `RL_SAMPLES_PER_PROMPT` completions for a fraction of the prompts; with
+    a prompt pool, SFT trains on a fixed teacher dataset (one sample per pool prompt),
+    the seed's off-policy distillation.
+    """
+    if arm == "rl":
+        return {"method": "rl", "samples_per_prompt": RL_SAMPLES_PER_PROMPT,
+                "batch_size": sequences_per_step // RL_SAMPLES_PER_PROMPT, "prompt_pool": prompt_pool}
+    if arm == "sft":
+        return {"method": "sft", "samples_per_prompt": 1, "batch_size": sequences_per_step, "prompt_pool": prompt_pool,
+                "sft_source": "teacher_dataset" if prompt_pool else "teacher"}
+    if arm == "opd" or arm in VARIANTS:
+        return {"method": "opd", "samples_per_prompt": 1, "batch_size": sequences_per_step, "prompt_pool": prompt_pool,
+                **VARIANTS.get(arm, {})}
+    raise ConfigError(f"unknown arm {arm!r}: use rl, sft, opd or one of {', '.join(VARIANTS)}")

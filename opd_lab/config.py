@@ -29,7 +29,7 @@ METHODS = ("opd", "sft", "rl")
 ESTIMATORS = ("sampled", "full")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
-SFT_SOURCES = ("teacher", "reference")
+SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -53,6 +53,7 @@ class RunConfig:
     student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
     steps: int = _field(150, "Optimizer steps.")
     batch_size: int = _field(32, "Prompts per step.")
+    prompt_pool: int = _field(0, "Train on a fixed pool of N prompts, in shuffled epochs (0: fresh prompts every step). Every method with the same seed gets the same pool.")
     samples_per_prompt: int = _field(1, "Completions sampled per prompt (RL needs at least 2 to compare them).")
     learning_rate: float = _field(3e-5, "AdamW learning rate (constant after a short warmup); fine-tuning needs small steps.")
     warmup_steps: int = _field(5, "Steps of linear learning-rate warmup.")
@@ -64,12 +65,13 @@ class RunConfig:
     jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
     on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
     reward_coef: float = _field(0.0, "OPD only: weight of the task's reward added to each token's advantage.")
-    sft_source: str = _field("teacher", "SFT only: train on teacher samples or on the task's reference solutions.", SFT_SOURCES)
+    sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
     finetune: str = _field("auto", "full or lora; auto is full for lab models and LoRA for real ones.", FINETUNE_MODES)
     lora_rank: int = _field(16, "LoRA rank.")
     lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
     eval_every: int = _field(25, "Evaluate held-out accuracy every N steps (and at the start and end).")
     eval_count: int = _field(200, "Held-out problems per evaluation.")
+    stop_at_accuracy: float = _field(0.0, "Finish early once held-out accuracy reaches this value (0: run all steps).")
     sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps.")
     samples_to_log: int = _field(4, "Rollouts logged each time.")
     checkpoint_every: int = _field(50, "Save a checkpoint every N steps (and at the end or a stop).")
@@ -91,7 +93,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef"):
+        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative (got {getattr(self, name)})")
         if not 0 < self.learning_rate < 1:
@@ -100,12 +102,16 @@ class RunConfig:
             raise ConfigError(f"temperature: must be positive (got {self.temperature})")
         if not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm: must be positive (got {self.max_grad_norm})")
+        if not 0 <= self.stop_at_accuracy <= 1:
+            raise ConfigError(f"stop_at_accuracy: must be in [0, 1] (got {self.stop_at_accuracy})")
         if not 0 <= self.on_policy_fraction <= 1:
             raise ConfigError(f"on_policy_fraction: must be in [0, 1] (got {self.on_policy_fraction})")
         if not 0 < self.jsd_beta < 1:
             raise ConfigError(f"jsd_beta: must be in (0, 1) (got {self.jsd_beta})")
         if self.method == "rl" and self.samples_per_prompt < 2:
             raise ConfigError("samples_per_prompt: RL compares samples of the same prompt, so it needs at least 2")
+        if self.method == "sft" and self.sft_source == "teacher_dataset" and not self.prompt_pool:
+            raise ConfigError("sft_source: teacher_dataset is one teacher sample per prompt of a fixed pool; set prompt_pool too")
         if self.method == "opd" and self.estimator == "sampled" and self.divergence != "reverse_kl":
             raise ConfigError("divergence: the sampled estimator is reverse KL; use estimator=full for forward_kl or jsd")
         if self.task.endswith(".jsonl") and not Path(self.task).expanduser().is_file():

@@ -64,9 +64,16 @@ class LabRecipe:
     student_learning_rate: float = 3e-3
     eval_count: int = 500
     seed: int = 0
+    # The base student's foundation: the teacher's greedy solutions (""), or the reference
+    # solutions of another task with the same prompts (e.g. one of the teacher's strategies).
+    student_task: str = ""
+    # The lab's name and folder: the scenario (see SCENARIOS), or the task when empty.
+    name: str = ""
 
     def __post_init__(self):
         get_task(self.task)  # raises for an unknown task
+        if self.student_task:
+            get_task(self.student_task)
         for name in ("teacher_steps", "teacher_batch_size", "student_examples", "student_steps",
                      "student_batch_size", "eval_count"):
             if getattr(self, name) < 1:
@@ -80,6 +87,11 @@ class LabRecipe:
         """The recipe `opd-lab lab build --task TASK` uses: the defaults, the task's own
         adjustments (`TASK_RECIPES`), then `changes`."""
         return cls(task=task, **{**TASK_RECIPES.get(task, {}), **changes})
+
+    @property
+    def lab_name(self) -> str:
+        """The lab's folder name under `<data_dir>/lab/`, and its model spec `lab:<name>`."""
+        return self.name or self.task
 
 
 # Tasks whose teacher needs more than the default to reach >= 98% held-out accuracy
@@ -169,16 +181,16 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
     lab only when complete, so an interrupted build never leaves a half-built lab.
     """
     recipe = recipe or LabRecipe.for_task()
-    folder = lab_dir(recipe.task)
+    folder = lab_dir(recipe.lab_name)
     folder.parent.mkdir(parents=True, exist_ok=True)
     wanted = json.loads(json.dumps(recipe.to_dict()))
-    with open(folder.parent / f".{recipe.task}.lock", "w") as lock:
+    with open(folder.parent / f".{recipe.lab_name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         summary = read_json(folder / SUMMARY_FILE)
         if summary and summary.get("recipe") == wanted and not force:
             progress_print(f"Reusing the lab in {folder} (pass --force to rebuild).")
             return summary
-        staging = folder.parent / f".building-{recipe.task}-{os.getpid()}"
+        staging = folder.parent / f".building-{recipe.lab_name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
@@ -206,8 +218,16 @@ def _build(recipe: LabRecipe, folder) -> dict:
 
     student_started = time.perf_counter()
     student_problems = task.train_problems(recipe.student_examples, train_rng)
-    student = make_student(teacher, tokenizer, task, student_problems, recipe.student_size, recipe.student_steps,
-                           recipe.student_batch_size, recipe.student_learning_rate, seed=recipe.seed + 1)
+    if recipe.student_task:
+        foundation = get_task(recipe.student_task)
+        student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
+        sft_train(student, tokenizer, _reference_examples(foundation.train_problems(recipe.student_examples, train_rng)),
+                  recipe.student_steps, recipe.student_batch_size, recipe.student_learning_rate, recipe.seed + 1,
+                  "student")
+        student.eval()
+    else:
+        student = make_student(teacher, tokenizer, task, student_problems, recipe.student_size, recipe.student_steps,
+                               recipe.student_batch_size, recipe.student_learning_rate, seed=recipe.seed + 1)
     student_seconds = time.perf_counter() - student_started
     student_eval = evaluate(student, tokenizer, task, count=recipe.eval_count)
 
@@ -217,6 +237,7 @@ def _build(recipe: LabRecipe, folder) -> dict:
 
     summary = {
         "task": recipe.task,
+        "lab": recipe.lab_name,
         "recipe": json.loads(json.dumps(recipe.to_dict())),
         "torch_threads": torch.get_num_threads(),
         "teacher": {"parameters": count_parameters(teacher), "steps": recipe.teacher_steps,

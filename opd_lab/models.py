@@ -81,15 +81,14 @@ def find_smollm2_gguf() -> Path | None:
 
 def resolve_spec(spec: str, role: str, task: str) -> str:
     """Turn `lab` and `smollm2` into paths; return other specs unchanged."""
-    if spec == "lab":
+    if spec == "lab" or spec.startswith("lab:"):
         if role not in ("teacher", "student"):
             raise ModelLoadError(f"role must be teacher or student, got {role!r}")
-        folder = lab_dir(task) / role
+        name = spec[len("lab:"):] or task
+        folder = lab_dir(name) / role
         if not (folder / "config.json").exists():
-            raise ModelLoadError(
-                f"the built-in lab for task {task!r} is not built yet (no {folder}). "
-                f"Run: opd-lab lab build --task {task}"
-            )
+            how = f"--task {task}" if spec == "lab" else f"--scenario {name}"
+            raise ModelLoadError(f"the built-in lab {name!r} is not built yet (no {folder}). Run: opd-lab lab build {how}")
         return str(folder)
     if spec == "smollm2":
         found = find_smollm2_gguf()

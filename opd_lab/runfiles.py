@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 LOG_FILE = "log.txt"
 STOP_FILE = "STOP"
+SFT_DATASET_FILE = "sft_dataset.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 
 

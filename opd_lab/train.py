@@ -22,8 +22,9 @@ from its config and last checkpoint. Start runs with `opd-lab train` / `opd-lab 
 
 from __future__ import annotations
 
+import json
 import math
-import random
+import os
 import signal
 import time
 import traceback
@@ -40,7 +41,8 @@ from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
 from opd_lab.inspect import token_records
 from opd_lab.models import load_pair
-from opd_lab.runfiles import (METRICS_FILE, SAMPLES_FILE, STOP_FILE, append_jsonl, load_config,
+from opd_lab.prompt_source import PromptSource
+from opd_lab.runfiles import (METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, append_jsonl, load_config,
                               load_status, read_jsonl, truncate_jsonl)
 from opd_lab.runs import update_status
 from opd_lab.tasks import Problem, get_task
@@ -78,17 +80,19 @@ class Trainer:
         self.teacher, student, self.tokenizer = load_pair(
             config.teacher, config.student, task=config.task, device=self.device,
             trust_remote_code=config.trust_remote_code)
-        self.lora = config.uses_lora(student_is_lab=config.student == "lab")
+        self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
         self.student = checkpoints.prepare_student(student, config) if self.lora else student
         self.student.train()
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
         self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
                                            lr=config.learning_rate, weight_decay=0.0)
-        self.prompt_rng = random.Random(config.seed)
+        self.prompts = PromptSource(self.task, config.prompt_pool, config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.flops = FlopsCounter()
         self.step_done, self.wall_s, self.samples_seen, self.tokens_seen = 0, 0.0, 0, 0
+        self.sft_dataset = (self._teacher_dataset() if config.method == "sft" and config.sft_source == "teacher_dataset"
+                            else None)
 
     # --- one step -----------------------------------------------------------------
 
@@ -97,8 +101,37 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.learning_rate * scale
 
+    def _teacher_dataset(self) -> dict[str, str]:
+        """One teacher sample per prompt of the pool, made once: the seed's off-policy distillation data.
+
+        The teacher samples at the run's temperature with its own seeded generator, so
+        the dataset is the same for every run with the same seed and pool. It is kept in
+        the run folder (`SFT_DATASET_FILE`) and reused on resume. Its sampling FLOPs are
+        charged once, here; a resumed run's counter, restored from its checkpoint,
+        already holds them.
+        """
+        path = self.run_dir / SFT_DATASET_FILE
+        rows = read_jsonl(path)
+        if not rows:
+            generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
+            prompts = sorted({p.prompt for p in self.prompts.pool})
+            for start in tqdm(range(0, len(prompts), 64), desc="teacher dataset", leave=False):
+                rollouts = generate(self.teacher, self.tokenizer, prompts[start : start + 64], self.max_new_tokens,
+                                    temperature=self.config.temperature, generator=generator)
+                tokens = rollouts.attention_mask_BS.sum(dim=1).tolist()
+                rows += [{"prompt": p, "completion": c, "tokens": int(n)}
+                         for p, c, n in zip(rollouts.prompts, rollouts.completions, tokens)]
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            os.replace(partial, path)
+        self.flops.add_sampling(self.teacher_params, sum(row["tokens"] for row in rows))
+        return {row["prompt"]: row["completion"] for row in rows}
+
     def _teacher_rollouts(self, problems: list[Problem]) -> Rollouts:
-        """Teacher-written completions (SFT data), or the task's references."""
+        """Teacher-written completions (SFT data): fresh samples, the fixed dataset, or the task's references."""
+        if self.sft_dataset is not None:
+            return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
+                                       [self.sft_dataset[p.prompt] for p in problems], device=self.device)
         if self.config.method == "sft" and self.config.sft_source == "reference":
             return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
                                        [p.reference or p.answer for p in problems], device=self.device)
@@ -174,7 +207,7 @@ class Trainer:
         started = time.perf_counter()
         step = self.step_done + 1
         self._set_learning_rate(self.step_done)
-        problems = self.task.train_problems(config.batch_size, self.prompt_rng)
+        problems = self.prompts.next_batch(config.batch_size)
         if config.method == "sft":
             on_count = 0
         elif config.method == "rl":
@@ -237,7 +270,7 @@ class Trainer:
     def state(self) -> dict:
         return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen,
                 "tokens": self.tokens_seen, "flops": self.flops.as_metrics(),
-                "optimizer": self.optimizer.state_dict(), "prompt_rng": self.prompt_rng.getstate(),
+                "optimizer": self.optimizer.state_dict(), "prompt_rng": self.prompts.state(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
     def load_state(self, state: dict) -> None:
@@ -245,7 +278,7 @@ class Trainer:
         self.samples_seen, self.tokens_seen = state["samples"], state["tokens"]
         self.flops = FlopsCounter.from_metrics(state["flops"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.prompt_rng.setstate(state["prompt_rng"])
+        self.prompts.load_state(state["prompt_rng"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
 
@@ -317,7 +350,8 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         if result.logged:
             append_jsonl(run_dir / SAMPLES_FILE, result.logged)
         stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+        reached = config.stop_at_accuracy > 0 and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
             checkpoints.save(trainer, run_dir)
         per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
         update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
@@ -325,6 +359,8 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
                       + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kl=f"{metrics.get('train/reverse_kl', math.nan):.3f}")
+        if reached:
+            break
         if stopping and step < config.steps:
             bar.close()
             (run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -332,8 +368,10 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
             return "stopped"
     bar.close()
     final = read_jsonl(run_dir / METRICS_FILE)[-1].get("eval/accuracy")
+    early = trainer.step_done < config.steps
     update_status(run_dir, state="finished", eta_s=0, pid=None,
-                  message=f"finished {config.steps} steps" + (f", held-out accuracy {final:.1%}" if final is not None else ""))
+                  message=f"finished {trainer.step_done} steps" + (" (reached the target accuracy)" if early else "")
+                  + (f", held-out accuracy {final:.1%}" if final is not None else ""))
     return "finished"
 
 

@@ -7,7 +7,7 @@ separately).
 
 from __future__ import annotations
 
-from opd_lab.tasks.addition import AdditionTask
+from opd_lab.tasks.addition import AdditionTask, StrategiesAdditionTask
 from opd_lab.tasks.base import Problem, Task, Verdict
 from opd_lab.tasks.jsonl import JsonlTask
 from opd_lab.tasks.reverse import ReverseTask
@@ -17,6 +17,8 @@ BUILTIN_TASKS = {
     "addition": lambda: AdditionTask(digits=3),
     "addition2": lambda: AdditionTask(digits=2),
     "addition4": lambda: AdditionTask(digits=4),
+    "addition6": lambda: AdditionTask(digits=6),
+    "addition-strategies": lambda: StrategiesAdditionTask(digits=3),
     "sorting": lambda: SortingTask(),
     "reverse": lambda: ReverseTask(),
 }
@@ -36,5 +38,5 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "Task", "Verdict",
+__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
            "get_task"]

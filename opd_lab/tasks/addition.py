@@ -51,3 +51,44 @@ class AdditionTask(GeneratedTask):
             return Verdict(reward=0.0, correct=False, parsed=None)
         correct = int(final) == int(problem.answer)
         return Verdict(reward=float(correct), correct=correct, parsed=final)
+
+
+def running_total_solution(a: int, b: int, digits: int) -> str:
+    """A second strategy for `a + b`: add `b`'s place values to `a` one at a time, units first.
+
+        >>> running_total_solution(347, 285, 3)
+        '347+5=352;352+80=432;432+200=632;632'
+    """
+    steps, total = [], a
+    for column in range(digits):
+        digit = (b // 10**column) % 10
+        part = digit * 10**column
+        steps.append(f"{total}+{digit}{'0' * column}={total + part}")
+        total += part
+    return ";".join(steps + [str(a + b)])
+
+
+class StrategiesAdditionTask(AdditionTask):
+    """Addition whose worked solutions use one of two strategies, drawn at random per problem.
+
+    The references alternate between the column method of `AdditionTask` and the running
+    total of `running_total_solution`, so a teacher trained on them has two valid ways to
+    answer and its samples are multi-modal: the setting in which forward KL (SFT on the
+    teacher's samples) must cover both modes while reverse KL may keep to one. Only the
+    final answer is verified, so either strategy scores.
+    """
+
+    STRATEGIES = {"columns": worked_solution, "running-total": running_total_solution}
+
+    def __init__(self, digits: int = 3):
+        super().__init__(digits)
+        self.name = "addition-strategies" if digits == 3 else f"addition{digits}-strategies"
+        self.description = f"{digits}-digit addition, worked by columns or by a running total"
+        # A running-total step is at most (digits + 1) + 1 + digits + 1 + (digits + 1) + 1 characters.
+        self.max_new_tokens = digits * (3 * digits + 5) + digits + 3
+
+    def make_problem(self, rng: random.Random) -> Problem:
+        problem = super().make_problem(rng)
+        a, b = (int(x) for x in problem.prompt.rstrip("=").split("+"))
+        solve = self.STRATEGIES[rng.choice(sorted(self.STRATEGIES))]
+        return Problem(prompt=problem.prompt, answer=problem.answer, reference=solve(a, b, self.digits))

@@ -1,0 +1,297 @@
+"""`opd-lab compare`: RL, SFT and OPD on one lab scenario, fairly, over several seeds.
+
+    opd-lab compare --scenario reasoning             # the full comparison (minutes, 2 cores)
+    opd-lab compare --scenario reasoning --quick     # tiny models and budgets: CI and notebooks
+
+Fairness, in order:
+
+1. every arm starts from the same base student, with the same sequences per step, the
+   same prompts (per seed), the same evaluation set and the same step budget;
+2. each arm's learning rate comes from the same sweep: every rate of the scenario's
+   grid, `sweep_steps` steps, on a seed that is not reported; the rate with the best
+   mean held-out accuracy over the sweep's evaluations wins (the sweep is in the report);
+3. each arm then runs `seeds` seeds at its rate until it closes 95% of the gap from the
+   base student to the teacher or exhausts the budget.
+
+The report folder holds the runs, `report.json` (every number, the sweep, the verdict),
+`report.md` (the compute-to-target table and the verdict) and `curves.html` (mean and
+spread over seeds, by steps and by FLOPs). `opd_lab.report` computes the numbers from
+the runs' own metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from opd_lab import report
+from opd_lab.compare import arm_overrides
+from opd_lab.config import RunConfig
+from opd_lab.paths import data_dir
+from opd_lab.runfiles import load_metrics, read_json, write_json_atomic
+from opd_lab.scenarios import Scenario, get_scenario
+
+REPORT_FILE = "report.json"
+SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
+BASE_ARMS = ("rl", "sft", "opd")
+# --quick: tiny models (the scenario's recipe with TINY_RECIPE) and budgets, for CI and notebooks.
+QUICK = dict(steps=4, batch_size=8, sweep_steps=2, eval_every=2, eval_count=16, learning_rates=(1e-3, 3e-3))
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What `opd-lab compare` runs (the scenario supplies budgets, batch and the sweep grid)."""
+
+    scenario: str
+    seeds: int = 3
+    variants: tuple[str, ...] = ()
+    quick: bool = False
+    workers: int = 2
+
+    def __post_init__(self):
+        get_scenario(self.scenario)
+        if self.seeds < 1:
+            raise ValueError(f"seeds: must be at least 1 (got {self.seeds})")
+        if self.workers < 1:
+            raise ValueError(f"workers: must be at least 1 (got {self.workers})")
+        for arm in self.variants:
+            arm_overrides(arm, 4)  # raises for an unknown variant
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return BASE_ARMS + tuple(v for v in self.variants if v not in BASE_ARMS)
+
+    def budget(self) -> Scenario:
+        """The scenario with the quick budgets applied when `quick`."""
+        scenario = get_scenario(self.scenario)
+        if not self.quick:
+            return scenario
+        import dataclasses
+
+        return dataclasses.replace(scenario, **QUICK)
+
+
+def reports_dir() -> Path:
+    path = data_dir() / "reports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _config(scenario: Scenario, lab: str, arm: str, seed: int, learning_rate: float, steps: int, name: str,
+            stop_at: float = 0.0) -> RunConfig:
+    task = scenario.recipe().task
+    return RunConfig(name=name, task=task, teacher=f"lab:{lab}", student=f"lab:{lab}", steps=steps,
+                     learning_rate=learning_rate, warmup_steps=min(5, steps), seed=seed,
+                     eval_every=scenario.eval_every, eval_count=scenario.eval_count, checkpoint_every=steps,
+                     stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool))
+
+
+def _train_in_worker(config: dict) -> str:
+    """Train one run in a worker process with one thread (workers share the cores)."""
+    import torch
+
+    from opd_lab.train import train
+
+    torch.set_num_threads(1)
+    return str(train(RunConfig.from_dict(config), progress=False))
+
+
+def _train_all(configs: list[RunConfig], workers: int, description: str) -> list[Path]:
+    """Train `configs` on `workers` processes; returns their run folders in order."""
+    results: list[Path | None] = [None] * len(configs)
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned workers' torch at import
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_train_in_worker, c.to_dict()): i for i, c in enumerate(configs)}
+            for future in tqdm(as_completed(futures), total=len(futures), desc=description, unit="run"):
+                results[futures[future]] = Path(future.result())
+    finally:
+        if env_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+    return results  # type: ignore[return-value]
+
+
+def _mean_accuracy(rows: list[dict]) -> float:
+    """The sweep's score: mean held-out accuracy over the evaluations after step 0."""
+    values = [row[report.ACCURACY] for row in rows if row.get("step", 0) > 0 and report.ACCURACY in row]
+    return sum(values) / len(values) if values else 0.0
+
+
+def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
+    """The teacher's and the base student's greedy accuracy on the runs' evaluation set."""
+    from opd_lab.eval import evaluate
+    from opd_lab.models import load_model
+    from opd_lab.tasks import get_task
+
+    found = {}
+    for role in ("teacher", "student"):
+        model, tokenizer = load_model(f"lab:{lab}", role, task)
+        found[role] = evaluate(model.eval(), tokenizer, get_task(task), count=eval_count).accuracy
+    return found
+
+
+def run_compare(settings: CompareSettings, out: str | Path | None = None, progress_print=print) -> Path:
+    """Build the scenario's lab, sweep, train every arm and seed, and write the report folder."""
+    from opd_lab.lab import build_lab
+
+    started = time.time()
+    scenario = settings.budget()
+    recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
+    lab_summary = build_lab(recipe, progress_print=progress_print)
+    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
+    teacher, base = reference["teacher"], reference["student"]
+    progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out else reports_dir() / f"{settings.scenario}{'-quick' if settings.quick else ''}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. the learning-rate sweep: the same grid and budget for every arm
+    sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
+                             f"sweep-{settings.scenario}-{arm}-lr{lr:g}")
+                     for arm in settings.arms for lr in scenario.learning_rates]
+    sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
+    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate,
+              "score": _mean_accuracy(load_metrics(d)), "run": d.name} for c, d in zip(sweep_configs, sweep_dirs)]
+    chosen = {arm: max((row for row in sweep if row["arm"] == arm), key=lambda row: row["score"])["learning_rate"]
+              for arm in settings.arms}
+
+    # 2. the reported runs: every arm and seed at its rate, until 95% of the gap or the budget
+    stop_at = report.gap_target(base, teacher, max(report.GAP_FRACTIONS))
+    configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
+                       f"cmp-{settings.scenario}-{arm}-s{seed}", stop_at=stop_at)
+               for arm in settings.arms for seed in range(settings.seeds)]
+    run_dirs = _train_all(configs, settings.workers, "comparison runs")
+
+    # 3. the report folder: the runs, the numbers, the verdict, the figure
+    runs_folder = out / "runs"
+    runs_folder.mkdir(exist_ok=True)
+    moved = []
+    for run_dir in sweep_dirs + run_dirs:
+        target = runs_folder / run_dir.name
+        shutil.move(str(run_dir), target)
+        moved.append(target)
+    reported = moved[len(sweep_dirs):]
+    runs_by_arm = {arm: [] for arm in settings.arms}
+    for config, run_dir in zip(configs, reported):
+        runs_by_arm[_arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
+    data = build_report(settings, scenario, lab_summary, teacher, base, sweep, chosen, runs_by_arm, out,
+                        seconds=time.time() - started)
+    write_report(out, data)
+    progress_print(data["verdict"]["sentence"])
+    return out
+
+
+def _arm_of(config: RunConfig) -> str:
+    if config.method == "opd" and config.estimator == "full":
+        return "opd-full"
+    return config.method
+
+
+def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
+                 sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float) -> dict:
+    """The report's data, every number computed from the runs' metrics in `out/runs`."""
+    metrics = {arm: [load_metrics(out / "runs" / run["run"]) for run in runs] for arm, runs in runs_by_arm.items()}
+    summaries = {arm: report.summarize_arm(rows, base, teacher) for arm, rows in metrics.items()}
+    return {
+        "scenario": settings.scenario, "quick": settings.quick, "seeds": settings.seeds,
+        "condition": scenario.condition, "claims": list(scenario.claims),
+        "settings": {"steps": scenario.steps, "batch_size": scenario.batch_size, "prompt_pool": scenario.prompt_pool,
+                     "learning_rates": list(scenario.learning_rates), "sweep_steps": scenario.sweep_steps,
+                     "eval_every": scenario.eval_every, "eval_count": scenario.eval_count, "workers": settings.workers},
+        "lab": lab_summary, "teacher_accuracy": teacher, "base_accuracy": base,
+        "sweep": sweep, "learning_rates": chosen, "runs": runs_by_arm, "summaries": summaries,
+        "verdict": report.verdict(summaries, base, teacher, budget_steps=scenario.steps),
+        "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_report(out: Path, data: dict) -> None:
+    """report.json, report.md and curves.html in `out`."""
+    from opd_lab.plots_compare import seed_band_figure
+
+    write_json_atomic(out / REPORT_FILE, data)
+    (out / "report.md").write_text(report_markdown(data))
+    seed_band_figure(out).write_html(out / "curves.html", include_plotlyjs="cdn")
+
+
+def load_report(folder: str | Path) -> dict:
+    """A report's data (report.json) from its folder."""
+    data = read_json(Path(folder) / REPORT_FILE)
+    if not data:
+        raise FileNotFoundError(f"no {REPORT_FILE} in {folder}")
+    return data
+
+
+def list_reports() -> list[Path]:
+    """Report folders under the data dir, newest first."""
+    return sorted((p for p in reports_dir().iterdir() if (p / REPORT_FILE).exists()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _cost_text(cost: dict, name: str) -> str:
+    if cost["median"] is None:
+        return "not reached"
+    value = cost["median"]
+    text = f"{value:.0f}" if name in ("steps", "samples") else (f"{value:.2e}" if name == "flops" else f"{value:.1f}")
+    if cost["min"] is not None and cost["max"] is not None and cost["min"] != cost["max"]:
+        low, high = cost["min"], cost["max"]
+        spread = (f"{low:.0f}-{high:.0f}" if name in ("steps", "samples")
+                  else f"{low:.1e}-{high:.1e}" if name == "flops" else f"{low:.0f}-{high:.0f}")
+        text += f" ({spread})"
+    return text
+
+
+def target_rows(data: dict) -> list[dict]:
+    """The compute-to-target table: one row per arm and gap fraction, ratios against OPD."""
+    summaries = data["summaries"]
+    rows = []
+    for arm, summary in summaries.items():
+        for target in summary["targets"]:
+            row = {"method": report.arm_label(arm), "gap closed": f"{target['fraction']:.0%}",
+                   "target accuracy": f"{target['accuracy']:.1%}",
+                   "seeds reached": f"{target['reached']}/{summary['seeds']}"}
+            for name, title in (("steps", "steps"), ("samples", "samples"), ("flops", "FLOPs"), ("wall_s", "wall s")):
+                row[title] = _cost_text(target[name], name)
+            for name, title in (("steps", "steps vs OPD"), ("flops", "FLOPs vs OPD")):
+                row[title] = ("1x" if arm == "opd" else
+                              report.format_ratio(report.ratio(summaries, arm, "opd", target["fraction"], name))
+                              if "opd" in summaries else "n/a")
+            final = summary["final_accuracy"]
+            row["final accuracy"] = f"{final['median']:.1%} ({final['min']:.1%}-{final['max']:.1%})"
+            rows.append(row)
+    return rows
+
+
+def report_markdown(data: dict) -> str:
+    """The report as Markdown: the scenario, the sweep, the table and the verdict."""
+    rows = target_rows(data)
+    headers = list(rows[0]) if rows else []
+    lines = [f"# opd-lab compare: scenario `{data['scenario']}`{' (quick)' if data['quick'] else ''}", "",
+             f"**Verdict.** {data['verdict']['sentence']}", "",
+             f"Condition: {data['condition']}", "",
+             f"Teacher {data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%} "
+             f"(greedy, {data['settings']['eval_count']} held-out problems). Budget {data['settings']['steps']} steps "
+             f"of {data['settings']['batch_size']} sequences; prompt pool {data['settings']['prompt_pool'] or 'none'}; "
+             f"{data['seeds']} seeds; {data['seconds'] / 60:.1f} minutes in all.", "",
+             "## Compute to close the gap from the base student to the teacher",
+             "Medians over seeds (range over the seeds that reached the target); a median is "
+             "\"not reached\" when most seeds did not reach it; \"more than\" ratios use the whole budget.", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(row[h]) for h in headers) + " |" for row in rows]
+    lines += ["", "## Learning-rate sweep (the same grid and budget for every method)",
+              f"{data['settings']['sweep_steps']} steps, seed {SWEEP_SEED}; score = mean held-out accuracy over "
+              "the sweep's evaluations.", "", "| method | learning rate | score | chosen |", "|---|---|---|---|"]
+    lines += [f"| {report.arm_label(r['arm'])} | {r['learning_rate']:g} | {r['score']:.3f} | "
+              f"{'yes' if data['learning_rates'][r['arm']] == r['learning_rate'] else ''} |" for r in data["sweep"]]
+    return "\n".join(lines) + "\n"

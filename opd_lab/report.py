@@ -1,0 +1,186 @@
+"""The numbers of a method comparison, and a verdict computed from them.
+
+Pure functions over the runs' own metrics (the rows of each run's `metrics.jsonl`), so
+every number in a compare report can be traced to the evaluations it came from and
+tested on synthetic runs. Progress is measured as a share of the **gap** from the base
+student to the teacher: `target = base + fraction * (teacher - base)`, so a 50% row
+is never reached "at step 0" by a student that already starts above half of the
+teacher's accuracy.
+
+For each arm (a method, or a variant such as OPD with the exact KL) and each gap
+fraction, the cost to reach the target is the cost at the first evaluation at or
+above it: optimizer steps, sampled sequences, FLOPs and wall time. Over seeds the
+report gives the median, counting a seed that never reached the target as infinitely
+expensive, so a median is finite only when most seeds got there; where it is not,
+the cost at the end of the budget is a lower bound ("more than").
+
+Example:
+    >>> rows = [{"step": 0, "eval/accuracy": 0.5, "perf/flops": 0.0},
+    ...         {"step": 10, "eval/accuracy": 0.9, "perf/flops": 5.0}]
+    >>> cost_to_reach(rows, 0.8)["steps"]
+    10
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+
+GAP_FRACTIONS = (0.5, 0.8, 0.95)
+ACCURACY = "eval/accuracy"
+# cost name -> metrics key
+COSTS = {"steps": "step", "samples": "progress/samples", "flops": "perf/flops", "wall_s": "perf/wall_s"}
+COST_WORDS = {"steps": "fewer steps", "samples": "fewer samples", "flops": "less compute", "wall_s": "less time"}
+ARM_LABELS = {"rl": "RL", "sft": "SFT", "opd": "OPD", "opd-full": "OPD (exact KL)"}
+
+
+def arm_label(arm: str) -> str:
+    """A reader's name for an arm: `opd` -> `OPD`; unknown arms are shown as they are."""
+    return ARM_LABELS.get(arm, arm)
+
+
+def gap_target(base_accuracy: float, teacher_accuracy: float, fraction: float) -> float:
+    """The accuracy that closes `fraction` of the gap from the base student to the teacher."""
+    return base_accuracy + fraction * (teacher_accuracy - base_accuracy)
+
+
+def _evaluations(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if isinstance(row.get(ACCURACY), (int, float)) and math.isfinite(row[ACCURACY])]
+
+
+def _costs(row: dict) -> dict:
+    return {name: float(row.get(key, 0.0) or 0.0) if name != "steps" else int(row.get(key, 0))
+            for name, key in COSTS.items()}
+
+
+def cost_to_reach(rows: list[dict], target: float) -> dict | None:
+    """The costs at the first evaluation whose accuracy is at least `target`, or None."""
+    for row in _evaluations(rows):
+        if row[ACCURACY] >= target - 1e-9:  # 0.5 + 0.6 * 0.5 = 0.7999999999999999 is reached by 0.8
+            return _costs(row)
+    return None
+
+
+def final_accuracy(rows: list[dict]) -> float:
+    """The accuracy of the run's last evaluation."""
+    evaluations = _evaluations(rows)
+    if not evaluations:
+        raise ValueError("the run has no evaluation")
+    return float(evaluations[-1][ACCURACY])
+
+
+def _median_or_inf(values: list[float | None]) -> float:
+    return median([math.inf if v is None else v for v in values])
+
+
+def summarize_arm(runs: list[list[dict]], base_accuracy: float, teacher_accuracy: float,
+                  fractions=GAP_FRACTIONS) -> dict:
+    """Medians and spreads over the seeds of one arm.
+
+    Args:
+        runs: one list of metric rows per seed.
+    Returns:
+        `{"seeds": n, "final_accuracy": {"median", "min", "max"}, "targets": [...]}`;
+        each target has `fraction`, `accuracy`, `reached` (seeds that got there), and per
+        cost a dict with `median` (None when most seeds did not get there), `min`/`max`
+        over the seeds that did, and `lower_bound` (the median of the reached cost or the
+        cost at the end of the run, for "more than" statements).
+    """
+    if not runs:
+        raise ValueError("an arm needs at least one run")
+    finals = [final_accuracy(rows) for rows in runs]
+    summary = {"seeds": len(runs),
+               "final_accuracy": {"median": median(finals), "min": min(finals), "max": max(finals)},
+               "targets": []}
+    for fraction in fractions:
+        target = gap_target(base_accuracy, teacher_accuracy, fraction)
+        reached = [cost_to_reach(rows, target) for rows in runs]
+        entry = {"fraction": fraction, "accuracy": target, "reached": sum(r is not None for r in reached)}
+        for name in COSTS:
+            values = [r[name] if r else None for r in reached]
+            middle = _median_or_inf(values)
+            done = [v for v in values if v is not None]
+            at_end = [v if v is not None else _costs(rows[-1])[name] for v, rows in zip(values, runs)]
+            entry[name] = {"median": None if math.isinf(middle) else middle,
+                           "min": min(done) if done else None, "max": max(done) if done else None,
+                           "lower_bound": median(at_end)}
+        summary["targets"].append(entry)
+    return summary
+
+
+def _target(arm_summary: dict, fraction: float) -> dict:
+    return next(t for t in arm_summary["targets"] if t["fraction"] == fraction)
+
+
+def ratio(summaries: dict, arm: str, reference: str, fraction: float, cost: str) -> dict:
+    """How many times more `cost` `arm` needed than `reference` to close `fraction` of the gap.
+
+    Returns `{"value", "bound"}`: bound is "=" (both reached), ">" (only `reference`
+    reached: `value` is a lower bound from `arm`'s whole budget), "<" (only `arm`
+    reached) or None with value None (neither reached).
+    """
+    mine, theirs = _target(summaries[arm], fraction)[cost], _target(summaries[reference], fraction)[cost]
+    if mine["median"] is not None and theirs["median"] is not None:
+        return {"value": mine["median"] / max(theirs["median"], 1e-12), "bound": "="}
+    if theirs["median"] is not None:
+        return {"value": mine["lower_bound"] / max(theirs["median"], 1e-12), "bound": ">"}
+    if mine["median"] is not None:
+        return {"value": mine["median"] / max(theirs["lower_bound"], 1e-12), "bound": "<"}
+    return {"value": None, "bound": None}
+
+
+def format_ratio(found: dict) -> str:
+    """`{"value": 3.21, "bound": ">"}` -> `more than 3.2x`."""
+    if found["value"] is None:
+        return "n/a"
+    prefix = {"=": "", ">": "more than ", "<": "less than "}[found["bound"]]
+    return f"{prefix}{found['value']:.1f}x"
+
+
+def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budget_steps: int | None = None) -> dict:
+    """A one-sentence verdict, and the facts it rests on, computed from `summaries`.
+
+    The level is the largest gap fraction that some arm reached (median over seeds).
+    The winner is the arm with the least median compute (FLOPs) at that level; the
+    sentence gives its compute ratio against every other arm, then the seed's step
+    claim: gradient steps of OPD against RL, whichever was fewer.
+
+    Returns:
+        `{"sentence", "level", "winner", "steps_winner"}` (level/winner None when no arm
+        closed even the smallest fraction).
+    """
+    arms = list(summaries)
+    seeds = max(s["seeds"] for s in summaries.values())
+    if teacher_accuracy <= base_accuracy:
+        return {"sentence": f"The teacher ({teacher_accuracy:.1%}) is not ahead of the base student "
+                            f"({base_accuracy:.1%}): there is no gap to close, so no method can win.",
+                "level": None, "winner": None, "steps_winner": None}
+    fractions = sorted({t["fraction"] for s in summaries.values() for t in s["targets"]}, reverse=True)
+    level = next((f for f in fractions if any(_target(summaries[a], f)["flops"]["median"] is not None for a in arms)),
+                 None)
+    tail = f" (median of {seeds} seeds)."
+    if level is None:
+        best = max(arms, key=lambda a: summaries[a]["final_accuracy"]["median"])
+        within = f" within {budget_steps} steps" if budget_steps else ""
+        return {"sentence": f"No method closed {min(fractions):.0%} of the gap to the teacher{within}; the best final "
+                            f"accuracy was {arm_label(best)}'s {summaries[best]['final_accuracy']['median']:.1%}" + tail,
+                "level": None, "winner": None, "steps_winner": None}
+    reached = [a for a in arms if _target(summaries[a], level)["flops"]["median"] is not None]
+    winner = min(reached, key=lambda a: _target(summaries[a], level)["flops"]["median"])
+    others = [a for a in arms if a != winner]
+    compute = ", ".join(f"{format_ratio(ratio(summaries, a, winner, level, 'flops'))} less than {arm_label(a)}"
+                        for a in others)
+    sentence = f"{arm_label(winner)} closed {level:.0%} of the gap to the teacher with the least compute"
+    sentence += f" ({compute})" if others else ""
+    steps_winner = None
+    if "opd" in summaries and "rl" in summaries:
+        opd_vs_rl = ratio(summaries, "rl", "opd", level, "steps")
+        if opd_vs_rl["value"] is None:
+            sentence += "; neither OPD nor RL got there in gradient steps"
+        elif opd_vs_rl["bound"] in (">", "=") and opd_vs_rl["value"] >= 1:
+            steps_winner = "opd"
+            sentence += f"; OPD needed {format_ratio(opd_vs_rl)} fewer gradient steps than RL"
+        else:
+            steps_winner = "rl"
+            sentence += f"; RL needed {format_ratio(ratio(summaries, 'opd', 'rl', level, 'steps'))} fewer gradient steps than OPD"
+    return {"sentence": sentence + tail, "level": level, "winner": winner, "steps_winner": steps_winner}

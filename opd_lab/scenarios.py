@@ -1,0 +1,93 @@
+"""Lab scenarios: each sets up one condition under which the seed makes a claim.
+
+The seed (on-policy distillation, Thinking Machines 2025) claims that OPD reaches a
+teacher's level in far fewer gradient steps than RL and with far less compute than
+off-policy distillation (SFT on teacher samples), *when* the teacher is strong, the
+student has the foundation but not the skill, answers are long, and so on. A scenario
+is a documented lab recipe (task, model sizes, the teacher's data, the base student's
+foundation) plus the settings `opd-lab compare` uses on it (step budget, batch,
+learning-rate grid). Build one with `opd-lab lab build --scenario NAME`; its models are
+the specs `lab:NAME`.
+
+Each scenario's measured verdict is in docs/claims.md, generated from compare reports.
+
+Example:
+    >>> get_scenario("reasoning").recipe().task
+    'addition6'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from opd_lab.lab import TINY_RECIPE, LabRecipe
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A lab recipe for one of the seed's conditions, and how to compare methods on it."""
+
+    name: str
+    condition: str
+    """The seed's condition this scenario sets up, in a sentence."""
+    claims: tuple[str, ...]
+    """Claim ids (see `CLAIMS`) this scenario tests."""
+    recipe_changes: dict = field(default_factory=dict)
+    """LabRecipe fields that differ from the defaults."""
+    steps: int = 300
+    """Step budget of every compare run (a run stops earlier once it closes 95% of the gap)."""
+    batch_size: int = 64
+    """Sequences per step, the same for every method (RL: a quarter of the prompts, 4 samples each)."""
+    prompt_pool: int = 0
+    """0: fresh prompts every step; N: every method reuses the same N prompts, and SFT
+    trains on one fixed teacher sample per prompt (off-policy distillation)."""
+    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    """The sweep grid, the same for every method."""
+    sweep_steps: int = 80
+    eval_every: int = 10
+    eval_count: int = 200
+
+    def recipe(self, quick: bool = False) -> LabRecipe:
+        """The lab recipe; `quick` makes tiny models in seconds (for tests and CI)."""
+        changes = {**self.recipe_changes, **(TINY_RECIPE if quick else {})}
+        return LabRecipe(name=self.name + ("-quick" if quick else ""), **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The seed's claims, in the order of docs/claims.md.
+CLAIMS = {
+    "steps-vs-rl": "OPD reaches the teacher's level in far fewer gradient steps than RL (seed: 7-10x)",
+    "compute-vs-sft": "OPD needs far less total compute than off-policy distillation (seed: 9-30x)",
+    "mode-seeking": "Reverse KL commits to one of the teacher's strategies where forward KL (SFT) averages them",
+    "data-reuse": "OPD can train for several epochs on the same prompts",
+    "foundation": "OPD needs a student with the foundation (it refines, it does not teach from scratch)",
+    "strong-teacher": "OPD needs a strong teacher; with a weak one, RL with a verifier may win",
+    "continual-learning": "OPD from the model's earlier self recovers a forgotten skill",
+}
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario(
+        name="reasoning",
+        condition="Long reasoning: 6-digit addition written out column by column (about 62 completion tokens), "
+                  "a strong teacher, and a base student with the foundation but not the skill.",
+        claims=("steps-vs-rl", "compute-vs-sft"),
+        recipe_changes=dict(task="addition6", teacher_steps=1500),
+    ),
+    Scenario(
+        name="strategies",
+        condition="A teacher with two valid strategies (columns or a running total, drawn per problem), and a "
+                  "base student that knows one of them (columns) halfway.",
+        claims=("mode-seeking", "compute-vs-sft"),
+        recipe_changes=dict(task="addition-strategies", student_task="addition", teacher_steps=2000),
+    ),
+)}
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario called `name`; the error lists the known ones."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}: use one of {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]

@@ -1,0 +1,147 @@
+"""opd-lab compare: numbers and verdicts computed from the runs' own metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from statistics import median
+
+import pytest
+
+from opd_lab import report
+from opd_lab.experiment import CompareSettings, build_report, load_report, run_compare, target_rows, write_report
+from opd_lab.runfiles import load_metrics
+from opd_lab.scenarios import SCENARIOS, get_scenario
+from synthetic_runs import make_run
+
+BASE, TEACHER = 0.5, 0.9  # targets: 50% of the gap 0.7, 80% 0.82, 95% 0.88
+
+
+def _synthetic_report(tmp_path, curves: dict[str, list[dict[int, float]]], flops_per_step: dict[str, float]):
+    """A report folder over synthetic runs: `curves[arm][seed]` maps evaluated steps to accuracy."""
+    runs = {}
+    for arm, seeds in curves.items():
+        runs[arm] = []
+        for seed, accuracy in enumerate(seeds):
+            run_id = f"cmp-{arm}-s{seed}"
+            make_run(tmp_path / "runs", run_id, method=arm.split("-")[0], steps=max(accuracy),
+                     eval_accuracy=accuracy, flops_per_step=flops_per_step[arm])
+            runs[arm].append({"seed": seed, "run": run_id, "learning_rate": 1e-3})
+    settings = CompareSettings(scenario="reasoning", seeds=len(next(iter(curves.values()))))
+    data = build_report(settings, get_scenario("reasoning"), {}, TEACHER, BASE, sweep=[],
+                        chosen={arm: 1e-3 for arm in curves}, runs_by_arm=runs, out=tmp_path, seconds=1.0)
+    write_report(tmp_path, data)
+    return data
+
+
+def _rising(reach_step: int, steps: int = 40) -> dict[int, float]:
+    """Accuracy 0.5 at step 0 that reaches 0.9 at `reach_step` (evaluated every 5 steps)."""
+    return {s: min(TEACHER, BASE + (TEACHER - BASE) * s / reach_step) for s in range(0, steps + 1, 5)}
+
+
+def test_gap_targets_and_first_evaluation_reaching_them():
+    assert report.gap_target(0.5, 0.9, 0.5) == pytest.approx(0.7)
+    rows = [{"step": 0, "eval/accuracy": 0.5, "perf/flops": 0.0},
+            {"step": 5, "train/loss": 1.0},
+            {"step": 10, "eval/accuracy": 0.8, "perf/flops": 10.0, "progress/samples": 80},
+            {"step": 20, "eval/accuracy": 0.95, "perf/flops": 20.0}]
+    assert report.cost_to_reach(rows, 0.8)["steps"] == 10
+    assert report.cost_to_reach(rows, 0.8)["samples"] == 80
+    assert report.cost_to_reach(rows, 0.9)["flops"] == 20.0
+    assert report.cost_to_reach(rows, 0.99) is None
+    assert report.final_accuracy(rows) == 0.95
+
+
+def test_a_seed_that_never_reaches_counts_as_infinitely_expensive():
+    fast = [{"step": 0, "eval/accuracy": 0.5}, {"step": 10, "eval/accuracy": 0.9}]
+    slow = [{"step": 0, "eval/accuracy": 0.5}, {"step": 30, "eval/accuracy": 0.9}]
+    never = [{"step": 0, "eval/accuracy": 0.5}, {"step": 50, "eval/accuracy": 0.6}]
+    two_of_three = report.summarize_arm([fast, slow, never], BASE, TEACHER)["targets"][-1]
+    assert two_of_three["reached"] == 2
+    assert two_of_three["steps"]["median"] == 30  # the middle of 10, 30, inf
+    one_of_three = report.summarize_arm([fast, never, never], BASE, TEACHER)["targets"][-1]
+    assert one_of_three["steps"]["median"] is None
+    assert one_of_three["steps"]["lower_bound"] == 50  # the budget's end bounds "more than"
+
+
+def test_verdict_names_sft_when_sft_wins(tmp_path):
+    data = _synthetic_report(tmp_path, {
+        "rl": [_rising(40, 40)] * 3, "sft": [_rising(10), _rising(15), _rising(10)], "opd": [_rising(20)] * 3},
+        flops_per_step={"rl": 1e9, "sft": 1e9, "opd": 1.2e9})
+    verdict = data["verdict"]
+    assert verdict["winner"] == "sft" and verdict["level"] == 0.95
+    assert verdict["sentence"].startswith("SFT closed 95% of the gap")
+    # OPD: 20 steps x 1.2e9 = 2.4e10; SFT: 10 steps x 1e9 -> 2.4x; RL 40 steps -> 4.0x
+    assert "2.4x less than OPD" in verdict["sentence"] and "4.0x less than RL" in verdict["sentence"]
+    assert "OPD needed 2.0x fewer gradient steps than RL" in verdict["sentence"]
+
+
+def test_verdict_names_opd_and_bounds_a_method_that_never_got_there(tmp_path):
+    flat = {s: 0.6 for s in range(0, 41, 5)}
+    data = _synthetic_report(tmp_path, {"rl": [flat] * 3, "sft": [_rising(40)] * 3, "opd": [_rising(5)] * 3},
+                             flops_per_step={"rl": 1e9, "sft": 1e9, "opd": 2e9})
+    sentence = data["verdict"]["sentence"]
+    assert data["verdict"]["winner"] == "opd" and data["verdict"]["steps_winner"] == "opd"
+    assert sentence.startswith("OPD closed 95% of the gap") and "4.0x less than SFT" in sentence
+    assert "more than 4.0x less than RL" in sentence  # RL's whole budget, 40 x 1e9, against OPD's 5 x 2e9
+    assert "OPD needed more than 8.0x fewer gradient steps than RL" in sentence
+
+
+def test_no_gap_means_no_winner():
+    summaries = {"opd": report.summarize_arm([[{"step": 0, "eval/accuracy": 0.0}]], 0.0, 0.0)}
+    assert report.verdict(summaries, 0.0, 0.0)["winner"] is None
+
+
+def test_report_table_matches_the_runs(tmp_path):
+    data = _synthetic_report(tmp_path, {"rl": [_rising(40)] * 3, "sft": [_rising(10)] * 3,
+                                        "opd": [_rising(20), _rising(25), _rising(20)]},
+                             flops_per_step={"rl": 1e9, "sft": 1e9, "opd": 1e9})
+    rows = {(r["method"], r["gap closed"]): r for r in target_rows(data)}
+    assert rows[("OPD", "95%")]["steps"].startswith("20 ")  # median of 20, 25, 20 with its range
+    assert rows[("OPD", "95%")]["steps"].endswith("(20-25)")
+    assert rows[("RL", "95%")]["steps vs OPD"] == "2.0x"
+    markdown = (tmp_path / "report.md").read_text()
+    assert data["verdict"]["sentence"] in markdown
+    assert load_report(tmp_path)["verdict"] == data["verdict"]
+    assert (tmp_path / "curves.html").stat().st_size > 1000
+
+
+def _recomputed_steps(rows: list[dict], target: float) -> float:
+    for row in rows:
+        if "eval/accuracy" in row and row["eval/accuracy"] >= target - 1e-9:
+            return row["step"]
+    return math.inf
+
+
+def test_quick_compare_end_to_end(lab_home, tmp_path):
+    """`opd-lab compare --quick`: the report's numbers follow from the runs in its folder."""
+    folder = run_compare(CompareSettings(scenario="reasoning", quick=True, seeds=3, workers=2), out=tmp_path / "r",
+                         progress_print=lambda *_: None)
+    data = json.loads((folder / "report.json").read_text())
+    assert set(data["runs"]) == {"rl", "sft", "opd"}
+    assert all(len(runs) == 3 for runs in data["runs"].values())
+    assert len(data["sweep"]) == 3 * len(data["settings"]["learning_rates"])
+    for arm, runs in data["runs"].items():
+        chosen = data["learning_rates"][arm]
+        assert max((r for r in data["sweep"] if r["arm"] == arm), key=lambda r: r["score"])["learning_rate"] == chosen
+        metrics = [load_metrics(folder / "runs" / run["run"]) for run in runs]
+        assert all(m[0]["eval/accuracy"] == data["base_accuracy"] for m in metrics)  # the same base student
+        for target in data["summaries"][arm]["targets"]:
+            steps = median(_recomputed_steps(m, target["accuracy"]) for m in metrics)
+            assert target["steps"]["median"] == (None if math.isinf(steps) else steps)
+        finals = [[r["eval/accuracy"] for r in m if "eval/accuracy" in r][-1] for m in metrics]
+        assert data["summaries"][arm]["final_accuracy"]["median"] == median(finals)
+    assert data["verdict"]["sentence"] in (folder / "report.md").read_text()
+
+
+def test_every_scenario_has_a_valid_recipe_and_known_claims():
+    for scenario in SCENARIOS.values():
+        assert scenario.recipe().lab_name == scenario.name
+        assert scenario.recipe(quick=True).lab_name == scenario.name + "-quick"
+        assert set(scenario.claims) <= set(report_claims())
+
+
+def report_claims():
+    from opd_lab.scenarios import CLAIMS
+
+    return CLAIMS
