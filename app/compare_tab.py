@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from app import report_panel
 from app.state import error_text, lab_summary, run_dir_of, run_ids
 from opd_lab import plots, runs
 from opd_lab.compare import RL_SAMPLES_PER_PROMPT, method_configs
@@ -87,6 +88,8 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
 
 def build() -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
+    with gr.Accordion("RL vs SFT vs OPD on a lab scenario: several seeds and a verdict", open=True):
+        report_picker, report_outputs = report_panel.build()
     gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
         chosen = gr.Dropdown(run_ids(), value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs",
@@ -128,4 +131,4 @@ def build() -> dict:
           outputs=[figure, table, note], api_visibility="private")
     chosen.change(on_metrics, inputs=chosen, outputs=metric, api_visibility="private")
     start.click(on_three, inputs=[steps, batch], outputs=[launched, chosen], api_name="launch_three")
-    return {"chosen": chosen}
+    return {"chosen": chosen, "report_picker": report_picker, "report_outputs": report_outputs}

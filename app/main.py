@@ -72,6 +72,8 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
                 playground_parts = playground_tab.build(trust_remote_code)
 
         demo.load(**runs_parts["load"])
+        demo.load(compare_tab.report_panel.show_report, inputs=compare_parts["report_picker"],
+                  outputs=list(compare_parts["report_outputs"]), api_visibility="private")
         # Pickers list the runs that exist when their tab is opened.
         def keep(current, choices):
             values = [value for _, value in choices] if choices and isinstance(choices[0], tuple) else choices

@@ -295,3 +295,45 @@ def report_markdown(data: dict) -> str:
     lines += [f"| {report.arm_label(r['arm'])} | {r['learning_rate']:g} | {r['score']:.3f} | "
               f"{'yes' if data['learning_rates'][r['arm']] == r['learning_rate'] else ''} |" for r in data["sweep"]]
     return "\n".join(lines) + "\n"
+
+
+COMPARE_LOG = "compare-log.txt"
+
+
+def report_path(name: str) -> Path:
+    """The folder of the report called `name` (a folder name under the reports dir), validated."""
+    for folder in list_reports():
+        if folder.name == name:
+            return folder
+    raise FileNotFoundError(f"no compare report named {name!r}")
+
+
+def compare_running() -> bool:
+    """Whether a background `opd-lab compare` started by `start_compare` is still running."""
+    pid_file = reports_dir() / ".compare.pid"
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def start_compare(scenario: str, quick: bool = False, seeds: int = 3) -> Path:
+    """Start `opd-lab compare` as a detached background process; returns its log file.
+
+    One at a time: a comparison already uses every core (its runs train side by side).
+    """
+    import subprocess
+    import sys
+
+    CompareSettings(scenario=scenario, seeds=seeds, quick=quick)  # validates before starting anything
+    if compare_running():
+        raise RuntimeError("a comparison is already running; wait for its report")
+    log = reports_dir() / COMPARE_LOG
+    command = [sys.executable, "-m", "opd_lab", "compare", "--scenario", scenario, "--seeds", str(seeds)]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command + (["--quick"] if quick else []), stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
+    (reports_dir() / ".compare.pid").write_text(str(process.pid))
+    return log

@@ -74,10 +74,11 @@ class LabRecipe:
         get_task(self.task)  # raises for an unknown task
         if self.student_task:
             get_task(self.student_task)
-        for name in ("teacher_steps", "teacher_batch_size", "student_examples", "student_steps",
-                     "student_batch_size", "eval_count"):
+        for name in ("teacher_steps", "teacher_batch_size", "student_examples", "student_batch_size", "eval_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LabRecipe.{name} must be at least 1")
+        if self.student_steps < 0:  # 0: the base student is the untrained initialization
+            raise ValueError("LabRecipe.student_steps must not be negative")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -77,6 +77,21 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         recipe_changes=dict(task="addition6", teacher_steps=1500),
     ),
     Scenario(
+        name="no-foundation",
+        condition="A student without the foundation: the base student is the untrained initialization (0%), "
+                  "the teacher is the strong 3-digit addition teacher.",
+        claims=("foundation",),
+        recipe_changes=dict(task="addition", student_steps=0),
+    ),
+    Scenario(
+        name="weak-teacher",
+        condition="A weak teacher: trained on worked solutions that forget the carry into the last column, it is "
+                  "right only when that column gets no carry (about half the problems); the verifier checks the "
+                  "true sum.",
+        claims=("strong-teacher",),
+        recipe_changes=dict(task="addition-careless"),
+    ),
+    Scenario(
         name="strategies",
         condition="A teacher with two valid strategies (columns or a running total, drawn per problem), and a "
                   "base student that knows one of them (columns) halfway.",

@@ -145,3 +145,18 @@ def report_claims():
     from opd_lab.scenarios import CLAIMS
 
     return CLAIMS
+
+
+def test_the_app_shows_a_report_by_name_only(lab_home):
+    from app import report_panel
+    from opd_lab.experiment import reports_dir
+
+    folder = reports_dir() / "synthetic-report"
+    folder.mkdir(exist_ok=True)
+    data = _synthetic_report(folder, {"rl": [_rising(40)] * 3, "sft": [_rising(10)] * 3, "opd": [_rising(20)] * 3},
+                             flops_per_step={"rl": 1e9, "sft": 1e9, "opd": 1e9})
+    assert "synthetic-report" in report_panel.report_names()
+    text, figure, table = report_panel.show_report("synthetic-report")
+    assert data["verdict"]["sentence"] in text and figure is not None and len(table) == 9
+    text, figure, _ = report_panel.show_report("../synthetic-report")
+    assert text.startswith("**Cannot show") and figure is None

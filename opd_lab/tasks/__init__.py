@@ -7,7 +7,7 @@ separately).
 
 from __future__ import annotations
 
-from opd_lab.tasks.addition import AdditionTask, StrategiesAdditionTask
+from opd_lab.tasks.addition import AdditionTask, CarelessAdditionTask, StrategiesAdditionTask
 from opd_lab.tasks.base import Problem, Task, Verdict
 from opd_lab.tasks.jsonl import JsonlTask
 from opd_lab.tasks.reverse import ReverseTask
@@ -19,6 +19,7 @@ BUILTIN_TASKS = {
     "addition4": lambda: AdditionTask(digits=4),
     "addition6": lambda: AdditionTask(digits=6),
     "addition-strategies": lambda: StrategiesAdditionTask(digits=3),
+    "addition-careless": lambda: CarelessAdditionTask(digits=3),
     "sorting": lambda: SortingTask(),
     "reverse": lambda: ReverseTask(),
 }
@@ -38,5 +39,5 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
+__all__ = ["BUILTIN_TASKS", "AdditionTask", "CarelessAdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
            "get_task"]

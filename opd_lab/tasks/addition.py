@@ -92,3 +92,37 @@ class StrategiesAdditionTask(AdditionTask):
         a, b = (int(x) for x in problem.prompt.rstrip("=").split("+"))
         solve = self.STRATEGIES[rng.choice(sorted(self.STRATEGIES))]
         return Problem(prompt=problem.prompt, answer=problem.answer, reference=solve(a, b, self.digits))
+
+
+class CarelessAdditionTask(AdditionTask):
+    """Addition whose worked solutions forget the carry into the last column: a weak teacher's data.
+
+    A teacher trained on these references learns a systematic slip: it writes `+0` as the
+    carry of the leftmost column, so it is wrong whenever the column before carries. The
+    verifier still checks the true sum, so RL with the reward can learn what the teacher
+    cannot teach (the seed's limitation: on-policy distillation needs a strong teacher).
+
+        >>> CarelessAdditionTask().make_problem(random.Random(1)).reference  # 237 + 682: the last carry is lost
+        '7+2+0=09;3+8+0=11;2+6+0=08;819'
+    """
+
+    def __init__(self, digits: int = 3):
+        super().__init__(digits)
+        self.name = "addition-careless" if digits == 3 else f"addition{digits}-careless"
+        self.description = f"{digits}-digit addition; the references forget the last carry"
+
+    def make_problem(self, rng: random.Random) -> Problem:
+        problem = super().make_problem(rng)
+        a, b = (int(x) for x in problem.prompt.rstrip("=").split("+"))
+        top = 10 ** (self.digits - 1)
+        wrong = careless_sum(a, b, self.digits)
+        steps = worked_solution(a % top, b % top, self.digits - 1).split(";")[:-1]
+        x, y = a // top, b // top
+        steps.append(f"{x}+{y}+0={x + y:02d}")
+        return Problem(prompt=problem.prompt, answer=problem.answer, reference=";".join(steps + [str(wrong)]))
+
+
+def careless_sum(a: int, b: int, digits: int) -> int:
+    """`a + b` with the carry into the leftmost column dropped."""
+    top = 10 ** (digits - 1)
+    return (a // top + b // top) * top + (a % top + b % top) % top
