@@ -15,7 +15,7 @@ from app.state import error_text, lab_summary, run_dir_of, run_ids
 from opd_lab import plots, runs
 from opd_lab.compare import RL_SAMPLES_PER_PROMPT, method_configs
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.runfiles import load_config
+from opd_lab.run_folder import load_config
 
 X_CHOICES = list(plots.X_AXES)
 DEFAULT_METRIC = "eval/accuracy"

@@ -14,7 +14,7 @@ import gradio as gr
 
 from app.state import error_text, run_dir_of, run_ids
 from opd_lab import plots, runs, tokenview
-from opd_lab.runfiles import load_samples, sample_steps
+from opd_lab.run_folder import load_samples, sample_steps
 
 COLOR_CHOICES = [("reverse KL (where the student departs from the teacher)", "reverse_kl"),
                  ("advantage (log p_teacher - log p_student of the sampled token)", "advantage")]

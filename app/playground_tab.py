@@ -17,7 +17,7 @@ from opd_lab import inspect, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_student
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.models import ModelLoadError, check_pair_compatible, load_model
-from opd_lab.runfiles import load_config
+from opd_lab.run_folder import load_config
 from opd_lab.tasks import get_task
 
 LAB_PREFIX = "lab:"

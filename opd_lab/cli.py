@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int | None:
-    from opd_lab import runs
+    from opd_lab import run_folder, runs
 
     if args.command == "lab":
         from opd_lab.lab import LabRecipe, build_lab, format_summary
@@ -133,10 +133,10 @@ def _dispatch(args) -> int | None:
     elif args.command == "train":
         from opd_lab.train import run_training
 
-        run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(config_from_args(args))
+        run_dir = Path(args.run_dir) if args.run_dir else run_folder.create_run(config_from_args(args))
         if not args.run_dir:
             print(f"run {run_dir.name} in {run_dir}")
-        runs.update_status(run_dir, pid=os.getpid())
+        run_folder.update_status(run_dir, pid=os.getpid())
         state = run_training(run_dir, progress=not args.no_progress)
         print(f"{run_dir.name}: {state} - {runs.status_of(run_dir).get('message', '')}")
         return 0 if state in ("finished", "stopped") else 1
@@ -146,13 +146,13 @@ def _dispatch(args) -> int | None:
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))
     elif args.command == "stop":
-        print(runs.request_stop(runs.run_path(args.run)))
+        print(runs.request_stop(run_folder.run_path(args.run)))
     elif args.command == "resume":
-        run_dir = runs.run_path(args.run)
+        run_dir = run_folder.run_path(args.run)
         if args.foreground:
             from opd_lab.train import run_training
 
-            runs.update_status(run_dir, pid=os.getpid())
+            run_folder.update_status(run_dir, pid=os.getpid())
             return 0 if run_training(run_dir) in ("finished", "stopped") else 1
         pid = runs.resume(run_dir)
         print(f"resumed {run_dir.name} (pid {pid})")

@@ -1,6 +1,6 @@
 """Plotly figures of runs: learning curves, OPD vs SFT vs RL, and compute to reach a target.
 
-Every builder reads run folders only (through `opd_lab.runfiles`, see
+Every builder reads run folders only (through `opd_lab.run_folder`, see
 docs/run-folder.md) and returns a `plotly.graph_objects.Figure` without showing it:
 a notebook displays it as the cell's value, the app passes it to `gr.Plot`. The
 per-token KL figures and the forward- vs reverse-KL teaching figure are in
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from opd_lab.runfiles import load_config, load_metrics
+from opd_lab.run_folder import load_config, load_metrics
 
 METHOD_COLORS = {"opd": "#2563eb", "sft": "#d97706", "rl": "#16a34a"}
 METHOD_NAMES = {"opd": "OPD", "sft": "SFT", "rl": "RL"}

@@ -1,7 +1,7 @@
 """Plotly figures about KL: where in a completion the student departs from the teacher,
 how that changes over training, and why reverse KL (OPD's objective) is mode-seeking.
 
-The per-token figures read the records of samples.jsonl (`opd_lab.runfiles.load_samples`);
+The per-token figures read the records of samples.jsonl (`opd_lab.run_folder.load_samples`);
 their colours match the token view's (`opd_lab.tokenview`): white for 0, red for high KL.
 
 `divergence_teaching_figure` is the textbook picture behind OPD's choice of divergence:
@@ -33,7 +33,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from opd_lab.plots import METHOD_COLORS, METRIC_TITLES
-from opd_lab.runfiles import load_metrics, load_samples
+from opd_lab.run_folder import load_metrics, load_samples
 from opd_lab.tokenview import color_for
 
 KL_COLORSCALE = [[0.0, color_for(0.0)], [1.0, color_for(math.inf)]]  # the token view's white -> red

@@ -39,25 +39,14 @@ from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
 from opd_lab.inspect import token_records
-from opd_lab.models import load_pair
-from opd_lab.runfiles import (METRICS_FILE, SAMPLES_FILE, STOP_FILE, append_jsonl, load_config,
-                              load_status, read_jsonl, truncate_jsonl)
-from opd_lab.runs import update_status
+from opd_lab.models import load_pair, pick_device, wrap_lora
+from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, STOP_FILE, append_jsonl, create_run,
+                                load_config, load_status, read_jsonl, truncate_jsonl, update_status)
 from opd_lab.tasks import Problem, get_task
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops without saving the bad weights."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but no CUDA GPU is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -79,7 +68,7 @@ class Trainer:
             config.teacher, config.student, task=config.task, device=self.device,
             trust_remote_code=config.trust_remote_code)
         self.lora = config.uses_lora(student_is_lab=config.student == "lab")
-        self.student = checkpoints.prepare_student(student, config) if self.lora else student
+        self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
@@ -271,7 +260,7 @@ def run_training(run_dir: str | Path, progress: bool = True) -> str:
         trainer = Trainer(config, run_dir)
         latest = checkpoints.latest(run_dir)
         if latest is not None:
-            checkpoints.restore(trainer, latest)
+            trainer.load_state(checkpoints.restore(latest, trainer.student, trainer.lora))
             truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done)
             truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done)
         else:
@@ -284,7 +273,7 @@ def run_training(run_dir: str | Path, progress: bool = True) -> str:
                                                    **trainer.evaluate()}])
         return _loop(trainer, run_dir, stop_requested, progress)
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
-        with (run_dir / "log.txt").open("a") as log:
+        with (run_dir / LOG_FILE).open("a") as log:
             log.write(traceback.format_exc())
         message = str(error) if isinstance(error, NonFiniteLoss) else f"{type(error).__name__}: {error}"
         step = trainer.step_done if trainer else load_status(run_dir).get("step", 0)
@@ -318,7 +307,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
             append_jsonl(run_dir / SAMPLES_FILE, result.logged)
         stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
         if step % config.checkpoint_every == 0 or step == config.steps or stopping:
-            checkpoints.save(trainer, run_dir)
+            checkpoints.save(run_dir, step, trainer.student, trainer.tokenizer, trainer.state())
         per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
         update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
                       message=f"loss {metrics['train/loss']:.4f}"
@@ -342,8 +331,6 @@ def train(config: RunConfig, progress: bool = True) -> Path:
 
     The notebooks' entry point: `run_dir = train(RunConfig(method="opd", steps=60))`.
     """
-    from opd_lab.runs import create_run
-
     run_dir = create_run(config)
     state = run_training(run_dir, progress=progress)
     if state == "failed":

@@ -2,11 +2,11 @@
 
 import pytest
 
-from opd_lab import checkpoints, plots, runs, tokenview
+from opd_lab import checkpoints, plots, run_folder, tokenview
 from opd_lab.config import RunConfig
 from opd_lab.inspect import score_completions, summarize
 from opd_lab.models import load_model
-from opd_lab.runfiles import load_metrics, load_samples, sample_steps
+from opd_lab.run_folder import load_metrics, load_samples, sample_steps
 from opd_lab.train import run_training
 
 
@@ -15,7 +15,7 @@ def real_run(lab_home):
     """A 3-step OPD run that logs every rollout of every step."""
     config = RunConfig(steps=3, batch_size=4, eval_every=1, eval_count=8, sample_every=1, samples_to_log=4,
                        checkpoint_every=1, max_new_tokens=12)
-    run_dir = runs.create_run(config)
+    run_dir = run_folder.create_run(config)
     assert run_training(run_dir, progress=False) == "finished"
     return run_dir, config
 

@@ -9,7 +9,7 @@ import pytest
 from synthetic_runs import make_run
 
 from opd_lab import plots, plots_kl
-from opd_lab.runfiles import load_samples, sample_steps
+from opd_lab.run_folder import load_samples, sample_steps
 
 
 @pytest.fixture()
@@ -173,7 +173,7 @@ def test_divergence_explorer_slider_shows_one_separation_at_a_time():
 
 
 def test_summarize_run_reads_start_end_best_and_cost(tmp_path):
-    from opd_lab.runfiles import summarize_run
+    from opd_lab.run_folder import summarize_run
 
     run = make_run(tmp_path, "sft-demo", method="sft", steps=20, eval_accuracy={0: 0.3, 10: 0.9, 20: 0.7},
                    batch_size=8, flops_per_step=2e12, seconds_per_step=0.5)

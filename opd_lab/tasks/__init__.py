@@ -13,6 +13,7 @@ from opd_lab.tasks.jsonl import JsonlTask
 from opd_lab.tasks.reverse import ReverseTask
 from opd_lab.tasks.sorting import SortingTask
 
+DEFAULT_TASK = "addition"  # what the CLI, the config, the lab and the app use when no task is named
 BUILTIN_TASKS = {
     "addition": lambda: AdditionTask(digits=3),
     "addition2": lambda: AdditionTask(digits=2),
@@ -36,5 +37,5 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "Task", "Verdict",
+__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "AdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "Task", "Verdict",
            "get_task"]
