@@ -46,8 +46,8 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tenso
     teacher_logprobs = (torch.log_softmax(teacher_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
                         if teacher_logits_BSV is not None else None)
     if teacher_logits_BSV is not None:
-        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float() / temperature,
-                                     teacher_logits_BSV[:, :-1].detach().float() / temperature)
+        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float(),
+                                     teacher_logits_BSV[:, :-1].detach().float(), temperature=temperature)
     targets = rollouts.sequences_BS[:, 1:]
     results = []
     for row in rows if rows is not None else range(len(rollouts.prompts)):

@@ -20,8 +20,20 @@ def real_run(lab_home):
     return run_dir, config
 
 
-def test_records_summed_over_positions_match_the_logged_reverse_kl(real_run):
-    run_dir, _ = real_run
+@pytest.fixture(scope="module")
+def sft_run_at_07(lab_home):
+    """A 2-step SFT run on teacher samples drawn at temperature 0.7, logging every rollout."""
+    config = RunConfig(method="sft", temperature=0.7, steps=2, batch_size=4, eval_every=2, eval_count=8,
+                       sample_every=1, samples_to_log=4, checkpoint_every=2, max_new_tokens=12)
+    run_dir = run_folder.create_run(config)
+    assert run_training(run_dir, progress=False) == "finished"
+    return run_dir, config
+
+
+@pytest.mark.parametrize("run", ["real_run", "sft_run_at_07"])
+def test_records_summed_over_positions_match_the_logged_reverse_kl(run, request):
+    """samples.jsonl and train/reverse_kl agree, for OPD at temperature 1 and SFT at 0.7."""
+    run_dir, _ = request.getfixturevalue(run)
     metrics = {row["step"]: row for row in load_metrics(run_dir)}
     for step in sample_steps(run_dir):
         samples = load_samples(run_dir, step)
