@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.state import ModelCache, built_lab_tasks, checkpoint_of, error_text, run_dir_of, run_ids
+from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
 from opd_lab import inspect, runs, tokenview
-from opd_lab.checkpoints import checkpoint_dirs, load_student
+from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.models import ModelLoadError, check_pair_compatible, load_model
+from opd_lab.lab import built_lab_tasks
+from opd_lab.models import ModelLoadError, load_pair
 from opd_lab.run_folder import load_config
-from opd_lab.tasks import get_task
+from opd_lab.tasks import DEFAULT_TASK, get_task
 
 LAB_PREFIX = "lab:"
 CHECKPOINT_PREFIX = "run:"
 STUDENT_TITLE = "the student's answer"
 EDITED_TITLE = "this completion, as the teacher sees it"
-CACHE = ModelCache(capacity=4)  # up to two student/teacher pairs
+CACHE = ModelCache(capacity=2)  # up to two student/teacher pairs
 
 INTRO = ("**Try a student on your own prompt.** Choose the lab's base student or any checkpoint of a "
          "run, type a prompt and let the student answer: each token is coloured by how much the "
@@ -58,7 +59,7 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
         task = choice[len(LAB_PREFIX):]
         if task not in built_lab_tasks():
             raise runs.RunError(f"no built lab for task {task!r} (build one with `opd-lab lab build`)")
-        return {"task": task, "task_regex": "", "student": ("lab", task), "teacher": "lab",
+        return {"task": task, "task_regex": "", "checkpoint": None, "config": None,
                 "trust_remote_code": trust_remote_code,
                 "description": f"Student: the base student of the {task} lab. Teacher: the {task} lab's teacher."}
     if choice.startswith(CHECKPOINT_PREFIX):
@@ -68,8 +69,8 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
             config = RunConfig.from_dict({**load_config(run_dir_of(run_id)), "trust_remote_code": trust_remote_code})
         except ConfigError as error:
             raise runs.RunError(f"run {run_id} has a config the app cannot use: {error}") from None
-        return {"task": config.task, "task_regex": config.task_regex, "student": ("checkpoint", checkpoint, config),
-                "teacher": config.teacher, "trust_remote_code": trust_remote_code,
+        return {"task": config.task, "task_regex": config.task_regex, "checkpoint": checkpoint, "config": config,
+                "trust_remote_code": trust_remote_code,
                 "description": f"Student: {run_id} at {name}. Teacher: `{config.teacher}` (the run's teacher), "
                                f"task {config.task}."}
     raise runs.RunError(f"unknown model choice {choice!r}")
@@ -77,28 +78,17 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
 
 def load_models(resolved: dict):
     """(teacher, student, tokenizer) of a resolved choice, from the cache when possible."""
-    task, trust = resolved["task"], resolved["trust_remote_code"]
-    teacher, teacher_tokenizer = CACHE.get(("teacher", resolved["teacher"], task, trust),
-                                           lambda: _eval_mode(load_model(resolved["teacher"], "teacher", task,
-                                                                         trust_remote_code=trust)))
-    kind, *rest = resolved["student"]
-    if kind == "lab":
-        student, tokenizer = CACHE.get(("student", "lab", task, trust),
-                                       lambda: _eval_mode(load_model("lab", "student", task, trust_remote_code=trust)))
-    else:
-        checkpoint, config = rest
-        student, tokenizer = CACHE.get(("checkpoint", str(checkpoint), trust),
-                                       lambda: _eval_mode(load_student(checkpoint, config)))
-    check_pair_compatible(teacher_tokenizer, tokenizer)
-    return teacher, student, tokenizer
+    task, trust, checkpoint = resolved["task"], resolved["trust_remote_code"], resolved["checkpoint"]
+    if checkpoint is None:
+        return CACHE.get(("lab", task, trust), lambda: _eval_mode(*load_pair("lab", "lab", task, trust_remote_code=trust)))
+    return CACHE.get(("checkpoint", str(checkpoint), trust), lambda: load_with_teacher(checkpoint, resolved["config"]))
 
 
-def _eval_mode(pair):
-    model, tokenizer = pair
-    return model.eval().requires_grad_(False), tokenizer
+def _eval_mode(teacher, student, tokenizer):
+    return teacher, student.eval().requires_grad_(False), tokenizer
 
 
-def default_prompt(task: str = "addition") -> str:
+def default_prompt(task: str = DEFAULT_TASK) -> str:
     try:
         return get_task(task).eval_problems(1)[0].prompt
     except Exception:  # noqa: BLE001 - a .jsonl task may be gone; an empty box is fine

@@ -1,5 +1,5 @@
-"""What the app's tabs share: validated lookups of runs and checkpoints, the lab's
-summary, small formatters, and a small cache of loaded models.
+"""What the app's tabs share: validated lookups of runs and checkpoints, small
+formatters, and a small cache of loaded models.
 
 The browser only ever names things: a run id (checked by `opd_lab.run_folder.run_path`, which
 refuses anything that could leave the runs folder), a checkpoint name (checked against
@@ -16,9 +16,6 @@ from typing import Callable
 
 from opd_lab import run_folder, runs
 from opd_lab.checkpoints import checkpoint_dirs
-from opd_lab.lab import SUMMARY_FILE
-from opd_lab.paths import data_dir, lab_dir
-from opd_lab.run_folder import read_json
 
 
 def run_dir_of(run_id: str) -> Path:
@@ -44,26 +41,6 @@ def checkpoint_of(run_id: str, name: str) -> Path:
         if checkpoint.name == name:
             return checkpoint
     raise runs.RunError(f"run {run_id} has no checkpoint named {name!r}")
-
-
-def lab_summary(task: str) -> dict | None:
-    """The built lab's summary.json of `task` (teacher and student accuracy), or None."""
-    if not isinstance(task, str) or not task.isidentifier():
-        return None
-    return read_json(lab_dir(task) / SUMMARY_FILE)
-
-
-def built_lab_tasks() -> list[str]:
-    """Tasks whose lab (teacher and base student) is built, sorted."""
-    root = data_dir() / "lab"
-    if not root.is_dir():
-        return []
-    return sorted(folder.name for folder in root.iterdir() if (folder / SUMMARY_FILE).exists())
-
-
-def teacher_accuracy(task: str) -> float | None:
-    summary = lab_summary(task)
-    return summary["teacher"]["accuracy"] if summary else None
 
 
 def format_duration(seconds) -> str:

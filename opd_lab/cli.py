@@ -6,11 +6,13 @@
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
-    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app
+    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
 
 The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
 may set them too (flags win). `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
-and the runs live.
+and the runs live. The library never imports the app: the `opd-lab` console script is
+`app.cli.main`, which calls `main` here with the `app` subcommand as an extra
+`Command`; `python -m opd_lab` (what launched runs execute) has no `app` subcommand.
 """
 
 from __future__ import annotations
@@ -18,16 +20,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
-from opd_lab.config import ConfigError, RunConfig, config_fields
+from opd_lab.config import ConfigError, RunConfig, config_fields, flag_of
+from opd_lab.tasks import DEFAULT_TASK
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand that a caller of the library adds to `opd-lab` (the app adds `app`)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="a YAML or JSON config file (optional)")
     group = parser.add_argument_group("run config (see RunConfig)")
     for spec in config_fields():
-        flag = "--" + spec.name.replace("_", "-")
+        flag = flag_of(spec.name)
         help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
         if spec.type == "bool":
             group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -46,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(base)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opd-lab", description="On-policy distillation lab.")
     parser.add_argument("--data-dir", help="where the lab and runs live (default: $OPD_LAB_HOME or ~/.cache/opd-lab)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser("lab", help="the built-in offline lab")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     build = lab_commands.add_parser("build", help="train the lab's teacher and base student (cached)")
-    build.add_argument("--task", default="addition", help="built-in task (default: addition)")
+    build.add_argument("--task", default=DEFAULT_TASK, help=f"built-in task (default: {DEFAULT_TASK})")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even if a matching lab exists")
 
     evaluate = commands.add_parser("eval", help="held-out accuracy of a model on a task")
     evaluate.add_argument("model", help="'lab-teacher', 'lab-student', a directory, a .gguf file, or a hub id")
-    evaluate.add_argument("--task", default="addition")
+    evaluate.add_argument("--task", default=DEFAULT_TASK)
     evaluate.add_argument("--count", type=int, default=200)
     evaluate.add_argument("--samples", type=int, default=0, help="also sample k answers per problem (pass@k)")
 
@@ -78,13 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "resume":
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
 
-    app = commands.add_parser("app", help="the web app")
-    app.add_argument("--host", default="127.0.0.1")
-    app.add_argument("--port", type=int, default=7860)
-    app.add_argument("--auth", help="user:password required to open the app")
-    app.add_argument("--max-runs", type=int, default=None, help="most runs at once (default 3)")
-    app.add_argument("--trust-remote-code", action="store_true", help="allow models that ship their own code")
-    app.add_argument("--no-build", action="store_true", help="do not build the lab on start")
+    for command in extra_commands:
+        sub = commands.add_parser(command.name, help=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run_command=command.run)
     return parser
 
 
@@ -105,12 +117,12 @@ def _eval(args) -> None:
         print(f"sampled accuracy {result.sampled_accuracy:.1%}, pass@{result.k} {result.pass_at_k:.1%}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
+    args = build_parser(extra_commands).parse_args(argv)
     if args.data_dir:
         os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
     from opd_lab.models import ModelLoadError
-    from opd_lab.runs import RunError
+    from opd_lab.run_folder import RunError
 
     try:
         return _dispatch(args) or 0
@@ -124,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int | None:
     from opd_lab import run_folder, runs
 
+    if getattr(args, "run_command", None) is not None:
+        return args.run_command(args)
     if args.command == "lab":
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
@@ -156,9 +170,4 @@ def _dispatch(args) -> int | None:
             return 0 if run_training(run_dir) in ("finished", "stopped") else 1
         pid = runs.resume(run_dir)
         print(f"resumed {run_dir.name} (pid {pid})")
-    elif args.command == "app":
-        from app.main import serve
-
-        serve(host=args.host, port=args.port, auth=args.auth, max_runs=args.max_runs,
-              trust_remote_code=args.trust_remote_code, build=not args.no_build)
     return None

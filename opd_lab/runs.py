@@ -105,7 +105,7 @@ def check_capacity(new_runs: int = 1, limit: int | None = None, exclude: Path | 
 @contextlib.contextmanager
 def _launch_lock():
     """Serialize capacity checks and launches across processes (the app and CLIs)."""
-    with open(runs_dir() / LAUNCH_LOCK_FILE, "w") as lock:
+    with open(data_dir() / LAUNCH_LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

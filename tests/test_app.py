@@ -279,8 +279,8 @@ def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, mon
     assert "base student" in about
 
     loads = []
-    monkeypatch.setattr(playground_tab, "load_model", lambda *a, **k: loads.append(a))
-    monkeypatch.setattr(playground_tab, "load_student", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(playground_tab, "load_pair", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(playground_tab, "load_with_teacher", lambda *a, **k: loads.append(a))
     again = playground_tab.answer(choice, "123+456=", True, 1.0, 0, "reverse_kl")
     assert again[0] == completion and loads == []  # served from the cache
 

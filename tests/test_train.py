@@ -176,3 +176,11 @@ def test_a_refused_launch_leaves_no_run_folder(lab_home, monkeypatch):
     with pytest.raises(runs.RunError, match="the limit is 0"):
         runs.start_run(RunConfig(**SMALL))
     assert set(runs.runs_dir().iterdir()) == before
+
+
+def test_several_runs_start_all_or_none(lab_home, monkeypatch):
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
+    before = set(runs.runs_dir().iterdir())
+    with pytest.raises(runs.RunError, match="this starts 2 runs"):
+        runs.start_runs([RunConfig(**SMALL), RunConfig(**SMALL, method="sft")])
+    assert set(runs.runs_dir().iterdir()) == before
