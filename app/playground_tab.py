@@ -1,9 +1,9 @@
 """The Playground tab: ask a student anything and see the teacher grade every token.
 
 Choose a student (the lab's base student of a built task, or any checkpoint of any
-run), type a prompt, and the student answers (`opd_lab.inspect.sample_and_score`);
+run), type a prompt, and the student answers (`opd_lab.feedback.sample_and_score`);
 or edit the answer, or type your own, and ask "what would the teacher say"
-(`opd_lab.inspect.score_completions`). The teacher is the lab teacher of the task, or,
+(`opd_lab.feedback.score_completions`). The teacher is the lab teacher of the task, or,
 for a checkpoint, the teacher its run trained against. Loaded models stay in a small
 cache, so scoring again is instant.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
-from opd_lab import inspect, runs, tokenview
+from opd_lab import feedback, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.lab import built_lab_tasks
@@ -104,7 +104,7 @@ def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int
             raise runs.RunError("type a prompt first")
         teacher, student, tokenizer = load_models(resolved)
         max_new_tokens = get_task(resolved["task"], resolved["task_regex"] or None).max_new_tokens
-        completions, records = inspect.sample_and_score(
+        completions, records = feedback.sample_and_score(
             teacher, student, tokenizer, [prompt], max_new_tokens=max_new_tokens, greedy=bool(greedy),
             temperature=float(temperature or 1.0), seed=int(seed or 0))
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
@@ -121,7 +121,7 @@ def score(choice: str, prompt: str, completion: str, color_by: str,
         if not prompt or not completion:
             raise runs.RunError("type a prompt and a completion first")
         teacher, student, tokenizer = load_models(resolved)
-        records = inspect.score_completions(teacher, student, tokenizer, [prompt], [completion])[0]
+        records = feedback.score_completions(teacher, student, tokenizer, [prompt], [completion])[0]
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return error_text(error), "", []
     return _view(records, prompt, color_by, EDITED_TITLE), resolved["description"], records
@@ -129,7 +129,7 @@ def score(choice: str, prompt: str, completion: str, color_by: str,
 
 def _view(records: list[dict], prompt: str, color_by: str, title: str) -> str:
     color_by = color_by if color_by in tokenview.COLOR_KINDS else "reverse_kl"
-    totals = inspect.summarize(records)
+    totals = feedback.summarize(records)
     title = (f"{title}: {totals['tokens']} tokens, mean reverse KL {totals['reverse_kl_mean']:.3f} nats, "
              f"mean advantage {totals['advantage_mean']:+.3f}")
     return tokenview.render_tokens(records, prompt=prompt, color_by=color_by, title=title)

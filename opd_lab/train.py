@@ -39,7 +39,7 @@ from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
-from opd_lab.inspect import token_records
+from opd_lab.feedback import token_records
 from opd_lab.models import load_pair, pick_device, wrap_lora
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, STOP_FILE, append_jsonl, create_run,
                                 load_config, load_status, read_jsonl, truncate_jsonl, update_status)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from opd_lab import checkpoints, plots, run_folder, tokenview
+from opd_lab import checkpoints, plots, plots_kl, run_folder, tokenview
 from opd_lab.config import RunConfig
-from opd_lab.inspect import score_completions, summarize
+from opd_lab.feedback import score_completions, summarize
 from opd_lab.models import load_model
 from opd_lab.run_folder import load_metrics, load_samples, sample_steps
 from opd_lab.train import run_training
@@ -69,9 +69,9 @@ def test_every_figure_renders_from_a_real_run(real_run):
     rows = plots.compute_to_target([run_dir], teacher_accuracy=1.0, fractions=(0.0,))
     assert rows[0]["step"] == 0
     samples = load_samples(run_dir, 2)
-    heatmap = plots.kl_heatmap(samples)
+    heatmap = plots_kl.kl_heatmap(samples)
     assert len(heatmap.data[0].z) == len(samples)
-    assert len(plots.kl_histogram(samples).data) == 1
-    assert len(plots.kl_over_training(run_dir).data) >= 1
+    assert len(plots_kl.kl_histogram(samples).data) == 1
+    assert len(plots_kl.kl_over_training(run_dir).data) >= 1
     html = tokenview.render_tokens(samples[0]["tokens"], prompt=samples[0]["prompt"])
     assert "<script" not in html and samples[0]["prompt"] in html
