@@ -2,6 +2,6 @@
 
 Start it with `opd-lab app` (see `app.main.serve`); build it without serving, for
 tests or embedding, with `app.main.build_app()`. Every tab reads and writes run
-folders through `opd_lab.runs` and `opd_lab.runfiles` only, so a page refresh or an
+folders through `opd_lab.runs` and `opd_lab.run_folder` only, so a page refresh or an
 app restart reattaches to runs that are still training.
 """

@@ -12,11 +12,12 @@ import gradio as gr
 import pandas as pd
 
 from app import report_panel
-from app.state import error_text, lab_summary, run_dir_of, run_ids
+from app.state import error_text, run_dir_of, run_ids
 from opd_lab import plots, runs
-from opd_lab.compare import RL_SAMPLES_PER_PROMPT, method_configs
-from opd_lab.config import ConfigError, RunConfig
-from opd_lab.runfiles import load_config
+from opd_lab.compare import method_configs
+from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
+from opd_lab.lab import lab_summary
+from opd_lab.run_folder import load_config
 
 X_CHOICES = list(plots.X_AXES)
 DEFAULT_METRIC = "eval/accuracy"
@@ -69,18 +70,10 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
         configs = method_configs(int(steps or 0), int(batch_size or 0))
     except (ConfigError, ValueError) as error:
         return f"**Not launched.** {error}", []
-    active = runs.running_count()
-    limit = runs.max_active_runs()
-    if active + len(configs) > limit:
-        return (f"**Not launched.** This starts {len(configs)} runs, {active} are already running and the "
-                f"limit is {limit} (`opd-lab app --max-runs`): stop some runs first."), []
-    launched = []
-    for config in configs:
-        try:
-            run_dir, _ = runs.start_run(config)
-        except runs.RunError as error:  # another launch took a slot since the check above
-            return f"**Launched only {', '.join(launched) or 'none'}.** {error}", launched
-        launched.append(run_dir.name)
+    try:
+        launched = [run_dir.name for run_dir, _ in runs.start_runs(configs)]
+    except runs.RunError as error:
+        return f"**Not launched.** {error}", []
     return (f"Launched {', '.join(f'**{run}**' for run in launched)}: {steps} steps each, "
             f"{batch_size} sampled sequences per step. They are selected above; the chart fills in "
             "as they evaluate (press **Update**)."), launched

@@ -13,8 +13,8 @@ from __future__ import annotations
 import gradio as gr
 
 from app.state import error_text, run_dir_of, run_ids
-from opd_lab import plots, runs, tokenview
-from opd_lab.runfiles import load_samples, sample_steps
+from opd_lab import plots_kl, runs, tokenview
+from opd_lab.run_folder import load_samples, sample_steps
 
 COLOR_CHOICES = [("reverse KL (where the student departs from the teacher)", "reverse_kl"),
                  ("advantage (log p_teacher - log p_student of the sampled token)", "advantage")]
@@ -66,7 +66,7 @@ def step_figures(run_id: str, step):
     """(per-position KL heatmap of the step's samples, KL over training)."""
     run_dir = run_dir_of(run_id)
     samples = load_samples(run_dir, step=int(step)) if step is not None else []
-    return plots.kl_heatmap(samples, title=f"per-token reverse KL at step {step}"), plots.kl_over_training(run_dir)
+    return plots_kl.kl_heatmap(samples, title=f"per-token reverse KL at step {step}"), plots_kl.kl_over_training(run_dir)
 
 
 def _neighbour(run_id: str, step, offset: int):

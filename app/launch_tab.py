@@ -13,7 +13,6 @@ launches through `opd_lab.runs` (a detached process, no shell).
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import gradio as gr
 import yaml
 
 from opd_lab import runs
-from opd_lab.config import PRESETS, ConfigError, RunConfig, config_fields
+from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
 
 BROWSER_LOCKED = ("trust_remote_code",)
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
@@ -52,10 +51,6 @@ def config_from_form(values, trust_remote_code: bool = False) -> RunConfig:
     return RunConfig.from_dict({**data, "trust_remote_code": trust_remote_code})
 
 
-def _flag_value(value) -> str:
-    return shlex.quote(repr(value) if isinstance(value, float) else str(value))
-
-
 def preview_command(values, trust_remote_code: bool = False) -> str:
     """The `opd-lab launch` command equivalent to the form: only flags that differ from the defaults.
 
@@ -63,18 +58,7 @@ def preview_command(values, trust_remote_code: bool = False) -> str:
         >>> preview_command([{"method": "rl"}.get(n, s.default) for n, s in zip(FIELD_NAMES, FORM_FIELDS)])
         'opd-lab launch --method rl'
     """
-    parts = ["opd-lab launch"]
-    data = {**form_dict(values), "trust_remote_code": trust_remote_code}
-    for spec in config_fields():
-        value = data.get(spec.name)
-        if value is None or value == spec.default:
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        if spec.type == "bool":
-            parts.append(flag if value else "--no-" + flag[2:])
-        else:
-            parts.append(f"{flag} {_flag_value(value)}")
-    return " ".join(parts)
+    return command_line({**form_dict(values), "trust_remote_code": trust_remote_code})
 
 
 def check_form(values, trust_remote_code: bool = False) -> str:
@@ -101,13 +85,9 @@ def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return f"**Not launched.** {error}", ""
-    active, limit = runs.running_count(), runs.max_active_runs()
-    if active >= limit:
-        return (f"**Not launched.** {active} runs are already running (the limit is {limit}): "
-                "stop one in the Runs tab or wait for it to finish."), ""
     try:
         run_dir, pid = runs.start_run(config)
-    except runs.RunError as error:  # another launch took the last slot since the check above
+    except runs.RunError as error:  # the run limit is reached
         return f"**Not launched.** {error}", ""
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
             f"its folder is `{run_dir}`."), run_dir.name
@@ -119,8 +99,7 @@ def save_config(values, trust_remote_code: bool = False) -> tuple[str | None, st
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return None, f"**Not saved.** {error}"
-    stem = config.name or f"{config.method}-{Path(config.task).stem}"
-    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{stem}.yaml"
+    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{config.run_name()}.yaml"
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return str(path), f"Saved `{path.name}`: use it with `opd-lab launch {path.name}` or load it here."
 

@@ -22,11 +22,12 @@ import os
 import gradio as gr
 
 from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
-from app.state import built_lab_tasks, lab_summary, run_ids
+from app.state import run_ids
+from opd_lab.lab import built_lab_tasks, lab_summary
 from opd_lab.paths import data_dir
+from opd_lab.tasks import DEFAULT_TASK
 
 TITLE = "opd-lab: on-policy distillation"
-DEFAULT_LAB_TASK = "addition"
 
 
 def header() -> str:
@@ -121,11 +122,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, ma
         if max_runs < 1:
             raise ValueError(f"--max-runs: must be at least 1 (got {max_runs})")
         os.environ["OPD_LAB_MAX_RUNS"] = str(max_runs)
-    if build and lab_summary(DEFAULT_LAB_TASK) is None:
+    if build and lab_summary(DEFAULT_TASK) is None:
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        print(f"Building the {DEFAULT_LAB_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
-        print(format_summary(build_lab(LabRecipe.for_task(DEFAULT_LAB_TASK))))
+        print(f"Building the {DEFAULT_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
+        print(format_summary(build_lab(LabRecipe.for_task(DEFAULT_TASK))))
     print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
     build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,
                                         footer_links=["api"], show_error=True)

@@ -1,9 +1,9 @@
 """The Playground tab: ask a student anything and see the teacher grade every token.
 
 Choose a student (the lab's base student of a built task, or any checkpoint of any
-run), type a prompt, and the student answers (`opd_lab.inspect.sample_and_score`);
+run), type a prompt, and the student answers (`opd_lab.feedback.sample_and_score`);
 or edit the answer, or type your own, and ask "what would the teacher say"
-(`opd_lab.inspect.score_completions`). The teacher is the lab teacher of the task, or,
+(`opd_lab.feedback.score_completions`). The teacher is the lab teacher of the task, or,
 for a checkpoint, the teacher its run trained against. Loaded models stay in a small
 cache, so scoring again is instant.
 """
@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.state import ModelCache, built_lab_tasks, checkpoint_of, error_text, run_dir_of, run_ids
-from opd_lab import inspect, runs, tokenview
-from opd_lab.checkpoints import checkpoint_dirs, load_student
+from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
+from opd_lab import feedback, runs, tokenview
+from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.models import ModelLoadError, check_pair_compatible, load_model
-from opd_lab.runfiles import load_config
-from opd_lab.tasks import get_task
+from opd_lab.lab import built_lab_tasks
+from opd_lab.models import ModelLoadError, load_pair
+from opd_lab.run_folder import load_config
+from opd_lab.tasks import DEFAULT_TASK, get_task
 
 LAB_PREFIX = "lab:"
 CHECKPOINT_PREFIX = "run:"
 STUDENT_TITLE = "the student's answer"
 EDITED_TITLE = "this completion, as the teacher sees it"
-CACHE = ModelCache(capacity=4)  # up to two student/teacher pairs
+CACHE = ModelCache(capacity=2)  # up to two student/teacher pairs
 
 INTRO = ("**Try a student on your own prompt.** Choose the lab's base student or any checkpoint of a "
          "run, type a prompt and let the student answer: each token is coloured by how much the "
@@ -58,7 +59,7 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
         task = choice[len(LAB_PREFIX):]
         if task not in built_lab_tasks():
             raise runs.RunError(f"no built lab for task {task!r} (build one with `opd-lab lab build`)")
-        return {"task": task, "task_regex": "", "student": ("lab", task), "teacher": "lab",
+        return {"task": task, "task_regex": "", "checkpoint": None, "config": None,
                 "trust_remote_code": trust_remote_code,
                 "description": f"Student: the base student of the {task} lab. Teacher: the {task} lab's teacher."}
     if choice.startswith(CHECKPOINT_PREFIX):
@@ -68,8 +69,8 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
             config = RunConfig.from_dict({**load_config(run_dir_of(run_id)), "trust_remote_code": trust_remote_code})
         except ConfigError as error:
             raise runs.RunError(f"run {run_id} has a config the app cannot use: {error}") from None
-        return {"task": config.task, "task_regex": config.task_regex, "student": ("checkpoint", checkpoint, config),
-                "teacher": config.teacher, "trust_remote_code": trust_remote_code,
+        return {"task": config.task, "task_regex": config.task_regex, "checkpoint": checkpoint, "config": config,
+                "trust_remote_code": trust_remote_code,
                 "description": f"Student: {run_id} at {name}. Teacher: `{config.teacher}` (the run's teacher), "
                                f"task {config.task}."}
     raise runs.RunError(f"unknown model choice {choice!r}")
@@ -77,28 +78,17 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
 
 def load_models(resolved: dict):
     """(teacher, student, tokenizer) of a resolved choice, from the cache when possible."""
-    task, trust = resolved["task"], resolved["trust_remote_code"]
-    teacher, teacher_tokenizer = CACHE.get(("teacher", resolved["teacher"], task, trust),
-                                           lambda: _eval_mode(load_model(resolved["teacher"], "teacher", task,
-                                                                         trust_remote_code=trust)))
-    kind, *rest = resolved["student"]
-    if kind == "lab":
-        student, tokenizer = CACHE.get(("student", "lab", task, trust),
-                                       lambda: _eval_mode(load_model("lab", "student", task, trust_remote_code=trust)))
-    else:
-        checkpoint, config = rest
-        student, tokenizer = CACHE.get(("checkpoint", str(checkpoint), trust),
-                                       lambda: _eval_mode(load_student(checkpoint, config)))
-    check_pair_compatible(teacher_tokenizer, tokenizer)
-    return teacher, student, tokenizer
+    task, trust, checkpoint = resolved["task"], resolved["trust_remote_code"], resolved["checkpoint"]
+    if checkpoint is None:
+        return CACHE.get(("lab", task, trust), lambda: _eval_mode(*load_pair("lab", "lab", task, trust_remote_code=trust)))
+    return CACHE.get(("checkpoint", str(checkpoint), trust), lambda: load_with_teacher(checkpoint, resolved["config"]))
 
 
-def _eval_mode(pair):
-    model, tokenizer = pair
-    return model.eval().requires_grad_(False), tokenizer
+def _eval_mode(teacher, student, tokenizer):
+    return teacher, student.eval().requires_grad_(False), tokenizer
 
 
-def default_prompt(task: str = "addition") -> str:
+def default_prompt(task: str = DEFAULT_TASK) -> str:
     try:
         return get_task(task).eval_problems(1)[0].prompt
     except Exception:  # noqa: BLE001 - a .jsonl task may be gone; an empty box is fine
@@ -114,7 +104,7 @@ def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int
             raise runs.RunError("type a prompt first")
         teacher, student, tokenizer = load_models(resolved)
         max_new_tokens = get_task(resolved["task"], resolved["task_regex"] or None).max_new_tokens
-        completions, records = inspect.sample_and_score(
+        completions, records = feedback.sample_and_score(
             teacher, student, tokenizer, [prompt], max_new_tokens=max_new_tokens, greedy=bool(greedy),
             temperature=float(temperature or 1.0), seed=int(seed or 0))
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
@@ -131,7 +121,7 @@ def score(choice: str, prompt: str, completion: str, color_by: str,
         if not prompt or not completion:
             raise runs.RunError("type a prompt and a completion first")
         teacher, student, tokenizer = load_models(resolved)
-        records = inspect.score_completions(teacher, student, tokenizer, [prompt], [completion])[0]
+        records = feedback.score_completions(teacher, student, tokenizer, [prompt], [completion])[0]
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return error_text(error), "", []
     return _view(records, prompt, color_by, EDITED_TITLE), resolved["description"], records
@@ -139,7 +129,7 @@ def score(choice: str, prompt: str, completion: str, color_by: str,
 
 def _view(records: list[dict], prompt: str, color_by: str, title: str) -> str:
     color_by = color_by if color_by in tokenview.COLOR_KINDS else "reverse_kl"
-    totals = inspect.summarize(records)
+    totals = feedback.summarize(records)
     title = (f"{title}: {totals['tokens']} tokens, mean reverse KL {totals['reverse_kl_mean']:.3f} nats, "
              f"mean advantage {totals['advantage_mean']:+.3f}")
     return tokenview.render_tokens(records, prompt=prompt, color_by=color_by, title=title)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import LOG_LINES, error_text, format_accuracy, format_duration, log_tail, run_dir_of
+from app.state import error_text, format_accuracy, format_duration, run_dir_of
 from opd_lab import plots, runs
-from opd_lab.runfiles import LOG_FILE, METRICS_FILE, STATUS_FILE
+from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, log_tail
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
 REFRESH_SECONDS = 2.0

@@ -1,7 +1,7 @@
-"""What the app's tabs share: validated lookups of runs and checkpoints, the lab's
-summary, small formatters, and a small cache of loaded models.
+"""What the app's tabs share: validated lookups of runs and checkpoints, small
+formatters, and a small cache of loaded models.
 
-The browser only ever names things: a run id (checked by `opd_lab.runs.run_path`, which
+The browser only ever names things: a run id (checked by `opd_lab.run_folder.run_path`, which
 refuses anything that could leave the runs folder), a checkpoint name (checked against
 `opd_lab.checkpoints.checkpoint_dirs` of that run) or a built lab task (checked against
 the lab folders). No filesystem path typed in a browser is ever opened.
@@ -14,13 +14,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from opd_lab import runs
+from opd_lab import run_folder, runs
 from opd_lab.checkpoints import checkpoint_dirs
-from opd_lab.lab import SUMMARY_FILE
-from opd_lab.paths import data_dir, lab_dir
-from opd_lab.runfiles import LOG_FILE, read_json
-
-LOG_LINES = 30
 
 
 def run_dir_of(run_id: str) -> Path:
@@ -31,7 +26,7 @@ def run_dir_of(run_id: str) -> Path:
     """
     if not run_id:
         raise runs.RunError("choose a run first")
-    return runs.run_path(run_id)
+    return run_folder.run_path(run_id)
 
 
 def run_ids() -> list[str]:
@@ -46,41 +41,6 @@ def checkpoint_of(run_id: str, name: str) -> Path:
         if checkpoint.name == name:
             return checkpoint
     raise runs.RunError(f"run {run_id} has no checkpoint named {name!r}")
-
-
-def lab_summary(task: str) -> dict | None:
-    """The built lab's summary.json of `task` (teacher and student accuracy), or None."""
-    if not isinstance(task, str) or not task.isidentifier():
-        return None
-    return read_json(lab_dir(task) / SUMMARY_FILE)
-
-
-def built_lab_tasks() -> list[str]:
-    """Tasks whose lab (teacher and base student) is built, sorted."""
-    root = data_dir() / "lab"
-    if not root.is_dir():
-        return []
-    return sorted(folder.name for folder in root.iterdir() if (folder / SUMMARY_FILE).exists())
-
-
-def teacher_accuracy(task: str) -> float | None:
-    summary = lab_summary(task)
-    return summary["teacher"]["accuracy"] if summary else None
-
-
-def log_tail(run_dir: Path, lines: int = LOG_LINES) -> str:
-    """The last `lines` lines of the run's log.txt ("" if none yet)."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.exists():
-        return ""
-    with path.open("rb") as handle:  # read only the end: logs of long runs grow large
-        handle.seek(0, 2)
-        size = handle.tell()
-        handle.seek(max(0, size - 200 * lines))
-        text = handle.read().decode("utf-8", errors="replace")
-    # tqdm bars redraw with carriage returns; keep each line's last state.
-    shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-    return "\n".join(shown[-lines:])
 
 
 def format_duration(seconds) -> str:

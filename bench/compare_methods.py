@@ -18,7 +18,7 @@ from opd_lab.compare import method_configs
 from opd_lab.config import RunConfig
 from opd_lab.lab import build_lab
 from opd_lab.plots import compute_to_target, method_of
-from opd_lab.runfiles import load_metrics
+from opd_lab.run_folder import load_metrics
 from opd_lab.train import train
 
 

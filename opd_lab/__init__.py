@@ -1,8 +1,10 @@
 """opd-lab: teach and run on-policy distillation (OPD) of language models.
 
 The library's nouns live in small modules: `tasks`, `tokenizer`, `models`, `generation`
-(the one inference path), `losses`, `train` (the engine), `runs` (background jobs and
-run folders), `eval`, `inspect` (per-token teacher feedback), `tokenview` and `plots`.
+(the one inference path), `losses` (every loss and both per-token signals), `train`
+(the engine), `run_folder` (every file of a run), `runs` (background processes and
+the run limit), `checkpoints`, `eval`, `feedback` (per-token teacher feedback),
+`tokenview`, `plots`, `plots_kl` and `divergence_demo`. See docs/architecture.md.
 """
 
 __version__ = "0.1.0"

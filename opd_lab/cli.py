@@ -7,11 +7,13 @@
     opd-lab compare --scenario reasoning [--quick]   RL vs SFT vs OPD, several seeds, a verdict
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
-    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app
+    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
 
 The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
 may set them too (flags win). `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
-and the runs live.
+and the runs live. The library never imports the app: the `opd-lab` console script is
+`app.cli.main`, which calls `main` here with the `app` subcommand as an extra
+`Command`; `python -m opd_lab` (what launched runs execute) has no `app` subcommand.
 """
 
 from __future__ import annotations
@@ -19,18 +21,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from opd_lab.compare import VARIANTS
-from opd_lab.config import ConfigError, RunConfig, config_fields
+from opd_lab.config import ConfigError, RunConfig, config_fields, flag_of
 from opd_lab.scenarios import SCENARIOS, get_scenario
+from opd_lab.tasks import DEFAULT_TASK
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand that a caller of the library adds to `opd-lab` (the app adds `app`)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="a YAML or JSON config file (optional)")
     group = parser.add_argument_group("run config (see RunConfig)")
     for spec in config_fields():
-        flag = "--" + spec.name.replace("_", "-")
+        flag = flag_of(spec.name)
         help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
         if spec.type == "bool":
             group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -49,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(base)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opd-lab", description="On-policy distillation lab.")
     parser.add_argument("--data-dir", help="where the lab and runs live (default: $OPD_LAB_HOME or ~/.cache/opd-lab)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser("lab", help="the built-in offline lab")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     build = lab_commands.add_parser("build", help="train the lab's teacher and base student (cached)")
-    build.add_argument("--task", default="addition", help="built-in task (default: addition)")
+    build.add_argument("--task", default=DEFAULT_TASK, help=f"built-in task (default: {DEFAULT_TASK})")
     build.add_argument("--scenario", help="build a lab scenario instead (see docs/claims.md): "
                        + ", ".join(SCENARIOS))
     build.add_argument("--seed", type=int, default=0)
@@ -65,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="held-out accuracy of a model on a task")
     evaluate.add_argument("model", help="'lab-teacher', 'lab-student', a directory, a .gguf file, or a hub id")
-    evaluate.add_argument("--task", default="addition")
+    evaluate.add_argument("--task", default=DEFAULT_TASK)
     evaluate.add_argument("--count", type=int, default=200)
     evaluate.add_argument("--samples", type=int, default=0, help="also sample k answers per problem (pass@k)")
 
@@ -91,13 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "resume":
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
 
-    app = commands.add_parser("app", help="the web app")
-    app.add_argument("--host", default="127.0.0.1")
-    app.add_argument("--port", type=int, default=7860)
-    app.add_argument("--auth", help="user:password required to open the app")
-    app.add_argument("--max-runs", type=int, default=None, help="most runs at once (default 3)")
-    app.add_argument("--trust-remote-code", action="store_true", help="allow models that ship their own code")
-    app.add_argument("--no-build", action="store_true", help="do not build the lab on start")
+    for command in extra_commands:
+        sub = commands.add_parser(command.name, help=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run_command=command.run)
     return parser
 
 
@@ -118,12 +130,12 @@ def _eval(args) -> None:
         print(f"sampled accuracy {result.sampled_accuracy:.1%}, pass@{result.k} {result.pass_at_k:.1%}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
+    args = build_parser(extra_commands).parse_args(argv)
     if args.data_dir:
         os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
     from opd_lab.models import ModelLoadError
-    from opd_lab.runs import RunError
+    from opd_lab.run_folder import RunError
 
     try:
         return _dispatch(args) or 0
@@ -135,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int | None:
-    from opd_lab import runs
+    from opd_lab import run_folder, runs
 
+    if getattr(args, "run_command", None) is not None:
+        return args.run_command(args)
     if args.command == "lab":
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
@@ -159,10 +173,10 @@ def _dispatch(args) -> int | None:
     elif args.command == "train":
         from opd_lab.train import run_training
 
-        run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(config_from_args(args))
+        run_dir = Path(args.run_dir) if args.run_dir else run_folder.create_run(config_from_args(args))
         if not args.run_dir:
             print(f"run {run_dir.name} in {run_dir}")
-        runs.update_status(run_dir, pid=os.getpid())
+        run_folder.update_status(run_dir, pid=os.getpid())
         state = run_training(run_dir, progress=not args.no_progress)
         print(f"{run_dir.name}: {state} - {runs.status_of(run_dir).get('message', '')}")
         return 0 if state in ("finished", "stopped") else 1
@@ -172,19 +186,14 @@ def _dispatch(args) -> int | None:
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))
     elif args.command == "stop":
-        print(runs.request_stop(runs.run_path(args.run)))
+        print(runs.request_stop(run_folder.run_path(args.run)))
     elif args.command == "resume":
-        run_dir = runs.run_path(args.run)
+        run_dir = run_folder.run_path(args.run)
         if args.foreground:
             from opd_lab.train import run_training
 
-            runs.update_status(run_dir, pid=os.getpid())
+            run_folder.update_status(run_dir, pid=os.getpid())
             return 0 if run_training(run_dir) in ("finished", "stopped") else 1
         pid = runs.resume(run_dir)
         print(f"resumed {run_dir.name} (pid {pid})")
-    elif args.command == "app":
-        from app.main import serve
-
-        serve(host=args.host, port=args.port, auth=args.auth, max_runs=args.max_runs,
-              trust_remote_code=args.trust_remote_code, build=not args.no_build)
     return None

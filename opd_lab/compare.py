@@ -15,9 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from opd_lab.config import ConfigError, RunConfig
+from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
 
-RL_SAMPLES_PER_PROMPT = 4
 COMPARISON_PREFIX = "compare"
 
 

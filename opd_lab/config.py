@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 METHODS = ("opd", "sft", "rl")
 ESTIMATORS = ("sampled", "full")
@@ -31,6 +34,8 @@ DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# RL's group-normalized advantage compares several samples of one prompt.
+RL_SAMPLES_PER_PROMPT = 4
 
 
 class ConfigError(ValueError):
@@ -47,7 +52,7 @@ class RunConfig:
 
     name: str = _field("", "Run name; the run id is made from it (default: method-task).")
     method: str = _field("opd", "opd: on-policy distillation; sft: train on teacher samples; rl: GRPO with the task's reward.", METHODS)
-    task: str = _field("addition", "Built-in task (addition, addition2, addition4, sorting, reverse) or a .jsonl file of prompt/answer rows.")
+    task: str = _field(DEFAULT_TASK, f"Built-in task ({', '.join(BUILTIN_TASKS)}) or a .jsonl file of prompt/answer rows.")
     task_regex: str = _field("", "For .jsonl tasks: a regex whose first group extracts the answer (default: exact match).")
     teacher: str = _field("lab", "Teacher model: 'lab', a local directory, a .gguf file, 'smollm2', or a hub id.")
     student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
@@ -117,8 +122,6 @@ class RunConfig:
         if self.task.endswith(".jsonl") and not Path(self.task).expanduser().is_file():
             raise ConfigError(f"task: file not found: {self.task}")
         if not self.task.endswith(".jsonl"):
-            from opd_lab.tasks import BUILTIN_TASKS
-
             if self.task not in BUILTIN_TASKS:
                 raise ConfigError(f"task: unknown task {self.task!r}; use one of {', '.join(sorted(BUILTIN_TASKS))} or a .jsonl file")
         if self.name and not all(c.isalnum() or c in "-_." for c in self.name):
@@ -164,6 +167,10 @@ class RunConfig:
         """A new, validated config with some fields changed."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
+    def run_name(self) -> str:
+        """The name run ids are made from: `name`, or `method-task` (e.g. "opd-addition")."""
+        return self.name or f"{self.method}-{Path(self.task).stem}"
+
     def resolved_max_new_tokens(self, task_max_new_tokens: int) -> int:
         return self.max_new_tokens or task_max_new_tokens
 
@@ -195,10 +202,38 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(RunConfig))
 
 
+def flag_of(field_name: str) -> str:
+    """The command-line flag of a config field: `learning_rate` -> `--learning-rate`."""
+    return "--" + field_name.replace("_", "-")
+
+
+def command_line(values: dict[str, Any], command: str = "launch") -> str:
+    """The `opd-lab` command that sets `values`: only the flags that differ from the defaults.
+
+    `values` may be incomplete or not yet valid (a form being filled in): missing and
+    None values are left out.
+
+    Example:
+        >>> command_line({"method": "rl", "steps": 150, "temperature": 0.7})
+        'opd-lab launch --method rl --temperature 0.7'
+    """
+    parts = [f"opd-lab {command}"]
+    for spec in config_fields():
+        value = values.get(spec.name)
+        if value is None or value == spec.default:
+            continue
+        flag = flag_of(spec.name)
+        if spec.type == "bool":
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts.append(f"{flag} {shlex.quote(repr(value) if isinstance(value, float) else str(value))}")
+    return " ".join(parts)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "OPD on the lab": {"method": "opd"},
     # On the lab this variant learns faster than the default (README, "What to expect").
     "OPD on the lab, exact KL at temperature 0.7": {"method": "opd", "estimator": "full", "temperature": 0.7},
     "SFT on the lab": {"method": "sft"},
-    "RL on the lab": {"method": "rl", "samples_per_prompt": 4, "batch_size": 8},
+    "RL on the lab": {"method": "rl", "samples_per_prompt": RL_SAMPLES_PER_PROMPT, "batch_size": 8},
 }

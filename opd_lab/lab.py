@@ -39,9 +39,9 @@ from opd_lab.flops import count_parameters
 from opd_lab.generation import forward_logits, rollouts_from_texts, target_logprobs
 from opd_lab.losses import cross_entropy_loss
 from opd_lab.models import LabModelSize, build_lab_model
-from opd_lab.paths import lab_dir
-from opd_lab.runfiles import read_json, write_json_atomic
-from opd_lab.tasks import Problem, get_task
+from opd_lab.paths import data_dir, lab_dir
+from opd_lab.run_folder import read_json, write_json_atomic
+from opd_lab.tasks import DEFAULT_TASK, Problem, get_task
 from opd_lab.tokenizer import build_char_tokenizer
 
 SUMMARY_FILE = "summary.json"
@@ -51,7 +51,7 @@ SUMMARY_FILE = "summary.json"
 class LabRecipe:
     """How the lab's teacher and base student are made (all counts are exact, not targets)."""
 
-    task: str = "addition"
+    task: str = DEFAULT_TASK
     teacher_size: LabModelSize = LabModelSize(hidden_size=128, layers=4, heads=4, intermediate_size=512)
     teacher_steps: int = 1200
     teacher_batch_size: int = 32
@@ -84,7 +84,7 @@ class LabRecipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def for_task(cls, task: str = "addition", **changes) -> "LabRecipe":
+    def for_task(cls, task: str = DEFAULT_TASK, **changes) -> "LabRecipe":
         """The recipe `opd-lab lab build --task TASK` uses: the defaults, the task's own
         adjustments (`TASK_RECIPES`), then `changes`."""
         return cls(task=task, **{**TASK_RECIPES.get(task, {}), **changes})
@@ -262,3 +262,21 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{label:<14}{row['parameters']:>12,}{row['steps']:>8}{row['accuracy']:>10.1%}{row['seconds']:>9.1f}")
     lines.append(f"total {summary['total_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def lab_summary(task: str) -> dict | None:
+    """The built lab's summary of `task` (see `build_lab`), or None when it is not built.
+
+    A task that is not a plain name (e.g. one typed in a browser) is never looked up.
+    """
+    if not isinstance(task, str) or not task.isidentifier():
+        return None
+    return read_json(lab_dir(task) / SUMMARY_FILE)
+
+
+def built_lab_tasks() -> list[str]:
+    """Tasks whose lab (teacher and base student) is built, sorted."""
+    root = data_dir() / "lab"
+    if not root.is_dir():
+        return []
+    return sorted(folder.name for folder in root.iterdir() if (folder / SUMMARY_FILE).exists())

@@ -46,7 +46,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+from opd_lab.config import DIVERGENCES
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -114,17 +114,23 @@ def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperatur
     return logps_BTV.gather(-1, tokens_BT.long().unsqueeze(-1)).squeeze(-1)
 
 
-def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:
+def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
     """Exact `KL(p_s || p_t)` at every position (no reduction, never negative).
 
     Args:
         student_logits_BTV, teacher_logits_BTV: (B, T, V) logits of the same tokens.
+        temperature: both distributions are `softmax(logits / temperature)`; the
+            logged `train/reverse_kl` and the per-token records use the rollouts'
+            sampling temperature, so they describe the distributions that sampled.
     Returns:
         kl_BT: (B, T); differentiable through both arguments (detach what you don't train).
     """
     _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
-    student_BTV = F.log_softmax(_full_precision(student_logits_BTV), dim=-1)
-    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    student_BTV = F.log_softmax(_full_precision(student_logits_BTV) / temperature, dim=-1)
+    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV) / temperature, dim=-1)
     return _kl_from_logprobs(student_BTV, teacher_BTV)
 
 
@@ -235,6 +241,51 @@ def group_normalized_advantages(rewards_N: torch.Tensor, group_size: int, eps: f
     advantages_GK = centered_GK / (rewards_GK.std(dim=1, unbiased=False, keepdim=True) + eps)
     all_equal_G1 = (rewards_GK == rewards_GK[:, :1]).all(dim=1, keepdim=True)
     return torch.where(all_equal_G1, torch.zeros_like(advantages_GK), advantages_GK).view(-1)
+
+
+def per_token_advantages(method: str, mask_BT: torch.Tensor, rewards_N: torch.Tensor,
+                         teacher_logps_BT: torch.Tensor | None = None,
+                         sampling_logps_BT: torch.Tensor | None = None, group_size: int = 1,
+                         reward_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The per-token advantage of on-policy samples: the one place OPD and RL differ.
+
+    - OPD: `log p_t(x_t) - log p_s(x_t)` on each sampled token (`opd_sampled_advantages`,
+      the negative single-sample reverse KL, discount 0), plus `reward_coef * reward`
+      on every token of the sample;
+    - RL: the sample's group-normalized reward (`group_normalized_advantages`), the
+      same for every token.
+
+    Both feed `policy_gradient_loss`.
+
+    Args:
+        method: "opd" or "rl".
+        mask_BT: (B, T) completion mask; B samples, `group_size` consecutive ones per prompt.
+        rewards_N: (B,) the task's reward of each sample.
+        teacher_logps_BT, sampling_logps_BT: (B, T) teacher log-probs of the sampled tokens
+            and student log-probs recorded at sampling time (OPD only).
+        group_size: samples per prompt (RL only).
+        reward_coef: weight of the reward in OPD's advantage.
+    Returns:
+        (advantages_BT, metrics): advantages detached, 0 off the mask; for RL the metric
+        `zero_advantage_fraction`, the share of samples in groups whose rewards are all
+        equal (they teach RL nothing).
+
+    Example:
+        >>> mask = torch.ones(4, 2)
+        >>> advantages, metrics = per_token_advantages("rl", mask, torch.tensor([1.0, 0.0, 1.0, 1.0]), group_size=2)
+        >>> advantages[:, 0], metrics["zero_advantage_fraction"]
+        (tensor([ 1.0000, -1.0000,  0.0000,  0.0000]), 0.5)
+    """
+    if method == "opd":
+        if teacher_logps_BT is None or sampling_logps_BT is None:
+            raise ValueError("OPD's advantage needs teacher_logps_BT and sampling_logps_BT")
+        advantages_BT = opd_sampled_advantages(teacher_logps_BT, sampling_logps_BT, mask_BT)
+        return advantages_BT + reward_coef * rewards_N[:, None] * mask_BT, {}
+    if method == "rl":
+        group_advantages_N = group_normalized_advantages(rewards_N, group_size)
+        zero_fraction = float((group_advantages_N == 0).float().mean())
+        return group_advantages_N[:, None] * mask_BT, {"zero_advantage_fraction": zero_fraction}
+    raise ValueError(f"method must be opd or rl for a per-token advantage, got {method!r}")
 
 
 def policy_gradient_loss(logps_BT: torch.Tensor, sampling_logps_BT: torch.Tensor, advantages_BT: torch.Tensor,

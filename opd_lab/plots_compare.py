@@ -17,8 +17,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from opd_lab import report
-from opd_lab.plots import method_color
-from opd_lab.runfiles import load_metrics, read_json
+from opd_lab.plot_style import method_color
+from opd_lab.run_folder import load_metrics, read_json
 
 ARM_COLORS = {"opd-full": "#7c3aed"}
 

@@ -26,17 +26,19 @@ from __future__ import annotations
 import math
 from statistics import median
 
+from opd_lab.plot_style import method_name
+
 GAP_FRACTIONS = (0.5, 0.8, 0.95)
 ACCURACY = "eval/accuracy"
 # cost name -> metrics key
 COSTS = {"steps": "step", "samples": "progress/samples", "flops": "perf/flops", "wall_s": "perf/wall_s"}
 COST_WORDS = {"steps": "fewer steps", "samples": "fewer samples", "flops": "less compute", "wall_s": "less time"}
-ARM_LABELS = {"rl": "RL", "sft": "SFT", "opd": "OPD", "opd-full": "OPD (exact KL)"}
+VARIANT_LABELS = {"opd-full": "OPD (exact KL)"}
 
 
 def arm_label(arm: str) -> str:
-    """A reader's name for an arm: `opd` -> `OPD`; unknown arms are shown as they are."""
-    return ARM_LABELS.get(arm, arm)
+    """A reader's name for an arm: `opd` -> `OPD`, `opd-full` -> `OPD (exact KL)`."""
+    return VARIANT_LABELS.get(arm) or method_name(arm)
 
 
 def gap_target(base_accuracy: float, teacher_accuracy: float, fraction: float) -> float:

@@ -1,82 +1,40 @@
-"""Runs as background jobs: create, launch detached, list, stop, resume, delete.
+"""Runs as background processes: launch detached, stop, resume, delete, and the run limit.
 
 A launched run is its own process in its own process session (`start_new_session`),
-writing only to its folder, so closing the terminal, the browser or the app never
-pauses, kills or loses it; anything that reads the folder reattaches to it.
+writing only to its folder (`opd_lab.run_folder`), so closing the terminal, the
+browser or the app never pauses, kills or loses it; anything that reads the folder
+reattaches to it. At most `max_active_runs()` runs train at once: `check_capacity` is
+the one place that says so, for the CLI and the app alike.
 
 Example:
-    >>> run_dir = create_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
-    >>> launch(run_dir)  # doctest: +SKIP
+    >>> run_dir, pid = start_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
     >>> [r["id"] for r in list_runs()]  # doctest: +SKIP
+    >>> request_stop(run_dir)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-import re
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from opd_lab.config import RunConfig
 from opd_lab.paths import ENV_VAR, data_dir, runs_dir
-from opd_lab.runfiles import (CONFIG_FILE, LOG_FILE, STATUS_FILE, STOP_FILE, load_config, load_metrics,
-                              read_json, write_json_atomic)
+from opd_lab.run_folder import (LOG_FILE, STATUS_FILE, STOP_FILE, RunError, create_run, read_json, run_folders,
+                                run_row, update_status)
 
 ACTIVE_STATES = ("queued", "running")
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_MAX_ACTIVE_RUNS = 3
+LAUNCH_LOCK_FILE = ".launch.lock"
 
-
-class RunError(ValueError):
-    """A request about runs that cannot be done (unknown run, bad name, too many runs...)."""
-
-
-def update_status(run_dir: str | Path, **fields) -> dict:
-    """Merge `fields` into the run's status.json (atomically) and return it."""
-    path = Path(run_dir) / STATUS_FILE
-    status = read_json(path, default={}) or {}
-    status.update(fields)
-    status["updated_at"] = time.time()
-    write_json_atomic(path, status)
-    return status
-
-
-def run_path(run_id: str) -> Path:
-    """The folder of `run_id`, refusing names that could leave the runs directory."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
-        raise RunError(f"invalid run id {run_id!r}: use letters, digits, '.', '-' and '_'")
-    root = runs_dir()
-    path = (root / run_id).resolve()
-    if path.parent != root:
-        raise RunError(f"invalid run id {run_id!r}")
-    if not (path / CONFIG_FILE).exists():
-        raise RunError(f"no run named {run_id!r} in {root}")
-    return path
-
-
-def create_run(config: RunConfig) -> Path:
-    """Make a new run folder (config written, state queued) and return it."""
-    base = config.name or f"{config.method}-{Path(config.task).stem}"
-    stamp = time.strftime("%m%d-%H%M%S")
-    root = runs_dir()
-    for suffix in range(1000):
-        run_id = f"{base}-{stamp}" + (f"-{suffix}" if suffix else "")
-        folder = root / run_id
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise RunError(f"cannot find a free run id for {base!r}")
-    write_json_atomic(folder / CONFIG_FILE, config.to_dict())
-    update_status(folder, state="queued", step=0, total_steps=config.steps, created_at=time.time(),
-                  message="waiting to start", pid=None)
-    return folder
+__all__ = ["ACTIVE_STATES", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs", "launch",
+           "list_runs", "max_active_runs", "request_stop", "resume", "running_count", "start_run", "start_runs",
+           "status_of", "threads_per_run"]
 
 
 def _pid_alive(pid) -> bool:
@@ -125,8 +83,31 @@ def threads_per_run(limit: int) -> int:
 
 
 def running_count(exclude: Path | None = None) -> int:
-    """Active runs that hold a training process: what `launch` counts against its limit."""
+    """Active runs that hold a training process: what the run limit counts."""
     return len([p for p in active_runs() if p != exclude and status_of(p).get("pid")])
+
+
+def check_capacity(new_runs: int = 1, limit: int | None = None, exclude: Path | None = None) -> None:
+    """The run limit, checked once for everyone: room for `new_runs` more training processes?
+
+    Raises:
+        RunError: when `running_count() + new_runs` would pass `limit` (default
+            `$OPD_LAB_MAX_RUNS` or 3), with a message saying what to do.
+    """
+    limit = max_active_runs() if limit is None else limit
+    others = running_count(exclude=exclude)
+    if others + new_runs > limit:
+        starting = "" if new_runs == 1 else f"this starts {new_runs} runs, "
+        raise RunError(f"{starting}{others} runs are already running (the limit is {limit}, "
+                       "`opd-lab app --max-runs` or $OPD_LAB_MAX_RUNS); stop one or wait for it to finish")
+
+
+@contextlib.contextmanager
+def _launch_lock():
+    """Serialize capacity checks and launches across processes (the app and CLIs)."""
+    with open(data_dir() / LAUNCH_LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def launch(run_dir: str | Path, limit: int | None = None) -> int:
@@ -137,10 +118,12 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
     """
     run_dir = Path(run_dir)
     limit = max_active_runs() if limit is None else limit
-    others = running_count(exclude=run_dir)
-    if others >= limit:
-        raise RunError(f"{others} runs are already running (the limit is {limit}); "
-                       "stop one or wait for it to finish")
+    with _launch_lock():
+        check_capacity(1, limit, exclude=run_dir)
+        return _spawn(run_dir, limit)
+
+
+def _spawn(run_dir: Path, limit: int) -> int:
     # The child imports this very package, even when it is run from a source checkout.
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
@@ -165,12 +148,23 @@ def start_run(config: RunConfig) -> tuple[Path, int]:
         RunError: when the run limit is reached; the new folder is removed, so a
             refused launch leaves no never-started run behind.
     """
-    run_dir = create_run(config)
-    try:
-        return run_dir, launch(run_dir)
-    except RunError:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    return start_runs([config])[0]
+
+
+def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
+    """Create and launch several runs, all or none, under one capacity check.
+
+    Returns:
+        `(run folder, pid)` per config, in order.
+    Raises:
+        RunError: when the run limit leaves no room for all of them; no folder is
+            left behind and nothing is started.
+    """
+    limit = max_active_runs()
+    with _launch_lock():
+        check_capacity(len(configs), limit)
+        run_dirs = [create_run(config) for config in configs]
+        return [(run_dir, _spawn(run_dir, limit)) for run_dir in run_dirs]
 
 
 def request_stop(run_dir: str | Path) -> str:
@@ -204,21 +198,8 @@ def delete_run(run_dir: str | Path) -> None:
 
 
 def list_runs() -> list[dict]:
-    """One summary dict per run, newest first."""
-    rows = []
-    for folder in runs_dir().iterdir():
-        if not (folder / CONFIG_FILE).exists():
-            continue
-        status, config = status_of(folder), load_config(folder)
-        metrics = load_metrics(folder)
-        evals = [m["eval/accuracy"] for m in metrics if "eval/accuracy" in m]
-        rows.append({
-            "id": folder.name, "path": str(folder), "method": config.get("method"), "task": config.get("task"),
-            "state": status.get("state", "unknown"), "step": status.get("step", 0),
-            "total_steps": status.get("total_steps", config.get("steps")), "eta_s": status.get("eta_s"),
-            "message": status.get("message", ""), "created_at": status.get("created_at", 0),
-            "accuracy": evals[-1] if evals else None,
-        })
+    """One summary dict per run (`run_folder.run_row`), newest first."""
+    rows = [run_row(folder, status_of(folder)) for folder in run_folders()]
     return sorted(rows, key=lambda row: row["created_at"], reverse=True)
 
 

@@ -42,9 +42,9 @@ class Scenario:
     prompt_pool: int = 0
     """0: fresh prompts every step; N: every method reuses the same N prompts, and SFT
     trains on one fixed teacher sample per prompt (off-policy distillation)."""
-    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    learning_rates: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3)
     """The sweep grid, the same for every method."""
-    sweep_steps: int = 80
+    sweep_steps: int = 60
     eval_every: int = 10
     eval_count: int = 200
 
@@ -70,11 +70,18 @@ CLAIMS = {
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(
+        name="baseline",
+        condition="The lab as it was: 3-digit addition with written carries (about 31 completion tokens), a "
+                  "strong teacher and a base student with the foundation but not the skill.",
+        claims=("steps-vs-rl", "compute-vs-sft"),
+        recipe_changes=dict(task="addition"),
+    ),
+    Scenario(
         name="reasoning",
         condition="Long reasoning: 6-digit addition written out column by column (about 62 completion tokens), "
                   "a strong teacher, and a base student with the foundation but not the skill.",
         claims=("steps-vs-rl", "compute-vs-sft"),
-        recipe_changes=dict(task="addition6", teacher_steps=1500),
+        recipe_changes=dict(task="addition6", teacher_steps=2500, student_steps=1200),
     ),
     Scenario(
         name="no-foundation",

@@ -1,7 +1,7 @@
 """Token views: a student's completion with every token coloured by the teacher's verdict.
 
 One function turns the per-token records of `samples.jsonl` (or of
-`opd_lab.inspect.score_completions`) into a self-contained HTML string: inline colours,
+`opd_lab.feedback.score_completions`) into a self-contained HTML string: inline colours,
 one scoped `<style>` block, no scripts and nothing fetched from the network. The same
 string works in a notebook (`IPython.display.HTML(view)`), in the app (`gr.HTML(view)`)
 and as a saved page (`save_html(view, "view.html")`).

@@ -7,6 +7,7 @@ Every step:
    (on-policy; OPD and RL), and/or the teacher writes completions (SFT, and the
    off-policy share of OPD when `on_policy_fraction < 1`);
 3. **signal**: for on-policy rollouts, a per-token advantage
+   (`losses.per_token_advantages`, the one place the two signals are defined):
    - OPD `sampled`: `log p_teacher(x_t) - log p_student(x_t)` on each sampled token
      (the negative per-token reverse KL, discount 0), plus `reward_coef * reward`;
    - RL: the group-normalized verifiable reward, the same for every token;
@@ -39,27 +40,16 @@ from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
-from opd_lab.inspect import token_records
-from opd_lab.models import load_pair
+from opd_lab.feedback import token_records
+from opd_lab.models import load_pair, pick_device, wrap_lora
 from opd_lab.prompt_source import PromptSource
-from opd_lab.runfiles import (METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, append_jsonl, load_config,
-                              load_status, read_jsonl, truncate_jsonl)
-from opd_lab.runs import update_status
-from opd_lab.tasks import Problem, get_task
+from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, append_jsonl,
+                                create_run, load_config, load_status, read_jsonl, truncate_jsonl, update_status)
+from opd_lab.tasks import Problem, Verdict, get_task
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops without saving the bad weights."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but no CUDA GPU is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -67,6 +57,31 @@ class StepResult:
     loss: torch.Tensor
     metrics: dict
     logged: list[dict]
+
+
+@dataclass
+class BatchPart:
+    """One share of a step's batch (the on-policy or the teacher-written one) and its loss.
+
+    `loss` is a mean over the part's `token_count` completion tokens; `step` weights
+    the parts by their token counts. The logits cover whole sequences (B, S, V).
+    """
+
+    loss: torch.Tensor
+    token_count: torch.Tensor
+    metrics: dict
+    rollouts: Rollouts
+    student_logits_BSV: torch.Tensor
+    teacher_logits_BSV: torch.Tensor
+    verdicts: list[Verdict]
+
+
+def reverse_kl_metric(rollouts: Rollouts, student_logits_BSV: torch.Tensor, teacher_logits_BSV: torch.Tensor) -> float:
+    """`train/reverse_kl`: the mean per-token reverse KL over the completions, at the rollouts'
+    sampling temperature, for every method (the same number samples.jsonl's records hold)."""
+    kl_BT = losses.per_token_reverse_kl(student_logits_BSV[:, :-1].detach(), teacher_logits_BSV[:, :-1].detach(),
+                                        temperature=rollouts.temperature)
+    return float(losses.masked_mean(kl_BT, rollouts.target_mask_BT))
 
 
 class Trainer:
@@ -81,7 +96,7 @@ class Trainer:
             config.teacher, config.student, task=config.task, device=self.device,
             trust_remote_code=config.trust_remote_code)
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
-        self.student = checkpoints.prepare_student(student, config) if self.lora else student
+        self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
@@ -140,7 +155,7 @@ class Trainer:
         self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
         return rollouts
 
-    def _on_policy_loss(self, problems: list[Problem]):
+    def _on_policy_part(self, problems: list[Problem]) -> BatchPart:
         """Student samples, then the OPD or RL signal on them."""
         config = self.config
         repeated = [p for p in problems for _ in range(config.samples_per_prompt)]
@@ -150,7 +165,6 @@ class Trainer:
         self.flops.add_sampling(self.student_params, tokens)
         verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
         rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
-        method_metrics = {}  # metrics only one method has
 
         student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
         logps = target_logprobs(student_logits, rollouts)
@@ -159,36 +173,31 @@ class Trainer:
             teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
+        signal_metrics = {}  # metrics only one method has
         if config.method == "opd" and config.estimator == "full":
             loss, extra = losses.divergence_loss(student_logits[:, :-1] / config.temperature,
                                                  teacher_logits[:, :-1] / config.temperature, mask,
                                                  divergence=config.divergence, beta=config.jsd_beta)
         else:
-            if config.method == "opd":
-                teacher_logps = target_logprobs(teacher_logits, rollouts)
-                advantages = losses.opd_sampled_advantages(teacher_logps, rollouts.sampling_logprobs_BT, mask)
-                advantages = advantages + config.reward_coef * rewards[:, None] * mask
-            else:
-                group_advantages = losses.group_normalized_advantages(rewards, config.samples_per_prompt)
-                advantages = group_advantages[:, None] * mask
-                # A group whose samples all got the same reward teaches RL nothing.
-                method_metrics["train/zero_advantage_fraction"] = float((group_advantages == 0).float().mean())
+            teacher_logps = target_logprobs(teacher_logits, rollouts) if config.method == "opd" else None
+            advantages, signal_metrics = losses.per_token_advantages(
+                config.method, mask, rewards, teacher_logps_BT=teacher_logps,
+                sampling_logps_BT=rollouts.sampling_logprobs_BT, group_size=config.samples_per_prompt,
+                reward_coef=config.reward_coef)
             loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
-        reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach() / config.temperature,
-                                                 teacher_logits[:, :-1] / config.temperature)
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
-            "train/reverse_kl": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
+            "train/reverse_kl": reverse_kl_metric(rollouts, student_logits, teacher_logits),
             "train/completion_len": float(mask.sum(dim=1).mean()),
             "train/logprob_diff": float(((logps.detach() - rollouts.sampling_logprobs_BT).abs() * mask).sum()
                                         / mask.sum().clamp(min=1)),
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
-        metrics.update(method_metrics)
-        return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
+        metrics.update({f"train/{k}": v for k, v in signal_metrics.items()})
+        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
-    def _off_policy_loss(self, problems: list[Problem]):
+    def _off_policy_part(self, problems: list[Problem]) -> BatchPart:
         """Cross-entropy on teacher-written completions."""
         rollouts = self._teacher_rollouts(problems)
         student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
@@ -196,13 +205,30 @@ class Trainer:
         loss, _ = losses.cross_entropy_loss(target_logprobs(student_logits, rollouts), mask)
         with torch.no_grad():
             teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        reverse_kl = losses.per_token_reverse_kl(student_logits[:, :-1].detach(), teacher_logits[:, :-1])
-        metrics = {"train/reverse_kl": float((reverse_kl * mask).sum() / mask.sum().clamp(min=1)),
+        metrics = {"train/reverse_kl": reverse_kl_metric(rollouts, student_logits, teacher_logits),
                    "train/completion_len": float(mask.sum(dim=1).mean())}
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
-        return loss, mask.sum(), metrics, (rollouts, student_logits, teacher_logits, verdicts)
+        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
     def step(self) -> StepResult:
+        """One optimizer update; returns its loss, its metrics row and any logged samples.
+
+        1. draw `batch_size` prompts; OPD puts `on_policy_fraction` of them on-policy
+           (RL all, SFT none);
+        2. build each part's loss (`_on_policy_part`: student samples with the OPD or RL
+           signal; `_off_policy_part`: cross-entropy on teacher-written completions);
+        3. average the parts' losses weighted by their completion tokens, so every
+           token counts once; a NaN or infinite loss or gradient raises `NonFiniteLoss`
+           before the weights change;
+        4. clip the gradient and take one AdamW step; update the FLOPs, samples and
+           tokens counters;
+        5. every `sample_every` steps (and at the last), per-token records of the first
+           part's first `samples_to_log` rollouts.
+
+        Returns:
+            a `StepResult`: metrics hold `step`, `train/*`, `progress/*` and `perf/*`
+            (docs/run-folder.md); the caller adds `eval/*` and writes the run folder.
+        """
         config = self.config
         started = time.perf_counter()
         step = self.step_done + 1
@@ -214,13 +240,13 @@ class Trainer:
             on_count = len(problems)
         else:
             on_count = round(config.on_policy_fraction * len(problems))
-        parts = []
+        parts: list[BatchPart] = []
         if on_count:
-            parts.append(self._on_policy_loss(problems[:on_count]))
+            parts.append(self._on_policy_part(problems[:on_count]))
         if on_count < len(problems):
-            parts.append(self._off_policy_loss(problems[on_count:]))
-        token_counts = torch.stack([p[1] for p in parts]).float()
-        loss = sum(p[0] * n for p, n in zip(parts, token_counts)) / token_counts.sum().clamp(min=1)
+            parts.append(self._off_policy_part(problems[on_count:]))
+        token_counts = torch.stack([part.token_count for part in parts]).float()
+        loss = sum(part.loss * n for part, n in zip(parts, token_counts)) / token_counts.sum().clamp(min=1)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss.item()} at step {step}; weights from before this step are kept")
 
@@ -232,19 +258,19 @@ class Trainer:
             raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
         self.optimizer.step()
 
-        trained_tokens = sum(int(p[3][0].attention_mask_BS.sum()) for p in parts)
+        trained_tokens = sum(int(part.rollouts.attention_mask_BS.sum()) for part in parts)
         self.flops.add_training(self.student_params, trained_tokens)
         completion_tokens = int(token_counts.sum())
         elapsed = time.perf_counter() - started
         self.wall_s += elapsed
-        self.samples_seen += sum(len(p[3][0].prompts) for p in parts)
+        self.samples_seen += sum(len(part.rollouts.prompts) for part in parts)
         self.tokens_seen += completion_tokens
         self.step_done = step
 
         metrics = {"step": step, "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
                    "train/learning_rate": self.optimizer.param_groups[0]["lr"]}
         for part in parts:  # on-policy metrics first, so they win on shared keys
-            for key, value in part[2].items():
+            for key, value in part.metrics.items():
                 metrics.setdefault(key, value)
         metrics.update({"progress/samples": self.samples_seen, "progress/tokens": self.tokens_seen,
                         "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
@@ -252,10 +278,10 @@ class Trainer:
         logged = self._log_samples(step, parts[0]) if step % config.sample_every == 0 or step == config.steps else []
         return StepResult(loss, metrics, logged)
 
-    def _log_samples(self, step: int, part) -> list[dict]:
-        rollouts, student_logits, teacher_logits, verdicts = part[3]
+    def _log_samples(self, step: int, part: BatchPart) -> list[dict]:
+        rollouts, verdicts = part.rollouts, part.verdicts
         rows = list(range(min(self.config.samples_to_log, len(rollouts.prompts))))
-        records = token_records(self.tokenizer, rollouts, student_logits, teacher_logits, rows=rows)
+        records = token_records(self.tokenizer, rollouts, part.student_logits_BSV, part.teacher_logits_BSV, rows=rows)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
                  "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
                 for row in rows]
@@ -304,7 +330,7 @@ def run_training(run_dir: str | Path, progress: bool = True) -> str:
         trainer = Trainer(config, run_dir)
         latest = checkpoints.latest(run_dir)
         if latest is not None:
-            checkpoints.restore(trainer, latest)
+            trainer.load_state(checkpoints.restore(latest, trainer.student, trainer.lora))
             truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done)
             truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done)
         else:
@@ -317,7 +343,7 @@ def run_training(run_dir: str | Path, progress: bool = True) -> str:
                                                    **trainer.evaluate()}])
         return _loop(trainer, run_dir, stop_requested, progress)
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
-        with (run_dir / "log.txt").open("a") as log:
+        with (run_dir / LOG_FILE).open("a") as log:
             log.write(traceback.format_exc())
         message = str(error) if isinstance(error, NonFiniteLoss) else f"{type(error).__name__}: {error}"
         step = trainer.step_done if trainer else load_status(run_dir).get("step", 0)
@@ -352,7 +378,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
         reached = config.stop_at_accuracy > 0 and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy
         if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
-            checkpoints.save(trainer, run_dir)
+            checkpoints.save(run_dir, step, trainer.student, trainer.tokenizer, trainer.state())
         per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
         update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
                       message=f"loss {metrics['train/loss']:.4f}"
@@ -380,8 +406,6 @@ def train(config: RunConfig, progress: bool = True) -> Path:
 
     The notebooks' entry point: `run_dir = train(RunConfig(method="opd", steps=60))`.
     """
-    from opd_lab.runs import create_run
-
     run_dir = create_run(config)
     state = run_training(run_dir, progress=progress)
     if state == "failed":

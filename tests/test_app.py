@@ -253,13 +253,13 @@ def test_inspect_shows_a_logged_sample(runs_root):
 @pytest.fixture(scope="module")
 def trained_run(lab_home):
     """A 2-step OPD run trained in this process, with a checkpoint."""
-    from opd_lab import runs
+    from opd_lab import run_folder
     from opd_lab.config import RunConfig
     from opd_lab.train import run_training
 
     config = RunConfig(name="playground", steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1,
                        checkpoint_every=2, samples_to_log=2)
-    run_dir = runs.create_run(config)
+    run_dir = run_folder.create_run(config)
     assert run_training(run_dir, progress=False) == "finished"
     return run_dir
 
@@ -279,8 +279,8 @@ def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, mon
     assert "base student" in about
 
     loads = []
-    monkeypatch.setattr(playground_tab, "load_model", lambda *a, **k: loads.append(a))
-    monkeypatch.setattr(playground_tab, "load_student", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(playground_tab, "load_pair", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(playground_tab, "load_with_teacher", lambda *a, **k: loads.append(a))
     again = playground_tab.answer(choice, "123+456=", True, 1.0, 0, "reverse_kl")
     assert again[0] == completion and loads == []  # served from the cache
 
@@ -329,7 +329,7 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
     from gradio_client import Client
 
     from app.main import build_app
-    from opd_lab import runs
+    from opd_lab import run_folder, runs
 
     demo = build_app()
     port = free_port()
@@ -341,7 +341,7 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
     finally:
         demo.close()
     assert run_id.startswith("survivor-"), message
-    run_dir = runs.run_path(run_id)
+    run_dir = run_folder.run_path(run_id)
     assert runs.status_of(run_dir)["state"] in runs.ACTIVE_STATES  # the app is gone, the run is not
     status = _wait_state(run_dir, ("finished", "failed", "stopped"))
     assert status["state"] == "finished" and status["step"] == 8, status

@@ -83,7 +83,7 @@ def _open_tab(page, name: str) -> None:
 def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     from playwright.sync_api import expect
 
-    from opd_lab import runs
+    from opd_lab import run_folder, runs
 
     # Launch: a bad value is refused next to the form, then a small run starts.
     _set_number(page, "learning_rate", 5)
@@ -118,7 +118,7 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     expect(page.locator("#run-summary")).to_contain_text(re.compile(r"stopped|finished"), timeout=90_000)
     expect(page.locator("#run-log textarea")).not_to_have_value("")
     page.screenshot(path=str(screenshots / "2-runs.png"), full_page=True)
-    assert runs.status_of(runs.run_path(run_id))["state"] in ("stopped", "finished")
+    assert runs.status_of(run_folder.run_path(run_id))["state"] in ("stopped", "finished")
 
     # Compare: the run's curve.
     _open_tab(page, "Compare")

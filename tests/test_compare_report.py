@@ -10,7 +10,7 @@ import pytest
 
 from opd_lab import report
 from opd_lab.experiment import CompareSettings, build_report, load_report, run_compare, target_rows, write_report
-from opd_lab.runfiles import load_metrics
+from opd_lab.run_folder import load_metrics
 from opd_lab.scenarios import SCENARIOS, get_scenario
 from synthetic_runs import make_run
 

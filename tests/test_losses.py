@@ -230,3 +230,27 @@ def test_zero_probability_tokens_follow_the_0_log_0_convention():
     reverse.sum().backward()
     assert torch.isfinite(student.grad).all()
     assert losses.per_token_forward_kl(student.detach(), teacher).item() == math.inf  # it misses teacher mass
+
+
+def test_per_token_advantages_defines_both_signals():
+    generator = torch.Generator().manual_seed(3)
+    teacher_BT, sampling_BT = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    mask_BT = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.float32)
+    rewards_N = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    opd, metrics = losses.per_token_advantages("opd", mask_BT, rewards_N, teacher_BT, sampling_BT, reward_coef=0.5)
+    expected = (teacher_BT - sampling_BT + 0.5 * rewards_N[:, None]) * mask_BT
+    assert torch.allclose(opd, expected) and metrics == {}
+    rl, metrics = losses.per_token_advantages("rl", mask_BT, rewards_N, group_size=2)
+    assert torch.allclose(rl, torch.tensor([1.0, -1.0, 0.0, 0.0])[:, None] * mask_BT, atol=1e-5)
+    assert metrics == {"zero_advantage_fraction": 0.5}
+    with pytest.raises(ValueError, match="teacher_logps_BT"):
+        losses.per_token_advantages("opd", mask_BT, rewards_N)
+    with pytest.raises(ValueError, match="opd or rl"):
+        losses.per_token_advantages("sft", mask_BT, rewards_N)
+
+
+def test_reverse_kl_at_a_temperature_is_the_kl_of_the_tempered_distributions():
+    student, teacher = _logits(2, 3, 7, seed=4), _logits(2, 3, 7, seed=5)
+    tempered = losses.per_token_reverse_kl(student, teacher, temperature=0.7)
+    assert torch.allclose(tempered, losses.per_token_reverse_kl(student / 0.7, teacher / 0.7))
+    assert not torch.allclose(tempered, losses.per_token_reverse_kl(student, teacher))

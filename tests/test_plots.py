@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from synthetic_runs import make_run
 
-from opd_lab import plots, plots_kl
-from opd_lab.runfiles import load_samples, sample_steps
+from opd_lab import divergence_demo, plot_style, plots, plots_kl
+from opd_lab.run_folder import load_samples, sample_steps
 
 
 @pytest.fixture()
@@ -71,7 +71,7 @@ def test_method_comparison_colours_by_method_and_draws_the_teacher(runs):
     fig = plots.method_comparison(runs + [extra], x="flops", teacher_accuracy=0.9)
     assert [trace.name for trace in fig.data] == ["OPD (opd-a)", "SFT (sft-a)", "RL (rl-a)", "OPD (opd-b)"]
     colors = [trace.line.color for trace in fig.data]
-    assert colors == [plots.METHOD_COLORS[m] for m in ("opd", "sft", "rl", "opd")]
+    assert colors == [plot_style.METHOD_COLORS[m] for m in ("opd", "sft", "rl", "opd")]
     assert fig.data[0].line.dash != fig.data[3].line.dash  # same method, told apart by dash
     assert list(fig.data[2].x) == [step * 4e12 for step in (0, 5, 10, 15, 20)]
     assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].line.dash == "dash"
@@ -108,7 +108,7 @@ def test_compute_to_target_table_is_a_dataframe_value(runs):
 def test_kl_heatmap_pads_shorter_samples_and_escapes_hover_text(runs):
     samples = load_samples(runs[0], step=10)
     samples[0]["tokens"][0]["text"] = "<script>x</script>"
-    fig = plots.kl_heatmap(samples)
+    fig = plots_kl.kl_heatmap(samples)
     assert len(fig.data) == 1
     z = np.array(fig.data[0].z, dtype=float)
     assert z.shape == (2, 12)  # two samples; the second has 9 tokens, padded with NaN
@@ -121,12 +121,12 @@ def test_kl_heatmap_pads_shorter_samples_and_escapes_hover_text(runs):
 
 def test_kl_histogram_counts_every_token(runs):
     samples = load_samples(runs[0])
-    fig = plots.kl_histogram(samples)
+    fig = plots_kl.kl_histogram(samples)
     assert len(fig.data) == 1 and len(fig.data[0].x) == sum(len(sample["tokens"]) for sample in samples)
 
 
 def test_kl_over_training_has_sample_means_and_the_metric(runs):
-    fig = plots.kl_over_training(runs[0])
+    fig = plots_kl.kl_over_training(runs[0])
     assert sample_steps(runs[0]) == [10, 20]
     assert len(fig.data) == 2
     assert list(fig.data[0].x) == [10, 20] and list(fig.data[0].y) == pytest.approx([0.1, 0.05])
@@ -134,30 +134,30 @@ def test_kl_over_training_has_sample_means_and_the_metric(runs):
 
 
 def test_fit_gaussian_reverse_is_mode_seeking_forward_is_mode_covering():
-    mu, sigma, kl = plots_kl.fit_gaussian("reverse", separation=8.0, mode_sigma=1.0)
+    mu, sigma, kl = divergence_demo.fit_gaussian("reverse", separation=8.0, mode_sigma=1.0)
     assert abs(abs(mu) - 4.0) < 0.1 and abs(sigma - 1.0) < 0.1
     assert kl == pytest.approx(math.log(2), abs=0.01)  # q covers half of p's mass
-    mu, sigma, kl = plots_kl.fit_gaussian("forward", separation=8.0, mode_sigma=1.0)
+    mu, sigma, kl = divergence_demo.fit_gaussian("forward", separation=8.0, mode_sigma=1.0)
     assert abs(mu) < 0.1 and sigma == pytest.approx(math.sqrt(1 + 16), abs=0.05)  # moment matching
     # Close modes: covering both is cheaper than log 2, so the reverse fit is broad too.
-    mu, sigma, _ = plots_kl.fit_gaussian("reverse", separation=4.0)
+    mu, sigma, _ = divergence_demo.fit_gaussian("reverse", separation=4.0)
     assert abs(mu) < 0.1 and sigma > 1.5
     with pytest.raises(ValueError, match="divergence"):
-        plots_kl.fit_gaussian("jsd")
+        divergence_demo.fit_gaussian("jsd")
 
 
 @pytest.mark.parametrize("divergence", ["reverse", "forward"])
 def test_divergence_teaching_figure(divergence):
-    fig = plots.divergence_teaching_figure(divergence)
+    fig = divergence_demo.divergence_teaching_figure(divergence)
     assert len(fig.data) == 2
     p, q = (np.asarray(trace.y, dtype=float) for trace in fig.data)
     dx = fig.data[0].x[1] - fig.data[0].x[0]
     assert p.sum() * dx == pytest.approx(1.0, abs=1e-3) and q.sum() * dx == pytest.approx(1.0, abs=1e-2)
-    assert fig.data[1].line.color == plots.METHOD_COLORS["opd" if divergence == "reverse" else "sft"]
+    assert fig.data[1].line.color == plot_style.METHOD_COLORS["opd" if divergence == "reverse" else "sft"]
 
 
 def test_divergence_explorer_slider_shows_one_separation_at_a_time():
-    fig = plots.divergence_explorer(separations=(2.0, 8.0), start=8.0)
+    fig = divergence_demo.divergence_explorer(separations=(2.0, 8.0), start=8.0)
     assert len(fig.data) == 6 and len(fig.layout.sliders[0].steps) == 2
     assert fig.layout.sliders[0].active == 1
     assert [trace.visible for trace in fig.data] == [False] * 3 + [True] * 3
@@ -169,11 +169,11 @@ def test_divergence_explorer_slider_shows_one_separation_at_a_time():
     assert abs(abs(x[np.argmax(reverse.y)]) - 4.0) < 0.2 and abs(x[np.argmax(forward.y)]) < 0.2
     assert "OPD" in reverse.name and "SFT" in forward.name
     with pytest.raises(ValueError, match="separations"):
-        plots.divergence_explorer(separations=())
+        divergence_demo.divergence_explorer(separations=())
 
 
 def test_summarize_run_reads_start_end_best_and_cost(tmp_path):
-    from opd_lab.runfiles import summarize_run
+    from opd_lab.run_folder import summarize_run
 
     run = make_run(tmp_path, "sft-demo", method="sft", steps=20, eval_accuracy={0: 0.3, 10: 0.9, 20: 0.7},
                    batch_size=8, flops_per_step=2e12, seconds_per_step=0.5)

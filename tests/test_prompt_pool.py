@@ -6,7 +6,7 @@ import pytest
 
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.prompt_source import PromptSource
-from opd_lab.runfiles import SFT_DATASET_FILE, load_metrics, load_status, read_jsonl
+from opd_lab.run_folder import SFT_DATASET_FILE, load_metrics, load_status, read_jsonl
 from opd_lab.tasks import get_task
 
 

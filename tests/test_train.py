@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from opd_lab import checkpoints, losses, runs
+from opd_lab import checkpoints, losses, run_folder, runs
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.runfiles import load_metrics, load_samples, load_status
+from opd_lab.run_folder import load_metrics, load_samples, load_status
 from opd_lab.train import run_training
 
 SMALL = dict(steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1, samples_to_log=2,
@@ -40,7 +40,7 @@ def _wait_for(predicate, timeout=120):
     dict(method="opd", finetune="lora", lora_rank=4, learning_rate=1e-2),
 ], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl", "opd-lora"])
 def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
-    run_dir = runs.create_run(RunConfig(**SMALL, **overrides))
+    run_dir = run_folder.create_run(RunConfig(**SMALL, **overrides))
     assert run_training(run_dir, progress=False) == "finished", load_status(run_dir)
     assert (run_dir / "config.json").exists() and (run_dir / "status.json").exists()
     status = load_status(run_dir)
@@ -99,7 +99,7 @@ def test_invalid_config_is_rejected_before_models_load(lab_home, tmp_path):
 
 def test_stop_then_resume_continues_without_gaps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 5, "eval_every": 10})
-    run_dir = runs.create_run(config)
+    run_dir = run_folder.create_run(config)
     runs.launch(run_dir)
     assert _wait_for(lambda: load_status(run_dir).get("step", 0) >= 2), load_status(run_dir)
     runs.request_stop(run_dir)
@@ -113,7 +113,7 @@ def test_stop_then_resume_continues_without_gaps(lab_home):
 
 def test_resume_after_kill_9_has_no_duplicate_or_missing_steps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 4, "eval_every": 10})
-    run_dir = runs.create_run(config)
+    run_dir = run_folder.create_run(config)
     pid = runs.launch(run_dir)
     # Background runs share the cores instead of each taking all of them.
     child_env = dict(item.split("=", 1) for item in open(f"/proc/{pid}/environ").read().split("\0") if "=" in item)
@@ -146,7 +146,7 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_checkpoint(lab_home, monkey
         return (loss * float("nan"), metrics) if calls["n"] >= 3 else (loss, metrics)
 
     monkeypatch.setattr(losses, "policy_gradient_loss", poisoned)
-    run_dir = runs.create_run(RunConfig(**{**SMALL, "steps": 5}))
+    run_dir = run_folder.create_run(RunConfig(**{**SMALL, "steps": 5}))
     assert run_training(run_dir, progress=False) == "failed"
     status = load_status(run_dir)
     assert status["state"] == "failed" and "loss is nan at step 3" in status["message"]
@@ -162,7 +162,7 @@ PINNED_REVERSE_KL = [0.48, 0.5543, 0.5214, 0.535]
 def test_pinned_loss_trajectory(lab_home):
     """A short OPD run on the tiny lab gives these exact losses; a change means the method changed."""
     torch.manual_seed(0)
-    run_dir = runs.create_run(RunConfig(**{**SMALL, "steps": 4, "eval_every": 100, "learning_rate": 1e-3}))
+    run_dir = run_folder.create_run(RunConfig(**{**SMALL, "steps": 4, "eval_every": 100, "learning_rate": 1e-3}))
     assert run_training(run_dir, progress=False) == "finished"
     trajectory = [round(row["train/loss"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
     kl = [round(row["train/reverse_kl"], 4) for row in load_metrics(run_dir) if row["step"] > 0]
@@ -175,4 +175,12 @@ def test_a_refused_launch_leaves_no_run_folder(lab_home, monkeypatch):
     before = set(runs.runs_dir().iterdir())
     with pytest.raises(runs.RunError, match="the limit is 0"):
         runs.start_run(RunConfig(**SMALL))
+    assert set(runs.runs_dir().iterdir()) == before
+
+
+def test_several_runs_start_all_or_none(lab_home, monkeypatch):
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
+    before = set(runs.runs_dir().iterdir())
+    with pytest.raises(runs.RunError, match="this starts 2 runs"):
+        runs.start_runs([RunConfig(**SMALL), RunConfig(**SMALL, method="sft")])
     assert set(runs.runs_dir().iterdir()) == before

@@ -13,6 +13,7 @@ from opd_lab.tasks.jsonl import JsonlTask
 from opd_lab.tasks.reverse import ReverseTask
 from opd_lab.tasks.sorting import SortingTask
 
+DEFAULT_TASK = "addition"  # what the CLI, the config, the lab and the app use when no task is named
 BUILTIN_TASKS = {
     "addition": lambda: AdditionTask(digits=3),
     "addition2": lambda: AdditionTask(digits=2),
@@ -39,5 +40,6 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "AdditionTask", "CarelessAdditionTask", "JsonlTask", "Problem", "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
+__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "AdditionTask", "CarelessAdditionTask", "JsonlTask", "Problem",
+           "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
            "get_task"]

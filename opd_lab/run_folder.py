@@ -1,11 +1,16 @@
-"""Reading and writing the files of a run folder (see docs/run-folder.md).
+"""The run folder: every file of a run, created, written, read and listed here only.
 
-Only plain files: JSON for config and status, JSON lines for metrics and samples.
-Writes are atomic (write to a temporary file, then rename) or append-only, so a run
-killed at any instant leaves readable files behind.
+A run folder (docs/run-folder.md) holds the config, the status, metrics and samples
+as JSON lines, the log and the checkpoints (`opd_lab.checkpoints`). Only plain files:
+writes are atomic (write to a temporary file, then rename) or append-only, so a run
+killed at any instant leaves readable files behind. Processes (launch, stop, resume,
+the run limit) are `opd_lab.runs`; this module never starts one.
 
 Example:
-    >>> rows = load_metrics("~/.cache/opd-lab/runs/opd-addition-0001")  # doctest: +SKIP
+    >>> run_dir = create_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
+    >>> update_status(run_dir, message="hello")["message"]  # doctest: +SKIP
+    'hello'
+    >>> rows = load_metrics(run_dir)  # doctest: +SKIP
     >>> [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]  # doctest: +SKIP
 """
 
@@ -13,9 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from opd_lab.config import RunConfig
+from opd_lab.paths import runs_dir
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -25,6 +35,12 @@ LOG_FILE = "log.txt"
 STOP_FILE = "STOP"
 SFT_DATASET_FILE = "sft_dataset.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LOG_LINES = 30
+
+
+class RunError(ValueError):
+    """A request about runs that cannot be done (unknown run, bad name, too many runs...)."""
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -133,3 +149,89 @@ def summarize_run(run_dir: str | os.PathLike) -> dict:
             "accuracy_end": accuracies[-1] if accuracies else None,
             "accuracy_best": max(accuracies) if accuracies else None,
             "samples": last.get("progress/samples"), "flops": last.get("perf/flops"), "wall_s": last.get("perf/wall_s")}
+
+
+# --- status -----------------------------------------------------------------------------
+
+def update_status(run_dir: str | Path, **fields) -> dict:
+    """Merge `fields` into the run's status.json (atomically) and return it."""
+    path = Path(run_dir) / STATUS_FILE
+    status = read_json(path, default={}) or {}
+    status.update(fields)
+    status["updated_at"] = time.time()
+    write_json_atomic(path, status)
+    return status
+
+
+def log_tail(run_dir: str | os.PathLike, lines: int = LOG_LINES) -> str:
+    """The last `lines` lines of the run's log.txt ("" if none yet)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:  # read only the end: logs of long runs grow large
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - 200 * lines))
+        text = handle.read().decode("utf-8", errors="replace")
+    # tqdm bars redraw with carriage returns; keep each line's last state.
+    shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(shown[-lines:])
+
+
+# --- creation and listing -----------------------------------------------------------------
+
+def create_run(config: RunConfig) -> Path:
+    """Make a new run folder (config written, state queued) and return it."""
+    base = config.run_name()
+    stamp = time.strftime("%m%d-%H%M%S")
+    root = runs_dir()
+    for suffix in range(1000):
+        run_id = f"{base}-{stamp}" + (f"-{suffix}" if suffix else "")
+        folder = root / run_id
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RunError(f"cannot find a free run id for {base!r}")
+    write_json_atomic(folder / CONFIG_FILE, config.to_dict())
+    update_status(folder, state="queued", step=0, total_steps=config.steps, created_at=time.time(),
+                  message="waiting to start", pid=None)
+    return folder
+
+
+def run_path(run_id: str) -> Path:
+    """The folder of `run_id`, refusing names that could leave the runs directory."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        raise RunError(f"invalid run id {run_id!r}: use letters, digits, '.', '-' and '_'")
+    root = runs_dir()
+    path = (root / run_id).resolve()
+    if path.parent != root:
+        raise RunError(f"invalid run id {run_id!r}")
+    if not (path / CONFIG_FILE).exists():
+        raise RunError(f"no run named {run_id!r} in {root}")
+    return path
+
+
+def run_folders() -> list[Path]:
+    """Every run folder (one holding a config.json), in name order."""
+    return [folder for folder in sorted(runs_dir().iterdir()) if (folder / CONFIG_FILE).exists()]
+
+
+def run_row(run_dir: str | os.PathLike, status: dict) -> dict:
+    """One run's summary for tables: id, method, task, state, step, ETA, message, accuracy.
+
+    Args:
+        status: the run's status (`runs.status_of` also notices a vanished process).
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    evals = [m["eval/accuracy"] for m in load_metrics(run_dir) if "eval/accuracy" in m]
+    return {
+        "id": run_dir.name, "path": str(run_dir), "method": config.get("method"), "task": config.get("task"),
+        "state": status.get("state", "unknown"), "step": status.get("step", 0),
+        "total_steps": status.get("total_steps", config.get("steps")), "eta_s": status.get("eta_s"),
+        "message": status.get("message", ""), "created_at": status.get("created_at", 0),
+        "accuracy": evals[-1] if evals else None,
+    }

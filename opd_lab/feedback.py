@@ -1,9 +1,9 @@
 """Per-token teacher feedback: what the teacher thinks of every token the student wrote.
 
-For each completion token: its text, the student's and the teacher's log-probs, their
-difference (the OPD advantage, `log p_teacher - log p_student`), the exact
-full-vocabulary reverse KL at that position, the student's entropy, and both models'
-top-k alternatives. The training engine logs these records into `samples.jsonl`; the
+For each completion token a `TokenRecord`: its text, the student's and the teacher's
+log-probs, their difference (the OPD advantage, `log p_teacher - log p_student`), the
+exact full-vocabulary reverse KL at that position, the student's entropy, and both
+models' top-k alternatives. The training engine logs these records into `samples.jsonl`; the
 app's Inspect and Playground tabs and the notebooks compute them on demand for any
 prompt and completion. Each model scores a whole batch in one forward pass.
 
@@ -16,10 +16,30 @@ Example:
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts
 from opd_lab.losses import per_token_reverse_kl
+
+
+class TokenRecord(TypedDict, total=False):
+    """One completion token as both models see it: an entry of samples.jsonl's `tokens`.
+
+    Probabilities are at the rollouts' sampling temperature. The teacher's fields are
+    there only when a teacher scored the token.
+    """
+
+    text: str  # the token, decoded
+    token_id: int
+    student_logprob: float  # log p_student(token)
+    student_entropy: float  # entropy of the student's next-token distribution (nats)
+    student_top: list[list]  # the student's top-k alternatives, [[text, probability], ...]
+    teacher_logprob: float  # log p_teacher(token)
+    advantage: float  # log p_teacher(token) - log p_student(token): OPD's per-token signal
+    reverse_kl: float  # exact KL(student ‖ teacher) over the whole vocabulary at this position
+    teacher_top: list[list]  # the teacher's top-k alternatives
 
 
 def _top(logprobs_V: torch.Tensor, tokenizer, k: int) -> list[list]:
@@ -29,7 +49,7 @@ def _top(logprobs_V: torch.Tensor, tokenizer, k: int) -> list[list]:
 
 def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tensor,
                   teacher_logits_BSV: torch.Tensor | None, rows: list[int] | None = None,
-                  top_k: int = 5) -> list[list[dict]]:
+                  top_k: int = 5) -> list[list[TokenRecord]]:
     """Per-token records of the completions of `rows` (all rows by default).
 
     Args:
@@ -46,8 +66,8 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tenso
     teacher_logprobs = (torch.log_softmax(teacher_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
                         if teacher_logits_BSV is not None else None)
     if teacher_logits_BSV is not None:
-        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float() / temperature,
-                                     teacher_logits_BSV[:, :-1].detach().float() / temperature)
+        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float(),
+                                     teacher_logits_BSV[:, :-1].detach().float(), temperature=temperature)
     targets = rollouts.sequences_BS[:, 1:]
     results = []
     for row in rows if rows is not None else range(len(rollouts.prompts)):
@@ -57,22 +77,20 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tenso
             token = int(targets[row, t])
             s_lp = student_logprobs[row, t]
             entropy = float(-(s_lp.exp() * s_lp).sum())
-            record = {"text": tokenizer.decode([token]), "token_id": token,
-                      "student_logprob": float(s_lp[token]), "student_entropy": entropy,
-                      "student_top": _top(s_lp, tokenizer, top_k)}
+            record = TokenRecord(text=tokenizer.decode([token]), token_id=token,
+                                 student_logprob=float(s_lp[token]), student_entropy=entropy,
+                                 student_top=_top(s_lp, tokenizer, top_k))
             if teacher_logprobs is not None:
                 t_lp = teacher_logprobs[row, t]
-                record.update({"teacher_logprob": float(t_lp[token]),
-                               "advantage": float(t_lp[token] - s_lp[token]),
-                               "reverse_kl": float(kl_BT[row, t]),
-                               "teacher_top": _top(t_lp, tokenizer, top_k)})
+                record.update(teacher_logprob=float(t_lp[token]), advantage=float(t_lp[token] - s_lp[token]),
+                              reverse_kl=float(kl_BT[row, t]), teacher_top=_top(t_lp, tokenizer, top_k))
             records.append(record)
         results.append(records)
     return results
 
 
 @torch.no_grad()
-def score_rollouts(teacher, student, tokenizer, rollouts: Rollouts, top_k: int = 5) -> list[list[dict]]:
+def score_rollouts(teacher, student, tokenizer, rollouts: Rollouts, top_k: int = 5) -> list[list[TokenRecord]]:
     """Records for every row of `rollouts`, one forward pass per model."""
     student_logits = forward_logits(student, rollouts.sequences_BS, rollouts.attention_mask_BS)
     teacher_logits = (forward_logits(teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
@@ -81,7 +99,7 @@ def score_rollouts(teacher, student, tokenizer, rollouts: Rollouts, top_k: int =
 
 
 def score_completions(teacher, student, tokenizer, prompts: list[str], completions: list[str],
-                      top_k: int = 5) -> list[list[dict]]:
+                      top_k: int = 5) -> list[list[TokenRecord]]:
     """Records for given completions (typed, edited, or read from a run), EOS appended.
 
     "What would the teacher say": the teacher judges each token of a completion that
@@ -94,7 +112,7 @@ def score_completions(teacher, student, tokenizer, prompts: list[str], completio
 
 def sample_and_score(teacher, student, tokenizer, prompts: list[str], max_new_tokens: int,
                      greedy: bool = True, temperature: float = 1.0, seed: int = 0,
-                     top_k: int = 5) -> tuple[list[str], list[list[dict]]]:
+                     top_k: int = 5) -> tuple[list[str], list[list[TokenRecord]]]:
     """Let the student answer, then score its answers: `(completions, records)`."""
     device = next(student.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -103,7 +121,7 @@ def sample_and_score(teacher, student, tokenizer, prompts: list[str], max_new_to
     return rollouts.completions, score_rollouts(teacher, student, tokenizer, rollouts, top_k=top_k)
 
 
-def summarize(records: list[dict]) -> dict[str, float]:
+def summarize(records: list[TokenRecord]) -> dict[str, float]:
     """Totals of one completion's records: tokens, summed and mean reverse KL and advantage."""
     count = len(records)
     kl = sum(r.get("reverse_kl", 0.0) for r in records)

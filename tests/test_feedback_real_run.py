@@ -2,11 +2,11 @@
 
 import pytest
 
-from opd_lab import checkpoints, plots, runs, tokenview
+from opd_lab import checkpoints, plots, plots_kl, run_folder, tokenview
 from opd_lab.config import RunConfig
-from opd_lab.inspect import score_completions, summarize
+from opd_lab.feedback import score_completions, summarize
 from opd_lab.models import load_model
-from opd_lab.runfiles import load_metrics, load_samples, sample_steps
+from opd_lab.run_folder import load_metrics, load_samples, sample_steps
 from opd_lab.train import run_training
 
 
@@ -15,13 +15,25 @@ def real_run(lab_home):
     """A 3-step OPD run that logs every rollout of every step."""
     config = RunConfig(steps=3, batch_size=4, eval_every=1, eval_count=8, sample_every=1, samples_to_log=4,
                        checkpoint_every=1, max_new_tokens=12)
-    run_dir = runs.create_run(config)
+    run_dir = run_folder.create_run(config)
     assert run_training(run_dir, progress=False) == "finished"
     return run_dir, config
 
 
-def test_records_summed_over_positions_match_the_logged_reverse_kl(real_run):
-    run_dir, _ = real_run
+@pytest.fixture(scope="module")
+def sft_run_at_07(lab_home):
+    """A 2-step SFT run on teacher samples drawn at temperature 0.7, logging every rollout."""
+    config = RunConfig(method="sft", temperature=0.7, steps=2, batch_size=4, eval_every=2, eval_count=8,
+                       sample_every=1, samples_to_log=4, checkpoint_every=2, max_new_tokens=12)
+    run_dir = run_folder.create_run(config)
+    assert run_training(run_dir, progress=False) == "finished"
+    return run_dir, config
+
+
+@pytest.mark.parametrize("run", ["real_run", "sft_run_at_07"])
+def test_records_summed_over_positions_match_the_logged_reverse_kl(run, request):
+    """samples.jsonl and train/reverse_kl agree, for OPD at temperature 1 and SFT at 0.7."""
+    run_dir, _ = request.getfixturevalue(run)
     metrics = {row["step"]: row for row in load_metrics(run_dir)}
     for step in sample_steps(run_dir):
         samples = load_samples(run_dir, step)
@@ -57,9 +69,9 @@ def test_every_figure_renders_from_a_real_run(real_run):
     rows = plots.compute_to_target([run_dir], teacher_accuracy=1.0, fractions=(0.0,))
     assert rows[0]["step"] == 0
     samples = load_samples(run_dir, 2)
-    heatmap = plots.kl_heatmap(samples)
+    heatmap = plots_kl.kl_heatmap(samples)
     assert len(heatmap.data[0].z) == len(samples)
-    assert len(plots.kl_histogram(samples).data) == 1
-    assert len(plots.kl_over_training(run_dir).data) >= 1
+    assert len(plots_kl.kl_histogram(samples).data) == 1
+    assert len(plots_kl.kl_over_training(run_dir).data) >= 1
     html = tokenview.render_tokens(samples[0]["tokens"], prompt=samples[0]["prompt"])
     assert "<script" not in html and samples[0]["prompt"] in html

@@ -1,0 +1,159 @@
+"""The claims table: which of the seed's claims hold on the lab, from measured compare reports.
+
+    python -m opd_lab.claims            # reads docs/results/*.json, writes docs/claims.md and README's Results
+
+The inputs are the `report.json` files of full `opd-lab compare` runs, copied to
+`docs/results/<scenario>.json` (plus `continual-learning.json` from
+`python -m bench.continual_learning`). Each claim is judged by a rule stated in its
+row, from the numbers in those files only; a claim no report tests says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from opd_lab import report
+from opd_lab.scenarios import CLAIMS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _level(data: dict) -> float:
+    """The gap fraction a claim is judged at: 95% if OPD's median got there, else the largest it reached."""
+    opd = data["summaries"].get("opd")
+    reached = [t["fraction"] for t in opd["targets"] if t["steps"]["median"] is not None] if opd else []
+    return max(reached) if reached else max(report.GAP_FRACTIONS)
+
+
+def _range(data: dict, arm: str, fraction: float, cost: str) -> str:
+    target = next(t for t in data["summaries"][arm]["targets"] if t["fraction"] == fraction)
+    value = target[cost]
+    if value["median"] is None:
+        return f"not reached ({target['reached']}/{data['summaries'][arm]['seeds']} seeds)"
+    shown = (lambda v: f"{v:.0f}") if cost == "steps" else (lambda v: f"{v:.1e}")
+    return f"{shown(value['median'])} ({shown(value['min'])}-{shown(value['max'])})"
+
+
+def _ratio_row(data: dict, claim: str, other: str, cost: str, seed_low: float) -> dict:
+    level = _level(data)
+    found = report.ratio(data["summaries"], other, "opd", level, cost)
+    other_name, unit = report.arm_label(other), "gradient steps" if cost == "steps" else "FLOPs"
+    measured = (f"{other_name} / OPD {unit} to close {level:.0%} of the gap: {report.format_ratio(found)} "
+                f"(OPD {_range(data, 'opd', level, cost)}; {other_name} {_range(data, other, level, cost)}; "
+                f"median and range of {data['seeds']} seeds)")
+    if found["value"] is None:
+        verdict = "not shown: neither method closed the gap"
+    elif found["value"] > 1 and found["bound"] in ("=", ">"):
+        verdict = "holds on the lab" + ("" if found["value"] >= seed_low or found["bound"] == ">" and found["value"] >= seed_low
+                                        else f", but smaller than the seed's {seed_low:g}x")
+    else:
+        verdict = "does not hold"
+    return {"claim": claim, "scenario": data["scenario"], "measured": measured, "verdict": verdict}
+
+
+def _final(data: dict, arm: str) -> str:
+    final = data["summaries"][arm]["final_accuracy"]
+    return f"{final['median']:.1%} ({final['min']:.1%}-{final['max']:.1%})"
+
+
+def claim_rows(results: dict[str, dict]) -> list[dict]:
+    """One row per claim of `CLAIMS`, judged from the reports in `results` (name -> data)."""
+    rows = []
+    by_claim = {claim: [d for d in results.values() if claim in d.get("claims", [])] for claim in CLAIMS}
+    for data in by_claim["steps-vs-rl"]:
+        rows.append(_ratio_row(data, "steps-vs-rl", "rl", "steps", 7))
+    for data in by_claim["compute-vs-sft"]:
+        rows.append(_ratio_row(data, "compute-vs-sft", "sft", "flops", 9))
+    for data in by_claim["data-reuse"]:
+        level = _level(data)
+        pool = data["settings"]["prompt_pool"]
+        reached = next(t for t in data["summaries"]["opd"]["targets"] if t["fraction"] == level)
+        epochs = (reached["samples"]["median"] or reached["samples"]["lower_bound"]) / max(pool, 1)
+        holds = reached["steps"]["median"] is not None and epochs > 1
+        rows.append({"claim": "data-reuse", "scenario": data["scenario"],
+                     "measured": f"OPD on a pool of {pool} prompts ({epochs:.1f} epochs) closed {level:.0%} of the gap "
+                                 f"in {_range(data, 'opd', level, 'steps')} steps; SFT on one fixed teacher sample per "
+                                 f"prompt: {_range(data, 'sft', level, 'steps')}; final accuracy OPD {_final(data, 'opd')}, "
+                                 f"SFT {_final(data, 'sft')}",
+                     "verdict": "holds on the lab" if holds else "does not hold"})
+    for data in by_claim["foundation"]:
+        opd_half = next(t for t in data["summaries"]["opd"]["targets"] if t["fraction"] == 0.5)
+        sft_half = next(t for t in data["summaries"]["sft"]["targets"] if t["fraction"] == 0.5)
+        holds = opd_half["steps"]["median"] is None and sft_half["steps"]["median"] is not None
+        rows.append({"claim": "foundation", "scenario": data["scenario"],
+                     "measured": f"from an untrained student, within {data['settings']['steps']} steps: final accuracy "
+                                 f"OPD {_final(data, 'opd')}, SFT {_final(data, 'sft')}, RL {_final(data, 'rl')}; "
+                                 f"half of the gap: OPD {_range(data, 'opd', 0.5, 'steps')}, "
+                                 f"SFT {_range(data, 'sft', 0.5, 'steps')} steps",
+                     "verdict": "holds on the lab" if holds else "does not hold"})
+    for data in by_claim["strong-teacher"]:
+        rl, opd = (data["summaries"][a]["final_accuracy"]["median"] for a in ("rl", "opd"))
+        holds = rl > opd
+        rows.append({"claim": "strong-teacher", "scenario": data["scenario"],
+                     "measured": f"teacher {data['teacher_accuracy']:.1%}; final accuracy after at most "
+                                 f"{data['settings']['steps']} steps: RL {_final(data, 'rl')}, OPD {_final(data, 'opd')}, "
+                                 f"SFT {_final(data, 'sft')}",
+                     "verdict": "holds on the lab (RL with the verifier beats OPD)" if holds else "does not hold"})
+    for data in by_claim["mode-seeking"]:
+        rows.append({"claim": "mode-seeking", "scenario": data["scenario"],
+                     "measured": f"final accuracy OPD {_final(data, 'opd')}, SFT {_final(data, 'sft')}",
+                     "verdict": "see the report"})
+    continual = results.get("continual-learning")
+    if continual:
+        stages = continual["stages"]
+        original, forgot, recovered = (stages[k]["old"] for k in ("original", "after_learning", "after_recovery"))
+        new_before, new_after = stages["after_learning"]["new"], stages["after_recovery"]["new"]
+        holds = recovered >= 0.9 * original and new_after >= 0.9 * new_before and recovered > forgot
+        rows.append({"claim": "continual-learning", "scenario": "notebook 4 (addition, then reverse)",
+                     "measured": f"old skill {original:.1%} -> {forgot:.1%} after the fine-tune -> {recovered:.1%} after "
+                                 f"{continual['recover_steps']} OPD steps; new skill {new_before:.1%} -> {new_after:.1%}",
+                     "verdict": "holds on the lab" if holds else "does not hold"})
+    tested = {row["claim"] for row in rows}
+    for claim in CLAIMS:
+        if claim not in tested:
+            rows.append({"claim": claim, "scenario": "none", "measured": "no full report tests it yet",
+                         "verdict": "not tested"})
+    order = list(CLAIMS)
+    return sorted(rows, key=lambda row: order.index(row["claim"]))
+
+
+def load_results(folder: Path = RESULTS) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def claims_table(rows: list[dict]) -> str:
+    lines = ["| claim | scenario | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {CLAIMS[r['claim']]} | `{r['scenario']}` | {r['measured']} | **{r['verdict']}** |" for r in rows]
+    return "\n".join(lines)
+
+
+def verdict_lines(results: dict[str, dict]) -> list[str]:
+    return [f"- `{name}`: {data['verdict']['sentence']}" for name, data in results.items() if "verdict" in data]
+
+
+def main() -> None:
+    results = load_results()
+    rows = claim_rows(results)
+    notes = (ROOT / "docs" / "claims-notes.md")
+    body = ["# Which of the seed's claims hold on the lab", "",
+            "Generated by `python -m opd_lab.claims` from the compare reports in `docs/results/` "
+            "(full runs on a 2-core CPU; the commands are below). Do not edit by hand.", "",
+            claims_table(rows), "", "## Verdicts of the compare reports", *verdict_lines(results), ""]
+    if notes.exists():
+        body += [notes.read_text()]
+    (ROOT / "docs" / "claims.md").write_text("\n".join(body))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        section = "\n".join([START, "", claims_table(rows), "", *verdict_lines(results), "",
+                             "Details, spreads and the commands to reproduce: [docs/claims.md](docs/claims.md).", "", END])
+        readme.write_text(text[: text.index(START)] + section + text[text.index(END) + len(END):])
+    print(f"wrote docs/claims.md ({len(rows)} claims) and the README's Results section", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
