@@ -97,6 +97,8 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
     compare.add_argument("--workers", type=int, default=2, help="runs trained at once, one thread each (default 2)")
+    compare.add_argument("--prompt-pool", type=int, default=None,
+                         help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
     compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
 
     commands.add_parser("runs", help="list runs")
@@ -165,7 +167,8 @@ def _dispatch(args) -> int | None:
         from opd_lab.experiment import CompareSettings, run_compare
 
         settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
-                                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+                                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                                   prompt_pool=args.prompt_pool)
         folder = run_compare(settings, out=args.out)
         print(f"report: {folder / 'report.md'}")
     elif args.command == "eval":

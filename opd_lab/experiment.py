@@ -21,6 +21,7 @@ the runs' own metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -55,11 +56,16 @@ class CompareSettings:
     variants: tuple[str, ...] = ()
     quick: bool = False
     workers: int = 2
+    prompt_pool: int | None = None
+    """Override the scenario's prompt pool: every method reuses the same N prompts and SFT
+    trains on one fixed teacher sample per prompt (the seed's off-policy distillation)."""
 
     def __post_init__(self):
         get_scenario(self.scenario)
         if self.seeds < 1:
             raise ValueError(f"seeds: must be at least 1 (got {self.seeds})")
+        if self.prompt_pool is not None and self.prompt_pool < 1:
+            raise ValueError(f"prompt_pool: must be at least 1 (got {self.prompt_pool})")
         if self.workers < 1:
             raise ValueError(f"workers: must be at least 1 (got {self.workers})")
         for arm in self.variants:
@@ -72,11 +78,16 @@ class CompareSettings:
     def budget(self) -> Scenario:
         """The scenario with the quick budgets applied when `quick`."""
         scenario = get_scenario(self.scenario)
-        if not self.quick:
-            return scenario
-        import dataclasses
+        if self.prompt_pool is not None:  # the pool is the question a data-reuse comparison asks
+            scenario = dataclasses.replace(scenario, prompt_pool=self.prompt_pool,
+                                           claims=("data-reuse", "compute-vs-sft"))
+        return dataclasses.replace(scenario, **QUICK) if self.quick else scenario
 
-        return dataclasses.replace(scenario, **QUICK)
+    @property
+    def label(self) -> str:
+        """The report's name: the scenario, its pool override, and `quick`."""
+        return (self.scenario + (f"-pool{self.prompt_pool}" if self.prompt_pool else "")
+                + ("-quick" if self.quick else ""))
 
 
 def reports_dir() -> Path:
@@ -153,12 +164,12 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     teacher, base = reference["teacher"], reference["student"]
     progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out) if out else reports_dir() / f"{settings.scenario}{'-quick' if settings.quick else ''}-{stamp}"
+    out = Path(out) if out else reports_dir() / f"{settings.label}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. the learning-rate sweep: the same grid and budget for every arm
     sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
-                             f"sweep-{settings.scenario}-{arm}-lr{lr:g}")
+                             f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
     sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
     sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate,
@@ -169,7 +180,7 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     # 2. the reported runs: every arm and seed at its rate, until 95% of the gap or the budget
     stop_at = report.gap_target(base, teacher, max(report.GAP_FRACTIONS))
     configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
-                       f"cmp-{settings.scenario}-{arm}-s{seed}", stop_at=stop_at)
+                       f"cmp-{settings.label}-{arm}-s{seed}", stop_at=stop_at)
                for arm in settings.arms for seed in range(settings.seeds)]
     run_dirs = _train_all(configs, settings.workers, "comparison runs")
 
@@ -204,7 +215,7 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
     metrics = {arm: [load_metrics(out / "runs" / run["run"]) for run in runs] for arm, runs in runs_by_arm.items()}
     summaries = {arm: report.summarize_arm(rows, base, teacher) for arm, rows in metrics.items()}
     return {
-        "scenario": settings.scenario, "quick": settings.quick, "seeds": settings.seeds,
+        "scenario": settings.scenario, "label": settings.label, "quick": settings.quick, "seeds": settings.seeds,
         "condition": scenario.condition, "claims": list(scenario.claims),
         "settings": {"steps": scenario.steps, "batch_size": scenario.batch_size, "prompt_pool": scenario.prompt_pool,
                      "learning_rates": list(scenario.learning_rates), "sweep_steps": scenario.sweep_steps,
@@ -337,3 +348,22 @@ def start_compare(scenario: str, quick: bool = False, seeds: int = 3) -> Path:
                                    stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
     (reports_dir() / ".compare.pid").write_text(str(process.pid))
     return log
+
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def measured_report(scenario: str) -> tuple[dict | None, str]:
+    """The newest full (not quick) report of `scenario`: a local one, else the one committed in docs/results.
+
+    Returns `(data, where)`; `data` is None when there is neither (e.g. an installed
+    wheel without the repository's docs and no local report yet).
+    """
+    for folder in list_reports():
+        data = load_report(folder)
+        if data.get("label", data["scenario"]) == scenario and not data["quick"]:
+            return data, str(folder)
+    committed = RESULTS_DIR / f"{scenario}.json"
+    if committed.exists():
+        return json.loads(committed.read_text()), str(committed)
+    return None, ""

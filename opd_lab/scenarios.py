@@ -98,13 +98,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         claims=("strong-teacher",),
         recipe_changes=dict(task="addition-careless"),
     ),
-    Scenario(
-        name="strategies",
-        condition="A teacher with two valid strategies (columns or a running total, drawn per problem), and a "
-                  "base student that knows one of them (columns) halfway.",
-        claims=("mode-seeking", "compute-vs-sft"),
-        recipe_changes=dict(task="addition-strategies", student_task="addition", teacher_steps=2000),
-    ),
 )}
 
 
