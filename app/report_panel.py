@@ -17,7 +17,7 @@ from opd_lab.plots_compare import seed_band_figure
 from opd_lab.scenarios import SCENARIOS
 
 NO_REPORT = ("No comparison report yet. Start one below (the quick one takes about a minute; a full one "
-             "10-20 minutes on 2 cores), or run `opd-lab compare --scenario reasoning` in a terminal.")
+             "10-20 minutes on 2 cores), or run `opd-lab compare --scenario baseline` in a terminal.")
 
 
 def report_names() -> list[str]:

@@ -4,7 +4,7 @@
     opd-lab eval MODEL [--task addition]             held-out accuracy of a model
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
-    opd-lab compare --scenario reasoning [--quick]   RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
     opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)

@@ -1,7 +1,7 @@
 """`opd-lab compare`: RL, SFT and OPD on one lab scenario, fairly, over several seeds.
 
-    opd-lab compare --scenario reasoning             # the full comparison (minutes, 2 cores)
-    opd-lab compare --scenario reasoning --quick     # tiny models and budgets: CI and notebooks
+    opd-lab compare --scenario baseline              # the full comparison (minutes, 2 cores)
+    opd-lab compare --scenario baseline --quick      # tiny models and budgets: CI and notebooks
 
 Fairness, in order:
 
@@ -284,6 +284,18 @@ def target_rows(data: dict) -> list[dict]:
     return rows
 
 
+def grid_edges(data: dict) -> dict[str, str]:
+    """Arms whose chosen learning rate is the grid's lowest or highest value."""
+    grid = data["settings"]["learning_rates"]
+    edges = {}
+    for arm, rate in data["learning_rates"].items():
+        if len(grid) > 1 and rate == min(grid):
+            edges[arm] = f"{rate:g}, the lowest rate tried"
+        elif len(grid) > 1 and rate == max(grid):
+            edges[arm] = f"{rate:g}, the highest rate tried"
+    return edges
+
+
 def report_markdown(data: dict) -> str:
     """The report as Markdown: the scenario, the sweep, the table and the verdict."""
     rows = target_rows(data)
@@ -305,6 +317,10 @@ def report_markdown(data: dict) -> str:
               "the sweep's evaluations.", "", "| method | learning rate | score | chosen |", "|---|---|---|---|"]
     lines += [f"| {report.arm_label(r['arm'])} | {r['learning_rate']:g} | {r['score']:.3f} | "
               f"{'yes' if data['learning_rates'][r['arm']] == r['learning_rate'] else ''} |" for r in data["sweep"]]
+    edges = grid_edges(data)
+    if edges:
+        lines += ["", "At the edge of the grid (a wider grid might serve these methods better): "
+                  + "; ".join(f"{report.arm_label(arm)} ({where})" for arm, where in edges.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

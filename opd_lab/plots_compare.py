@@ -5,7 +5,7 @@ seed that stopped early (it closed 95% of the gap) keeps its last accuracy. By F
 each seed is interpolated on a common grid. The band is the range over seeds.
 
 Example:
-    >>> seed_band_figure("~/.cache/opd-lab/reports/reasoning-20261125-101500")  # doctest: +SKIP
+    >>> seed_band_figure("~/.cache/opd-lab/reports/baseline-20261125-101500")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ the specs `lab:NAME`.
 Each scenario's measured verdict is in docs/claims.md, generated from compare reports.
 
 Example:
-    >>> get_scenario("reasoning").recipe().task
-    'addition6'
+    >>> get_scenario("weak-teacher").recipe().task
+    'addition-careless'
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Scenario:
     prompt_pool: int = 0
     """0: fresh prompts every step; N: every method reuses the same N prompts, and SFT
     trains on one fixed teacher sample per prompt (off-policy distillation)."""
-    learning_rates: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3)
+    learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
     """The sweep grid, the same for every method."""
     sweep_steps: int = 60
     eval_every: int = 10
@@ -77,18 +77,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         recipe_changes=dict(task="addition"),
     ),
     Scenario(
-        name="reasoning",
-        condition="Long reasoning: 6-digit addition written out column by column (about 62 completion tokens), "
-                  "a strong teacher, and a base student with the foundation but not the skill.",
-        claims=("steps-vs-rl", "compute-vs-sft"),
-        recipe_changes=dict(task="addition6", teacher_steps=2500, student_steps=1200),
-    ),
-    Scenario(
         name="no-foundation",
         condition="A student without the foundation: the base student is the untrained initialization (0%), "
                   "the teacher is the strong 3-digit addition teacher.",
         claims=("foundation",),
         recipe_changes=dict(task="addition", student_steps=0),
+        steps=200,
     ),
     Scenario(
         name="weak-teacher",
@@ -97,6 +91,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                   "true sum.",
         claims=("strong-teacher",),
         recipe_changes=dict(task="addition-careless"),
+        steps=200,
     ),
 )}
 

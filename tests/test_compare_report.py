@@ -27,8 +27,8 @@ def _synthetic_report(tmp_path, curves: dict[str, list[dict[int, float]]], flops
             make_run(tmp_path / "runs", run_id, method=arm.split("-")[0], steps=max(accuracy),
                      eval_accuracy=accuracy, flops_per_step=flops_per_step[arm])
             runs[arm].append({"seed": seed, "run": run_id, "learning_rate": 1e-3})
-    settings = CompareSettings(scenario="reasoning", seeds=len(next(iter(curves.values()))))
-    data = build_report(settings, get_scenario("reasoning"), {}, TEACHER, BASE, sweep=[],
+    settings = CompareSettings(scenario="baseline", seeds=len(next(iter(curves.values()))))
+    data = build_report(settings, get_scenario("baseline"), {}, TEACHER, BASE, sweep=[],
                         chosen={arm: 1e-3 for arm in curves}, runs_by_arm=runs, out=tmp_path, seconds=1.0)
     write_report(tmp_path, data)
     return data
@@ -115,7 +115,7 @@ def _recomputed_steps(rows: list[dict], target: float) -> float:
 
 def test_quick_compare_end_to_end(lab_home, tmp_path):
     """`opd-lab compare --quick`: the report's numbers follow from the runs in its folder."""
-    folder = run_compare(CompareSettings(scenario="reasoning", quick=True, seeds=3, workers=2), out=tmp_path / "r",
+    folder = run_compare(CompareSettings(scenario="baseline", quick=True, seeds=3, workers=2), out=tmp_path / "r",
                          progress_print=lambda *_: None)
     data = json.loads((folder / "report.json").read_text())
     assert set(data["runs"]) == {"rl", "sft", "opd"}
