@@ -18,7 +18,7 @@ class DataDirError(ValueError):
 
 
 def _unusable(root: Path, error: OSError) -> DataDirError:
-    reason = error.strerror or type(error).__name__
+    reason = "a file is in the way" if root.is_file() else (error.strerror or type(error).__name__)
     return DataDirError(f"data dir {root}: {reason}; choose another with --data-dir or ${ENV_VAR}")
 
 
