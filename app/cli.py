@@ -12,6 +12,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import socket
 
 from opd_lab.cli import Command
 from opd_lab.cli import main as library_main
@@ -26,7 +27,26 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-build", action="store_true", help="do not build the lab on start")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range or already taken on `host`, before anything is built.
+
+    Raises:
+        ValueError: naming the port and what to do.
+    """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port: must be between 1 and 65535 (got {port})")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
+                         "pick another port with --port") from None
+
+
 def _serve(args: argparse.Namespace) -> None:
+    check_port(args.host, args.port)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ValueError(f"--max-runs: must be at least 1 (got {args.max_runs})")
     from app.main import serve  # gradio loads only for this subcommand
 
     serve(host=args.host, port=args.port, auth=args.auth, max_runs=args.max_runs,

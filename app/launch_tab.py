@@ -20,6 +20,7 @@ import gradio as gr
 import yaml
 
 from opd_lab import runs
+from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
 
 BROWSER_LOCKED = ("trust_remote_code",)
@@ -79,16 +80,13 @@ def preset_values(preset: str) -> list:
 def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
     """Validate the form and start the run: `(message, run id or "")`.
 
-    A bad value or a full run limit creates no run folder.
+    A bad value, an input that fails its checks (`opd_lab.preflight`) or a full run
+    limit creates no run folder; the message is the line `opd-lab launch` would print.
     """
     try:
-        config = config_from_form(values, trust_remote_code)
-    except ConfigError as error:
-        return f"**Not launched.** {error}", ""
-    try:
-        run_dir, pid = runs.start_run(config)
-    except runs.RunError as error:  # the run limit is reached
-        return f"**Not launched.** {error}", ""
+        run_dir, pid = runs.start_run(config_from_form(values, trust_remote_code))
+    except Exception as error:  # noqa: BLE001 - the form shows every error as one line
+        return f"**Not launched.** {error_line(error)}", ""
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
             f"its folder is `{run_dir}`."), run_dir.name
 

@@ -3,8 +3,11 @@
 A checkpoint is a folder `checkpoints/step_000050/` holding the student (a full
 `save_pretrained` model, or only the peft adapter for LoRA runs), the tokenizer, and
 `trainer_state.pt` (step, optimizer, RNG states, counters). It is written under a
-temporary name and renamed when complete, and `checkpoints/latest` is updated last, so
-a run killed at any instant still has its previous checkpoint intact.
+temporary name, fsynced, and renamed when complete, and `checkpoints/latest` is
+updated last, so a run killed at any instant (or a machine that loses power) still has
+its previous checkpoint intact. A checkpoint that does not load all the same is set
+aside (`corrupt-step_...`) by `restore_newest`, which falls back to the one before.
+`prune` keeps the newest few and the best one (by held-out accuracy).
 
 `save` and `restore` take and return plain values (a model, a tokenizer, a state
 dict), so they know nothing of the Trainer.
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 from opd_lab.models import check_pair_compatible, load_model
-from opd_lab.run_folder import CHECKPOINTS_DIR
+from opd_lab.run_folder import CHECKPOINTS_DIR, RunError, fsync_directory, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
 LATEST_FILE = "latest"
@@ -58,13 +61,74 @@ def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict
     student.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     torch.save(trainer_state, partial / STATE_FILE)
+    for file in partial.rglob("*"):
+        if file.is_file():
+            with file.open("rb+") as handle:
+                os.fsync(handle.fileno())
+    fsync_directory(partial)
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    pointer_tmp = root / f".{LATEST_FILE}.tmp"
-    pointer_tmp.write_text(name + "\n")
-    os.replace(pointer_tmp, root / LATEST_FILE)
+    fsync_directory(root)
+    write_text_atomic(root / LATEST_FILE, name + "\n")
     return final
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint folder holds: `step_000050` -> 50."""
+    return int(checkpoint.name.split("_")[1])
+
+
+def prune(run_dir: str | Path, keep_last: int, accuracy_by_step: dict[int, float]) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and the most accurate one.
+
+    Args:
+        accuracy_by_step: held-out accuracy at the steps where it was measured (the
+            best checkpoint is the most accurate among those; the earliest on a tie).
+    Returns:
+        The deleted folders.
+    """
+    found = checkpoint_dirs(run_dir)
+    keep = set(found[-keep_last:])
+    scored = [(accuracy_by_step[step_of(c)], -step_of(c), c) for c in found if step_of(c) in accuracy_by_step]
+    if scored:
+        keep.add(max(scored)[2])
+    removed = [c for c in found if c not in keep]
+    for checkpoint in removed:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return removed
+
+
+def restore_newest(run_dir: str | Path, student, lora: bool, warn=print) -> dict | None:
+    """Restore the newest checkpoint that loads into `student`; its trainer state, or
+    None when the run has no checkpoint.
+
+    A checkpoint that fails to load is renamed `corrupt-step_...` (kept for a look,
+    never loaded again) and the one before it is tried; `warn` is told each time.
+
+    Raises:
+        RunError: the run has checkpoints but none of them loads.
+    """
+    candidates = checkpoint_dirs(run_dir)
+    pointed = latest(run_dir)
+    if pointed is not None and pointed in candidates:  # the pointer first, then the rest newest first
+        candidates.remove(pointed)
+        candidates.append(pointed)
+    tried = []
+    for checkpoint in reversed(candidates):
+        try:
+            return restore(checkpoint, student, lora)
+        except Exception as error:  # noqa: BLE001 - a corrupt file raises many types
+            aside = checkpoint.with_name(f"corrupt-{checkpoint.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(checkpoint, aside)
+            tried.append(checkpoint.name)
+            warn(f"checkpoint {checkpoint} does not load ({type(error).__name__}: {error}); "
+                 f"moved it to {aside.name} and trying the one before")
+    if tried:
+        raise RunError(f"no checkpoint of run {Path(run_dir).name} loads ({', '.join(tried)} were set aside as "
+                       "corrupt-*); delete its checkpoints folder to restart it from step 0")
+    return None
 
 
 def restore(checkpoint: Path, student, lora: bool) -> dict:
@@ -72,6 +136,7 @@ def restore(checkpoint: Path, student, lora: bool) -> dict:
     when `lora`) and return the trainer state saved with them."""
     from safetensors.torch import load_file
 
+    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)  # first: it fails fastest
     if lora:
         from peft import set_peft_model_state_dict
 
@@ -81,7 +146,7 @@ def restore(checkpoint: Path, student, lora: bool) -> dict:
 
         saved = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
         student.load_state_dict(saved.state_dict())
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    return state
 
 
 def load_student(checkpoint: Path, config, device="cpu"):

@@ -10,7 +10,10 @@
     opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
 
 The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
-may set them too (flags win). `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
+may set them too (flags win). Every error ends the command with one line on stderr
+that names the file or field and what to do, and exit status 2 (a bad input or
+request) or 1 (anything else); `--debug` also prints the traceback, and a run's own
+traceback is in its log.txt. `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
 and the runs live. The library never imports the app: the `opd-lab` console script is
 `app.cli.main`, which calls `main` here with the `app` subcommand as an extra
 `Command`; `python -m opd_lab` (what launched runs execute) has no `app` subcommand.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -67,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opd-lab", description="On-policy distillation lab.")
     parser.add_argument("--data-dir", help="where the lab and runs live (default: $OPD_LAB_HOME or ~/.cache/opd-lab)")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     lab = commands.add_parser("lab", help="the built-in offline lab")
@@ -90,6 +95,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
         if name == "train":
             sub.add_argument("--run-dir", help=argparse.SUPPRESS)
             sub.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+            sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
 
     compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
     compare.add_argument("--scenario", required=True, choices=list(SCENARIOS))
@@ -120,6 +126,10 @@ def _eval(args) -> None:
     from opd_lab.models import load_model
     from opd_lab.tasks import get_task
 
+    if args.count < 1:
+        raise ConfigError(f"--count: must be at least 1 (got {args.count})")
+    if args.samples < 0:
+        raise ConfigError(f"--samples: must not be negative (got {args.samples})")
     spec, role = args.model, "student"
     if spec in ("lab-teacher", "lab-student"):
         spec, role = "lab", spec.split("-")[1]
@@ -132,20 +142,37 @@ def _eval(args) -> None:
         print(f"sampled accuracy {result.sampled_accuracy:.1%}, pass@{result.k} {result.pass_at_k:.1%}")
 
 
+def error_line(error: BaseException) -> str:
+    """An error as the one line the CLI and the app show.
+
+    A bad input or request (`ValueError`: ConfigError, ModelLoadError, RunError...;
+    `OSError`, which names its file) is its own message; anything else is a bug or an
+    environment problem, so its type is named too.
+
+    Example:
+        >>> error_line(ConfigError("steps: must be at least 1 (got 0)"))
+        'steps: must be at least 1 (got 0)'
+    """
+    lines = str(error).strip().splitlines()
+    text = " ".join(line.strip() for line in lines[:1]) or type(error).__name__
+    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
     args = build_parser(extra_commands).parse_args(argv)
-    if args.data_dir:
-        os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
-    from opd_lab.models import ModelLoadError
-    from opd_lab.run_folder import RunError
-
     try:
+        if args.data_dir:
+            os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
         return _dispatch(args) or 0
-    except (ConfigError, ModelLoadError, RunError, FileNotFoundError, ValueError) as error:
-        print(f"opd-lab: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - the top level: every error becomes one line
+        if args.debug:
+            traceback.print_exc()
+        user_error = isinstance(error, (ValueError, OSError))
+        hint = "" if user_error or args.debug else " (run with --debug to see the traceback)"
+        print(f"opd-lab: error: {error_line(error)}{hint}", file=sys.stderr)
+        return 2 if user_error else 1
 
 
 def _dispatch(args) -> int | None:
@@ -174,15 +201,16 @@ def _dispatch(args) -> int | None:
     elif args.command == "eval":
         _eval(args)
     elif args.command == "train":
-        from opd_lab.train import run_training
+        from opd_lab import ownership
+        from opd_lab.preflight import check_run_inputs
 
-        run_dir = Path(args.run_dir) if args.run_dir else run_folder.create_run(config_from_args(args))
-        if not args.run_dir:
+        if args.run_dir:  # a launched run: the launcher handed over the run's lock
+            run_dir = Path(args.run_dir)
+            owner = ownership.adopt(run_dir, args.owner_fd) if args.owner_fd is not None else None
+        else:
+            run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
             print(f"run {run_dir.name} in {run_dir}")
-        run_folder.update_status(run_dir, pid=os.getpid())
-        state = run_training(run_dir, progress=not args.no_progress)
-        print(f"{run_dir.name}: {state} - {runs.status_of(run_dir).get('message', '')}")
-        return 0 if state in ("finished", "stopped") else 1
+        return _train_here(run_dir, owner, progress=not args.no_progress)
     elif args.command == "launch":
         run_dir, _ = runs.start_run(config_from_args(args))
         print(run_dir.name)
@@ -193,10 +221,21 @@ def _dispatch(args) -> int | None:
     elif args.command == "resume":
         run_dir = run_folder.run_path(args.run)
         if args.foreground:
-            from opd_lab.train import run_training
-
-            run_folder.update_status(run_dir, pid=os.getpid())
-            return 0 if run_training(run_dir) in ("finished", "stopped") else 1
+            return _train_here(run_dir, runs.take_for_foreground(run_dir), progress=True)
         pid = runs.resume(run_dir)
         print(f"resumed {run_dir.name} (pid {pid})")
     return None
+
+
+def _train_here(run_dir: Path, owner, progress: bool) -> int:
+    """Train the run in this process (owned by `owner`, or taken here); 0 unless it failed."""
+    from opd_lab.run_folder import RunError, load_status
+    from opd_lab.train import run_training
+
+    state = run_training(run_dir, progress=progress, owner=owner)
+    try:
+        message = load_status(run_dir).get("message", "")
+    except RunError as error:
+        message = str(error)
+    print(f"{run_dir.name}: {state} - {message}", file=sys.stdout if state != "failed" else sys.stderr)
+    return 0 if state in ("finished", "stopped") else 1

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +38,30 @@ SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # RL's group-normalized advantage compares several samples of one prompt.
 RL_SAMPLES_PER_PROMPT = 4
+# One naming rule for run names and run ids: ASCII letters and digits first, then also
+# '.', '-' and '_', never "..". A run id is the name plus "-MMDD-HHMMSS[-N]", so names
+# are shorter than ids.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RUN_ID_MAX_LENGTH = 128
+RUN_NAME_MAX_LENGTH = 100
 
 
 class ConfigError(ValueError):
     """A bad config value; the message starts with the field's name."""
+
+
+def run_id_problem(text: str, max_length: int = RUN_ID_MAX_LENGTH) -> str | None:
+    """Why `text` cannot be a run name or id (None when it can): the rule both obey.
+
+    Example:
+        >>> run_id_problem("opd-addition"), run_id_problem("a..b")
+        (None, "use ASCII letters, digits, '.', '-' and '_', starting with a letter or digit, without '..'")
+    """
+    if not isinstance(text, str) or not RUN_ID_PATTERN.fullmatch(text) or ".." in text:
+        return "use ASCII letters, digits, '.', '-' and '_', starting with a letter or digit, without '..'"
+    if len(text) > max_length:
+        return f"use at most {max_length} characters (got {len(text)})"
+    return None
 
 
 def _field(default, help: str, choices: tuple | None = None, **kwargs):
@@ -80,6 +102,7 @@ class RunConfig:
     sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps.")
     samples_to_log: int = _field(4, "Rollouts logged each time.")
     checkpoint_every: int = _field(50, "Save a checkpoint every N steps (and at the end or a stop).")
+    keep_checkpoints: int = _field(3, "Checkpoints kept on disk: the newest N, plus the one with the best held-out accuracy.")
     seed: int = _field(0, "Seed for prompts, sampling and initialization.")
     device: str = _field("auto", "cpu, cuda, mps, or auto (the best available).", DEVICES)
     trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
@@ -93,8 +116,10 @@ class RunConfig:
             expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[spec.type]
             if not isinstance(value, expected) or (spec.type == "int" and isinstance(value, bool)):
                 raise ConfigError(f"{spec.name}: expected {spec.type}, got {value!r}")
+            if spec.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"{spec.name}: must be a finite number (got {value!r})")
         positive = ("steps", "batch_size", "samples_per_prompt", "eval_every", "eval_count",
-                    "sample_every", "checkpoint_every", "lora_rank", "lora_alpha")
+                    "sample_every", "checkpoint_every", "keep_checkpoints", "lora_rank", "lora_alpha")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
@@ -124,8 +149,8 @@ class RunConfig:
         if not self.task.endswith(".jsonl"):
             if self.task not in BUILTIN_TASKS:
                 raise ConfigError(f"task: unknown task {self.task!r}; use one of {', '.join(sorted(BUILTIN_TASKS))} or a .jsonl file")
-        if self.name and not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ConfigError(f"name: use letters, digits, '-', '_' and '.' only (got {self.name!r})")
+        if self.name and (problem := run_id_problem(self.name, RUN_NAME_MAX_LENGTH)):
+            raise ConfigError(f"name: {problem} (got {self.name!r})")
         for name in ("teacher", "student"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{name}: must name a model ('lab', a path, or a hub id)")
@@ -154,11 +179,17 @@ class RunConfig:
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {error.start}); save it as UTF-8") from None
+        try:
+            data = (json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix == ".json"
+                    else yaml.load(text, Loader=_UniqueKeyLoader))
         except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot parse ({error})") from None
+            raise ConfigError(f"{path}: cannot parse ({' '.join(str(error).split())})") from None
+        except _DuplicateKey as error:
+            raise ConfigError(f"{path}: {error}; keep one") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of field names to values")
         return cls.from_dict(data)
@@ -167,9 +198,30 @@ class RunConfig:
         """A new, validated config with some fields changed."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
+    def with_absolute_paths(self) -> "RunConfig":
+        """The same config with a task file and local model folders as absolute paths.
+
+        A launched run works in its own folder, so a path relative to the shell's
+        directory would name nothing there. Hub ids and 'lab' are left as they are.
+        """
+        changes = {}
+        if self.task.endswith(".jsonl"):
+            changes["task"] = str(Path(self.task).expanduser().resolve())
+        for role in ("teacher", "student"):
+            spec = getattr(self, role)
+            if spec not in ("lab", "smollm2") and not spec.startswith("lab:") and Path(spec).expanduser().exists():
+                changes[role] = str(Path(spec).expanduser().resolve())
+        return self.with_overrides(**changes) if changes else self
+
     def run_name(self) -> str:
-        """The name run ids are made from: `name`, or `method-task` (e.g. "opd-addition")."""
-        return self.name or f"{self.method}-{Path(self.task).stem}"
+        """The name run ids are made from: `name`, or `method-task` (e.g. "opd-addition").
+
+        A task file's name may hold characters a run id cannot; they become '-'.
+        """
+        if self.name:
+            return self.name
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.task).stem).strip(".-_")[:40] or "task"
+        return f"{self.method}-{stem}".replace("..", ".")
 
     def resolved_max_new_tokens(self, task_max_new_tokens: int) -> int:
         return self.max_new_tokens or task_max_new_tokens
@@ -195,6 +247,31 @@ def _coerce(spec: dataclasses.Field, value: Any) -> Any:
     except ValueError:
         pass
     raise ConfigError(f"{spec.name}: expected {spec.type}, got {value!r}")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    duplicated = next((key for key in keys if keys.count(key) > 1), None)
+    if duplicated is not None:
+        raise _DuplicateKey(f"the key {duplicated!r} appears twice")
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice is an error instead of "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: the key {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from opd_lab.paths import lab_dir
 from opd_lab.tasks import DEFAULT_TASK
@@ -148,11 +148,38 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"could not load the model {spec!r}: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - corrupt weights raise many types (OSError, SafetensorError...)
+        raise ModelLoadError(f"could not load the model {spec!r} ({path}): {_first_line(error)}; "
+                             "check that it is a complete model folder or file") from None
     if model.generation_config is not None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def context_length(spec: str, role: str = "student", task: str = DEFAULT_TASK,
+                   trust_remote_code: bool = False) -> int | None:
+    """The longest sequence (prompt and completion, in tokens) the model takes, read
+    from its config without loading weights; None when the config does not say.
+
+    Raises:
+        ModelLoadError: the model's config cannot be read (missing, corrupt, unreachable).
+    """
+    path = resolve_spec(spec, role, task)
+    try:
+        if path.endswith(".gguf"):
+            config = AutoConfig.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name,
+                                                trust_remote_code=trust_remote_code)
+        else:
+            _check_reachable(path)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a bad config.json raises many types
+        raise ModelLoadError(f"could not read the config of the model {spec!r}: {_first_line(error)}") from None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
 
 
 def _looks_like_path(spec: str) -> bool:

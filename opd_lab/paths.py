@@ -7,20 +7,46 @@ set). The CLI's `--data-dir` flag sets `OPD_LAB_HOME` for the process and its ch
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 ENV_VAR = "OPD_LAB_HOME"
 
 
+class DataDirError(ValueError):
+    """The data directory cannot be created or written; the message names it and what to do."""
+
+
+def _unusable(root: Path, error: OSError) -> DataDirError:
+    reason = "a file is in the way" if root.is_file() else (error.strerror or type(error).__name__)
+    return DataDirError(f"data dir {root}: {reason}; choose another with --data-dir or ${ENV_VAR}")
+
+
 def data_dir() -> Path:
-    """The root data directory (created if missing)."""
+    """The root data directory (created if missing).
+
+    Raises:
+        DataDirError: it cannot be created (a file in the way, no permission, /sys...).
+    """
     if os.environ.get(ENV_VAR):
         root = Path(os.environ[ENV_VAR]).expanduser()
     else:
         cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
         root = cache / "opd-lab"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unusable(root, error) from None
     return root.resolve()
+
+
+def check_writable(folder: Path) -> None:
+    """Raise `DataDirError` unless a file can be created in `folder`."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise _unusable(folder, error) from None
 
 
 def lab_dir(task: str) -> Path:
@@ -31,5 +57,8 @@ def lab_dir(task: str) -> Path:
 def runs_dir() -> Path:
     """The folder holding one sub-folder per run."""
     path = data_dir() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unusable(path, error) from None
     return path

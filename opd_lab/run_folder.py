@@ -2,9 +2,12 @@
 
 A run folder (docs/run-folder.md) holds the config, the status, metrics and samples
 as JSON lines, the log and the checkpoints (`opd_lab.checkpoints`). Only plain files:
-writes are atomic (write to a temporary file, then rename) or append-only, so a run
-killed at any instant leaves readable files behind. Processes (launch, stop, resume,
-the run limit) are `opd_lab.runs`; this module never starts one.
+writes are atomic (write to a temporary file, fsync it, then rename) or append-only
+and fsynced, so a run killed at any instant, or a machine that loses power, leaves
+readable files behind. A file that is unreadable all the same (edited by hand, a full
+disk) raises `UnreadableFile` naming it; listings report such a run and go on.
+Processes (launch, stop, resume, the run limit) are `opd_lab.runs`, and who owns a
+run is `opd_lab.ownership`; this module never starts a process.
 
 Example:
     >>> run_dir = create_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
@@ -18,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from opd_lab.config import RunConfig
+from opd_lab.config import RUN_ID_MAX_LENGTH, RunConfig, run_id_problem
 from opd_lab.paths import runs_dir
 
 CONFIG_FILE = "config.json"
@@ -35,7 +37,6 @@ LOG_FILE = "log.txt"
 STOP_FILE = "STOP"
 SFT_DATASET_FILE = "sft_dataset.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LOG_LINES = 30
 
 
@@ -43,29 +44,63 @@ class RunError(ValueError):
     """A request about runs that cannot be done (unknown run, bad name, too many runs...)."""
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as JSON to `path` so that readers never see a half-written file."""
+class UnreadableFile(RunError):
+    """A run's JSON file exists but cannot be read or parsed; the message names it."""
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a rename or a new file inside `path` survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers, even after a crash, see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as JSON to `path` so that readers never see a half-written file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """Read a JSON file; `default` if it does not exist."""
+    """Read a JSON file; `default` if it does not exist.
+
+    Raises:
+        UnreadableFile: the file exists but cannot be read or is not valid JSON.
+    """
     path = Path(path)
-    if not path.exists():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return default
-    with path.open() as handle:
-        return json.load(handle)
+    except (OSError, UnicodeDecodeError) as error:
+        raise UnreadableFile(f"{path}: cannot be read ({error})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UnreadableFile(f"{path}: not valid JSON ({error}); fix or delete the file") from None
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Append rows to a JSON-lines file and flush them to disk."""
-    with Path(path).open("a") as handle:
+    with Path(path).open("a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
         handle.flush()
@@ -78,7 +113,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    with path.open() as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             line = line.strip()
             if not line:
@@ -96,11 +131,7 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
     if not path.exists():
         return
     kept = [row for row in read_jsonl(path) if row.get("step", 0) <= max_step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        for row in kept:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
 
 
 def load_config(run_dir: str | os.PathLike) -> dict:
@@ -154,9 +185,16 @@ def summarize_run(run_dir: str | os.PathLike) -> dict:
 # --- status -----------------------------------------------------------------------------
 
 def update_status(run_dir: str | Path, **fields) -> dict:
-    """Merge `fields` into the run's status.json (atomically) and return it."""
+    """Merge `fields` into the run's status.json (atomically) and return it.
+
+    An unreadable status.json is replaced: only the run's owner writes it, and what it
+    writes now is the truth.
+    """
     path = Path(run_dir) / STATUS_FILE
-    status = read_json(path, default={}) or {}
+    try:
+        status = read_json(path, default={}) or {}
+    except UnreadableFile:
+        status = {}
     status.update(fields)
     status["updated_at"] = time.time()
     write_json_atomic(path, status)
@@ -181,7 +219,18 @@ def log_tail(run_dir: str | os.PathLike, lines: int = LOG_LINES) -> str:
 # --- creation and listing -----------------------------------------------------------------
 
 def create_run(config: RunConfig) -> Path:
-    """Make a new run folder (config written, state queued) and return it."""
+    """Make a new run folder (config written, state queued) and return it.
+
+    To own the run from its first instant, use `opd_lab.ownership.create_owned_run`.
+    """
+    folder = new_run_dir(config)
+    write_new_run(folder, config)
+    return folder
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """Reserve a fresh, empty folder for a run of `config`. Listings skip it until
+    `write_new_run` has written its config."""
     base = config.run_name()
     stamp = time.strftime("%m%d-%H%M%S")
     root = runs_dir()
@@ -195,16 +244,21 @@ def create_run(config: RunConfig) -> Path:
             continue
     else:
         raise RunError(f"cannot find a free run id for {base!r}")
-    write_json_atomic(folder / CONFIG_FILE, config.to_dict())
+    return folder
+
+
+def write_new_run(folder: Path, config: RunConfig) -> None:
+    """Write a new run's status (queued), then its config: the run appears in listings last."""
     update_status(folder, state="queued", step=0, total_steps=config.steps, created_at=time.time(),
                   message="waiting to start", pid=None)
-    return folder
+    write_json_atomic(folder / CONFIG_FILE, config.to_dict())
 
 
 def run_path(run_id: str) -> Path:
     """The folder of `run_id`, refusing names that could leave the runs directory."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
-        raise RunError(f"invalid run id {run_id!r}: use letters, digits, '.', '-' and '_'")
+    problem = run_id_problem(run_id, RUN_ID_MAX_LENGTH)
+    if problem:
+        raise RunError(f"invalid run id {run_id!r}: {problem}")
     root = runs_dir()
     path = (root / run_id).resolve()
     if path.parent != root:
@@ -224,9 +278,13 @@ def run_row(run_dir: str | os.PathLike, status: dict) -> dict:
 
     Args:
         status: the run's status (`runs.status_of` also notices a vanished process).
+    A config.json that cannot be read gives the state "unreadable" and a message naming it.
     """
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
+    try:
+        config = load_config(run_dir)
+    except UnreadableFile as error:
+        config, status = {}, {**status, "state": "unreadable", "message": str(error)}
     evals = [m["eval/accuracy"] for m in load_metrics(run_dir) if "eval/accuracy" in m]
     return {
         "id": run_dir.name, "path": str(run_dir), "method": config.get("method"), "task": config.get("task"),

@@ -3,8 +3,13 @@
 A launched run is its own process in its own process session (`start_new_session`),
 writing only to its folder (`opd_lab.run_folder`), so closing the terminal, the
 browser or the app never pauses, kills or loses it; anything that reads the folder
-reattaches to it. At most `max_active_runs()` runs train at once: `check_capacity` is
-the one place that says so, for the CLI and the app alike.
+reattaches to it. Each run has one owner (`opd_lab.ownership`): the training process
+holds the run's lock for its whole life, and launch, resume and delete take it or
+refuse. A run's state is derived from that lock: "queued" or "running" in status.json
+while nobody holds it means the process is gone (`kill -9`, a crash), and the run is
+marked failed. At most `max_active_runs()` runs train at once: `check_capacity` is
+the one place that says so, and every launch counts and claims under one data-dir
+lock, so two launches at the same instant cannot both take the last place.
 
 Example:
     >>> run_dir, pid = start_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
@@ -23,13 +28,16 @@ import sys
 import threading
 from pathlib import Path
 
+from opd_lab import ownership
 from opd_lab.config import RunConfig
 from opd_lab.paths import ENV_VAR, data_dir, runs_dir
-from opd_lab.run_folder import (LOG_FILE, STATUS_FILE, STOP_FILE, RunError, create_run, read_json, run_folders,
-                                run_row, update_status)
+from opd_lab.preflight import check_run_inputs
+from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
+                                update_status)
 
 ACTIVE_STATES = ("queued", "running")
 DEFAULT_MAX_ACTIVE_RUNS = 3
+MAX_RUNS_VAR = "OPD_LAB_MAX_RUNS"
 LAUNCH_LOCK_FILE = ".launch.lock"
 
 __all__ = ["ACTIVE_STATES", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs", "launch",
@@ -37,39 +45,75 @@ __all__ = ["ACTIVE_STATES", "RunError", "active_runs", "check_capacity", "delete
            "status_of", "threads_per_run"]
 
 
-def _pid_alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{int(pid)}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def _owner_alive(run_dir: Path, status: dict) -> bool:
+    """Whether the run has a live owner: its lock is held, or (a folder from before lock
+    files) the recorded process, identified by pid and start time, still runs."""
+    if ownership.has_lock_file(run_dir):
+        return ownership.is_owned(run_dir)
+    return ownership.process_alive(status.get("pid"), status.get("pid_started"))
 
 
 def status_of(run_dir: str | Path) -> dict:
-    """The run's status; a run whose process vanished (e.g. `kill -9`) is marked failed."""
+    """The run's status, its state checked against its owner.
+
+    A run "queued" or "running" without a live owner (`kill -9`, a crash, a launch that
+    never started) is marked failed. A pending stop shows in the message. An unreadable
+    status.json gives the state "unreadable" and a message naming the file.
+    """
     run_dir = Path(run_dir)
-    status = read_json(run_dir / STATUS_FILE, default={}) or {}
-    if status.get("state") in ACTIVE_STATES and status.get("pid") and not _pid_alive(status["pid"]):
-        status = update_status(run_dir, state="failed", pid=None,
-                               message="the training process ended unexpectedly; resume to continue "
-                                       "from the last checkpoint")
+    try:
+        status = load_status(run_dir) or {}
+    except UnreadableFile as error:
+        return {"state": "unreadable", "message": str(error)}
+    if status.get("state") not in ACTIVE_STATES:
+        return status
+    if _owner_alive(run_dir, status):
+        if (run_dir / STOP_FILE).exists():
+            status = {**status, "message": "stop requested: stopping after the current step"}
+        return status
+    try:  # mark it failed as its owner, so no launch starting now is overwritten
+        with ownership.take(run_dir, wait_s=0):
+            status = load_status(run_dir) or {}
+            if status.get("state") in ACTIVE_STATES:
+                message = ("the training process ended unexpectedly; resume to continue from the last checkpoint"
+                           if status.get("pid") else "the run never started; resume to start it")
+                status = update_status(run_dir, state="failed", pid=None, message=message)
+    except (RunError, OSError):  # someone owns it now (a launch), or the folder is read-only
+        pass
     return status
+
+
+def _active(run_dir: Path) -> bool:
+    """Whether a process trains (or is starting) the run, whatever its status file says."""
+    try:
+        status = load_status(run_dir) or {}
+    except UnreadableFile:
+        status = {}
+    return _owner_alive(run_dir, status)
 
 
 def active_runs() -> list[Path]:
     """Runs that are queued or running now."""
-    return [p for p in sorted(runs_dir().iterdir()) if (p / STATUS_FILE).exists()
-            and status_of(p).get("state") in ACTIVE_STATES]
+    return [p for p in run_folders() if _active(p)]
 
 
 def max_active_runs() -> int:
-    return int(os.environ.get("OPD_LAB_MAX_RUNS", DEFAULT_MAX_ACTIVE_RUNS))
+    """The run limit: `$OPD_LAB_MAX_RUNS`, else 3.
+
+    Raises:
+        RunError: when the variable is not a whole number of at least 0.
+    """
+    raw = os.environ.get(MAX_RUNS_VAR, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ACTIVE_RUNS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise RunError(f"{MAX_RUNS_VAR}: expected a whole number of runs, got {raw!r}; "
+                       f"set it to e.g. 3, or unset it for the default ({DEFAULT_MAX_ACTIVE_RUNS})")
+    return limit
 
 
 def threads_per_run(limit: int) -> int:
@@ -83,8 +127,8 @@ def threads_per_run(limit: int) -> int:
 
 
 def running_count(exclude: Path | None = None) -> int:
-    """Active runs that hold a training process: what the run limit counts."""
-    return len([p for p in active_runs() if p != exclude and status_of(p).get("pid")])
+    """Active runs (owned by a training or starting process): what the run limit counts."""
+    return len([p for p in active_runs() if p != exclude])
 
 
 def check_capacity(new_runs: int = 1, limit: int | None = None, exclude: Path | None = None) -> None:
@@ -104,7 +148,7 @@ def check_capacity(new_runs: int = 1, limit: int | None = None, exclude: Path | 
 
 @contextlib.contextmanager
 def _launch_lock():
-    """Serialize capacity checks and launches across processes (the app and CLIs)."""
+    """Serialize counting and claiming the run limit across processes (the app and CLIs)."""
     with open(data_dir() / LAUNCH_LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -113,92 +157,166 @@ def _launch_lock():
 def launch(run_dir: str | Path, limit: int | None = None) -> int:
     """Start the run detached in its own process session; returns the pid.
 
+    A stop requested earlier is forgotten; one requested from now on is honoured, even
+    before training starts.
+
     Raises:
-        RunError: if `limit` (default `$OPD_LAB_MAX_RUNS` or 3) runs are already active.
+        RunError: if the run has an owner (it is running) or if `limit` (default
+            `$OPD_LAB_MAX_RUNS` or 3) runs are already active.
     """
-    run_dir = Path(run_dir)
+    return _launch_existing(Path(run_dir), limit, refuse_finished=False)
+
+
+def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool) -> int:
     limit = max_active_runs() if limit is None else limit
     with _launch_lock():
-        check_capacity(1, limit, exclude=run_dir)
-        return _spawn(run_dir, limit)
+        owner = _take_or_refuse(run_dir)
+        try:
+            if refuse_finished and _state(run_dir) == "finished":
+                raise RunError(f"run {run_dir.name} has finished all its steps")
+            check_capacity(1, limit, exclude=run_dir)
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            return _spawn(run_dir, owner, limit)
+        finally:
+            owner.release()
 
 
-def _spawn(run_dir: Path, limit: int) -> int:
+def _state(run_dir: Path) -> str | None:
+    """The state in status.json; None when the file is unreadable (the run rewrites it)."""
+    try:
+        return (load_status(run_dir) or {}).get("state")
+    except UnreadableFile:
+        return None
+
+
+def _take_or_refuse(run_dir: Path) -> ownership.RunOwner:
+    """Own the run, or raise RunError saying that it is running."""
+    refusal = RunError(f"run {run_dir.name} is already running (another process owns it); stop it first")
+    try:
+        status = load_status(run_dir) or {}
+    except UnreadableFile:
+        status = {}
+    if not ownership.has_lock_file(run_dir) and _owner_alive(run_dir, status):
+        raise refusal
+    try:
+        return ownership.take(run_dir)
+    except ownership.RunOwned:
+        raise refusal from None
+
+
+def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int) -> int:
+    """Start the training process, handing it `owner`'s lock (the caller then releases its handle)."""
     # The child imports this very package, even when it is run from a source checkout.
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
     env.setdefault("OMP_NUM_THREADS", str(threads_per_run(limit)))
+    update_status(run_dir, state="queued", pid=None, message="starting")
     with (run_dir / LOG_FILE).open("a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress",
+             "--owner-fd", str(owner.fd)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(owner.fd,),
             start_new_session=True, env=env, cwd=str(run_dir),
         )
-    update_status(run_dir, state="queued", pid=process.pid, message="starting")
+    update_status(run_dir, pid=process.pid, pid_started=ownership.process_start_time(process.pid))
     # Reap the child when it exits so it never lingers as a zombie of this process.
     threading.Thread(target=process.wait, daemon=True).start()
     return process.pid
 
 
 def start_run(config: RunConfig) -> tuple[Path, int]:
-    """Create a run folder for `config` and launch it: `(run folder, pid)`.
+    """Check `config`'s inputs, create a run folder for it and launch it: `(run folder, pid)`.
 
     Raises:
-        RunError: when the run limit is reached; the new folder is removed, so a
-            refused launch leaves no never-started run behind.
+        ConfigError, ModelLoadError: a bad input (`preflight.check_run_inputs`);
+            nothing is created.
+        RunError: when the run limit is reached; nothing is created.
     """
     return start_runs([config])[0]
 
 
 def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
-    """Create and launch several runs, all or none, under one capacity check.
+    """Check, create and launch several runs, all or none, under one capacity check.
 
     Returns:
         `(run folder, pid)` per config, in order.
     Raises:
-        RunError: when the run limit leaves no room for all of them; no folder is
-            left behind and nothing is started.
+        ConfigError, ModelLoadError, RunError: a bad input, or a run limit that leaves
+            no room for all of them; no folder is left behind and nothing is started.
     """
     limit = max_active_runs()
+    configs = [check_run_inputs(config) for config in configs]
     with _launch_lock():
         check_capacity(len(configs), limit)
-        run_dirs = [create_run(config) for config in configs]
-        return [(run_dir, _spawn(run_dir, limit)) for run_dir in run_dirs]
+        owned = []
+        try:
+            for config in configs:
+                owned.append(ownership.create_owned_run(config))
+        except BaseException:
+            for run_dir, owner in owned:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                owner.release()
+            raise
+        started = []
+        for run_dir, owner in owned:
+            with owner:
+                started.append((run_dir, _spawn(run_dir, owner, limit)))
+        return started
 
 
 def request_stop(run_dir: str | Path) -> str:
-    """Ask a run to stop after its current step (with a checkpoint); returns a message."""
+    """Ask a run to stop after its current step (with a checkpoint); returns a message.
+
+    A run that has not started training yet stops as soon as it starts.
+    """
     run_dir = Path(run_dir)
     status = status_of(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return f"run {run_dir.name} is not running ({status.get('state')})"
     (run_dir / STOP_FILE).touch()
-    update_status(run_dir, message="stopping after the current step")
     return f"stop requested for {run_dir.name}"
 
 
 def resume(run_dir: str | Path) -> int:
-    """Relaunch a stopped or failed run from its last checkpoint; returns the pid."""
+    """Relaunch a stopped or failed run from its last checkpoint; returns the pid.
+
+    Raises:
+        RunError: the run is running (another process owns it), has finished, or the
+            run limit is reached.
+    """
+    return _launch_existing(Path(run_dir), None, refuse_finished=True)
+
+
+def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
+    """Own a stopped or failed run to continue it in this process (`resume --foreground`).
+
+    Raises:
+        RunError: the run is running elsewhere, or has finished.
+    """
     run_dir = Path(run_dir)
-    status = status_of(run_dir)
-    if status.get("state") in ACTIVE_STATES:
-        raise RunError(f"run {run_dir.name} is already {status['state']}")
-    if status.get("state") == "finished":
+    owner = _take_or_refuse(run_dir)
+    if _state(run_dir) == "finished":
+        owner.release()
         raise RunError(f"run {run_dir.name} has finished all its steps")
-    return launch(run_dir)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    return owner
 
 
 def delete_run(run_dir: str | Path) -> None:
-    """Remove a run folder; refuses while the run is active."""
+    """Remove a run folder; refuses while the run is active (owned by another process)."""
     run_dir = Path(run_dir)
-    if status_of(run_dir).get("state") in ACTIVE_STATES:
-        raise RunError(f"run {run_dir.name} is still running: stop it first")
-    shutil.rmtree(run_dir)
+    try:
+        owner = _take_or_refuse(run_dir)
+    except RunError:
+        raise RunError(f"run {run_dir.name} is still running: stop it first") from None
+    with owner:
+        shutil.rmtree(run_dir)
 
 
 def list_runs() -> list[dict]:
-    """One summary dict per run (`run_folder.run_row`), newest first."""
+    """One summary dict per run (`run_folder.run_row`), newest first. A run whose files
+    cannot be read is listed with the state "unreadable" and the file in its message."""
     rows = [run_row(folder, status_of(folder)) for folder in run_folders()]
     return sorted(rows, key=lambda row: row["created_at"], reverse=True)
 

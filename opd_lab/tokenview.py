@@ -20,7 +20,10 @@ Two colourings:
 Hovering a token opens a card (pure CSS, `:hover`) with both probabilities, the KL,
 the advantage, and the teacher's (and student's, when logged) top-5 alternatives.
 Spaces, newlines and tabs are drawn as ``·``, ``↵`` and ``→`` so a tokenizer's
-whitespace handling is visible. All text coming from tokens is HTML-escaped.
+whitespace handling is visible. All text coming from tokens is HTML-escaped; other
+control characters and the invisible bidirectional controls (a right-to-left override
+``\u202e`` would reverse every later token) are shown as escapes like ``\u202e``, and
+each token is isolated (``unicode-bidi: isolate``), so text always reads in order.
 
 Example:
     >>> tokens = [{"text": "7", "student_logprob": -0.1, "teacher_logprob": -0.01,
@@ -147,7 +150,8 @@ color:#111;background:#fff;padding:8px 10px;border:1px solid #ddd;border-radius:
 .P .tvg{display:inline-block;width:160px;height:10px;border:1px solid #bbb;border-radius:2px}
 .P .tvx{display:inline-block;width:10px;height:10px;border:1px solid #bbb}
 .P .tvb{overflow-wrap:anywhere}
-.P .tvt{position:relative;padding:2px 0;border-radius:2px;cursor:default}
+.P .tvt{position:relative;padding:2px 0;border-radius:2px;cursor:default;unicode-bidi:isolate}
+.P .tvh,.P .tvp,.P .tvc>span{unicode-bidi:isolate}
 .P .tvt:hover{outline:1px solid #111}
 .P .tvt:hover>.tvc{display:block!important}
 .P .tvw{opacity:.55}
@@ -168,6 +172,27 @@ def _style(prefix: str) -> str:
 
 
 _MARKERS = {" ": "·", "\t": "→", "\r": "␍", "\n": "↵"}
+# Invisible characters that reorder the text around them: marks, embeddings, overrides, isolates.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape_controls(text: str, in_body: bool) -> str:
+    """Control characters (other than the whitespace markers') and bidi controls as `\\uXXXX`."""
+    if text.isprintable() and not _BIDI_CONTROLS.intersection(text):
+        return text
+    parts = []
+    for character in text:
+        if character in _MARKERS or (character.isprintable() and character not in _BIDI_CONTROLS):
+            parts.append(character)
+        else:
+            code = f"\\u{ord(character):04x}"
+            parts.append(f'<span class="tvw">{code}</span>' if in_body else code)
+    return "".join(parts)
+
+
+def _plain(text: str) -> str:
+    """Text outside the tokens (a heading, the prompt): escaped, controls made visible."""
+    return _escape_controls(html.escape(text, quote=True), in_body=False)
 
 
 @functools.lru_cache(maxsize=8192)  # token texts repeat a lot; caching saves ~15% of a render
@@ -185,7 +210,7 @@ def _visible(text: str, in_body: bool) -> str:
             if in_body:
                 marker = f'<span class="tvw">{marker}</span>' + ("<br>" if character == "\n" else "")
             escaped = escaped.replace(character, marker)
-    return escaped
+    return _escape_controls(escaped, in_body)  # after the markers: their HTML has no controls
 
 
 def _probability(logprob: float) -> str:
@@ -282,10 +307,10 @@ def _view(header_title: str | None, prompt: str | None, color_by: str, vmax: flo
     prefix = f"opdtv{uuid.uuid4().hex[:8]}"
     parts = [_style(prefix), f'<div class="{prefix}">']
     if header_title:
-        parts.append(f'<div class="tvh">{html.escape(header_title, quote=True)}</div>')
+        parts.append(f'<div class="tvh">{_plain(header_title)}</div>')
     parts.append(_legend(color_by, vmax))
     if prompt:
-        parts.append(f'<div class="tvp">{html.escape(prompt, quote=True)}</div>')
+        parts.append(f'<div class="tvp">{_plain(prompt)}</div>')
     parts += [content, "</div>"]
     return "".join(parts)
 
@@ -329,7 +354,7 @@ def render_side_by_side(left_tokens: list[dict], right_tokens: list[dict], left_
     """
     _check(color_by, vmax)
     vmax = vmax if vmax is not None else default_vmax([left_tokens, right_tokens], color_by)
-    columns = "".join(f'<div class="tvcol"><div class="tvh">{html.escape(column_title, quote=True)}</div>'
+    columns = "".join(f'<div class="tvcol"><div class="tvh">{_plain(column_title)}</div>'
                       f'{_summary(tokens)}<div class="tvb">{_token_spans(tokens, color_by, vmax)}</div></div>'
                       for column_title, tokens in ((left_title, left_tokens), (right_title, right_tokens)))
     return _view(title, prompt, color_by, vmax, f'<div class="tvcols">{columns}</div>')

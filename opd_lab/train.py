@@ -27,6 +27,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,16 +36,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opd_lab import checkpoints, losses
+from opd_lab import checkpoints, losses, ownership
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
 from opd_lab.feedback import token_records
 from opd_lab.models import load_pair, pick_device, wrap_lora
+from opd_lab.ownership import RunOwner
+from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, append_jsonl,
-                                create_run, load_config, load_status, read_jsonl, truncate_jsonl, update_status)
+from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, RunError,
+                                append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status)
 from opd_lab.tasks import Problem, Verdict, get_task
 
 
@@ -309,55 +312,127 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
-def run_training(run_dir: str | Path, progress: bool = True) -> str:
+def run_training(run_dir: str | Path, progress: bool = True, owner: RunOwner | None = None) -> str:
     """Run (or continue) the run in `run_dir` to its end; returns the final state.
 
-    Continues from the newest checkpoint when there is one, after dropping metric and
-    sample rows written after it, so the metric steps have no gaps and no repeats.
-    Stops gracefully (checkpoint, state `stopped`) when the folder's STOP file appears
-    or on SIGTERM; a non-finite loss or any error ends in state `failed` with the
-    message in status.json, and the last good checkpoint untouched.
+    This process owns the run throughout (`opd_lab.ownership`): `owner` is a hold taken
+    already (a launch hands one over), else the run is taken here.
+
+    Continues from the newest checkpoint that loads (a corrupt one is set aside), after
+    dropping metric and sample rows written after it, so the metric steps have no gaps
+    and no repeats. Stops gracefully (checkpoint, state `stopped`) when the folder's
+    STOP file appears, even before the first step, or on SIGTERM or a first Ctrl-C
+    (SIGINT); a second Ctrl-C aborts at once (state `stopped`, work since the last
+    checkpoint lost). A non-finite loss or any error ends in state `failed` with the
+    message in status.json, the traceback in log.txt, and the last good checkpoint
+    untouched.
+
+    Raises:
+        RunError: another process owns the run.
     """
     run_dir = Path(run_dir)
+    owner = owner or ownership.take(run_dir)
+    with owner:
+        return _run_owned(run_dir, progress)
+
+
+def _run_owned(run_dir: Path, progress: bool) -> str:
     stop_requested = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True)) \
-        if _in_main_thread() else None
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    update_status(run_dir, state="running", message="loading models", started_at=time.time())
+    previous_handlers = _install_stop_handlers(stop_requested) if _in_main_thread() else {}
+    update_status(run_dir, state="running", message="loading models", started_at=time.time(),
+                  pid=os.getpid(), pid_started=ownership.process_start_time(os.getpid()))
     trainer = None
     try:
+        if (run_dir / STOP_FILE).exists():  # stopped while queued: never start
+            return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started")
         config = RunConfig.from_dict(load_config(run_dir))
         trainer = Trainer(config, run_dir)
-        latest = checkpoints.latest(run_dir)
-        if latest is not None:
-            trainer.load_state(checkpoints.restore(latest, trainer.student, trainer.lora))
-            truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done)
-            truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done)
-        else:
-            truncate_jsonl(run_dir / METRICS_FILE, -1)
-            truncate_jsonl(run_dir / SAMPLES_FILE, -1)
+        state = checkpoints.restore_newest(run_dir, trainer.student, trainer.lora,
+                                           warn=lambda text: _log(run_dir, text))
+        if state is not None:
+            trainer.load_state(state)
+        truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done if state is not None else -1)
+        truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done if state is not None else -1)
         if not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE)):
             update_status(run_dir, message="evaluating the starting student")
             append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
                                                    "perf/wall_s": 0.0, **FlopsCounter().as_metrics(),
                                                    **trainer.evaluate()}])
         return _loop(trainer, run_dir, stop_requested, progress)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        step = trainer.step_done if trainer else 0
+        last = checkpoints.latest(run_dir)
+        _record_failure(run_dir, state="stopped", step=step, message=(
+            f"aborted by a second Ctrl-C at step {step}; resume continues from "
+            + (f"the checkpoint of step {checkpoints.step_of(last)}" if last else "step 0")))
+        raise
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
-        with (run_dir / LOG_FILE).open("a") as log:
-            log.write(traceback.format_exc())
         message = str(error) if isinstance(error, NonFiniteLoss) else f"{type(error).__name__}: {error}"
-        step = trainer.step_done if trainer else load_status(run_dir).get("step", 0)
-        update_status(run_dir, state="failed", message=message, step=step, pid=None)
+        step = trainer.step_done if trainer else _status_step(run_dir)
+        _record_failure(run_dir, state="failed", step=step, message=message, trace=traceback.format_exc())
         return "failed"
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for signal_number, handler in previous_handlers.items():
+            signal.signal(signal_number, handler)
+
+
+def _install_stop_handlers(stop_requested: dict) -> dict:
+    """SIGTERM and a first SIGINT ask for a graceful stop; a second SIGINT aborts."""
+    def on_interrupt(*_):
+        if stop_requested["flag"]:
+            raise KeyboardInterrupt
+        stop_requested["flag"] = True
+        print("\nstopping after the current step, with a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+    signal.signal(signal.SIGINT, on_interrupt)
+    return previous
+
+
+def _log(run_dir: Path, text: str) -> None:
+    with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
+        log.write(text.rstrip("\n") + "\n")
+
+
+def _status_step(run_dir: Path) -> int:
+    try:
+        return load_status(run_dir).get("step", 0)
+    except RunError:
+        return 0
+
+
+def _record_failure(run_dir: Path, state: str, step: int, message: str, trace: str = "") -> None:
+    """Write the end of a run that went wrong to its folder. When the folder cannot be
+    written (a full disk, a folder made read-only), say so on stderr with the original
+    error, instead of letting a second error hide the first."""
+    try:
+        if trace:
+            _log(run_dir, trace)
+        update_status(run_dir, state=state, message=message, step=step, pid=None)
+    except OSError as error:
+        print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error})",
+              file=sys.stderr)
 
 
 def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _stopped(run_dir: Path, step: int, when: str) -> str:
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    update_status(run_dir, state="stopped", message=f"stopped {when}; resume to continue", pid=None)
+    return "stopped"
+
+
+def _save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
+    """Save the step's checkpoint, then keep only the newest `keep_checkpoints` and the best one."""
+    checkpoints.save(run_dir, trainer.step_done, trainer.student, trainer.tokenizer, trainer.state())
+    accuracy_by_step = {row["step"]: row["eval/accuracy"] for row in read_jsonl(run_dir / METRICS_FILE)
+                        if isinstance(row.get("eval/accuracy"), (int, float))}
+    checkpoints.prune(run_dir, trainer.config.keep_checkpoints, accuracy_by_step)
 
 
 def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool) -> str:
@@ -367,6 +442,12 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
     started_wall = trainer.wall_s
     first_step = trainer.step_done
     while trainer.step_done < config.steps:
+        if stop_requested["flag"] or (run_dir / STOP_FILE).exists():  # asked before this step began
+            bar.close()
+            latest = checkpoints.latest(run_dir)
+            if trainer.step_done and (latest is None or checkpoints.step_of(latest) != trainer.step_done):
+                _save_checkpoint(trainer, run_dir)
+            return _stopped(run_dir, trainer.step_done, f"at step {trainer.step_done}")
         result = trainer.step()
         step = trainer.step_done
         metrics = result.metrics
@@ -378,7 +459,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
         reached = config.stop_at_accuracy > 0 and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy
         if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
-            checkpoints.save(run_dir, step, trainer.student, trainer.tokenizer, trainer.state())
+            _save_checkpoint(trainer, run_dir)
         per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
         update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
                       message=f"loss {metrics['train/loss']:.4f}"
@@ -387,14 +468,10 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kl=f"{metrics.get('train/reverse_kl', math.nan):.3f}")
         if reached:
             break
-        if stopping and step < config.steps:
-            bar.close()
-            (run_dir / STOP_FILE).unlink(missing_ok=True)
-            update_status(run_dir, state="stopped", message=f"stopped at step {step}; resume to continue", pid=None)
-            return "stopped"
     bar.close()
     final = read_jsonl(run_dir / METRICS_FILE)[-1].get("eval/accuracy")
     early = trainer.step_done < config.steps
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
     update_status(run_dir, state="finished", eta_s=0, pid=None,
                   message=f"finished {trainer.step_done} steps" + (" (reached the target accuracy)" if early else "")
                   + (f", held-out accuracy {final:.1%}" if final is not None else ""))
@@ -402,12 +479,13 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
 
 
 def train(config: RunConfig, progress: bool = True) -> Path:
-    """Create a run folder for `config` and train it here, in the foreground; returns the folder.
+    """Check `config`'s inputs (`preflight.check_run_inputs`), create a run folder for it and
+    train it here, in the foreground; returns the folder.
 
     The notebooks' entry point: `run_dir = train(RunConfig(method="opd", steps=60))`.
     """
-    run_dir = create_run(config)
-    state = run_training(run_dir, progress=progress)
+    run_dir, owner = ownership.create_owned_run(check_run_inputs(config))
+    state = run_training(run_dir, progress=progress, owner=owner)
     if state == "failed":
         raise RuntimeError(f"run {run_dir.name} failed: {load_status(run_dir).get('message')}")
     return run_dir

@@ -1,6 +1,6 @@
 """Bring your own task: a JSON-lines file of `{"prompt": ..., "answer": ...}` rows.
 
-The verifier is exact match by default (after stripping whitespace), or a regular
+The file must be UTF-8; every error names the file and the line. The verifier is exact match by default (after stripping whitespace), or a regular
 expression: its first group (or the whole match, when it has no group) is taken from
 the completion and compared with the answer. One row in ten goes to the held-out
 split, chosen by a hash of the prompt.
@@ -32,7 +32,7 @@ class JsonlTask(Task):
             self.pattern = re.compile(regex) if regex else None
         except re.error as error:
             raise ValueError(f"invalid verifier regex {regex!r}: {error}") from None
-        problems = self._read(self.path)
+        problems, self.line_of = self._read(self.path)
         self.eval_split = [p for p in problems if is_held_out(p.prompt)]
         self.train_split = [p for p in problems if not is_held_out(p.prompt)]
         if not self.train_split:
@@ -41,10 +41,16 @@ class JsonlTask(Task):
             self.eval_split = list(self.train_split)
 
     @staticmethod
-    def _read(path: Path) -> list[Problem]:
-        problems = []
-        with path.open() as handle:
-            for number, line in enumerate(handle, start=1):
+    def _read(path: Path) -> tuple[list[Problem], dict[str, int]]:
+        """The file's problems, and the line each prompt first appears on."""
+        problems, line_of = [], {}
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"{path}, line {number}: not valid UTF-8 (byte {error.start + 1} of the line); "
+                                     "save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
@@ -58,9 +64,10 @@ class JsonlTask(Task):
                 reference = row.get("reference")
                 problems.append(Problem(prompt=row["prompt"], answer=str(row["answer"]),
                                         reference=str(reference) if reference is not None else None))
+                line_of.setdefault(row["prompt"], number)
         if not problems:
             raise ValueError(f"{path}: the file has no rows")
-        return problems
+        return problems, line_of
 
     def train_problems(self, count: int, rng: random.Random) -> list[Problem]:
         return [rng.choice(self.train_split) for _ in range(count)]

@@ -1,0 +1,82 @@
+"""Checks of a run's inputs, all made before its folder is created.
+
+A run launched in the background that fails at once on a bad input leaves a failed
+run folder behind and tells the user nothing until they look. So every input that can
+be checked without training is checked first, and a run folder is created only once
+all of these pass:
+
+- paths: a task file and local model folders become absolute, since a launched run
+  works in its own folder (`RunConfig.with_absolute_paths`);
+- the data dir: it can be created and written;
+- the task: it loads (a task file must be UTF-8; errors name the file and the line);
+- the models: both tokenizers and configs load (a missing path, an unreachable hub
+  id, a corrupt config) and the tokenizers match;
+- prompt lengths: every prompt plus `max_new_tokens` fits the models' context. A
+  prompt that does not is refused, never silently truncated: a cut prompt asks
+  another question.
+
+Numbers, choices, names and duplicate config keys are already refused by `RunConfig`.
+
+Example:
+    >>> config = check_run_inputs(RunConfig(task="my_task.jsonl"))  # doctest: +SKIP
+    >>> Path(config.task).is_absolute()  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from opd_lab.config import ConfigError, RunConfig
+from opd_lab.models import check_pair_compatible, context_length, load_tokenizer
+from opd_lab.paths import check_writable, runs_dir
+from opd_lab.tasks import JsonlTask, Task, get_task
+
+# Built-in tasks generate prompts; this many of them are measured.
+GENERATED_PROMPTS_CHECKED = 64
+
+
+def check_run_inputs(config: RunConfig) -> RunConfig:
+    """Check everything a run of `config` needs; return the config with absolute paths.
+
+    Raises:
+        DataDirError: the data dir cannot be written.
+        ValueError: the task cannot be loaded (naming the file and line).
+        ModelLoadError: a model cannot be loaded, or the two tokenizers differ.
+        ConfigError: a prompt is too long for the models' context.
+    """
+    config = config.with_absolute_paths()
+    check_writable(runs_dir())
+    task = get_task(config.task, regex=config.task_regex or None)
+    tokenizers = [load_tokenizer(getattr(config, role), role, config.task, config.trust_remote_code)
+                  for role in ("teacher", "student")]
+    check_pair_compatible(*tokenizers)
+    contexts = [context_length(getattr(config, role), role, config.task, config.trust_remote_code)
+                for role in ("teacher", "student")]
+    known = [length for length in contexts if length]
+    if known:
+        check_prompt_lengths(task, tokenizers[1], min(known), config.resolved_max_new_tokens(task.max_new_tokens))
+    return config
+
+
+def check_prompt_lengths(task: Task, tokenizer, context: int, max_new_tokens: int) -> None:
+    """Refuse a task whose prompts, with `max_new_tokens` of completion, exceed `context` tokens.
+
+    Raises:
+        ConfigError: naming the longest prompt (its file and line for a task file) and what to change.
+    """
+    room = context - max_new_tokens
+    if room < 1:
+        raise ConfigError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the models' "
+                          f"context of {context} tokens; lower it")
+    problems = (task.train_split + task.eval_split if isinstance(task, JsonlTask)
+                else task.eval_problems(GENERATED_PROMPTS_CHECKED))
+    prompts = list(dict.fromkeys(problem.prompt for problem in problems))
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    too_long = [(length, prompt) for length, prompt in zip(lengths, prompts) if length > room]
+    if not too_long:
+        return
+    length, prompt = max(too_long, key=lambda pair: pair[0])
+    where = (f"{task.path}, line {task.line_of[prompt]}" if isinstance(task, JsonlTask)
+             else f"task {task.name}")
+    raise ConfigError(f"task: {where}: the prompt is {length} tokens, but the models' context of {context} tokens "
+                      f"leaves {room} after max_new_tokens={max_new_tokens} ({len(too_long)} prompts too long); "
+                      "refused, not truncated: shorten those prompts or lower max_new_tokens")
