@@ -227,6 +227,19 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
     }
 
 
+def refresh_report(folder: str | Path) -> dict:
+    """Recompute a report's numbers and verdict from its runs with this version's code, and rewrite it."""
+    folder = Path(folder)
+    data = load_report(folder)
+    metrics = {arm: [load_metrics(folder / "runs" / run["run"]) for run in runs] for arm, runs in data["runs"].items()}
+    data["summaries"] = {arm: report.summarize_arm(rows, data["base_accuracy"], data["teacher_accuracy"])
+                         for arm, rows in metrics.items()}
+    data["verdict"] = report.verdict(data["summaries"], data["base_accuracy"], data["teacher_accuracy"],
+                                     budget_steps=data["settings"]["steps"])
+    write_report(folder, data)
+    return data
+
+
 def write_report(out: Path, data: dict) -> None:
     """report.json, report.md and curves.html in `out`."""
     from opd_lab.plots_compare import seed_band_figure

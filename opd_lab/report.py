@@ -176,13 +176,17 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
     sentence += f" ({compute})" if others else ""
     steps_winner = None
     if "opd" in summaries and "rl" in summaries:
-        opd_vs_rl = ratio(summaries, "rl", "opd", level, "steps")
-        if opd_vs_rl["value"] is None:
-            sentence += "; neither OPD nor RL got there in gradient steps"
-        elif opd_vs_rl["bound"] in (">", "=") and opd_vs_rl["value"] >= 1:
+        # The seed's step claim, at the largest fraction OPD or RL reached (it may be below `level`).
+        step_level = next((f for f in fractions if f <= level and any(
+            _target(summaries[a], f)["steps"]["median"] is not None for a in ("opd", "rl"))), None)
+        where = "" if step_level == level else f" to close {step_level:.0%} of the gap"
+        if step_level is None:
+            sentence += "; neither OPD nor RL closed any of the gap's targets"
+        elif (found := ratio(summaries, "rl", "opd", step_level, "steps"))["bound"] in (">", "=") and found["value"] >= 1:
             steps_winner = "opd"
-            sentence += f"; OPD needed {format_ratio(opd_vs_rl)} fewer gradient steps than RL"
+            sentence += f"; OPD needed {format_ratio(found)} fewer gradient steps than RL{where}"
         else:
             steps_winner = "rl"
-            sentence += f"; RL needed {format_ratio(ratio(summaries, 'opd', 'rl', level, 'steps'))} fewer gradient steps than OPD"
+            sentence += (f"; RL needed {format_ratio(ratio(summaries, 'opd', 'rl', step_level, 'steps'))} fewer "
+                         f"gradient steps than OPD{where}")
     return {"sentence": sentence + tail, "level": level, "winner": winner, "steps_winner": steps_winner}
