@@ -143,8 +143,8 @@ def _grid(specs: list) -> dict:
     return components
 
 
-def build(trust_remote_code: bool = False) -> None:
-    """The tab's widgets and events (call inside a `gr.Tab`)."""
+def build(trust_remote_code: bool = False) -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the launched-run box."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
     if trust_remote_code:
         gr.Markdown("This app was started with `--trust-remote-code`: runs may load models that ship their own code.")
@@ -192,3 +192,4 @@ def build(trust_remote_code: bool = False) -> None:
     launch_button.click(on_launch, inputs=form, outputs=[message, run_id], api_name="launch")
     save_button.click(on_save, inputs=form, outputs=[saved, message], api_visibility="private")
     load_button.upload(on_load, inputs=load_button, outputs=[*form, message], api_visibility="private")
+    return {"launched": run_id}
