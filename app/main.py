@@ -80,14 +80,11 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
         runs_parts["selected"].change(None, inputs=runs_parts["selected"], js=remember("run"))
 
         def restore(request: gr.Request):
-            """The tab and run named in the URL (`?tab=runs&run=...`), after a reload or an app restart."""
-            query = dict(request.query_params) if request is not None else {}
-            tab = query.get("tab")
-            run = query.get("run")
-            return (gr.Tabs(selected=tab) if tab in TAB_IDS else gr.skip(),
-                    run if run in run_ids() else gr.skip())
+            """The run named in the URL (`?run=...`), after a reload or an app restart (the page script opens the tab)."""
+            run = dict(request.query_params).get("run") if request is not None else None
+            return run if run in run_ids() else gr.skip()
 
-        demo.load(restore, outputs=[tabs, runs_parts["selected"]], api_visibility="private").then(
+        demo.load(restore, outputs=runs_parts["selected"], api_visibility="private").then(
             **runs_parts["load"])
         # After Launch, follow the new run in the Runs tab.
         launch_parts["launched"].change(

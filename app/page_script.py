@@ -7,7 +7,7 @@
   "token to correct" box.
 * The open tab and the selected run are kept in the URL (`?tab=runs&run=...`), so a
   reload, or the page reloading itself after an app restart, comes back to them
-  (`app.main` reads them on load).
+  (this script opens the tab; `app.main` selects the run on load).
 """
 
 PAGE_SCRIPT = r"""
@@ -15,6 +15,19 @@ PAGE_SCRIPT = r"""
   if (window.opdLabScript) return;
   window.opdLabScript = true;
   const margin = 8;
+  const wanted = new URL(window.location.href).searchParams.get("tab");
+  // Tab clicks are written to the URL only once the tab it named is open again
+  // (Gradio reports its first tab as selected while the page builds).
+  const ready = () => { window.opdLabReady = true; };
+  if (wanted) {
+    let tries = 0;
+    const open = () => {
+      const button = document.querySelector(`[role=tab][data-tab-id="${CSS.escape(wanted)}"]`);
+      if (button) { button.click(); setTimeout(ready, 300); }
+      else if (++tries < 50) setTimeout(open, 100); else ready();
+    };
+    open();
+  } else ready();
   document.addEventListener("mouseover", (event) => {
     const token = event.target.closest ? event.target.closest(".tvt") : null;
     const card = token ? token.querySelector(":scope > .tvc") : null;
@@ -48,6 +61,7 @@ PAGE_SCRIPT = r"""
 def remember(key: str, value: str | None = None) -> str:
     """A script for an event: store `value` (default: the event's first input) in the URL's `key` parameter."""
     argument, chosen = ("", repr(value)) if value is not None else ("value", "value")
-    return (f"({argument}) => {{ const url = new URL(window.location.href); "
+    return (f"({argument}) => {{ if (!window.opdLabReady) return {argument or 'null'}; "
+            f"const url = new URL(window.location.href); "
             f"if ({chosen}) url.searchParams.set('{key}', {chosen}); else url.searchParams.delete('{key}'); "
             f"window.history.replaceState(null, '', url); return {argument or 'null'}; }}")

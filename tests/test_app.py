@@ -487,3 +487,13 @@ def test_red_pen_rewrites_from_the_corrected_token(lab_home):
     assert error.startswith("**Error:**")
     _, error = playground_tab.red_pen("lab:addition", "1+2=", [], 0, "9")
     assert "score a completion first" in error
+
+
+def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
+    from app import launch_tab
+
+    values = launch_tab.preset_values(launch_tab.DEFAULTS_PRESET)
+    assert launch_tab.check_form(values) == "Ready: press **Launch**."
+    values[launch_tab.FIELD_NAMES.index("task")] = "sorting"
+    assert "not built yet" in launch_tab.check_form(values) and "opd-lab lab build --task sorting" in \
+        launch_tab.check_form(values)
