@@ -13,7 +13,7 @@ import pandas as pd
 
 from app import report_panel
 from app.state import error_text, run_dir_of, run_ids
-from opd_lab import plots, runs
+from opd_lab import plots, run_comparison, runs
 from opd_lab.compare import method_configs
 from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
 from opd_lab.lab import lab_summary
@@ -23,25 +23,26 @@ X_CHOICES = list(plots.X_AXES)
 DEFAULT_METRIC = "eval/accuracy"
 
 INTRO = ("**Compare runs.** Choose runs, an x-axis and a metric: curves are coloured by method "
-         "(OPD blue, SFT orange, RL green). The table says when each run first reached a share of the "
-         "teacher's held-out accuracy, and what that cost. The button below starts RL, SFT and OPD on "
-         "the lab with the same budget.")
+         "(OPD blue, SFT orange, RL green; shades tell runs of one method apart) and named by what differs "
+         "between their settings. The table gives one row per run: its final and best accuracy, and what it "
+         "paid to close 50%, 80% and 95% of the gap from the base student to the teacher; the verdict above "
+         "it is computed from those numbers. The chart follows the chosen runs while they train.")
 
 
-def _teacher_accuracy(run_dirs) -> tuple[float | None, str]:
-    """The lab teacher's accuracy for the runs' task, and a note when there is none."""
+def _lab_accuracies(run_dirs) -> tuple[float | None, float | None, str]:
+    """(base student, teacher) held-out accuracy of the runs' lab, and a note when there are none."""
     tasks = sorted({str(load_config(run_dir).get("task")) for run_dir in run_dirs})
     if len(tasks) != 1:
-        return None, f"The runs use different tasks ({', '.join(tasks)}): compare runs of one task."
+        return None, None, f"The runs use different tasks ({', '.join(tasks)}): compare runs of one task."
     summary = lab_summary(tasks[0])
     if summary is None:
-        return None, f"No built lab for task {tasks[0]!r}, so no teacher accuracy to aim at."
-    return summary["teacher"]["accuracy"], ""
+        return None, None, f"No built lab for task {tasks[0]!r}, so no teacher accuracy to aim at."
+    return summary["student"]["accuracy"], summary["teacher"]["accuracy"], ""
 
 
-def comparison(selected: list[str], x: str, metric: str):
-    """(figure, compute-to-target table, note) for the chosen runs."""
-    empty_table = pd.DataFrame(columns=plots.TARGET_TABLE_HEADERS)
+def comparison(selected: list[str], x: str, metric: str, smoothing: float = 0.0, log_y: bool = False):
+    """(figure, one-row-per-run table, verdict and note) for the chosen runs."""
+    empty_table = pd.DataFrame()
     if not selected:
         return None, empty_table, "Choose at least one run."
     if x not in plots.X_AXES:
@@ -51,17 +52,29 @@ def comparison(selected: list[str], x: str, metric: str):
     except runs.RunError as error:
         return None, empty_table, error_text(error)
     metric = metric or DEFAULT_METRIC
-    teacher, note = _teacher_accuracy(run_dirs)
-    figure = plots.method_comparison(run_dirs, x=x, metric=metric,
+    base, teacher, note = _lab_accuracies(run_dirs)
+    labels = run_comparison.run_labels([load_config(run_dir) for run_dir in run_dirs])
+    figure = plots.method_comparison(run_dirs, x=x, metric=metric, labels=labels,
+                                     smoothing=min(max(float(smoothing or 0.0), 0.0), 0.99), log_y=bool(log_y),
                                      teacher_accuracy=teacher if metric.endswith("accuracy") else None)
     if teacher is None:
         return figure, empty_table, note
-    if teacher <= 0:
-        return figure, empty_table, "The lab's teacher has 0% held-out accuracy: there is no target to reach."
-    table = plots.compute_to_target_table(run_dirs, teacher)
-    note = (f"Targets are shares of the lab teacher's held-out accuracy, {teacher:.1%}. "
-            "FLOPs count sampling, teacher scoring and training.")
-    return figure, pd.DataFrame(table["data"], columns=table["headers"]), note
+    found = run_comparison.compare_runs(run_dirs, base, teacher)
+    note = (f"### Verdict\n{found['verdict']['sentence']}\n\n*The gap runs from the base student's "
+            f"{base:.1%} to the lab teacher's {teacher:.1%} held-out accuracy. FLOPs count sampling, teacher "
+            "scoring and training; \"> x\" is the whole budget of a run that did not get there.*")
+    return figure, pd.DataFrame(found["rows"], columns=found["headers"]), note
+
+
+def any_active(selected: list[str]) -> bool:
+    """Whether a chosen run is queued or training (then the chart refreshes by itself)."""
+    for run_id in selected or []:
+        try:
+            if runs.status_of(run_dir_of(run_id)).get("state") in runs.ACTIVE_STATES:
+                return True
+        except runs.RunError:
+            continue
+    return False
 
 
 def launch_three(steps, batch_size) -> tuple[str, list[str]]:
@@ -76,7 +89,7 @@ def launch_three(steps, batch_size) -> tuple[str, list[str]]:
         return f"**Not launched.** {error}", []
     return (f"Launched {', '.join(f'**{run}**' for run in launched)}: {steps} steps each, "
             f"{batch_size} sampled sequences per step. They are selected above; the chart fills in "
-            "as they evaluate (press **Update**)."), launched
+            "as they evaluate."), launched
 
 
 def build() -> dict:
@@ -90,11 +103,16 @@ def build() -> dict:
         x = gr.Radio(X_CHOICES, value="step", label="x-axis", scale=3)
         metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
                              scale=2)
-    update = gr.Button("Update", variant="primary")
+    with gr.Row():
+        smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="smoothing (EMA; the raw curve stays faint)",
+                              scale=3, elem_id="compare-smoothing")
+        log_y = gr.Checkbox(False, label="log y axis", scale=1)
+        update = gr.Button("Update", variant="primary", scale=1)
     figure = gr.Plot(label="Runs compared", elem_id="compare-plot")
-    note = gr.Markdown()
-    table = gr.Dataframe(headers=plots.TARGET_TABLE_HEADERS, interactive=False, label="Compute to reach the target",
-                         elem_id="compare-table")
+    note = gr.Markdown(elem_id="compare-verdict")
+    table = gr.Dataframe(interactive=False, label="One row per run: accuracy, and the cost of closing the gap",
+                         elem_id="compare-table", wrap=True)
+    timer = gr.Timer(5.0)
     with gr.Accordion("RL vs SFT vs OPD on the lab, one click", open=True):
         gr.Markdown("Three runs with the same steps and the same number of sampled sequences per step "
                     f"(RL samples {RL_SAMPLES_PER_PROMPT} per prompt, so it gets "
@@ -119,9 +137,17 @@ def build() -> dict:
         picker = gr.update(choices=run_ids(), value=ids) if ids else gr.skip()
         return text, picker
 
-    update.click(comparison, inputs=[chosen, x, metric], outputs=[figure, table, note], api_name="compare")
-    gr.on([chosen.change, x.input, metric.input], comparison, inputs=[chosen, x, metric],
+    def on_tick(selected, x_value, metric_value, smoothing_value, log_value):
+        if not any_active(selected):
+            return gr.skip(), gr.skip(), gr.skip()
+        return comparison(selected, x_value, metric_value, smoothing_value, log_value)
+
+    inputs = [chosen, x, metric, smoothing, log_y]
+    update.click(comparison, inputs=inputs, outputs=[figure, table, note], api_name="compare")
+    gr.on([chosen.change, x.input, metric.input, smoothing.release, log_y.input], comparison, inputs=inputs,
           outputs=[figure, table, note], api_visibility="private")
+    timer.tick(on_tick, inputs=inputs, outputs=[figure, table, note], show_progress="hidden",
+               api_visibility="private")
     chosen.change(on_metrics, inputs=chosen, outputs=metric, api_visibility="private")
     start.click(on_three, inputs=[steps, batch], outputs=[launched, chosen], api_name="launch_three")
     return {"chosen": chosen, "report_picker": report_picker, "report_outputs": report_outputs}

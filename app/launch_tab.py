@@ -13,15 +13,17 @@ launches through `opd_lab.runs` (a detached process, no shell).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 import yaml
 
-from opd_lab import runs
+from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
+from opd_lab.lab import built_lab_tasks
 
 BROWSER_LOCKED = ("trust_remote_code",)
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
@@ -63,12 +65,29 @@ def preview_command(values, trust_remote_code: bool = False) -> str:
 
 
 def check_form(values, trust_remote_code: bool = False) -> str:
-    """A Markdown line: ready to launch, or the first bad value."""
+    """A Markdown line: ready to launch, or the first bad value, or the input a run could not load.
+
+    "Ready" is said only once `opd_lab.preflight` has found the task (a lab that is built),
+    both models and the data folder, exactly as a launch would check them.
+    """
     try:
-        config_from_form(values, trust_remote_code)
+        config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return f"**Fix this before launching:** {error}"
-    return "Ready: press **Launch**."
+    problem = _preflight_problem(config.teacher, config.student, config.task, config.task_regex,
+                                 config.trust_remote_code, tuple(built_lab_tasks()))
+    return f"**Fix this before launching:** {problem}" if problem else "Ready: press **Launch**."
+
+
+@functools.lru_cache(maxsize=64)  # the form checks on every change; a model lookup can take seconds
+def _preflight_problem(teacher: str, student: str, task: str, task_regex: str, trust_remote_code: bool,
+                       built_labs: tuple) -> str:  # built_labs: a lab built since is checked again
+    try:
+        preflight.check_run_inputs(RunConfig(teacher=teacher, student=student, task=task, task_regex=task_regex,
+                                             trust_remote_code=trust_remote_code))
+    except Exception as error:  # noqa: BLE001 - shown as the one line a launch would print
+        return error_line(error)
+    return ""
 
 
 def preset_values(preset: str) -> list:
@@ -143,8 +162,8 @@ def _grid(specs: list) -> dict:
     return components
 
 
-def build(trust_remote_code: bool = False) -> None:
-    """The tab's widgets and events (call inside a `gr.Tab`)."""
+def build(trust_remote_code: bool = False) -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the launched-run box."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
     if trust_remote_code:
         gr.Markdown("This app was started with `--trust-remote-code`: runs may load models that ship their own code.")
@@ -192,3 +211,4 @@ def build(trust_remote_code: bool = False) -> None:
     launch_button.click(on_launch, inputs=form, outputs=[message, run_id], api_name="launch")
     save_button.click(on_save, inputs=form, outputs=[saved, message], api_visibility="private")
     load_button.upload(on_load, inputs=load_button, outputs=[*form, message], api_visibility="private")
+    return {"launched": run_id}

@@ -22,12 +22,14 @@ import os
 import gradio as gr
 
 from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
+from app.page_script import PAGE_SCRIPT, remember
 from app.state import run_ids
 from opd_lab.lab import built_lab_tasks, lab_summary
 from opd_lab.paths import data_dir
 from opd_lab.tasks import DEFAULT_TASK
 
 TITLE = "opd-lab: on-policy distillation"
+TAB_IDS = ("launch", "runs", "compare", "inspect", "playground")
 
 
 def header() -> str:
@@ -60,10 +62,10 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
     """
     with gr.Blocks(title="opd-lab", analytics_enabled=False) as demo:
         gr.Markdown(header(), elem_id="app-header")
-        with gr.Tabs():
-            with gr.Tab("Launch", id="launch"):
-                launch_tab.build(trust_remote_code)
-            with gr.Tab("Runs", id="runs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Launch", id="launch") as launch:
+                launch_parts = launch_tab.build(trust_remote_code)
+            with gr.Tab("Runs", id="runs") as runs_page:
                 runs_parts = runs_tab.build()
             with gr.Tab("Compare", id="compare") as compare:
                 compare_parts = compare_tab.build()
@@ -72,7 +74,23 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
             with gr.Tab("Playground", id="playground") as playground:
                 playground_parts = playground_tab.build(trust_remote_code)
 
-        demo.load(**runs_parts["load"])
+        demo.load(None, js=PAGE_SCRIPT)
+        for tab, name in zip((launch, runs_page, compare, inspect, playground), TAB_IDS):
+            tab.select(None, js=remember("tab", name))
+        runs_parts["selected"].change(None, inputs=runs_parts["selected"], js=remember("run"))
+
+        def restore(request: gr.Request):
+            """The run named in the URL (`?run=...`), after a reload or an app restart (the page script opens the tab)."""
+            run = dict(request.query_params).get("run") if request is not None else None
+            return run if run in run_ids() else gr.skip()
+
+        demo.load(restore, outputs=runs_parts["selected"], api_visibility="private").then(
+            **runs_parts["load"])
+        # After Launch, follow the new run in the Runs tab.
+        launch_parts["launched"].change(
+            lambda run: (gr.Tabs(selected="runs"), run) if run else (gr.skip(), gr.skip()),
+            inputs=launch_parts["launched"], outputs=[tabs, runs_parts["selected"]], api_visibility="private",
+        ).then(**runs_parts["load"]).then(None, js=remember("tab", "runs"))
         demo.load(compare_tab.report_panel.show_report, inputs=compare_parts["report_picker"],
                   outputs=list(compare_parts["report_outputs"]), api_visibility="private")
         # Pickers list the runs that exist when their tab is opened.

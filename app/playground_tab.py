@@ -19,7 +19,9 @@ from opd_lab.config import ConfigError, RunConfig
 from opd_lab.lab import built_lab_tasks
 from opd_lab.models import ModelLoadError, load_pair
 from opd_lab.run_folder import load_config
+from opd_lab.generation import generate
 from opd_lab.tasks import DEFAULT_TASK, get_task
+from opd_lab.tasks.base import Problem
 
 LAB_PREFIX = "lab:"
 CHECKPOINT_PREFIX = "run:"
@@ -28,9 +30,24 @@ EDITED_TITLE = "this completion, as the teacher sees it"
 CACHE = ModelCache(capacity=2)  # up to two student/teacher pairs
 
 INTRO = ("**Try a student on your own prompt.** Choose the lab's base student or any checkpoint of a "
-         "run, type a prompt and let the student answer: each token is coloured by how much the "
-         "teacher disagrees. Or edit the answer (or write your own) and ask what the teacher would "
-         "say about it.")
+         "run, type a prompt and let the student answer: each token is coloured by what the teacher "
+         "thinks of it (red: the teacher would not have written it). Or edit the answer (or write your "
+         "own) and ask what the teacher would say about it. Then **click a token** to correct it with "
+         "the red pen and let the student go on from there.")
+COLOR_CHOICES = [("advantage: the teacher's verdict on the written token", "advantage"),
+                 ("reverse KL: disagreement of the whole next-token distribution", "reverse_kl")]
+DEFAULT_COLOR = "advantage"
+
+
+def color_legend() -> str:
+    """The two colourings explained in two sentences each, for beside the token view."""
+    return "  \n".join(f"**{label.split(':')[0]}**: {tokenview.COLOR_EXPLANATIONS[kind]}"
+                       for label, kind in COLOR_CHOICES)
+
+
+def scale_of(locked: bool) -> float | None:
+    """The colour scale of a view: the locked one shared by every view, or None (this view's own)."""
+    return tokenview.LOCKED_VMAX if locked else None
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -95,8 +112,8 @@ def default_prompt(task: str = DEFAULT_TASK) -> str:
         return ""
 
 
-def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int, color_by: str,
-           trust_remote_code: bool = False) -> tuple[str, str, str, list[dict]]:
+def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int, color_by: str = DEFAULT_COLOR,
+           trust_remote_code: bool = False, locked: bool = True) -> tuple[str, str, str, list[dict]]:
     """Let the student answer `prompt`: `(completion, token view HTML, description, records)`."""
     try:
         resolved = resolve_choice(choice, trust_remote_code)
@@ -109,12 +126,12 @@ def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int
             temperature=float(temperature or 1.0), seed=int(seed or 0))
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return "", error_text(error), "", []
-    view = _view(records[0], prompt, color_by, STUDENT_TITLE)
+    view = _view(records[0], prompt, color_by, STUDENT_TITLE, locked)
     return completions[0], view, resolved["description"], records[0]
 
 
-def score(choice: str, prompt: str, completion: str, color_by: str,
-          trust_remote_code: bool = False) -> tuple[str, str, list[dict]]:
+def score(choice: str, prompt: str, completion: str, color_by: str = DEFAULT_COLOR,
+          trust_remote_code: bool = False, locked: bool = True) -> tuple[str, str, list[dict]]:
     """What the teacher says about each token of a given completion: `(token view HTML, description, records)`."""
     try:
         resolved = resolve_choice(choice, trust_remote_code)
@@ -124,15 +141,71 @@ def score(choice: str, prompt: str, completion: str, color_by: str,
         records = feedback.score_completions(teacher, student, tokenizer, [prompt], [completion])[0]
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return error_text(error), "", []
-    return _view(records, prompt, color_by, EDITED_TITLE), resolved["description"], records
+    return _view(records, prompt, color_by, EDITED_TITLE, locked), resolved["description"], records
 
 
-def _view(records: list[dict], prompt: str, color_by: str, title: str) -> str:
-    color_by = color_by if color_by in tokenview.COLOR_KINDS else "reverse_kl"
+def _title(title: str, records: list[dict]) -> str:
     totals = feedback.summarize(records)
-    title = (f"{title}: {totals['tokens']} tokens, mean reverse KL {totals['reverse_kl_mean']:.3f} nats, "
-             f"mean advantage {totals['advantage_mean']:+.3f}")
-    return tokenview.render_tokens(records, prompt=prompt, color_by=color_by, title=title)
+    return (f"{title}: {totals['tokens']} tokens, mean reverse KL {totals['reverse_kl_mean']:.3f} nats, "
+            f"mean advantage {totals['advantage_mean']:+.3f}")
+
+
+def _view(records: list[dict], prompt: str, color_by: str, title: str, locked: bool = True) -> str:
+    color_by = color_by if color_by in tokenview.COLOR_KINDS else DEFAULT_COLOR
+    return tokenview.render_tokens(records, prompt=prompt, color_by=color_by, title=_title(title, records),
+                                   vmax=scale_of(locked))
+
+
+def pen_choices(records: list[dict], position) -> list[tuple[str, str]]:
+    """(label, text) of what the red pen can write at `position`: the teacher's top-k, its first choice first."""
+    try:
+        token = records[int(position)]
+    except (TypeError, ValueError, IndexError):
+        return []
+    return [(f"{tokenview.marked(str(text))}  (teacher {float(probability):.1%})", str(text))
+            for text, probability in token.get("teacher_top", [])]
+
+
+def red_pen(choice: str, prompt: str, records: list[dict], position, replacement: str, color_by: str = DEFAULT_COLOR,
+            trust_remote_code: bool = False, locked: bool = True) -> tuple[str, str]:
+    """Replace token `position` by `replacement`, let the student finish: `(side-by-side HTML, verdict)`.
+
+    The verdict compares the final answers of the old and the new completion with the
+    teacher's own greedy answer to the prompt (the Playground has no answer key).
+    """
+    try:
+        resolved = resolve_choice(choice, trust_remote_code)
+        if not records:
+            raise runs.RunError("score a completion first (either button above)")
+        if not replacement:
+            raise runs.RunError("choose what the red pen writes")
+        position = int(position)
+        task = get_task(resolved["task"], resolved["task_regex"] or None)
+        teacher, student, tokenizer = load_models(resolved)
+        old = "".join(str(record.get("text", "")) for record in records if record.get("token_id") != tokenizer.eos_token_id)
+        new, new_records = feedback.rewrite_from(teacher, student, tokenizer, prompt, records, position, replacement,
+                                                 max_new_tokens=task.max_new_tokens)
+        reference = generate(teacher, tokenizer, [prompt], task.max_new_tokens, greedy=True).completions[0]
+    except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
+        return "", error_text(error)
+    key = task.verify(Problem(prompt, ""), reference).parsed
+    written = str(records[position].get("text", ""))
+    vmax = scale_of(locked) or tokenview.default_vmax([records, new_records], color_by)
+    view = tokenview.render_side_by_side(records, new_records, _title("before", records),
+                                         _title(f"after the red pen (token {position}: {written!r} -> {replacement!r})",
+                                                new_records),
+                                         prompt=prompt, color_by=color_by if color_by in tokenview.COLOR_KINDS
+                                         else DEFAULT_COLOR, vmax=vmax)
+    verdict = [f"**Red pen:** token {position} `{written}` → `{replacement}`; the student wrote the rest: `{new}`."]
+    if key is None:
+        verdict.append("The teacher gives no parseable answer to this prompt, so right or wrong cannot be said.")
+    else:
+        before, after = task.verify(Problem(prompt, key), old), task.verify(Problem(prompt, key), new)
+        words = {True: "right", False: "wrong"}
+        verdict.append(f"Against the teacher's answer **{key}**: before, {words[before.correct]} "
+                       f"({before.parsed or 'no answer'}); after, **{words[after.correct]}** "
+                       f"({after.parsed or 'no answer'}).")
+    return view, "  \n".join(verdict)
 
 
 def build(trust_remote_code: bool = False) -> dict:
@@ -142,8 +215,10 @@ def build(trust_remote_code: bool = False) -> dict:
     with gr.Row():
         model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Student model",
                             scale=3, elem_id="playground-model", allow_custom_value=True)
-        color = gr.Radio([("reverse KL", "reverse_kl"), ("advantage", "advantage")], value="reverse_kl",
-                         label="Colour tokens by", scale=2)
+        color = gr.Radio(COLOR_CHOICES, value=DEFAULT_COLOR, label="Colour tokens by", scale=2,
+                         elem_id="playground-color")
+        locked = gr.Checkbox(True, label="lock the colour scale", scale=1, elem_id="playground-locked",
+                             info=f"±{tokenview.LOCKED_VMAX:g} nats in every view; off: this view's own scale")
     description = gr.Markdown()
     with gr.Row():
         prompt = gr.Textbox(default_prompt(), label="Prompt", scale=3, elem_id="playground-prompt")
@@ -153,26 +228,51 @@ def build(trust_remote_code: bool = False) -> dict:
     ask = gr.Button("Let the student answer", variant="primary", elem_id="playground-answer")
     completion = gr.Textbox(label="Completion (edit it, or type your own)", lines=2, elem_id="playground-completion")
     judge = gr.Button("What would the teacher say?", elem_id="playground-score")
-    view = gr.HTML(elem_id="playground-view", padding=True)
+    with gr.Row():
+        view = gr.HTML(elem_id="playground-view", padding=True, min_height=60)
+        gr.Markdown(color_legend(), elem_id="playground-legend")
     shown = gr.State({})  # the records on screen, to recolour them without scoring again
+    with gr.Group():
+        gr.Markdown("**Red pen.** Click a token above (or type its number), choose what to write instead "
+                    "(the teacher's first choice is preselected), and the student re-writes the rest from there.")
+        with gr.Row():
+            pen_position = gr.Number(None, label="token to correct", precision=0, minimum=0, scale=1,
+                                     elem_id="pen-position")
+            pen_text = gr.Dropdown([], label="write instead", scale=2, elem_id="pen-choice", allow_custom_value=True)
+            pen = gr.Button("Rewrite from here", scale=1, elem_id="pen-rewrite")
+    pen_result = gr.Markdown(elem_id="pen-result")
+    pen_view = gr.HTML(elem_id="pen-view", padding=True)
 
-    def on_answer(choice, text, greedy_value, temperature_value, seed_value, color_by):
+    def on_answer(choice, text, greedy_value, temperature_value, seed_value, color_by, lock):
         completion_text, html, about, records = answer(choice, text, greedy_value, temperature_value,
-                                                       seed_value, color_by, trust_remote_code)
+                                                       seed_value, color_by, trust_remote_code, lock)
         return completion_text, html, about, {"records": records, "prompt": text, "title": STUDENT_TITLE}
 
-    def on_score(choice, text, completion_text, color_by):
-        html, about, records = score(choice, text, completion_text, color_by, trust_remote_code)
+    def on_score(choice, text, completion_text, color_by, lock):
+        html, about, records = score(choice, text, completion_text, color_by, trust_remote_code, lock)
         return html, about, {"records": records, "prompt": text, "title": EDITED_TITLE}
 
-    def on_color(color_by, last):
+    def on_color(color_by, lock, last):
         if not last or not last.get("records"):
             return gr.skip()
-        return _view(last["records"], last["prompt"], color_by, last["title"])
+        return _view(last["records"], last["prompt"], color_by, last["title"], lock)
 
-    ask.click(on_answer, inputs=[model, prompt, greedy, temperature, seed, color],
+    def on_position(position, last):
+        choices = pen_choices((last or {}).get("records") or [], position)
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def on_pen(choice, last, position, replacement, color_by, lock):
+        last = last or {}
+        return red_pen(choice, last.get("prompt", ""), last.get("records") or [], position, replacement, color_by,
+                       trust_remote_code, lock)
+
+    ask.click(on_answer, inputs=[model, prompt, greedy, temperature, seed, color, locked],
               outputs=[completion, view, description, shown], api_name="answer")
-    judge.click(on_score, inputs=[model, prompt, completion, color], outputs=[view, description, shown],
+    judge.click(on_score, inputs=[model, prompt, completion, color, locked], outputs=[view, description, shown],
                 api_name="score")
-    color.input(on_color, inputs=[color, shown], outputs=view, api_visibility="private")
+    gr.on([color.input, locked.input], on_color, inputs=[color, locked, shown], outputs=view,
+          api_visibility="private")
+    pen_position.change(on_position, inputs=[pen_position, shown], outputs=pen_text, api_visibility="private")
+    pen.click(on_pen, inputs=[model, shown, pen_position, pen_text, color, locked], outputs=[pen_view, pen_result],
+              api_name="red_pen")
     return {"model": model}

@@ -11,7 +11,8 @@ import pandas as pd
 
 from app.state import error_text, format_accuracy, format_duration, run_dir_of
 from opd_lab import plots, runs
-from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, log_tail
+from opd_lab.lab import lab_summary
+from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, load_config, log_tail
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
 REFRESH_SECONDS = 2.0
@@ -61,11 +62,17 @@ def metric_choices(run_id: str) -> list[str]:
         return []
 
 
-def run_figures(run_id: str, metric: str):
-    """(accuracy figure, `metric` figure, last log lines) of one run."""
+def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = False):
+    """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run."""
     run_dir = run_dir_of(run_id)
     accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
-    other = plots.training_curves([run_dir], metric or DEFAULT_METRIC)
+    summary = lab_summary(str(load_config(run_dir).get("task")))
+    if summary is not None and accuracy.data:
+        accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
+                           annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",
+                           annotation_position="bottom right")
+    other = plots.training_curves([run_dir], metric or DEFAULT_METRIC,
+                                  smoothing=min(max(float(smoothing or 0.0), 0.0), 0.99), log_y=bool(log_y))
     return accuracy, other, log_tail(run_dir)
 
 
@@ -129,14 +136,19 @@ def build() -> dict:
     with gr.Row():
         accuracy_plot = gr.Plot(label="Held-out accuracy", elem_id="run-accuracy-plot")
         with gr.Column():
-            metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True)
+            with gr.Row():
+                metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
+                                     scale=2)
+                smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="smoothing (EMA)", scale=2,
+                                      elem_id="runs-smoothing")
+                log_y = gr.Checkbox(False, label="log y", scale=1)
             metric_plot = gr.Plot(label="Metric", elem_id="run-metric-plot")
     log = gr.Textbox(label=f"Last {LOG_LINES} lines of log.txt", lines=10, max_lines=30, interactive=False,
                      elem_id="run-log", autoscroll=True)
     memory = gr.State({"ids": ids, "rows": None, "signature": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def show(run_id, metric_name, state, force=False):
+    def show(run_id, metric_name, smoothing_value, log_value, state, force=False):
         """Outputs: table, picker, summary, accuracy plot, metric picker, metric plot, log, state."""
         state = dict(state or {})
         current = run_rows()
@@ -153,12 +165,12 @@ def build() -> dict:
             state["signature"] = None
             return (table_value, picker, "No runs yet: start one in the **Launch** tab.", None,
                     gr.skip(), None, "", state)
-        signature = _signature(run_id, metric_name)
+        signature = (_signature(run_id, metric_name), smoothing_value, log_value)
         if signature == state.get("signature") and not force:
             return table_value, picker, run_summary(run_id), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
         state["signature"] = signature
         try:
-            accuracy, other, text = run_figures(run_id, metric_name)
+            accuracy, other, text = run_figures(run_id, metric_name, smoothing_value, log_value)
         except runs.RunError as error:
             return table_value, picker, error_text(error), None, gr.skip(), None, "", state
         choices = metric_choices(run_id) or [DEFAULT_METRIC]
@@ -168,21 +180,20 @@ def build() -> dict:
 
     outputs = [table, selected, summary, accuracy_plot, metric, metric_plot, log, memory]
 
-    def on_tick(run_id, metric_name, state):
-        return show(run_id, metric_name, state)
+    def on_tick(run_id, metric_name, smoothing_value, log_value, state):
+        return show(run_id, metric_name, smoothing_value, log_value, state)
 
-    def on_select(run_id, metric_name, state):
-        return show(run_id, metric_name, state, force=True)
+    def on_select(run_id, metric_name, smoothing_value, log_value, state):
+        return show(run_id, metric_name, smoothing_value, log_value, state, force=True)
 
     def on_row(evt: gr.SelectData):
         row = evt.row_value
         return row[0] if row else gr.skip()
 
-    redraw = dict(fn=on_select, inputs=[selected, metric, memory], outputs=outputs, show_progress="hidden",
-                  api_visibility="private")
-    timer.tick(on_tick, inputs=[selected, metric, memory], outputs=outputs, show_progress="hidden",
-               api_visibility="private", queue=False)
-    gr.on([selected.input, metric.input], **redraw)
+    inputs = [selected, metric, smoothing, log_y, memory]
+    redraw = dict(fn=on_select, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private")
+    timer.tick(on_tick, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private", queue=False)
+    gr.on([selected.input, metric.input, smoothing.release, log_y.input], **redraw)
     table.select(on_row, outputs=selected, api_visibility="private").then(**redraw)
     refresh.click(run_table, outputs=table, api_name="list_runs").then(**redraw)
     stop.click(stop_run, inputs=selected, outputs=action, api_name="stop").then(**redraw)

@@ -121,6 +121,43 @@ def sample_and_score(teacher, student, tokenizer, prompts: list[str], max_new_to
     return rollouts.completions, score_rollouts(teacher, student, tokenizer, rollouts, top_k=top_k)
 
 
+def rewrite_from(teacher, student, tokenizer, prompt: str, records: list[TokenRecord], position: int,
+                 replacement: str, max_new_tokens: int, greedy: bool = True, temperature: float = 1.0,
+                 seed: int = 0, top_k: int = 5) -> tuple[str, list[TokenRecord]]:
+    """The red pen: replace token `position` of a completion and let the student go on from there.
+
+    The completion keeps its tokens before `position`, takes `replacement` (the
+    teacher's choice, or any other text) at `position`, and the student writes the rest
+    by itself; the teacher then scores the whole new completion. This is OPD's promise
+    made tangible: does the student recover once its mistake is corrected?
+
+    Args:
+        records: the old completion's records (their ``text`` fields are joined).
+        position: index of the token to replace, 0 <= position < len(records).
+        replacement: the text written in its place.
+        max_new_tokens: the task's budget for the whole completion.
+
+    Returns:
+        `(new completion, its records)`.
+
+    Example:
+        >>> completion, new_records = rewrite_from(teacher, student, tokenizer, "347+285=", records,
+        ...                                        position=22, replacement="6", max_new_tokens=40)  # doctest: +SKIP
+    """
+    if not 0 <= position < len(records):
+        raise ValueError(f"position must be between 0 and {len(records) - 1} (got {position})")
+    kept = "".join(str(record.get("text", "")) for record in records[:position])
+    if replacement == tokenizer.decode([tokenizer.eos_token_id]):  # the pen ends the completion here
+        completion = kept
+    else:
+        device = next(student.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        rollouts = generate(student, tokenizer, [prompt + kept + replacement], max(1, max_new_tokens - position - 1),
+                            temperature=temperature, greedy=greedy, generator=generator)
+        completion = kept + replacement + rollouts.completions[0]
+    return completion, score_completions(teacher, student, tokenizer, [prompt], [completion], top_k=top_k)[0]
+
+
 def summarize(records: list[TokenRecord]) -> dict[str, float]:
     """Totals of one completion's records: tokens, summed and mean reverse KL and advantage."""
     count = len(records)

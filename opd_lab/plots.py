@@ -71,6 +71,30 @@ def _ema(values: list[float], smoothing: float) -> list[float]:
     return smoothed
 
 
+def _shade(color: str, repeat: int) -> str:
+    """The `repeat`-th shade of a method colour: the colour, then darker, lighter, darker still..."""
+    if repeat == 0:
+        return color
+    red, green, blue = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    amount = 0.3 * ((repeat + 1) // 2)
+    target = 0 if repeat % 2 else 255
+    return "#" + "".join(f"{round(channel + (target - channel) * min(amount, 0.8)):02x}" for channel in (red, green, blue))
+
+
+def _curve_traces(xs: list, ys: list, label: str, color: str | None, smoothing: float, hover: str,
+                  dash: str = "solid", group: str | None = None) -> list[go.Scatter]:
+    """A run's curve: raw, or (with `smoothing`) its EMA drawn over the raw values shown faintly, as TensorBoard does."""
+    mode = "lines+markers" if len(xs) <= 30 else "lines"
+    line = dict(color=color, dash=dash) if color else dict(dash=dash)
+    if not smoothing:
+        return [go.Scatter(x=xs, y=ys, name=label, mode=mode, line=line, legendgroup=group or label,
+                           hovertemplate=hover)]
+    return [go.Scatter(x=xs, y=ys, name=f"{label} (raw)", mode="lines", line=dict(line, width=1), opacity=0.25,
+                       legendgroup=group or label, showlegend=False, hoverinfo="skip"),
+            go.Scatter(x=xs, y=_ema(ys, smoothing), name=label, mode="lines", line=line,
+                       legendgroup=group or label, hovertemplate=hover)]
+
+
 def _x_key(x: str) -> tuple[str, str]:
     if x not in X_AXES:
         raise ValueError(f"unknown x {x!r}: use one of {', '.join(X_AXES)} "
@@ -86,14 +110,19 @@ def _layout(fig: go.Figure, title: str, x: str, metric: str, log_y: bool = False
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     fig.update_xaxes(title_text=x_title, type="log" if log_x else None,
                      exponentformat="power" if x in ("flops", "tokens") else None)
+    accuracy = metric.endswith("accuracy") and not log_y
     fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), type="log" if log_y else None,
-                     tickformat=".0%" if metric.endswith("accuracy") and not log_y else None)
+                     tickformat=".0%" if accuracy else None, range=[0, 1.02] if accuracy else None)
     return fig
 
 
 def _note(fig: go.Figure, text: str) -> go.Figure:
+    """A placeholder: the message alone, without axes (an empty plot's axes read like -1..6 and -100%..400%)."""
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                        font=dict(size=14, color="#555"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=200)
     return fig
 
 
@@ -126,9 +155,8 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
         if not xs:
             continue
         label = labels[index] if labels is not None else path.name
-        fig.add_trace(go.Scatter(x=xs, y=_ema(ys, smoothing) if smoothing else ys, name=label,
-                                 mode="lines+markers" if len(xs) <= 30 else "lines",
-                                 hovertemplate=f"{label}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
+        hover = f"{label}<br>{x}=%{{x}}<br>{METRIC_TITLES.get(metric, metric)} %{{y:{_y_format(metric)}}}<extra></extra>"
+        fig.add_traces(_curve_traces(xs, ys, label, method_color(method_of(path)), smoothing, hover))
     title = METRIC_TITLES.get(metric, metric) + (f" (EMA {smoothing:g})" if smoothing else "")
     _layout(fig, title, x, metric, log_y=log_y)
     if not fig.data:
@@ -146,11 +174,18 @@ def available_metrics(run_dirs) -> list[str]:
     return sorted(keys)
 
 
+def _y_format(metric: str) -> str:
+    return ".1%" if metric.endswith("accuracy") else ".4g"
+
+
 def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
-                      teacher_accuracy: float | None = None, log_x: bool = False) -> go.Figure:
+                      teacher_accuracy: float | None = None, log_x: bool = False,
+                      labels: Sequence[str] | None = None, smoothing: float = 0.0, log_y: bool = False) -> go.Figure:
     """OPD vs SFT vs RL on one chart: each run coloured by its config's method.
 
-    Runs of the same method share the colour and differ by dash. With
+    Runs of the same method get shades of its colour and differ by dash; `labels`
+    (e.g. `opd_lab.run_comparison.run_labels`) name them, default "OPD (run_id)".
+    `smoothing` and `log_y` as in `training_curves`. With
     `teacher_accuracy`, a dashed horizontal line marks the teacher. With `log_x`, the
     step-0 points (x = 0) drop out, as a logarithmic axis has no 0.
 
@@ -158,24 +193,30 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
         A figure with one trace per run that has points, named like "OPD (run_id)".
     """
     x_key, _ = _x_key(x)
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
+    paths = _as_paths(run_dirs)
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
     fig = go.Figure()
     seen: dict[str, int] = {}
-    for path in _as_paths(run_dirs):
+    for index, path in enumerate(paths):
         xs, ys = _points(load_metrics(path), x_key, metric)
         if not xs:
             continue
         method = method_of(path)
         repeat = seen.get(method, 0)
         seen[method] = repeat + 1
-        label = f"{method_name(method)} ({path.name})"
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=label, mode="lines+markers", legendgroup=method,
-                                 line=dict(color=method_color(method), dash=_DASHES[repeat % len(_DASHES)]),
-                                 hovertemplate=f"{label}<br>{x}=%{{x:.3g}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
+        label = labels[index] if labels is not None else f"{method_name(method)} ({path.name})"
+        hover = f"{label}: %{{y:{_y_format(metric)}}}<extra></extra>"
+        fig.add_traces(_curve_traces(xs, ys, label, _shade(method_color(method), repeat), smoothing, hover,
+                                     dash=_DASHES[repeat % len(_DASHES)], group=path.name))
     if teacher_accuracy is not None:
         fig.add_hline(y=teacher_accuracy, line_dash="dash", line_color="#111",
                       annotation_text=f"teacher {teacher_accuracy:.1%}" if metric.endswith("accuracy")
                       else f"teacher {teacher_accuracy:.4g}", annotation_position="bottom right")
-    _layout(fig, f"{METRIC_TITLES.get(metric, metric)} by {_x_key(x)[1]}", x, metric, log_x=log_x)
+    _layout(fig, f"{METRIC_TITLES.get(metric, metric)} by {_x_key(x)[1]}", x, metric, log_x=log_x, log_y=log_y)
+    fig.update_layout(hovermode="x unified")
     if not fig.data:
         _note(fig, f"no run has {metric!r} yet")
     return fig

@@ -60,6 +60,22 @@ VMAX_FLOOR = 0.1
 
 TOP_K = 5
 
+# The locked scale (nats), the same for every view, so one shade means one value on every
+# step, run and sample: at 5 nats the teacher finds a token e^5 ≈ 150 times less likely
+# than the student does (advantage) or the two next-token distributions are as far
+# apart (reverse KL). Pass it as `vmax` to compare views.
+LOCKED_VMAX = 5.0
+
+# What each colouring answers, in two sentences a newcomer can read beside the view.
+COLOR_EXPLANATIONS = {
+    "advantage": ("Advantage (log p_teacher − log p_student of the written token): how much the teacher "
+                  "dislikes *this* token. Red: the teacher finds it less likely than the student does, "
+                  "so training pushes it down; blue: pushed up."),
+    "reverse_kl": ("Reverse KL: how far the student's whole next-token distribution is from the teacher's at "
+                   "this position, whatever token was drawn. A wrong token drawn by bad luck can be white, "
+                   "and a right one red when the student was unsure of it."),
+}
+
 
 def _hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{round(channel):02x}" for channel in rgb)
@@ -190,6 +206,13 @@ def _escape_controls(text: str, in_body: bool) -> str:
     return "".join(parts)
 
 
+def marked(text: str) -> str:
+    """Plain text (not HTML) with whitespace drawn as the view draws it: "a b" -> "a·b"."""
+    for character, marker in _MARKERS.items():
+        text = text.replace(character, marker)
+    return text or "∅"
+
+
 def _plain(text: str) -> str:
     """Text outside the tokens (a heading, the prompt): escaped, controls made visible."""
     return _escape_controls(html.escape(text, quote=True), in_body=False)
@@ -224,6 +247,31 @@ def _fixed(value: float, signed: bool = False) -> str:
     return "—" if math.isnan(value) else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
+def _share(probability: float) -> str:
+    """A probability as a percentage a reader can say aloud: 99.9%, 0.1%, 3.2e-06%."""
+    percent = 100 * probability
+    return f"{percent:.1f}%" if percent >= 0.1 else f"{percent:.1e}%"
+
+
+def teacher_sentence(token: dict) -> str:
+    """One plain sentence: the teacher's first choice against the written token.
+
+    Example:
+        >>> teacher_sentence({"text": "7", "teacher_logprob": -6.9, "teacher_top": [["6", 0.999]]})
+        'the teacher would write 6 (99.9%) instead of 7 (0.1%)'
+    """
+    top = token.get("teacher_top")
+    if not top:
+        return ""
+    written, (best, best_probability) = str(token.get("text", "")), top[0]
+    if str(best) == written:
+        return f"the teacher would write {_visible(written, in_body=False)} too ({_share(_number(best_probability))})"
+    written_probability = math.exp(_number(token.get("teacher_logprob")))
+    return (f"the teacher would write {_visible(str(best), in_body=False)} ({_share(_number(best_probability))}) "
+            f"instead of {_visible(written, in_body=False)}"
+            + (f" ({_share(written_probability)})" if math.isfinite(written_probability) else ""))
+
+
 def _alternatives(heading: str, top: list, sampled: str) -> str:
     """Top-k rows: the alternative's text over a bar as long as its probability, then the probability."""
     rows = [f"<b>{heading}</b><br>"]
@@ -238,7 +286,9 @@ def _alternatives(heading: str, top: list, sampled: str) -> str:
 
 def _card(token: dict, position: int) -> str:
     text = str(token.get("text", ""))
+    sentence = teacher_sentence(token)
     parts = [
+        (f'<b class="tvv">{sentence[0].upper() + sentence[1:]}.</b><br>' if sentence else "") +
         f'<i class="tvk">token {position}</i> <b>{_visible(text, in_body=False)}</b><br>'
         f'<i class="tvk">student p</i> {_probability(_number(token.get("student_logprob")))} '
         f'<i class="tvk">teacher p</i> {_probability(_number(token.get("teacher_logprob")))}<br>'
@@ -263,7 +313,7 @@ def _token_spans(tokens: list[dict], color_by: str, vmax: float) -> str:
     for position, token in enumerate(tokens):
         background = color_for(token_value(token, color_by), color_by, vmax)
         text_color = ";color:#fff" if _is_dark(background) else ""
-        spans.append(f'<span class="tvt" style="background:{background}{text_color}">'
+        spans.append(f'<span class="tvt" style="background:{background}{text_color}" data-i="{position}">'
                      f'{_visible(str(token.get("text", "")), in_body=True)}'
                      f'{_card(token, position)}</span><wbr>')  # <wbr>: lines may wrap between tokens
     return "".join(spans)
@@ -281,6 +331,7 @@ def _summary(tokens: list[dict]) -> str:
 
 
 def _legend(color_by: str, vmax: float) -> str:
+    scale = " (locked scale)" if vmax == LOCKED_VMAX else " (this view's scale)"
     if color_by == "reverse_kl":
         gradient = f"linear-gradient(to right,{_hex(WHITE)},{_hex(RED)})"
         labels = ("0", f"≥ {vmax:.3g}")
@@ -291,7 +342,7 @@ def _legend(color_by: str, vmax: float) -> str:
         caption = ("advantage log p<sub>teacher</sub> − log p<sub>student</sub> "
                    "(red: pushed down, white: 0, blue: pushed up)")
     return (f'<div class="tvl"><span>{labels[0]}</span><span class="tvg" style="background:{gradient}"></span>'
-            f'<span>{labels[1]}</span><span>{caption}</span>'
+            f'<span>{labels[1]}</span><span>{caption}{scale}</span>'
             f'<span><span class="tvx" style="background:{_hex(MISSING)}"></span> no score</span>'
             f'<span class="tvk">hover a token for details</span></div>')
 

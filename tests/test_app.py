@@ -9,6 +9,7 @@ a new app instance shows it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import time
@@ -189,18 +190,39 @@ def test_delete_needs_the_confirmation(runs_root):
 # --- Compare ------------------------------------------------------------------------
 
 
-def test_comparison_overlays_runs_and_tabulates_compute(runs_root, monkeypatch):
+def test_comparison_has_one_row_per_run_and_a_verdict_that_matches_it(runs_root, monkeypatch):
     from app import compare_tab
 
-    make_run(runs_root, "cmp-opd", method="opd", eval_accuracy={0: 0.1, 10: 0.7, 20: 0.8})
-    make_run(runs_root, "cmp-rl", method="rl", eval_accuracy={0: 0.1, 10: 0.2, 20: 0.3})
-    monkeypatch.setattr(compare_tab, "lab_summary", lambda task: {"teacher": {"accuracy": 0.8}})
-    figure, table, note = compare_tab.comparison(["cmp-opd", "cmp-rl"], "flops", "eval/accuracy")
-    assert [trace.name for trace in figure.data] == ["OPD (cmp-opd)", "RL (cmp-rl)"]
-    assert len(table) == 6 and "80.0%" in note
-    reached = table[(table["run"] == "cmp-rl") & (table["fraction of teacher"] == "90%")]
-    assert reached["step"].item() == "not reached"
+    make_run(runs_root, "cmp-opd", method="opd", eval_accuracy={0: 0.4, 10: 0.7, 20: 0.8})
+    make_run(runs_root, "cmp-rl", method="rl", eval_accuracy={0: 0.4, 10: 0.5, 20: 0.6})
+    make_run(runs_root, "cmp-sft", method="sft", flops_per_step=5e12, eval_accuracy={0: 0.4, 10: 0.75, 20: 0.85})
+    monkeypatch.setattr(compare_tab, "lab_summary", lambda task: {"teacher": {"accuracy": 0.9},
+                                                                  "student": {"accuracy": 0.4}})
+    figure, table, note = compare_tab.comparison(["cmp-opd", "cmp-rl", "cmp-sft"], "flops", "eval/accuracy")
+    assert [trace.name for trace in figure.data] == ["OPD", "RL", "SFT"]  # only the method differs
+    assert list(table["id"]) == ["cmp-opd", "cmp-rl", "cmp-sft"] and len(table) == 3
+    assert list(table["final accuracy"]) == ["80.0%", "60.0%", "85.0%"]
+    # Gap targets: 0.4 + f * (0.9 - 0.4) -> 65%, 80%, 87.5%; none is reached at step 0.
+    assert [column for column in table.columns if column.startswith("to close")] == [
+        "to close 50% of the gap (65.0%)", "to close 80% of the gap (80.0%)", "to close 95% of the gap (87.5%)"]
+    assert table.iloc[1]["to close 50% of the gap (65.0%)"].startswith("not reached (> 20 steps")
+    # 80% of the gap: OPD at step 20 (2e13 FLOPs), SFT at step 20 (1e14): OPD wins on compute.
+    assert table.iloc[0]["to close 80% of the gap (80.0%)"].startswith("20 steps") and "2e+13 FLOPs" in table.iloc[0][
+        "to close 80% of the gap (80.0%)"]
+    assert "OPD closed 80% of the gap to the teacher with the least compute" in note
+    assert "5.0x less than SFT" in note
     assert compare_tab.comparison([], "step", "eval/accuracy")[2] == "Choose at least one run."
+
+
+def test_legends_name_what_differs_between_runs():
+    from opd_lab.run_comparison import run_labels
+
+    configs = [{"method": "opd", "estimator": "full", "temperature": 0.7, "seed": 0, "name": "a"},
+               {"method": "opd", "estimator": "sampled", "temperature": 1.0, "seed": 0, "name": "b"},
+               {"method": "sft", "estimator": "sampled", "temperature": 1.0, "seed": 0, "name": "c"}]
+    assert run_labels(configs) == ["OPD · estimator=full · T=0.7", "OPD · estimator=sampled · T=1",
+                                   "SFT · estimator=sampled · T=1"]
+    assert run_labels([{"method": "opd"}, {"method": "opd"}]) == ["OPD", "OPD #2"]
 
 
 def test_three_methods_share_the_budget():
@@ -394,3 +416,84 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
     built.clear()
     app.main.serve(build=False)
     assert built == []
+
+
+def field_report_records() -> list[dict]:
+    """`7+5+0=12;4+8+1=13;3+2+1=07;732` scored as the field report measured on the full lab (347+285=).
+
+    The correct `2` of `12` has a high reverse KL (the student was only 51.5% sure of it) but a
+    positive advantage; the wrong `7`s have a low KL and a teacher p of 0.001.
+    """
+    records = []
+    for position, text in enumerate("7+5+0=12;4+8+1=13;3+2+1=07;732"):
+        record = {"text": text, "student_logprob": -0.05, "teacher_logprob": -0.001, "reverse_kl": 0.05,
+                  "teacher_top": [[text, 0.999], ["9", 0.0005]]}
+        if position == 7:  # the 2 of 12
+            record.update(student_logprob=math.log(0.515), teacher_logprob=math.log(0.999), reverse_kl=3.62)
+        if position in (25, 27):  # the 7 of 07 and the 7 of 732
+            correct = "6"
+            record.update(student_logprob=math.log(0.3), teacher_logprob=math.log(0.001), reverse_kl=0.252,
+                          teacher_top=[[correct, 0.999], ["7", 0.001]])
+        record["advantage"] = record["teacher_logprob"] - record["student_logprob"]
+        records.append(record)
+    return records
+
+
+def darkest(view: str) -> list[int]:
+    """Token positions of a view, reddest first (green minus red channel: white 0, red < 0, blue > 0)."""
+    import re
+
+    colours = re.findall(r'class="tvt" style="background:#([0-9a-f]{6})[^"]*" data-i="(\d+)"', view)
+    return [int(position) for _, position in sorted(colours, key=lambda found: int(found[0][2:4], 16) - int(found[0][0:2], 16))]
+
+
+def test_playground_default_colouring_shows_the_typed_mistakes(lab_home, monkeypatch):
+    from app import playground_tab
+    from opd_lab import tokenview
+
+    monkeypatch.setattr(playground_tab.feedback, "score_completions", lambda *a, **k: [field_report_records()])
+    view, _, records = playground_tab.score("lab:addition", "347+285=", "7+5+0=12;4+8+1=13;3+2+1=07;732")
+    assert playground_tab.DEFAULT_COLOR == "advantage"
+    assert sorted(darkest(view)[:2]) == [25, 27]  # both wrong 7s are the reddest tokens
+    assert 7 not in darkest(view)[:5]  # the correct 2 is not red (it is blue: pushed up)
+    assert "The teacher would write 6 (99.9%) instead of 7 (0.1%)." in view
+    assert f"≥ +{tokenview.LOCKED_VMAX:g}" in view and "locked scale" in view  # the same scale everywhere
+    kl_view = playground_tab._view(records, "347+285=", "reverse_kl", "x")
+    assert darkest(kl_view)[0] == 7  # the trap the legend explains: KL marks the unsure, correct 2
+    legend = playground_tab.color_legend()
+    assert "whole next-token distribution" in legend and "dislikes *this* token" in legend
+
+
+def test_teacher_sentence_agrees_or_corrects():
+    from opd_lab.tokenview import teacher_sentence
+
+    assert teacher_sentence({"text": "6", "teacher_top": [["6", 0.999]]}) == "the teacher would write 6 too (99.9%)"
+    assert teacher_sentence({"text": " ", "teacher_logprob": math.log(0.02), "teacher_top": [["<", 0.5]]}) == (
+        "the teacher would write &lt; (50.0%) instead of · (2.0%)")
+    assert teacher_sentence({"text": "x"}) == ""
+
+
+def test_red_pen_rewrites_from_the_corrected_token(lab_home):
+    from app import playground_tab
+
+    view, about, records = playground_tab.score("lab:addition", "1+2=", "1+2+0=03;3")
+    choices = playground_tab.pen_choices(records, 6)
+    assert len(choices) == 5 and choices[0][1] == records[6]["teacher_top"][0][0]
+    html, verdict = playground_tab.red_pen("lab:addition", "1+2=", records, 6, "9")
+    assert "Red pen:** token 6 `0` → `9`" in verdict and "1+2+0=9" in verdict
+    assert "after the red pen" in html and html.count('class="tvcols"') == 1
+    assert "Against the teacher's answer" in verdict or "cannot be said" in verdict
+    _, error = playground_tab.red_pen("lab:addition", "1+2=", records, 99, "9")
+    assert error.startswith("**Error:**")
+    _, error = playground_tab.red_pen("lab:addition", "1+2=", [], 0, "9")
+    assert "score a completion first" in error
+
+
+def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
+    from app import launch_tab
+
+    values = launch_tab.preset_values(launch_tab.DEFAULTS_PRESET)
+    assert launch_tab.check_form(values) == "Ready: press **Launch**."
+    values[launch_tab.FIELD_NAMES.index("task")] = "sorting"
+    assert "not built yet" in launch_tab.check_form(values) and "opd-lab lab build --task sorting" in \
+        launch_tab.check_form(values)

@@ -104,12 +104,14 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     run_id = page.locator("#launched-run input, #launched-run textarea").input_value()
     expect(page.locator("#launch-message")).to_contain_text("Launched")
 
-    # Runs: the table shows the run; selecting it draws its curves; stop it.
-    _open_tab(page, "Runs")
-    table = page.locator("#runs-table")
-    row = table.locator("[role=gridcell]", has_text=run_id).first
-    row.click()
+    # Runs: Launch has switched to it with the new run selected; a reload keeps the tab and the run.
+    expect(page.get_by_role("tab", name="Runs")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#run-summary")).to_contain_text(run_id)
+    expect(page).to_have_url(re.compile(r"tab=runs"))
+    page.reload()
+    expect(page.get_by_role("tab", name="Runs")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#run-summary")).to_contain_text(run_id)
+    table = page.locator("#runs-table")
     expect(table.locator("[role=row]", has_text=run_id)).to_contain_text(re.compile(r"\b[1-6]/6\b"),
                                                                           timeout=90_000)  # step > 0
     expect(page.locator("#run-accuracy-plot .js-plotly-plot").first).to_be_visible()
@@ -126,6 +128,22 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     page.keyboard.press("Escape")
     expect(page.locator("#compare-plot .js-plotly-plot").first).to_be_visible()
     expect(page.locator("#compare-plot")).to_contain_text("held-out accuracy")
+    # The verdict is computed from the table's one row.
+    expect(page.locator("#compare-verdict")).to_contain_text("Verdict")
+    expect(page.locator("#compare-table")).to_contain_text(run_id)
+    final = page.locator("#compare-table [role=gridcell]").nth(2).inner_text().strip()
+    assert final.endswith("%")
+    verdict = page.locator("#compare-verdict").inner_text()
+    # (The tiny lab's teacher is untrained, so this verdict may well be "no gap to close";
+    # tests/test_app.py checks a verdict's winner against its table.)
+    assert "closed" in verdict or "no gap to close" in verdict
+    # The smoothing slider draws the EMA over a faint raw curve: one more trace.
+    traces = page.locator("#compare-plot .scatterlayer .trace").count()
+    slider = page.locator("#compare-smoothing input[type=number]")
+    slider.fill("0.9")
+    slider.press("Enter")
+    page.locator("#compare-smoothing input[type=range]").dispatch_event("pointerup")
+    expect(page.locator("#compare-plot .scatterlayer .trace")).to_have_count(traces + 1)
     page.wait_for_timeout(500)  # let the chart finish drawing before the screenshot
     page.screenshot(path=str(screenshots / "3-compare.png"), full_page=True)
 
@@ -147,3 +165,43 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     page.click("#playground-answer")
     expect(page.locator("#playground-view .tvt").first).to_be_visible()
     page.screenshot(path=str(screenshots / "5-playground.png"), full_page=True)
+
+
+def test_playground_marks_the_typed_mistakes_and_the_red_pen_rewrites(page, screenshots, monkeypatch):
+    """The field report's deliberate mistake, with the full lab's scores (the tiny lab's teacher is untrained)."""
+    from playwright.sync_api import expect
+
+    from app import playground_tab
+    from tests.test_app import darkest, field_report_records
+
+    monkeypatch.setattr(playground_tab.feedback, "score_completions", lambda *a, **k: [field_report_records()])
+    _open_tab(page, "Playground")
+    expect(page).to_have_url(re.compile(r"tab=playground"))
+    page.locator("#playground-prompt textarea").fill("347+285=")
+    page.locator("#playground-completion textarea").fill("7+5+0=12;4+8+1=13;3+2+1=07;732")
+    page.click("#playground-score")
+    view = page.locator("#playground-view")
+    expect(view.locator(".tvt").first).to_be_visible()
+    assert sorted(darkest(view.inner_html())[:2]) == [25, 27]  # both wrong 7s, by default
+    expect(page.locator("#playground-legend")).to_contain_text("whole next-token distribution")
+    # The hover card of the wrong 7 stays inside the window and names the teacher's choice.
+    page.set_viewport_size({"width": 1400, "height": 900})
+    wrong = view.locator(".tvt[data-i='25']")
+    wrong.scroll_into_view_if_needed()
+    wrong.hover()
+    card = wrong.locator(".tvc")
+    expect(card).to_contain_text("The teacher would write 6 (99.9%) instead of 7")
+    box = card.bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1400
+    page.screenshot(path=str(screenshots / "6-playground-card.png"))
+    # The red pen: click the wrong 7, the teacher's 6 is preselected, the student re-writes the rest.
+    wrong.click()
+    expect(page.locator("#pen-position input")).to_have_value("25")
+    expect(page.locator("#pen-choice input")).to_have_value(re.compile(r"^6"))
+    page.click("#pen-rewrite")
+    expect(page.locator("#pen-result")).to_contain_text("token 25 7 → 6")
+    expect(page.locator("#pen-result")).to_contain_text("3+2+1=06")
+    expect(page.locator("#pen-view")).to_contain_text("after the red pen")
+    page.screenshot(path=str(screenshots / "7-red-pen.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(screenshots / "8-playground-phone.png"), full_page=True)

@@ -46,7 +46,9 @@ def test_training_curves_x_axes(runs, x, key):
 
 def test_smoothing_is_an_ema_and_bad_arguments_raise(runs):
     fig = plots.training_curves(runs[0], smoothing=0.5)
-    assert list(fig.data[0].y) == pytest.approx([0.1, 0.2, 0.35, 0.475, 0.6375])
+    raw, smoothed = fig.data  # the raw curve drawn faintly behind the EMA, as in TensorBoard
+    assert list(smoothed.y) == pytest.approx([0.1, 0.2, 0.35, 0.475, 0.6375])
+    assert list(raw.y) == pytest.approx([0.1, 0.3, 0.5, 0.6, 0.8]) and raw.opacity < 0.5 and not raw.showlegend
     with pytest.raises(ValueError, match="unknown x 'epochs'.*step, samples, tokens, flops, wall"):
         plots.training_curves(runs, x="epochs")
     with pytest.raises(ValueError, match="smoothing"):
@@ -58,6 +60,7 @@ def test_smoothing_is_an_ema_and_bad_arguments_raise(runs):
 def test_missing_metric_gives_an_empty_figure_with_a_note(runs):
     fig = plots.training_curves(runs, metric="eval/nothing")
     assert len(fig.data) == 0 and "eval/nothing" in fig.layout.annotations[0].text
+    assert fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False  # no -100%..400% axes
 
 
 def test_available_metrics(runs):
@@ -71,8 +74,10 @@ def test_method_comparison_colours_by_method_and_draws_the_teacher(runs):
     fig = plots.method_comparison(runs + [extra], x="flops", teacher_accuracy=0.9)
     assert [trace.name for trace in fig.data] == ["OPD (opd-a)", "SFT (sft-a)", "RL (rl-a)", "OPD (opd-b)"]
     colors = [trace.line.color for trace in fig.data]
-    assert colors == [plot_style.METHOD_COLORS[m] for m in ("opd", "sft", "rl", "opd")]
-    assert fig.data[0].line.dash != fig.data[3].line.dash  # same method, told apart by dash
+    assert colors[:3] == [plot_style.METHOD_COLORS[m] for m in ("opd", "sft", "rl")]
+    assert colors[3] != colors[0] and colors[3].startswith("#")  # a second OPD run: another shade of blue
+    assert fig.data[0].line.dash != fig.data[3].line.dash  # same method, told apart by dash too
+    assert fig.layout.hovermode == "x unified"
     assert list(fig.data[2].x) == [step * 4e12 for step in (0, 5, 10, 15, 20)]
     assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].line.dash == "dash"
     assert fig.layout.shapes[0].y0 == 0.9

@@ -1,0 +1,67 @@
+"""The app's one page script: what pure HTML cannot do, run once when the page loads.
+
+* Hover cards stay inside the viewport: a token view's card (`opd_lab.tokenview`) is
+  placed below its token, or above it near the bottom of the window, and shifted left
+  near the right edge (the view itself stays script-free, for notebooks and saved pages).
+* The red pen: clicking a token of the Playground's view puts its position in the
+  "token to correct" box.
+* The open tab and the selected run are kept in the URL (`?tab=runs&run=...`), so a
+  reload, or the page reloading itself after an app restart, comes back to them
+  (this script opens the tab; `app.main` selects the run on load).
+"""
+
+PAGE_SCRIPT = r"""
+() => {
+  if (window.opdLabScript) return;
+  window.opdLabScript = true;
+  const margin = 8;
+  const wanted = new URL(window.location.href).searchParams.get("tab");
+  // Tab clicks are written to the URL only once the tab it named is open again
+  // (Gradio reports its first tab as selected while the page builds).
+  const ready = () => { window.opdLabReady = true; };
+  if (wanted) {
+    let tries = 0;
+    const open = () => {
+      const button = document.querySelector(`[role=tab][data-tab-id="${CSS.escape(wanted)}"]`);
+      if (button) { button.click(); setTimeout(ready, 300); }
+      else if (++tries < 50) setTimeout(open, 100); else ready();
+    };
+    open();
+  } else ready();
+  document.addEventListener("mouseover", (event) => {
+    const token = event.target.closest ? event.target.closest(".tvt") : null;
+    const card = token ? token.querySelector(":scope > .tvc") : null;
+    if (!card) return;
+    card.style.position = "fixed";
+    card.style.maxWidth = (window.innerWidth - 2 * margin) + "px";
+    const box = token.getBoundingClientRect();
+    const size = card.getBoundingClientRect();
+    let top = box.bottom + 4;
+    if (top + size.height > window.innerHeight - margin) top = box.top - size.height - 4;
+    top = Math.max(margin, Math.min(top, window.innerHeight - size.height - margin));
+    const left = Math.max(margin, Math.min(box.left, window.innerWidth - size.width - margin));
+    card.style.top = top + "px";
+    card.style.left = left + "px";
+  });
+  document.addEventListener("click", (event) => {
+    const token = event.target.closest ? event.target.closest("#playground-view .tvt[data-i]") : null;
+    const box = document.querySelector("#pen-position input");
+    if (!token || !box) return;
+    const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set;
+    setter.call(box, token.dataset.i);
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+    box.dispatchEvent(new Event("change", {bubbles: true}));
+    box.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+    box.dispatchEvent(new Event("blur", {bubbles: true}));
+  });
+}
+"""
+
+
+def remember(key: str, value: str | None = None) -> str:
+    """A script for an event: store `value` (default: the event's first input) in the URL's `key` parameter."""
+    argument, chosen = ("", repr(value)) if value is not None else ("value", "value")
+    return (f"({argument}) => {{ if (!window.opdLabReady) return {argument or 'null'}; "
+            f"const url = new URL(window.location.href); "
+            f"if ({chosen}) url.searchParams.set('{key}', {chosen}); else url.searchParams.delete('{key}'); "
+            f"window.history.replaceState(null, '', url); return {argument or 'null'}; }}")
