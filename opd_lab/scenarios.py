@@ -62,7 +62,7 @@ CLAIMS = {
     "steps-vs-rl": "OPD reaches the teacher's level in far fewer gradient steps than RL (seed: 7-10x)",
     "compute-vs-sft": "OPD needs far less total compute than off-policy distillation (seed: 9-30x)",
     "mode-seeking": "Reverse KL commits to one of the teacher's strategies where forward KL (SFT) averages them",
-    "data-reuse": "OPD can train for several epochs on the same prompts",
+    "data-reuse": "OPD can train for several epochs on the same prompts (where SFT on a fixed dataset memorizes)",
     "foundation": "OPD needs a student with the foundation (it refines, it does not teach from scratch)",
     "strong-teacher": "OPD needs a strong teacher; with a weak one, RL with a verifier may win",
     "continual-learning": "OPD from the model's earlier self recovers a forgotten skill",

@@ -160,3 +160,34 @@ def test_the_app_shows_a_report_by_name_only(lab_home):
     assert data["verdict"]["sentence"] in text and figure is not None and len(table) == 9
     text, figure, _ = report_panel.show_report("../synthetic-report")
     assert text.startswith("**Cannot show") and figure is None
+
+
+def _claims_data(curves: dict, flops: dict, claims: tuple, pool: int = 0) -> dict:
+    """A report's data as the claims table reads it, from synthetic accuracy curves."""
+    summaries = {}
+    for arm, seeds in curves.items():
+        runs = [[{"step": s, "eval/accuracy": a, "perf/flops": s * flops[arm], "progress/samples": s * 64}
+                 for s, a in sorted(c.items())] for c in seeds]
+        summaries[arm] = report.summarize_arm(runs, BASE, TEACHER)
+    return {"scenario": "baseline", "label": "baseline" + (f"-pool{pool}" if pool else ""), "claims": list(claims),
+            "seeds": 3, "settings": {"prompt_pool": pool, "steps": 40}, "summaries": summaries,
+            "teacher_accuracy": TEACHER, "base_accuracy": BASE,
+            "verdict": report.verdict(summaries, BASE, TEACHER)}
+
+
+def test_the_claims_table_judges_from_the_numbers():
+    from opd_lab.claims import claim_rows
+
+    sft_wins = _claims_data({"rl": [_rising(40)] * 3, "sft": [_rising(10)] * 3, "opd": [_rising(20)] * 3},
+                            {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("steps-vs-rl", "compute-vs-sft"))
+    rows = {row["claim"]: row for row in claim_rows({"baseline": sft_wins})}
+    assert rows["steps-vs-rl"]["verdict"].startswith("holds")  # 40 vs 20 steps: 2x, below the seed's 7x
+    assert "smaller than the seed's 7x" in rows["steps-vs-rl"]["verdict"]
+    assert rows["compute-vs-sft"]["verdict"] == "does not hold"
+    assert "OPD needed 2.0x more FLOPs than SFT" in rows["compute-vs-sft"]["measured"]
+    assert rows["foundation"]["verdict"] == "not tested"
+    opd_wins = _claims_data({"rl": [_rising(40, 200)] * 3, "sft": [_rising(200, 200)] * 3, "opd": [_rising(5, 200)] * 3},
+                            {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("steps-vs-rl", "compute-vs-sft"))
+    rows = {row["claim"]: row for row in claim_rows({"baseline": opd_wins})}
+    assert rows["steps-vs-rl"]["verdict"] == "holds on the lab"  # 40 vs 5 steps: 8x
+    assert rows["compute-vs-sft"]["verdict"] == "holds on the lab"  # 200 vs 5: 40x
