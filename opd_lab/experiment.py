@@ -196,6 +196,10 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     runs_by_arm = {arm: [] for arm in settings.arms}
     for config, run_dir in zip(configs, reported):
         runs_by_arm[_arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
+    # What was run is saved first, so that a failure while reporting loses nothing (see `refresh_report`).
+    write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab_summary,
+                                          "teacher_accuracy": teacher, "base_accuracy": base, "sweep": sweep,
+                                          "learning_rates": chosen, "runs": runs_by_arm})
     data = build_report(settings, scenario, lab_summary, teacher, base, sweep, chosen, runs_by_arm, out,
                         seconds=time.time() - started)
     write_report(out, data)
@@ -228,9 +232,18 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
 
 
 def refresh_report(folder: str | Path) -> dict:
-    """Recompute a report's numbers and verdict from its runs with this version's code, and rewrite it."""
+    """Recompute a report's numbers and verdict from its runs with this version's code, and rewrite it.
+
+    Also finishes a report whose comparison trained but failed while reporting: its
+    report.json then holds only what was run (`settings_used`), and the rest is rebuilt.
+    """
     folder = Path(folder)
     data = load_report(folder)
+    if "settings_used" in data:
+        settings = CompareSettings(**{**data["settings_used"], "variants": tuple(data["settings_used"]["variants"])})
+        data = build_report(settings, settings.budget(), data["lab"], data["teacher_accuracy"], data["base_accuracy"],
+                            data["sweep"], data["learning_rates"], data["runs"], folder,
+                            seconds=data.get("seconds", float("nan")))
     metrics = {arm: [load_metrics(folder / "runs" / run["run"]) for run in runs] for arm, runs in data["runs"].items()}
     data["summaries"] = {arm: report.summarize_arm(rows, data["base_accuracy"], data["teacher_accuracy"])
                          for arm, rows in metrics.items()}
@@ -280,7 +293,8 @@ def target_rows(data: dict) -> list[dict]:
     """The compute-to-target table: one row per arm and gap fraction, ratios against OPD."""
     summaries = data["summaries"]
     rows = []
-    for arm, summary in summaries.items():
+    for arm in report.ordered_arms(summaries):
+        summary = summaries[arm]
         for target in summary["targets"]:
             row = {"method": report.arm_label(arm), "gap closed": f"{target['fraction']:.0%}",
                    "target accuracy": f"{target['accuracy']:.1%}",
@@ -319,7 +333,8 @@ def report_markdown(data: dict) -> str:
              f"Teacher {data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%} "
              f"(greedy, {data['settings']['eval_count']} held-out problems). Budget {data['settings']['steps']} steps "
              f"of {data['settings']['batch_size']} sequences; prompt pool {data['settings']['prompt_pool'] or 'none'}; "
-             f"{data['seeds']} seeds; {data['seconds'] / 60:.1f} minutes in all.", "",
+             f"{data['seeds']} seeds; " + (f"{data['seconds'] / 60:.1f} minutes in all." if data["seconds"] == data["seconds"]
+                                            else "time not recorded."), "",
              "## Compute to close the gap from the base student to the teacher",
              "Medians over seeds (range over the seeds that reached the target); a median is "
              "\"not reached\" when most seeds did not reach it; \"more than\" ratios use the whole budget.", "",

@@ -41,7 +41,8 @@ def seed_band_figure(folder: str | Path) -> go.Figure:
     data = read_json(folder / "report.json")
     figure = make_subplots(rows=1, cols=2, subplot_titles=("by optimizer steps", "by total FLOPs"),
                            horizontal_spacing=0.08)
-    for arm, runs in data["runs"].items():
+    for arm in report.ordered_arms(data["runs"]):
+        runs = data["runs"][arm]
         color = ARM_COLORS.get(arm) or method_color(arm)
         rows = [load_metrics(folder / "runs" / run["run"]) for run in runs]
         for col, x_key in ((1, "step"), (2, "perf/flops")):

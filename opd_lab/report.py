@@ -41,6 +41,14 @@ def arm_label(arm: str) -> str:
     return VARIANT_LABELS.get(arm) or method_name(arm)
 
 
+ARM_ORDER = ("rl", "sft", "opd", "opd-full")
+
+
+def ordered_arms(arms) -> list[str]:
+    """Arms in the order reports show them: RL, SFT, OPD, then variants (JSON files sort their keys)."""
+    return sorted(arms, key=lambda arm: (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm))
+
+
 def gap_target(base_accuracy: float, teacher_accuracy: float, fraction: float) -> float:
     """The accuracy that closes `fraction` of the gap from the base student to the teacher."""
     return base_accuracy + fraction * (teacher_accuracy - base_accuracy)
@@ -151,7 +159,7 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
         `{"sentence", "level", "winner", "steps_winner"}` (level/winner None when no arm
         closed even the smallest fraction).
     """
-    arms = list(summaries)
+    arms = ordered_arms(summaries)
     seeds = max(s["seeds"] for s in summaries.values())
     if teacher_accuracy <= base_accuracy:
         return {"sentence": f"The teacher ({teacher_accuracy:.1%}) is not ahead of the base student "
@@ -179,9 +187,9 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
         # The seed's step claim, at the largest fraction OPD or RL reached (it may be below `level`).
         step_level = next((f for f in fractions if f <= level and any(
             _target(summaries[a], f)["steps"]["median"] is not None for a in ("opd", "rl"))), None)
-        where = "" if step_level == level else f" to close {step_level:.0%} of the gap"
+        where = "" if step_level in (None, level) else f" to close {step_level:.0%} of the gap"
         if step_level is None:
-            sentence += "; neither OPD nor RL closed any of the gap's targets"
+            sentence += f"; neither OPD nor RL closed {min(fractions):.0%} of the gap"
         elif (found := ratio(summaries, "rl", "opd", step_level, "steps"))["bound"] in (">", "=") and found["value"] >= 1:
             steps_winner = "opd"
             sentence += f"; OPD needed {format_ratio(found)} fewer gradient steps than RL{where}"
