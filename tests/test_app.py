@@ -82,6 +82,20 @@ def test_built_form_widgets_follow_field_types(lab_home):
     assert "Optimizer steps." in by_id["field-steps"].info
 
 
+def test_form_labels_are_words_with_the_field_name_second(lab_home):
+    from app.launch_tab import FIELD_NAMES
+    from app.main import build_app
+
+    demo = build_app()
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert by_id["field-batch_size"].label == "Prompts per step"
+    assert by_id["field-warmup_steps"].label == "Warmup steps"
+    for name in FIELD_NAMES:
+        widget = by_id[f"field-{name}"]
+        assert "_" not in widget.label, widget.label
+        assert widget.info.endswith(f"[{name}]")
+
+
 def test_preview_lists_only_changed_flags():
     from app.launch_tab import check_form, preview_command
 
@@ -497,3 +511,11 @@ def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
     values[launch_tab.FIELD_NAMES.index("task")] = "sorting"
     assert "not built yet" in launch_tab.check_form(values) and "opd-lab lab build --task sorting" in \
         launch_tab.check_form(values)
+
+
+def test_playground_legend_names_each_colouring_once():
+    from app.playground_tab import color_legend
+
+    legend = color_legend()
+    assert legend.count("Advantage") == 1 and legend.lower().count("advantage:") == 0
+    assert "Reverse KL" in legend
