@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
+from app.state import forget_runs_list
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
@@ -108,15 +109,22 @@ def preset_values(preset: str) -> list:
 
 
 def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
-    """Validate the form and start the run: `(message, run id or "")`.
+    """Validate the form and start the run, or queue it at the run limit: `(message, run id or "")`.
 
-    A bad value, an input that fails its checks (`opd_lab.preflight`) or a full run
-    limit creates no run folder; the message is the line `opd-lab launch` would print.
+    A bad value or an input that fails its checks (`opd_lab.preflight`) creates no run
+    folder; the message is the line `opd-lab launch` would print. At the run limit the
+    run waits in line (`runs.submit_run`) and starts when a place frees.
     """
     try:
-        run_dir, pid = runs.start_run(config_from_form(values, trust_remote_code))
+        run_dir, pid = runs.submit_run(config_from_form(values, trust_remote_code))
     except Exception as error:  # noqa: BLE001 - the form shows every error as one line
         return f"**Not launched.** {error_line(error)}", ""
+    forget_runs_list()
+    if pid is None:
+        position = runs.queue_positions().get(run_dir.name, "?")
+        return (f"Queued **{run_dir.name}**: {runs.max_active_runs()} runs are training (the limit), so it is "
+                f"**#{position} in line** and starts by itself when a place frees. Follow it in the **Runs** tab."), \
+            run_dir.name
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
             f"its folder is `{run_dir}`."), run_dir.name
 

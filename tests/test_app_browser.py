@@ -34,12 +34,15 @@ def free_port() -> int:
 @pytest.fixture()
 def app_url(lab_home):
     from app.main import build_app
+    from app.state import start_queue_worker, stop_queue_worker
 
     demo = build_app()
     port = free_port()
+    start_queue_worker(interval_s=0.5)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+    stop_queue_worker()
 
 
 @pytest.fixture()
