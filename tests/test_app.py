@@ -286,6 +286,12 @@ def test_inspect_shows_a_logged_sample(runs_root):
     assert inspect_tab.token_view("inspect-demo", 10, 5) == "Choose a logged step and a sample."
     heatmap, over_training = inspect_tab.step_figures("inspect-demo", 10)
     assert heatmap.data[0].z.shape[0] == 2 and len(over_training.data) >= 1
+    # As in the Playground: the advantage by default, on the locked scale unless unlocked.
+    assert "(locked scale)" in inspect_tab.token_view("inspect-demo", 10, 0)
+    assert "p<sub>teacher</sub>" in inspect_tab.token_view("inspect-demo", 10, 0)
+    assert "(this view's scale)" in inspect_tab.token_view("inspect-demo", 10, 0, "advantage", locked=False)
+    _, smoothed = inspect_tab.step_figures("inspect-demo", 20, smoothing=0.8)
+    assert [shape.x0 for shape in smoothed.layout.shapes] == [20] and any("EMA" in t.name for t in smoothed.data)
 
 
 # --- Playground ---------------------------------------------------------------------
