@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
+from app.state import forget_runs_list
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
@@ -32,6 +33,17 @@ FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
 MAIN_FIELDS = ("name", "method", "task", "device", "teacher", "student", "steps", "batch_size",
                "samples_per_prompt", "learning_rate", "temperature", "seed",
                "eval_every", "eval_count", "sample_every", "checkpoint_every")
+# Field labels a newcomer can read; any other field is its name in words ("batch_size" -> "Batch size").
+LABELS = {"name": "Run name", "task_regex": "Answer regex (.jsonl tasks)", "teacher": "Teacher model",
+          "student": "Student model", "steps": "Training steps", "batch_size": "Prompts per step",
+          "prompt_pool": "Prompt pool size", "samples_per_prompt": "Samples per prompt",
+          "max_grad_norm": "Gradient clipping", "max_new_tokens": "Longest completion (tokens)",
+          "estimator": "OPD estimator", "jsd_beta": "JSD mixture weight", "on_policy_fraction": "On-policy share",
+          "reward_coef": "Reward weight", "sft_source": "SFT data source", "finetune": "Fine-tuning",
+          "lora_rank": "LoRA rank", "lora_alpha": "LoRA alpha", "eval_every": "Evaluate every (steps)",
+          "eval_count": "Evaluation problems", "stop_at_accuracy": "Stop at accuracy",
+          "sample_every": "Log samples every (steps)", "samples_to_log": "Samples logged",
+          "checkpoint_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept"}
 DEFAULTS_PRESET = "defaults"
 COLUMNS = 4
 
@@ -97,15 +109,22 @@ def preset_values(preset: str) -> list:
 
 
 def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
-    """Validate the form and start the run: `(message, run id or "")`.
+    """Validate the form and start the run, or queue it at the run limit: `(message, run id or "")`.
 
-    A bad value, an input that fails its checks (`opd_lab.preflight`) or a full run
-    limit creates no run folder; the message is the line `opd-lab launch` would print.
+    A bad value or an input that fails its checks (`opd_lab.preflight`) creates no run
+    folder; the message is the line `opd-lab launch` would print. At the run limit the
+    run waits in line (`runs.submit_run`) and starts when a place frees.
     """
     try:
-        run_dir, pid = runs.start_run(config_from_form(values, trust_remote_code))
+        run_dir, pid = runs.submit_run(config_from_form(values, trust_remote_code))
     except Exception as error:  # noqa: BLE001 - the form shows every error as one line
         return f"**Not launched.** {error_line(error)}", ""
+    forget_runs_list()
+    if pid is None:
+        position = runs.queue_positions().get(run_dir.name, "?")
+        return (f"Queued **{run_dir.name}**: {runs.max_active_runs()} runs are training (the limit), so it is "
+                f"**#{position} in line** and starts by itself when a place frees. Follow it in the **Runs** tab."), \
+            run_dir.name
     return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
             f"its folder is `{run_dir}`."), run_dir.name
 
@@ -139,8 +158,20 @@ def load_config_file(path: str | None) -> tuple[list, str]:
     return [getattr(config, name) for name in FIELD_NAMES], f"Loaded `{Path(path).name}`.{note}"
 
 
+def field_label(name: str) -> str:
+    """The form's label of a config field.
+
+    Example:
+        >>> field_label("batch_size"), field_label("warmup_steps")
+        ('Prompts per step', 'Warmup steps')
+    """
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
 def _component(spec: dataclasses.Field):
-    label, info, choices = spec.name, spec.metadata["help"], spec.metadata.get("choices")
+    # The config field's own name comes second, for YAML files and the command line.
+    label, choices = field_label(spec.name), spec.metadata.get("choices")
+    info = f"{spec.metadata['help']} [{spec.name}]"
     key = f"field-{spec.name}"
     if choices:
         return gr.Dropdown(list(choices), value=spec.default, label=label, info=info, elem_id=key)

@@ -5,6 +5,11 @@ Run:
     opd-lab app --host 0.0.0.0 --auth me:secret  # reachable from other machines, with a password
     opd-lab app --max-runs 2 --no-build
 
+Classroom mode (one machine, a room of attendees): serve on 0.0.0.0 with --auth (the app
+warns without it); at the run limit a launch waits in line with its place shown and
+starts when a place frees (`opd_lab.runs.submit_run`); every viewer's polling shares one
+scan of the runs folder per second (`app.state.list_runs`).
+
 Five tabs, each a thin view over the library: **Launch** (a form generated from
 `RunConfig`), **Runs** (live table, curves, log, stop/resume/delete), **Compare**
 (curves by method and compute to reach the teacher), **Inspect** (the teacher's verdict
@@ -18,12 +23,13 @@ For tests and embedding, `build_app()` returns the `gr.Blocks` without serving i
 from __future__ import annotations
 
 import os
+import sys
 
 import gradio as gr
 
 from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
 from app.page_script import PAGE_SCRIPT, remember
-from app.state import run_ids
+from app.state import run_ids, start_queue_worker
 from opd_lab.lab import built_lab_tasks, lab_summary
 from opd_lab.paths import data_dir
 from opd_lab.tasks import DEFAULT_TASK
@@ -124,6 +130,24 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+AUTH_MESSAGE = ("opd-lab: log in with the user name and password your instructor gave you. "
+                "Runs launched here keep training after you close the page.")
+
+
+def exposure_warning(host: str, auth: str | None) -> str | None:
+    """A warning when the app is reachable from other machines without a password, else None.
+
+    Example:
+        >>> exposure_warning("127.0.0.1", None) is None, exposure_warning("0.0.0.0", "me:pw") is None
+        (True, True)
+    """
+    if auth or host in LOOPBACK_HOSTS:
+        return None
+    return (f"WARNING: --host {host} without --auth: anyone who can reach this machine can launch, stop "
+            "and delete runs. Add --auth user:password (attendees then log in), or serve on 127.0.0.1.")
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, max_runs: int | None = None,
           trust_remote_code: bool = False, build: bool = True) -> None:
     """Build the lab if it is missing (with `build`), then serve the app until interrupted.
@@ -145,6 +169,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, ma
 
         print(f"Building the {DEFAULT_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
         print(format_summary(build_lab(LabRecipe.for_task(DEFAULT_TASK))))
+    warning = exposure_warning(host, auth)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
+    start_queue_worker()  # runs queued at the run limit start when a place frees
     build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,
+                                        auth_message=AUTH_MESSAGE if credentials else None,
                                         footer_links=["api"], show_error=True)

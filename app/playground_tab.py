@@ -41,8 +41,7 @@ DEFAULT_COLOR = "advantage"
 
 def color_legend() -> str:
     """The two colourings explained in two sentences each, for beside the token view."""
-    return "  \n".join(f"**{label.split(':')[0]}**: {tokenview.COLOR_EXPLANATIONS[kind]}"
-                       for label, kind in COLOR_CHOICES)
+    return "  \n".join(tokenview.COLOR_EXPLANATIONS[kind] for _, kind in COLOR_CHOICES)
 
 
 def scale_of(locked: bool) -> float | None:
@@ -236,8 +235,8 @@ def build(trust_remote_code: bool = False) -> dict:
         gr.Markdown("**Red pen.** Click a token above (or type its number), choose what to write instead "
                     "(the teacher's first choice is preselected), and the student re-writes the rest from there.")
         with gr.Row():
-            pen_position = gr.Number(None, label="token to correct", precision=0, minimum=0, scale=1,
-                                     elem_id="pen-position")
+            pen_position = gr.Textbox(label="token to correct", placeholder="click a token", scale=1,
+                                      max_lines=1, elem_id="pen-position")
             pen_text = gr.Dropdown([], label="write instead", scale=2, elem_id="pen-choice", allow_custom_value=True)
             pen = gr.Button("Rewrite from here", scale=1, elem_id="pen-rewrite")
     pen_result = gr.Markdown(elem_id="pen-result")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import error_text, format_accuracy, format_duration, run_dir_of
+from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
 from opd_lab import plots, runs
 from opd_lab.lab import lab_summary
 from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, load_config, log_tail
@@ -24,13 +24,32 @@ INTRO = ("**Follow your runs.** The table refreshes every 2 seconds from the run
          "and the end of its log; stop, resume or delete it with the buttons.")
 
 
+def progress_bar(step, total, width: int = 10) -> str:
+    """The run's progress as text a table cell can hold.
+
+    Example:
+        >>> progress_bar(6, 20)
+        '▰▰▰▱▱▱▱▱▱▱ 6/20'
+    """
+    if not isinstance(total, int) or total <= 0 or not isinstance(step, int):
+        return f"{step}/{total}"
+    filled = round(width * min(max(step / total, 0.0), 1.0))
+    return "▰" * filled + "▱" * (width - filled) + f" {step}/{total}"
+
+
+def state_text(run: dict) -> str:
+    """The state column: "waiting (#2 in line)" for a queued run."""
+    position = run.get("queue_position")
+    return f"{run['state']} (#{position} in line)" if position else run["state"]
+
+
 def run_rows() -> list[list]:
     """One table row per run, newest first (see TABLE_HEADERS)."""
     rows = []
-    for run in runs.list_runs():
+    for run in list_runs():
         eta = format_duration(run["eta_s"]) if run["state"] == "running" else "-"
-        rows.append([run["id"], run["method"] or "?", run["task"] or "?", run["state"],
-                     f"{run['step']}/{run['total_steps']}", eta, format_accuracy(run["accuracy"]),
+        rows.append([run["id"], run["method"] or "?", run["task"] or "?", state_text(run),
+                     progress_bar(run["step"], run["total_steps"]), eta, format_accuracy(run["accuracy"]),
                      run["message"]])
     return rows
 
@@ -45,11 +64,11 @@ def run_summary(run_id: str) -> str:
         run_dir = run_dir_of(run_id)
     except runs.RunError as error:
         return error_text(error)
-    row = next((r for r in runs.list_runs() if r["id"] == run_dir.name), None)
+    row = next((r for r in list_runs() if r["id"] == run_dir.name), None)
     if row is None:
         return error_text(f"no run named {run_id!r}")
-    parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{row['state']}**",
-             f"step {row['step']}/{row['total_steps']}", f"accuracy {format_accuracy(row['accuracy'])}"]
+    parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{state_text(row)}**",
+             f"step {progress_bar(row['step'], row['total_steps'])}", f"accuracy {format_accuracy(row['accuracy'])}"]
     if row["state"] == "running":
         parts.append(f"ETA {format_duration(row['eta_s'])}")
     return " · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
@@ -94,6 +113,7 @@ def stop_run(run_id: str) -> str:
         return error_text(error)
     active = runs.status_of(run_dir).get("state") in runs.ACTIVE_STATES
     message = runs.request_stop(run_dir)
+    forget_runs_list()
     return message + (" (it stops after the current step, with a checkpoint)" if active else "")
 
 
@@ -102,6 +122,7 @@ def resume_run(run_id: str) -> str:
         pid = runs.resume(run_dir_of(run_id))
     except runs.RunError as error:
         return error_text(error)
+    forget_runs_list()
     return f"Resumed **{run_id}** from its last checkpoint (process {pid})."
 
 
@@ -113,6 +134,7 @@ def delete_run(run_id: str, confirmed: bool) -> str:
         runs.delete_run(run_dir)
     except runs.RunError as error:
         return error_text(error)
+    forget_runs_list()
     return f"Deleted **{run_id}**."
 
 

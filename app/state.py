@@ -10,6 +10,7 @@ the lab folders). No filesystem path typed in a browser is ever opened.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -29,9 +30,71 @@ def run_dir_of(run_id: str) -> Path:
     return run_folder.run_path(run_id)
 
 
+# Every viewer's page polls the runs list; one scan per this many seconds serves them all.
+RUNS_LIST_MAX_AGE_S = 1.0
+_runs_list = {"rows": [], "at": -1.0, "key": None}
+_runs_list_lock = threading.Lock()
+
+
+def list_runs() -> list[dict]:
+    """`runs.list_runs()`, shared by all viewers for up to RUNS_LIST_MAX_AGE_S seconds.
+
+    Each row also has its place in the queue, `queue_position` (None unless it waits).
+    """
+    folder = runs.runs_dir()
+    key = (str(folder), folder.stat().st_mtime_ns)  # a run created or deleted is listed at once
+    with _runs_list_lock:  # viewers arriving together wait for one scan instead of each scanning
+        if key != _runs_list["key"] or time.monotonic() - _runs_list["at"] > RUNS_LIST_MAX_AGE_S:
+            positions = runs.queue_positions()
+            _runs_list["rows"] = [{**row, "queue_position": positions.get(row["id"])} for row in runs.list_runs()]
+            _runs_list["at"], _runs_list["key"] = time.monotonic(), key
+        return _runs_list["rows"]
+
+
+def forget_runs_list() -> None:
+    """Read the run folders again at the next `list_runs` (after a launch, stop or delete)."""
+    with _runs_list_lock:
+        _runs_list["at"] = -1.0
+
+
 def run_ids() -> list[str]:
     """Every run id, newest first."""
-    return [row["id"] for row in runs.list_runs()]
+    return [row["id"] for row in list_runs()]
+
+
+def start_queue_worker(interval_s: float = 2.0) -> None:
+    """Start, once per process, the thread that launches waiting runs when places free
+    (`runs.start_waiting`, through the library's locks and run limit)."""
+    with _runs_list_lock:
+        if _queue_worker["thread"] is not None:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=_serve_queue, args=(interval_s, stop), daemon=True, name="opd-lab-queue")
+        _queue_worker.update(thread=thread, stop=stop)
+        thread.start()
+
+
+def stop_queue_worker() -> None:
+    """Stop the queue's thread (tests; the served app keeps it until it exits)."""
+    with _runs_list_lock:
+        thread, stop = _queue_worker["thread"], _queue_worker["stop"]
+        _queue_worker.update(thread=None, stop=None)
+    if thread is not None:
+        stop.set()
+        thread.join()
+
+
+_queue_worker = {"thread": None, "stop": None}
+
+
+def _serve_queue(interval_s: float, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if runs.start_waiting():
+                forget_runs_list()
+        except Exception:  # noqa: BLE001 - a bad folder must not stop the queue; the next pass retries
+            pass
+        stop.wait(interval_s)
 
 
 def checkpoint_of(run_id: str, name: str) -> Path:

@@ -81,7 +81,7 @@ def _shade(color: str, repeat: int) -> str:
     return "#" + "".join(f"{round(channel + (target - channel) * min(amount, 0.8)):02x}" for channel in (red, green, blue))
 
 
-def _curve_traces(xs: list, ys: list, label: str, color: str | None, smoothing: float, hover: str,
+def curve_traces(xs: list, ys: list, label: str, color: str | None, smoothing: float, hover: str,
                   dash: str = "solid", group: str | None = None) -> list[go.Scatter]:
     """A run's curve: raw, or (with `smoothing`) its EMA drawn over the raw values shown faintly, as TensorBoard does."""
     mode = "lines+markers" if len(xs) <= 30 else "lines"
@@ -156,7 +156,7 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
             continue
         label = labels[index] if labels is not None else path.name
         hover = f"{label}<br>{x}=%{{x}}<br>{METRIC_TITLES.get(metric, metric)} %{{y:{_y_format(metric)}}}<extra></extra>"
-        fig.add_traces(_curve_traces(xs, ys, label, method_color(method_of(path)), smoothing, hover))
+        fig.add_traces(curve_traces(xs, ys, label, method_color(method_of(path)), smoothing, hover))
     title = METRIC_TITLES.get(metric, metric) + (f" (EMA {smoothing:g})" if smoothing else "")
     _layout(fig, title, x, metric, log_y=log_y)
     if not fig.data:
@@ -209,7 +209,7 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
         seen[method] = repeat + 1
         label = labels[index] if labels is not None else f"{method_name(method)} ({path.name})"
         hover = f"{label}: %{{y:{_y_format(metric)}}}<extra></extra>"
-        fig.add_traces(_curve_traces(xs, ys, label, _shade(method_color(method), repeat), smoothing, hover,
+        fig.add_traces(curve_traces(xs, ys, label, _shade(method_color(method), repeat), smoothing, hover,
                                      dash=_DASHES[repeat % len(_DASHES)], group=path.name))
     if teacher_accuracy is not None:
         fig.add_hline(y=teacher_accuracy, line_dash="dash", line_color="#111",

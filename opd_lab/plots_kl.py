@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from opd_lab.plot_style import METRIC_TITLES
+from opd_lab.plots import curve_traces
 from opd_lab.run_folder import load_metrics, load_samples
 from opd_lab.tokenview import color_for
 
@@ -98,16 +99,24 @@ def kl_histogram(samples: list[dict], bins: int = 40) -> go.Figure:
     return fig
 
 
-def kl_over_training(run_dir: str | os.PathLike) -> go.Figure:
+def kl_over_training(run_dir: str | os.PathLike, smoothing: float = 0.0, step: int | None = None,
+                     log_y: bool = False) -> go.Figure:
     """Mean per-token reverse KL of the logged samples at each sample step, and the
     ``train/reverse_kl`` metric (every step's whole batch) when the run logged it.
 
     The sample means are token-weighted (total KL over total tokens) like the metric,
     but over a handful of rollouts, so they are noisier.
 
+    Args:
+        smoothing: EMA factor in [0, 1) for the training-batch curve, drawn over its
+            faint raw values (the batch KL is noisy: ±0.3 around a trend of 0.03).
+        step: the step being viewed, marked by a vertical line.
+        log_y: a logarithmic y axis.
     Returns:
-        One or two traces: "logged samples" and, if present, "training batch".
+        The "logged samples" trace and, if present, the "training batch" traces.
     """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
     totals: dict[int, list[float]] = {}
     for sample in load_samples(run_dir):
         kls = [kl for token in sample.get("tokens", []) if math.isfinite(kl := _token_kl(token))]
@@ -124,15 +133,17 @@ def kl_over_training(run_dir: str | os.PathLike) -> go.Figure:
     rows = [row for row in load_metrics(run_dir)
             if isinstance(row.get("train/reverse_kl"), (int, float)) and math.isfinite(row["train/reverse_kl"])]
     if rows:
-        fig.add_trace(go.Scatter(x=[row["step"] for row in rows], y=[row["train/reverse_kl"] for row in rows],
-                                 mode="lines", name="training batch (train/reverse_kl)",
-                                 line=dict(color="#6b7280", width=1.5),
-                                 hovertemplate="step %{x}<br>train/reverse_kl %{y:.4f} nats<extra></extra>"))
+        label = "training batch (train/reverse_kl" + (f", EMA {smoothing:g})" if smoothing else ")")
+        fig.add_traces(curve_traces([row["step"] for row in rows], [row["train/reverse_kl"] for row in rows], label,
+                                    "#6b7280", smoothing, "step %{x}<br>train/reverse_kl %{y:.4f} nats<extra></extra>"))
+    if step is not None and fig.data:
+        fig.add_vline(x=step, line_dash="dot", line_color="#111", annotation_text=f"viewing step {step}",
+                      annotation_position="top left")
     fig.update_layout(template="plotly_white", height=380, title="reverse KL to the teacher over training",
                       margin=dict(l=60, r=20, t=60, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     fig.update_xaxes(title_text="optimizer step")
-    fig.update_yaxes(title_text=METRIC_TITLES["train/reverse_kl"])
+    fig.update_yaxes(title_text=METRIC_TITLES["train/reverse_kl"], type="log" if log_y else "linear")
     if not fig.data:
         _empty(fig, "no reverse KL logged yet")
     return fig

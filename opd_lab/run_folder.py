@@ -285,11 +285,35 @@ def run_row(run_dir: str | os.PathLike, status: dict) -> dict:
         config = load_config(run_dir)
     except UnreadableFile as error:
         config, status = {}, {**status, "state": "unreadable", "message": str(error)}
-    evals = [m["eval/accuracy"] for m in load_metrics(run_dir) if "eval/accuracy" in m]
     return {
         "id": run_dir.name, "path": str(run_dir), "method": config.get("method"), "task": config.get("task"),
         "state": status.get("state", "unknown"), "step": status.get("step", 0),
         "total_steps": status.get("total_steps", config.get("steps")), "eta_s": status.get("eta_s"),
         "message": status.get("message", ""), "created_at": status.get("created_at", 0),
-        "accuracy": evals[-1] if evals else None,
+        "accuracy": last_accuracy(run_dir),
     }
+
+
+# (size, modification time) of a metrics.jsonl when it was last read, and its last accuracy.
+_ACCURACY_CACHE: dict[Path, tuple[tuple[int, int], float | None]] = {}
+
+
+def last_accuracy(run_dir: str | os.PathLike) -> float | None:
+    """The run's latest held-out accuracy, None before its first evaluation.
+
+    metrics.jsonl is parsed again only when its size or modification time changed, so
+    listing runs every few seconds (many viewers of the app) does not re-read every file.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    cached = _ACCURACY_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    evals = [m["eval/accuracy"] for m in load_metrics(run_dir) if "eval/accuracy" in m]
+    accuracy = evals[-1] if evals else None
+    _ACCURACY_CACHE[path] = (stamp, accuracy)
+    return accuracy

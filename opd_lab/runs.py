@@ -11,6 +11,12 @@ marked failed. At most `max_active_runs()` runs train at once: `check_capacity` 
 the one place that says so, and every launch counts and claims under one data-dir
 lock, so two launches at the same instant cannot both take the last place.
 
+The queue (a room of attendees sharing one machine): `submit_run` starts a run when
+there is room and nobody waits before it, and otherwise leaves its folder in the state
+"waiting". `start_waiting` (the app calls it every few seconds) launches the oldest
+waiting runs through `launch`, so they take the same locks and the same limit as any
+launch. The queue is the folders themselves: it survives an app restart.
+
 Example:
     >>> run_dir, pid = start_run(RunConfig(method="opd", steps=50))  # doctest: +SKIP
     >>> [r["id"] for r in list_runs()]  # doctest: +SKIP
@@ -36,13 +42,14 @@ from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, l
                                 update_status)
 
 ACTIVE_STATES = ("queued", "running")
+WAITING = "waiting"  # in the queue for a free place under the run limit; no process yet
 DEFAULT_MAX_ACTIVE_RUNS = 3
 MAX_RUNS_VAR = "OPD_LAB_MAX_RUNS"
 LAUNCH_LOCK_FILE = ".launch.lock"
 
-__all__ = ["ACTIVE_STATES", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs", "launch",
-           "list_runs", "max_active_runs", "request_stop", "resume", "running_count", "start_run", "start_runs",
-           "status_of", "threads_per_run"]
+__all__ = ["ACTIVE_STATES", "WAITING", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs",
+           "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
+           "start_run", "start_runs", "start_waiting", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
 
 
 def _owner_alive(run_dir: Path, status: dict) -> bool:
@@ -167,13 +174,15 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
     return _launch_existing(Path(run_dir), limit, refuse_finished=False)
 
 
-def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool) -> int:
+def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, only_waiting: bool = False) -> int:
     limit = max_active_runs() if limit is None else limit
     with _launch_lock():
         owner = _take_or_refuse(run_dir)
         try:
             if refuse_finished and _state(run_dir) == "finished":
                 raise RunError(f"run {run_dir.name} has finished all its steps")
+            if only_waiting and _state(run_dir) != WAITING:  # started, stopped or deleted meanwhile
+                raise RunError(f"run {run_dir.name} is no longer waiting")
             check_capacity(1, limit, exclude=run_dir)
             (run_dir / STOP_FILE).unlink(missing_ok=True)
             return _spawn(run_dir, owner, limit)
@@ -265,13 +274,77 @@ def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
         return started
 
 
+def waiting_runs() -> list[Path]:
+    """The queue: runs in the state "waiting", first come first."""
+    waiting = []
+    for folder in run_folders():
+        try:
+            status = load_status(folder) or {}
+        except UnreadableFile:
+            continue
+        if status.get("state") == WAITING:
+            waiting.append((status.get("created_at", 0), folder.name, folder))
+    return [folder for *_, folder in sorted(waiting)]
+
+
+def queue_positions() -> dict[str, int]:
+    """{run id: place in the queue, 1 first} of the waiting runs."""
+    return {folder.name: position for position, folder in enumerate(waiting_runs(), start=1)}
+
+
+def submit_run(config: RunConfig) -> tuple[Path, int | None]:
+    """Start a run of `config` now if the run limit leaves room and nobody is waiting,
+    else queue it: `(run folder, pid, or None when it waits)`.
+
+    Raises:
+        ConfigError, ModelLoadError: a bad input (`preflight.check_run_inputs`);
+            nothing is created.
+    """
+    limit = max_active_runs()
+    config = check_run_inputs(config)
+    with _launch_lock():
+        run_dir, owner = ownership.create_owned_run(config)
+        with owner:
+            if not waiting_runs() and running_count(exclude=run_dir) < limit:
+                return run_dir, _spawn(run_dir, owner, limit)
+            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit")
+            return run_dir, None
+
+
+def start_waiting(limit: int | None = None) -> list[tuple[Path, int]]:
+    """Launch the oldest waiting runs while the run limit leaves room: `[(run folder, pid)]`.
+
+    Each goes through `launch`'s locks and capacity check, so a queue served by several
+    apps at once starts each run once, and never more runs than the limit.
+    """
+    started = []
+    for run_dir in waiting_runs():
+        if running_count() >= (max_active_runs() if limit is None else limit):
+            break
+        try:
+            started.append((run_dir, _launch_existing(run_dir, limit, refuse_finished=True, only_waiting=True)))
+        except RunError:  # taken by another app, cancelled, or the limit filled up meanwhile
+            continue
+    return started
+
+
 def request_stop(run_dir: str | Path) -> str:
     """Ask a run to stop after its current step (with a checkpoint); returns a message.
 
-    A run that has not started training yet stops as soon as it starts.
+    A run that has not started training yet stops as soon as it starts; a waiting one
+    leaves the queue.
     """
     run_dir = Path(run_dir)
     status = status_of(run_dir)
+    if status.get("state") == WAITING:
+        try:
+            with ownership.take(run_dir):
+                if _state(run_dir) == WAITING:
+                    update_status(run_dir, state="stopped", message="taken out of the queue; resume to start it")
+                    return f"{run_dir.name} left the queue"
+        except ownership.RunOwned:
+            pass
+        status = status_of(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return f"run {run_dir.name} is not running ({status.get('state')})"
     (run_dir / STOP_FILE).touch()

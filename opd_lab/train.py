@@ -50,6 +50,9 @@ from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASE
                                 append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status)
 from opd_lab.tasks import Problem, Verdict, get_task
 
+# log.txt gets a training line every this many steps, after the first step and at each evaluation.
+LOG_EVERY_STEPS = 10
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops without saving the bad weights."""
@@ -435,6 +438,22 @@ def _save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
     checkpoints.prune(run_dir, trainer.config.keep_checkpoints, accuracy_by_step)
 
 
+def training_line(metrics: dict, total_steps: int, steps_per_s: float) -> str:
+    """One line of log.txt about a step: step, loss, KL, held-out accuracy (at an evaluation), speed.
+
+    Example:
+        >>> training_line({"step": 20, "train/loss": 0.41, "train/reverse_kl": 0.39}, 150, 2.5)
+        'step 20/150  loss 0.4100  KL 0.3900  2.50 steps/s'
+    """
+    parts = [f"step {metrics['step']}/{total_steps}", f"loss {metrics['train/loss']:.4f}"]
+    if isinstance(metrics.get("train/reverse_kl"), (int, float)):
+        parts.append(f"KL {metrics['train/reverse_kl']:.4f}")
+    if isinstance(metrics.get("eval/accuracy"), (int, float)):
+        parts.append(f"held-out accuracy {metrics['eval/accuracy']:.1%}")
+    parts.append(f"{steps_per_s:.2f} steps/s")
+    return "  ".join(parts)
+
+
 def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool) -> str:
     config = trainer.config
     bar = tqdm(total=config.steps, initial=trainer.step_done, desc=f"{config.method} {run_dir.name}",
@@ -461,6 +480,8 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
             _save_checkpoint(trainer, run_dir)
         per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
+        if step % LOG_EVERY_STEPS == 0 or "eval/accuracy" in metrics or step == first_step + 1:
+            _log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
         update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
                       message=f"loss {metrics['train/loss']:.4f}"
                       + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))

@@ -82,6 +82,20 @@ def test_built_form_widgets_follow_field_types(lab_home):
     assert "Optimizer steps." in by_id["field-steps"].info
 
 
+def test_form_labels_are_words_with_the_field_name_second(lab_home):
+    from app.launch_tab import FIELD_NAMES
+    from app.main import build_app
+
+    demo = build_app()
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert by_id["field-batch_size"].label == "Prompts per step"
+    assert by_id["field-warmup_steps"].label == "Warmup steps"
+    for name in FIELD_NAMES:
+        widget = by_id[f"field-{name}"]
+        assert "_" not in widget.label, widget.label
+        assert widget.info.endswith(f"[{name}]")
+
+
 def test_preview_lists_only_changed_flags():
     from app.launch_tab import check_form, preview_command
 
@@ -108,14 +122,18 @@ def test_launch_with_a_bad_value_shows_the_error_and_creates_no_run(runs_root):
     assert _folders(runs_root) == before
 
 
-def test_launch_refused_at_the_run_limit_creates_no_run(runs_root, monkeypatch):
+def test_launch_at_the_run_limit_queues_the_run_with_its_place(runs_root, monkeypatch):
     from app.launch_tab import launch_run
+    from app.runs_tab import TABLE_HEADERS, run_rows
+    from opd_lab import runs
 
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "0")
-    before = _folders(runs_root)
-    message, run_id = launch_run(_form(steps=2))
-    assert run_id == "" and "limit is 0" in message
-    assert _folders(runs_root) == before
+    message, run_id = launch_run(_form(steps=2, name="queued-form"))
+    assert run_id.startswith("queued-form") and "#1 in line" in message
+    row = {r[0]: dict(zip(TABLE_HEADERS, r)) for r in run_rows()}[run_id]
+    assert row["state"] == "waiting (#1 in line)" and row["step"].endswith("0/2")
+    assert "left the queue" in runs.request_stop(runs.runs_dir() / run_id)
+    runs.delete_run(runs.runs_dir() / run_id)
 
 
 def test_presets_fill_the_form():
@@ -158,7 +176,8 @@ def test_run_table_has_one_row_per_run(runs_root):
     make_run(runs_root, "table-demo", method="rl", steps=20, eval_accuracy={0: 0.1, 20: 0.8})
     rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
     assert rows["table-demo"] == {"run": "table-demo", "method": "rl", "task": "addition", "state": "finished",
-                                  "step": "20/20", "ETA": "-", "accuracy": "80.0%", "message": "finished"}
+                                  "step": "▰▰▰▰▰▰▰▰▰▰ 20/20", "ETA": "-", "accuracy": "80.0%",
+                                  "message": "finished"}
     assert "**finished**" in run_summary("table-demo")
 
 
@@ -267,6 +286,12 @@ def test_inspect_shows_a_logged_sample(runs_root):
     assert inspect_tab.token_view("inspect-demo", 10, 5) == "Choose a logged step and a sample."
     heatmap, over_training = inspect_tab.step_figures("inspect-demo", 10)
     assert heatmap.data[0].z.shape[0] == 2 and len(over_training.data) >= 1
+    # As in the Playground: the advantage by default, on the locked scale unless unlocked.
+    assert "(locked scale)" in inspect_tab.token_view("inspect-demo", 10, 0)
+    assert "p<sub>teacher</sub>" in inspect_tab.token_view("inspect-demo", 10, 0)
+    assert "(this view's scale)" in inspect_tab.token_view("inspect-demo", 10, 0, "advantage", locked=False)
+    _, smoothed = inspect_tab.step_figures("inspect-demo", 20, smoothing=0.8)
+    assert [shape.x0 for shape in smoothed.layout.shapes] == [20] and any("EMA" in t.name for t in smoothed.data)
 
 
 # --- Playground ---------------------------------------------------------------------
@@ -376,7 +401,7 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
     finally:
         demo.close()
     row = next(row for row in table["data"] if row[0] == run_id)
-    assert row[3] == "finished" and row[4] == "8/8"
+    assert row[3] == "finished" and row[4].endswith(" 8/8")
 
 
 # --- serve --------------------------------------------------------------------------
@@ -408,14 +433,27 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
     monkeypatch.setattr(opd_lab.lab, "build_lab", lambda recipe: built.append(recipe.task) or {})
     monkeypatch.setattr(opd_lab.lab, "format_summary", lambda summary: "summary")
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")  # restored after the test; serve overwrites it
+    monkeypatch.setattr(app.main, "start_queue_worker", lambda: launched.update(queue=True))
     app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
     assert built == ["addition"]
     assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7999
-    assert launched["auth"] == ("me", "pw") and launched["trust"] is True
+    assert launched["auth"] == ("me", "pw") and launched["trust"] is True and launched["queue"] is True
+    assert "instructor" in launched["auth_message"]
     assert os.environ["OPD_LAB_MAX_RUNS"] == "5"
     built.clear()
     app.main.serve(build=False)
-    assert built == []
+    assert built == [] and launched["auth_message"] is None
+
+
+def test_serving_to_the_network_without_a_password_warns(lab_home, monkeypatch, capsys):
+    import app.main
+
+    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code: type("Fake", (), {"launch": lambda *a, **k: None})())
+    monkeypatch.setattr(app.main, "start_queue_worker", lambda: None)
+    app.main.serve(host="0.0.0.0", build=False)
+    assert "without --auth" in capsys.readouterr().err
+    app.main.serve(host="127.0.0.1", build=False)
+    assert "WARNING" not in capsys.readouterr().err
 
 
 def field_report_records() -> list[dict]:
@@ -497,3 +535,11 @@ def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
     values[launch_tab.FIELD_NAMES.index("task")] = "sorting"
     assert "not built yet" in launch_tab.check_form(values) and "opd-lab lab build --task sorting" in \
         launch_tab.check_form(values)
+
+
+def test_playground_legend_names_each_colouring_once():
+    from app.playground_tab import color_legend
+
+    legend = color_legend()
+    assert legend.count("Advantage") == 1 and legend.lower().count("advantage:") == 0
+    assert "Reverse KL" in legend

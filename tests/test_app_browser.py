@@ -34,12 +34,15 @@ def free_port() -> int:
 @pytest.fixture()
 def app_url(lab_home):
     from app.main import build_app
+    from app.state import start_queue_worker, stop_queue_worker
 
     demo = build_app()
     port = free_port()
+    start_queue_worker(interval_s=0.5)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+    stop_queue_worker()
 
 
 @pytest.fixture()
@@ -205,3 +208,27 @@ def test_playground_marks_the_typed_mistakes_and_the_red_pen_rewrites(page, scre
     page.screenshot(path=str(screenshots / "7-red-pen.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(screenshots / "8-playground-phone.png"), full_page=True)
+
+
+def test_a_queued_run_starts_when_a_place_frees(page, screenshots, lab_home, monkeypatch):
+    from playwright.sync_api import expect
+
+    from opd_lab import runs
+    from opd_lab.config import RunConfig
+
+    monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
+    small = dict(steps=4, batch_size=4, eval_every=4, eval_count=8, sample_every=4, checkpoint_every=4)
+    first, _ = runs.start_run(RunConfig(**small, name="holder", learning_rate=0.001))
+    page.locator("#field-name input").fill("queued")
+    for field, value in small.items():
+        _set_number(page, field, value)
+    page.click("#launch-button")
+    expect(page.locator("#launch-message")).to_contain_text("#1 in line")
+    run_id = page.locator("#launched-run input, #launched-run textarea").input_value()
+    row = page.locator("#runs-table [role=row]", has_text=run_id)
+    if runs.status_of(first)["state"] in runs.ACTIVE_STATES:  # the holder may already be done on a fast machine
+        expect(row).to_contain_text("waiting", timeout=30_000)
+        page.screenshot(path=str(screenshots / "7-queued.png"), full_page=True)
+    expect(row).to_contain_text(re.compile(r"running|finished"), timeout=120_000)
+    expect(page.locator("#run-log textarea")).to_have_value(re.compile(r"step \d+/4  loss"), timeout=120_000)
+    assert runs.status_of(first)["state"] == "finished"

@@ -138,6 +138,15 @@ def test_kl_over_training_has_sample_means_and_the_metric(runs):
     assert len(fig.data[1].x) == 20 and fig.data[1].y[0] == pytest.approx(0.5 * math.exp(-0.1))
 
 
+def test_kl_over_training_smooths_the_batch_curve_and_marks_the_viewed_step(runs):
+    fig = plots_kl.kl_over_training(runs[0], smoothing=0.9, step=10, log_y=True)
+    raw, smoothed = fig.data[1], fig.data[2]
+    assert raw.opacity < 0.5 and list(raw.y) != list(smoothed.y)
+    assert smoothed.y[0] == raw.y[0] and "EMA 0.9" in smoothed.name
+    assert [shape.x0 for shape in fig.layout.shapes] == [10]
+    assert fig.layout.yaxis.type == "log"
+
+
 def test_fit_gaussian_reverse_is_mode_seeking_forward_is_mode_covering():
     mu, sigma, kl = divergence_demo.fit_gaussian("reverse", separation=8.0, mode_sigma=1.0)
     assert abs(abs(mu) - 4.0) < 0.1 and abs(sigma - 1.0) < 0.1

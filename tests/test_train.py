@@ -11,7 +11,7 @@ import torch
 
 from opd_lab import checkpoints, losses, run_folder, runs
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.run_folder import load_metrics, load_samples, load_status
+from opd_lab.run_folder import load_metrics, load_samples, load_status, log_tail
 from opd_lab.train import run_training
 
 SMALL = dict(steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1, samples_to_log=2,
@@ -67,6 +67,9 @@ def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     token = samples[0]["tokens"][0]
     assert {"text", "student_logprob", "teacher_logprob", "reverse_kl", "teacher_top"} <= set(token)
     assert len(token["teacher_top"]) == 5
+    log_lines = [line for line in log_tail(run_dir).splitlines() if line.startswith("step ")]
+    assert log_lines[0].startswith("step 1/2  loss ") and "steps/s" in log_lines[0]
+    assert log_lines[-1].startswith("step 2/2") and "held-out accuracy" in log_lines[-1]
     latest = checkpoints.latest(run_dir)
     assert latest is not None and latest.name == "step_000002"
     model, _ = checkpoints.load_student(latest, RunConfig(**SMALL, **overrides))
