@@ -9,6 +9,8 @@ among the report folders.
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import pandas as pd
 
@@ -21,23 +23,33 @@ NO_REPORT = ("No comparison report yet. Start one below (the quick one takes abo
 
 
 def report_names() -> list[str]:
-    return [folder.name for folder in experiment.list_reports()]
+    """Local report folders (newest first), then the reports measured for the repository's claims table."""
+    return ([folder.name for folder in experiment.list_reports()]
+            + [experiment.MEASURED_PREFIX + name for name in experiment.committed_reports()])
 
 
 def show_report(name: str | None):
     """(verdict markdown, figure, table) of the report called `name`."""
     if not name:
         return NO_REPORT, None, pd.DataFrame()
+    committed = experiment.committed_reports()
     try:
-        folder = experiment.report_path(name)
-        data = experiment.load_report(folder)
+        if name.startswith(experiment.MEASURED_PREFIX) and name[len(experiment.MEASURED_PREFIX):] in committed:
+            folder = None
+            data = json.loads(committed[name[len(experiment.MEASURED_PREFIX):]].read_text())
+        else:
+            folder = experiment.report_path(name)
+            data = experiment.load_report(folder)
     except (FileNotFoundError, ValueError) as error:
         return f"**Cannot show this report.** {error}", None, pd.DataFrame()
     text = (f"### Verdict\n{data['verdict']['sentence']}\n\n*Scenario `{data['scenario']}`"
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
             f"{data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%}; each method's learning rate "
             f"from the same sweep ({', '.join(f'{arm} {lr:g}' for arm, lr in data['learning_rates'].items())}).*")
-    return text, seed_band_figure(folder), pd.DataFrame(experiment.target_rows(data))
+    if folder is None:
+        text += ("\n\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped, so "
+                 "there is no figure: run the comparison to get one.*")
+    return text, seed_band_figure(folder) if folder else None, pd.DataFrame(experiment.target_rows(data))
 
 
 def start(scenario: str, quick: bool):

@@ -397,6 +397,17 @@ def start_compare(scenario: str, quick: bool = False, seeds: int = 3) -> Path:
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+MEASURED_PREFIX = "measured: "
+
+
+def committed_reports() -> dict[str, Path]:
+    """The full reports committed with the repository (docs/results), by name; they have no runs."""
+    if not RESULTS_DIR.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(RESULTS_DIR.glob("*.json"))
+            if "verdict" in json.loads(path.read_text())}
+
+
 def measured_report(scenario: str) -> tuple[dict | None, str]:
     """The newest full (not quick) report of `scenario`: a local one, else the one committed in docs/results.
 

@@ -191,3 +191,17 @@ def test_the_claims_table_judges_from_the_numbers():
     rows = {row["claim"]: row for row in claim_rows({"baseline": opd_wins})}
     assert rows["steps-vs-rl"]["verdict"] == "holds on the lab"  # 40 vs 5 steps: 8x
     assert rows["compute-vs-sft"]["verdict"] == "holds on the lab"  # 200 vs 5: 40x
+
+
+def test_the_app_lists_the_measured_reports_without_runs(lab_home):
+    from app import report_panel
+    from opd_lab.experiment import MEASURED_PREFIX, committed_reports
+
+    measured = committed_reports()
+    assert "baseline" in measured  # docs/results/baseline.json, behind the claims table
+    name = MEASURED_PREFIX + "baseline"
+    assert name in report_panel.report_names()
+    text, figure, table = report_panel.show_report(name)
+    assert json.loads(measured["baseline"].read_text())["verdict"]["sentence"] in text
+    assert figure is None and len(table) == 9
+    assert report_panel.show_report(MEASURED_PREFIX + "../baseline")[0].startswith("**Cannot show")
