@@ -26,6 +26,7 @@ from opd_lab.config import ConfigError, RunConfig
 from opd_lab.run_folder import load_metrics, load_status
 from opd_lab.tokenview import render_tokens
 from opd_lab.train import run_training
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(batch_size=4, eval_every=1000, eval_count=8, sample_every=1000, max_new_tokens=8)
@@ -51,13 +52,6 @@ def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
 
 
-def _wait_for(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _state(run_dir) -> str:
@@ -89,7 +83,7 @@ def test_two_launches_racing_at_the_limit_start_exactly_one(home):
 
 def test_resume_of_a_running_run_is_refused(home):
     run_dir, _ = runs.start_run(RunConfig(steps=100000, checkpoint_every=5, **SMALL))
-    assert _wait_for(lambda: load_status(run_dir).get("step", 0) >= 1), load_status(run_dir)
+    assert wait_for(lambda: load_status(run_dir).get("step", 0) >= 1, interval=0.1), load_status(run_dir)
     with pytest.raises(runs.RunError, match="already running"):
         runs.resume(run_dir)
     with pytest.raises(runs.RunError, match="still running"):
@@ -100,7 +94,7 @@ def test_resume_of_a_running_run_is_refused(home):
                                 env=_env(), capture_output=True, text=True, timeout=120)
     assert foreground.returncode == 2 and "already running" in _one_line(foreground.stderr)
     runs.request_stop(run_dir)
-    assert _wait_for(lambda: _state(run_dir) == "stopped"), runs.status_of(run_dir)
+    assert wait_for(lambda: _state(run_dir) == "stopped", interval=0.1), runs.status_of(run_dir)
     steps = _steps(run_dir)
     assert steps == list(range(len(steps)))  # one writer: no step twice
 
@@ -108,12 +102,12 @@ def test_resume_of_a_running_run_is_refused(home):
 def test_a_stop_requested_while_queued_stops_the_run(home):
     run_dir, _ = runs.start_run(RunConfig(steps=5, checkpoint_every=5, **SMALL))
     assert runs.request_stop(run_dir).startswith("stop requested")  # before the process even imports torch
-    assert _wait_for(lambda: _state(run_dir) == "stopped"), runs.status_of(run_dir)
+    assert wait_for(lambda: _state(run_dir) == "stopped", interval=0.1), runs.status_of(run_dir)
     status = load_status(run_dir)
     assert status["step"] == 0 and "before it started" in status["message"]
     assert checkpoints.latest(run_dir) is None
     runs.resume(run_dir)  # the stop was consumed: a resume trains
-    assert _wait_for(lambda: _state(run_dir) == "finished", timeout=180), runs.status_of(run_dir)
+    assert wait_for(lambda: _state(run_dir) == "finished", timeout=180, interval=0.1), runs.status_of(run_dir)
     assert _steps(run_dir) == list(range(6))
 
 
@@ -143,7 +137,7 @@ def test_ghost_corrupt_and_reused_pid_runs_block_nothing(home, monkeypatch):
     assert "ghost" in runs.format_runs(list(rows.values()))
     assert runs.request_stop(ghost).startswith("run ghost is not running")
     run_dir, _ = runs.start_run(RunConfig(steps=3, checkpoint_every=1, **SMALL))  # the limit of 1 is free
-    assert _wait_for(lambda: _state(run_dir) == "finished"), runs.status_of(run_dir)
+    assert wait_for(lambda: _state(run_dir) == "finished", interval=0.1), runs.status_of(run_dir)
     for folder in (ghost, corrupt, reused):
         runs.delete_run(folder)
     assert run_folder.run_folders() == [run_dir]
@@ -182,7 +176,7 @@ def test_ctrl_c_in_a_foreground_run_saves_a_checkpoint_and_stops(home):
     process = subprocess.Popen([sys.executable, "-m", "opd_lab", "train", "--steps", "500",
                                 "--checkpoint-every", "1000", *SMALL_FLAGS], env=_env(), cwd=home,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: run_folder.run_folders() and load_status(run_folder.run_folders()[0]).get("step", 0) >= 2)
+    assert wait_for(lambda: run_folder.run_folders() and load_status(run_folder.run_folders()[0]).get("step", 0) >= 2)
     run_dir = run_folder.run_folders()[0]
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -289,7 +283,7 @@ def test_relative_paths_are_made_absolute_at_launch(home, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     run_dir, _ = runs.start_run(RunConfig(task="mine.jsonl", teacher="lab:addition", student="lab:addition", steps=2, checkpoint_every=1, **SMALL))
     assert run_folder.load_config(run_dir)["task"] == str(task)
-    assert _wait_for(lambda: _state(run_dir) == "finished"), (runs.status_of(run_dir), run_folder.log_tail(run_dir))
+    assert wait_for(lambda: _state(run_dir) == "finished", interval=0.1), (runs.status_of(run_dir), run_folder.log_tail(run_dir))
 
 
 def test_the_launch_form_shows_the_cli_line(home):

@@ -13,6 +13,7 @@ from opd_lab import checkpoints, losses, run_folder, runs
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.run_folder import load_metrics, load_samples, load_status, log_tail
 from opd_lab.train import run_training
+from waiting import wait_for
 
 SMALL = dict(steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1, samples_to_log=2,
              checkpoint_every=1, max_new_tokens=12)
@@ -22,13 +23,6 @@ def _steps(run_dir):
     return [row["step"] for row in load_metrics(run_dir)]
 
 
-def _wait_for(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.parametrize("overrides", [
@@ -104,9 +98,9 @@ def test_stop_then_resume_continues_without_gaps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 5, "eval_every": 10})
     run_dir = run_folder.create_run(config)
     runs.launch(run_dir)
-    assert _wait_for(lambda: load_status(run_dir).get("step", 0) >= 2), load_status(run_dir)
+    assert wait_for(lambda: load_status(run_dir).get("step", 0) >= 2), load_status(run_dir)
     runs.request_stop(run_dir)
-    assert _wait_for(lambda: load_status(run_dir).get("state") in ("stopped", "finished"))
+    assert wait_for(lambda: load_status(run_dir).get("state") in ("stopped", "finished"))
     stopped_at = load_status(run_dir)["step"]
     assert checkpoints.latest(run_dir).name == f"step_{stopped_at:06d}"
     assert _steps(run_dir) == list(range(stopped_at + 1))
@@ -122,9 +116,9 @@ def test_resume_after_kill_9_has_no_duplicate_or_missing_steps(lab_home):
     child_env = dict(item.split("=", 1) for item in open(f"/proc/{pid}/environ").read().split("\0") if "=" in item)
     if "OMP_NUM_THREADS" not in os.environ:
         assert child_env["OMP_NUM_THREADS"] == str(runs.threads_per_run(runs.max_active_runs()))
-    assert _wait_for(lambda: load_status(run_dir).get("step", 0) >= 6), load_status(run_dir)
+    assert wait_for(lambda: load_status(run_dir).get("step", 0) >= 6), load_status(run_dir)
     os.kill(pid, signal.SIGKILL)
-    assert _wait_for(lambda: runs.status_of(run_dir).get("state") == "failed", timeout=20)
+    assert wait_for(lambda: runs.status_of(run_dir).get("state") == "failed", timeout=20)
     assert "resume" in runs.status_of(run_dir)["message"]
     last_checkpoint = int(checkpoints.latest(run_dir).name.split("_")[1])
     assert max(_steps(run_dir)) >= last_checkpoint
