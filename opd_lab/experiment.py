@@ -139,6 +139,20 @@ def _mean_accuracy(rows: list[dict]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def _final_kl(rows: list[dict]) -> float:
+    """The sweep's tie-break: the per-token KL to the teacher at the sweep's last step (lower is better)."""
+    values = [row["train/reverse_kl"] for row in rows if isinstance(row.get("train/reverse_kl"), (int, float))]
+    return values[-1] if values else float("inf")
+
+
+def pick_learning_rates(sweep: list[dict]) -> dict[str, float]:
+    """Each arm's rate: the best sweep score; equal scores (e.g. all 0% from scratch) go to the lower final KL."""
+    arms = dict.fromkeys(row["arm"] for row in sweep)
+    return {arm: max((row for row in sweep if row["arm"] == arm),
+                     key=lambda row: (round(row["score"], 9), -row.get("final_kl", float("inf"))))["learning_rate"]
+            for arm in arms}
+
+
 def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
     """The teacher's and the base student's greedy accuracy on the runs' evaluation set."""
     from opd_lab.eval import evaluate
@@ -172,10 +186,9 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
                              f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
     sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
-    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate,
-              "score": _mean_accuracy(load_metrics(d)), "run": d.name} for c, d in zip(sweep_configs, sweep_dirs)]
-    chosen = {arm: max((row for row in sweep if row["arm"] == arm), key=lambda row: row["score"])["learning_rate"]
-              for arm in settings.arms}
+    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(load_metrics(d)),
+              "final_kl": _final_kl(load_metrics(d)), "run": d.name} for c, d in zip(sweep_configs, sweep_dirs)]
+    chosen = pick_learning_rates(sweep)
 
     # 2. the reported runs: every arm and seed at its rate, until 95% of the gap or the budget
     stop_at = report.gap_target(base, teacher, max(report.GAP_FRACTIONS))
@@ -342,8 +355,10 @@ def report_markdown(data: dict) -> str:
     lines += ["| " + " | ".join(str(row[h]) for h in headers) + " |" for row in rows]
     lines += ["", "## Learning-rate sweep (the same grid and budget for every method)",
               f"{data['settings']['sweep_steps']} steps, seed {SWEEP_SEED}; score = mean held-out accuracy over "
-              "the sweep's evaluations.", "", "| method | learning rate | score | chosen |", "|---|---|---|---|"]
+              "the sweep's evaluations; equal scores go to the lower per-token KL to the teacher at the sweep's end.",
+              "", "| method | learning rate | score | final KL | chosen |", "|---|---|---|---|---|"]
     lines += [f"| {report.arm_label(r['arm'])} | {r['learning_rate']:g} | {r['score']:.3f} | "
+              f"{r.get('final_kl', float('nan')):.3f} | "
               f"{'yes' if data['learning_rates'][r['arm']] == r['learning_rate'] else ''} |" for r in data["sweep"]]
     edges = grid_edges(data)
     if edges:

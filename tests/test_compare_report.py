@@ -9,7 +9,8 @@ from statistics import median
 import pytest
 
 from opd_lab import report
-from opd_lab.experiment import CompareSettings, build_report, load_report, run_compare, target_rows, write_report
+from opd_lab.experiment import (CompareSettings, build_report, load_report, pick_learning_rates, run_compare, target_rows,
+                                write_report)
 from opd_lab.run_folder import load_metrics
 from opd_lab.scenarios import SCENARIOS, get_scenario
 from synthetic_runs import make_run
@@ -123,7 +124,7 @@ def test_quick_compare_end_to_end(lab_home, tmp_path):
     assert len(data["sweep"]) == 3 * len(data["settings"]["learning_rates"])
     for arm, runs in data["runs"].items():
         chosen = data["learning_rates"][arm]
-        assert max((r for r in data["sweep"] if r["arm"] == arm), key=lambda r: r["score"])["learning_rate"] == chosen
+        assert pick_learning_rates(data["sweep"])[arm] == chosen
         metrics = [load_metrics(folder / "runs" / run["run"]) for run in runs]
         assert all(m[0]["eval/accuracy"] == data["base_accuracy"] for m in metrics)  # the same base student
         for target in data["summaries"][arm]["targets"]:
@@ -205,3 +206,11 @@ def test_the_app_lists_the_measured_reports_without_runs(lab_home):
     assert json.loads(measured["baseline"].read_text())["verdict"]["sentence"] in text
     assert figure is None and len(table) == 9
     assert report_panel.show_report(MEASURED_PREFIX + "../baseline")[0].startswith("**Cannot show")
+
+
+def test_the_sweep_picks_the_best_score_and_breaks_ties_by_the_kl_to_the_teacher():
+    sweep = [{"arm": "sft", "learning_rate": 1e-4, "score": 0.7, "final_kl": 0.5},
+             {"arm": "sft", "learning_rate": 3e-4, "score": 0.8, "final_kl": 0.9},
+             {"arm": "opd", "learning_rate": 1e-4, "score": 0.0, "final_kl": 2.0},
+             {"arm": "opd", "learning_rate": 3e-3, "score": 0.0, "final_kl": 0.4}]  # nothing right yet: nearer the teacher wins
+    assert pick_learning_rates(sweep) == {"sft": 3e-4, "opd": 3e-3}
