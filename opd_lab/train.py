@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,9 @@ from opd_lab.tasks import Problem, Verdict, get_task
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
 LOG_EVERY_STEPS = 10
+
+# The phases of a step timed into `perf/time_<phase>` (seconds of that step; docs/run-folder.md).
+PHASES = ("sampling", "teacher", "student", "optimizer")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -112,10 +116,20 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.flops = FlopsCounter()
         self.step_done, self.wall_s, self.samples_seen, self.tokens_seen = 0, 0.0, 0, 0
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.sft_dataset = (self._teacher_dataset() if config.method == "sft" and config.sft_source == "teacher_dataset"
                             else None)
 
     # --- one step -----------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, phase: str):
+        """Add the wall time of the block to this step's `phase` (one of `PHASES`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_s[phase] += time.perf_counter() - started
 
     def _set_learning_rate(self, step: int) -> None:
         scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
@@ -156,8 +170,9 @@ class Trainer:
         if self.config.method == "sft" and self.config.sft_source == "reference":
             return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
                                        [p.reference or p.answer for p in problems], device=self.device)
-        rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator)
+        with self._timed("sampling"):
+            rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
+                                temperature=self.config.temperature, generator=self.generator)
         self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
         return rollouts
 
@@ -165,32 +180,35 @@ class Trainer:
         """Student samples, then the OPD or RL signal on them."""
         config = self.config
         repeated = [p for p in problems for _ in range(config.samples_per_prompt)]
-        rollouts = generate(self.student, self.tokenizer, [p.prompt for p in repeated], self.max_new_tokens,
-                            temperature=config.temperature, generator=self.generator)
+        with self._timed("sampling"):
+            rollouts = generate(self.student, self.tokenizer, [p.prompt for p in repeated], self.max_new_tokens,
+                                temperature=config.temperature, generator=self.generator)
         tokens = int(rollouts.attention_mask_BS.sum())
         self.flops.add_sampling(self.student_params, tokens)
         verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
         rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
 
-        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        logps = target_logprobs(student_logits, rollouts)
+        with self._timed("student"):
+            student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
+            logps = target_logprobs(student_logits, rollouts)
         mask = rollouts.target_mask_BT
-        with torch.no_grad():
+        with self._timed("teacher"), torch.no_grad():
             teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
-        if config.method == "opd" and config.estimator == "full":
-            loss, extra = losses.divergence_loss(student_logits[:, :-1] / config.temperature,
-                                                 teacher_logits[:, :-1] / config.temperature, mask,
-                                                 divergence=config.divergence, beta=config.jsd_beta)
-        else:
-            teacher_logps = target_logprobs(teacher_logits, rollouts) if config.method == "opd" else None
-            advantages, signal_metrics = losses.per_token_advantages(
-                config.method, mask, rewards, teacher_logps_BT=teacher_logps,
-                sampling_logps_BT=rollouts.sampling_logprobs_BT, group_size=config.samples_per_prompt,
-                reward_coef=config.reward_coef)
-            loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
+        with self._timed("student"):
+            if config.method == "opd" and config.estimator == "full":
+                loss, extra = losses.divergence_loss(student_logits[:, :-1] / config.temperature,
+                                                     teacher_logits[:, :-1] / config.temperature, mask,
+                                                     divergence=config.divergence, beta=config.jsd_beta)
+            else:
+                teacher_logps = target_logprobs(teacher_logits, rollouts) if config.method == "opd" else None
+                advantages, signal_metrics = losses.per_token_advantages(
+                    config.method, mask, rewards, teacher_logps_BT=teacher_logps,
+                    sampling_logps_BT=rollouts.sampling_logprobs_BT, group_size=config.samples_per_prompt,
+                    reward_coef=config.reward_coef)
+                loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
@@ -206,10 +224,11 @@ class Trainer:
     def _off_policy_part(self, problems: list[Problem]) -> BatchPart:
         """Cross-entropy on teacher-written completions."""
         rollouts = self._teacher_rollouts(problems)
-        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        mask = rollouts.target_mask_BT
-        loss, _ = losses.cross_entropy_loss(target_logprobs(student_logits, rollouts), mask)
-        with torch.no_grad():
+        with self._timed("student"):
+            student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
+            mask = rollouts.target_mask_BT
+            loss, _ = losses.cross_entropy_loss(target_logprobs(student_logits, rollouts), mask)
+        with self._timed("teacher"), torch.no_grad():
             teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
         metrics = {"train/reverse_kl": reverse_kl_metric(rollouts, student_logits, teacher_logits),
                    "train/completion_len": float(mask.sum(dim=1).mean())}
@@ -237,6 +256,7 @@ class Trainer:
         """
         config = self.config
         started = time.perf_counter()
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
         step = self.step_done + 1
         self._set_learning_rate(self.step_done)
         problems = self.prompts.next_batch(config.batch_size)
@@ -256,13 +276,15 @@ class Trainer:
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss.item()} at step {step}; weights from before this step are kept")
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
-        self.optimizer.step()
+        with self._timed("student"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self._timed("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
+            self.optimizer.step()
 
         trained_tokens = sum(int(part.rollouts.attention_mask_BS.sum()) for part in parts)
         self.flops.add_training(self.student_params, trained_tokens)
@@ -280,6 +302,7 @@ class Trainer:
                 metrics.setdefault(key, value)
         metrics.update({"progress/samples": self.samples_seen, "progress/tokens": self.tokens_seen,
                         "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
+                        **{f"perf/time_{phase}": seconds for phase, seconds in self.phase_s.items()},
                         **self.flops.as_metrics()})
         logged = self._log_samples(step, parts[0]) if step % config.sample_every == 0 or step == config.steps else []
         return StepResult(loss, metrics, logged)
