@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune", default="full", choices=["full", "lora"])
     parser.add_argument("--teacher", default="lab")
     parser.add_argument("--student", default="lab")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step (RL: prompts x samples)")
+    parser.add_argument("--samples-per-prompt", type=int, default=4, help="RL only")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0: the task's default")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -66,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     base_engine = load_base_engine(args.base)
     # sample_every and eval_every far away: the steps timed are ordinary training steps.
     config = RunConfig(method=args.method, estimator=args.estimator, finetune=args.finetune, teacher=args.teacher,
-                       student=args.student, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       student=args.student,
+                       batch_size=args.batch_size // (args.samples_per_prompt if args.method == "rl" else 1), max_new_tokens=args.max_new_tokens,
                        steps=10_000, sample_every=10_000, eval_every=10_000, learning_rate=1e-5,
-                       **({"sft_source": "teacher"} if args.method == "sft" else {}))
+                       **({"sft_source": "teacher"} if args.method == "sft" else {}),
+                       **({"samples_per_prompt": args.samples_per_prompt} if args.method == "rl" else {}))
     trainers = {name: engine.Trainer(config, Path(tempfile.mkdtemp(prefix=f"opd-bench-{name}-")))
                 for name, engine in (("base", base_engine), ("current", current_engine))}
     seconds = {name: [] for name in trainers}
