@@ -142,11 +142,13 @@ def build_gkd(pair: Pair, config: RunConfig, problems, max_new_tokens: int, outp
                          processing_class=tokenizer, peft_config=peft_config)
     gate = StepGate()
     trainer.add_callback(gate.callback)
-    sampled = {"calls": 0, "completion_tokens": 0, "tokens": 0}
+    sampled = {"calls": 0, "completion_tokens": 0, "tokens": 0, "seconds": 0.0}
     original = trainer.generate_on_policy_outputs
 
     def counted(model, inputs, generation_config):
+        started = time.perf_counter()
         input_ids, attention_mask, labels = original(model, inputs, generation_config)
+        sampled["seconds"] += time.perf_counter() - started
         sampled["calls"] += 1
         sampled["completion_tokens"] += int((labels != -100).sum())
         sampled["tokens"] += int(attention_mask.sum())
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             timings.flops.append({key: step.metrics[key] - flops_before[key] for key in flops_before})
             timings.phases.append({phase: step.metrics[f"perf/time_{phase}"] for phase in PHASES})
         calls, tokens_before, real_before = sampled["calls"], sampled["completion_tokens"], sampled["tokens"]
+        sampling_before = sampled["seconds"]
         elapsed = gate.step()
         if sampled["calls"] != calls + 1:
             raise AssertionError(f"a GKD step made {sampled['calls'] - calls} on-policy generations, not 1")
@@ -220,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
             timings.seconds.append(elapsed)
             timings.completion_tokens.append(sampled["completion_tokens"] - tokens_before)
             real = sampled["tokens"] - real_before
-            timings.flops.append({"perf/flops": 2 * gkd_student_params * real + 2 * gkd_teacher_params * real
-                                  + 6 * gkd_student_params * real})
+            timings.phases.append({"sampling": sampled["seconds"] - sampling_before})
+            timings.flops.append({"perf/flops_sampling": 2 * gkd_student_params * real})
+            timings.flops[-1]["perf/flops"] = (2 * gkd_student_params * real + 2 * gkd_teacher_params * real
+                                               + 6 * gkd_student_params * real)
     peak = max(peak_before, matmul_flops_per_s())
 
     print(f"machine: {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, "
@@ -249,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         mfu = (f"{statistics.median(f[key] for f in timings.flops) / seconds / peak:.1%}"
                if key and seconds > 0 else "-")
         print(f"  {phase:10s} {seconds:.4f} s  {seconds / rows['opd-lab']['median']:6.1%}  MFU {mfu}")
+    trl_sampling = statistics.median(row["sampling"] for row in results["TRL GKD"].phases)
+    trl_sampling_flops = statistics.median(f["perf/flops_sampling"] for f in results["TRL GKD"].flops)
+    print(f"TRL GKD sampling (generate_on_policy_outputs): {trl_sampling:.4f} s  "
+          f"{trl_sampling / rows['TRL GKD']['median']:6.1%}  MFU {trl_sampling_flops / trl_sampling / peak:.1%}")
     ratios = [g / o for g, o in zip(results["TRL GKD"].seconds, results["opd-lab"].seconds)]
     print(f"paired per-round ratio TRL/opd-lab: median {statistics.median(ratios):.2f} "
           f"[{min(ratios):.2f}-{max(ratios):.2f}]")
