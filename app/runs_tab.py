@@ -12,7 +12,8 @@ import pandas as pd
 from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
 from opd_lab import plots, runs
 from opd_lab.lab import lab_summary
-from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, load_config, log_tail
+from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, load_config, load_metrics, log_tail
+from opd_lab.train import PHASES
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
 REFRESH_SECONDS = 2.0
@@ -71,7 +72,21 @@ def run_summary(run_id: str) -> str:
              f"step {progress_bar(row['step'], row['total_steps'])}", f"accuracy {format_accuracy(row['accuracy'])}"]
     if row["state"] == "running":
         parts.append(f"ETA {format_duration(row['eta_s'])}")
-    return " · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
+    split = phase_split(run_dir)
+    return (" · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
+            + (f"  \n{split}" if split else ""))
+
+
+def phase_split(run_dir) -> str:
+    """Where the last step's time went (`perf/time_*`), e.g. 'sampling 31% · teacher 27% · ...'; '' if not logged."""
+    last = next((row for row in reversed(load_metrics(run_dir)) if "perf/time_sampling" in row), None)
+    if last is None:
+        return ""
+    seconds = {phase: last.get(f"perf/time_{phase}", 0.0) for phase in PHASES}
+    total = sum(seconds.values())
+    if total <= 0:
+        return ""
+    return "step time: " + " · ".join(f"{phase} {value / total:.0%}" for phase, value in seconds.items())
 
 
 def metric_choices(run_id: str) -> list[str]:

@@ -99,7 +99,9 @@ class RunConfig:
     eval_every: int = _field(25, "Evaluate held-out accuracy every N steps (and at the start and end).")
     eval_count: int = _field(200, "Held-out problems per evaluation.")
     stop_at_accuracy: float = _field(0.0, "Finish early once held-out accuracy reaches this value (0: run all steps).")
-    sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps.")
+    sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps. RL and SFT run the "
+                               "teacher's forward only on these steps, for train/reverse_kl and the records "
+                               "(OPD needs it every step).")
     samples_to_log: int = _field(4, "Rollouts logged each time.")
     checkpoint_every: int = _field(50, "Save a checkpoint every N steps (and at the end or a stop).")
     keep_checkpoints: int = _field(3, "Checkpoints kept on disk: the newest N, plus the one with the best held-out accuracy.")

@@ -20,8 +20,8 @@ from typing import TypedDict
 
 import torch
 
-from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts
-from opd_lab.losses import per_token_reverse_kl
+from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
+from opd_lab.losses import kl_from_logprobs
 
 
 class TokenRecord(TypedDict, total=False):
@@ -47,43 +47,44 @@ def _top(logprobs_V: torch.Tensor, tokenizer, k: int) -> list[list]:
     return [[tokenizer.decode([int(i)]), round(float(v.exp()), 6)] for v, i in zip(values, indices)]
 
 
-def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tensor,
-                  teacher_logits_BSV: torch.Tensor | None, rows: list[int] | None = None,
+def token_records(tokenizer, rollouts: Rollouts, student_logits_BLV: torch.Tensor,
+                  teacher_logits_BLV: torch.Tensor | None, rows: list[int] | None = None,
                   top_k: int = 5) -> list[list[TokenRecord]]:
     """Per-token records of the completions of `rows` (all rows by default).
 
     Args:
         rollouts: the batch the logits were computed on.
-        student_logits_BSV, teacher_logits_BSV: logits over the whole sequences (the
-            teacher's may be None, then only student fields are filled).
+        student_logits_BLV, teacher_logits_BLV: logits that score the completion tokens
+            (`generation.completion_logits`; column l predicts completion token l). The
+            teacher's may be None, then only student fields are filled.
         top_k: how many alternatives to list per model.
 
     Returns:
         One list of token dicts per row (see docs/run-folder.md, samples.jsonl).
     """
     temperature = rollouts.temperature
-    student_logprobs = torch.log_softmax(student_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
-    teacher_logprobs = (torch.log_softmax(teacher_logits_BSV[:, :-1].detach().float() / temperature, dim=-1)
-                        if teacher_logits_BSV is not None else None)
-    if teacher_logits_BSV is not None:
-        kl_BT = per_token_reverse_kl(student_logits_BSV[:, :-1].detach().float(),
-                                     teacher_logits_BSV[:, :-1].detach().float(), temperature=temperature)
-    targets = rollouts.sequences_BS[:, 1:]
+    rows = list(rows if rows is not None else range(len(rollouts.prompts)))
+    student_logprobs = torch.log_softmax(student_logits_BLV[rows].detach().float() / temperature, dim=-1)
+    teacher_logprobs = (torch.log_softmax(teacher_logits_BLV[rows].detach().float() / temperature, dim=-1)
+                        if teacher_logits_BLV is not None else None)
+    if teacher_logprobs is not None:
+        kl_BL = kl_from_logprobs(student_logprobs, teacher_logprobs)
+    targets_BL = rollouts.sequences_BS[:, rollouts.prompt_length :]
+    mask_BL = rollouts.completion_mask_BL
     results = []
-    for row in rows if rows is not None else range(len(rollouts.prompts)):
-        positions = rollouts.target_mask_BT[row].nonzero().flatten().tolist()
+    for index, row in enumerate(rows):
         records = []
-        for t in positions:
-            token = int(targets[row, t])
-            s_lp = student_logprobs[row, t]
+        for t in mask_BL[row].nonzero().flatten().tolist():
+            token = int(targets_BL[row, t])
+            s_lp = student_logprobs[index, t]
             entropy = float(-(s_lp.exp() * s_lp).sum())
             record = TokenRecord(text=tokenizer.decode([token]), token_id=token,
                                  student_logprob=float(s_lp[token]), student_entropy=entropy,
                                  student_top=_top(s_lp, tokenizer, top_k))
             if teacher_logprobs is not None:
-                t_lp = teacher_logprobs[row, t]
+                t_lp = teacher_logprobs[index, t]
                 record.update(teacher_logprob=float(t_lp[token]), advantage=float(t_lp[token] - s_lp[token]),
-                              reverse_kl=float(kl_BT[row, t]), teacher_top=_top(t_lp, tokenizer, top_k))
+                              reverse_kl=float(kl_BL[index, t]), teacher_top=_top(t_lp, tokenizer, top_k))
             records.append(record)
         results.append(records)
     return results
@@ -92,9 +93,8 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BSV: torch.Tenso
 @torch.no_grad()
 def score_rollouts(teacher, student, tokenizer, rollouts: Rollouts, top_k: int = 5) -> list[list[TokenRecord]]:
     """Records for every row of `rollouts`, one forward pass per model."""
-    student_logits = forward_logits(student, rollouts.sequences_BS, rollouts.attention_mask_BS)
-    teacher_logits = (forward_logits(teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
-                      if teacher is not None else None)
+    student_logits = completion_logits(student, rollouts)
+    teacher_logits = completion_logits(teacher, rollouts) if teacher is not None else None
     return token_records(tokenizer, rollouts, student_logits, teacher_logits, top_k=top_k)
 
 

@@ -51,6 +51,21 @@ class Rollouts:
         """Completion tokens per row, EOS included."""
         return [int(n) for n in self.target_mask_BT.sum(dim=1).tolist()]
 
+    @property
+    def first_target(self) -> int:
+        """Index in the (B, T) target axis of the first completion token (`prompt_length - 1`)."""
+        return self.prompt_length - 1
+
+    @property
+    def completion_mask_BL(self) -> torch.Tensor:
+        """`target_mask_BT` over the completion columns only (L = S - P)."""
+        return self.target_mask_BT[:, self.first_target :]
+
+    @property
+    def completion_sampling_logprobs_BL(self) -> torch.Tensor:
+        """`sampling_logprobs_BT` over the completion columns only."""
+        return self.sampling_logprobs_BT[:, self.first_target :]
+
     def completion_token_ids(self, row: int) -> list[int]:
         """The token ids of one row's completion (EOS included when it was produced)."""
         length = self.completion_lengths[row]
@@ -91,18 +106,35 @@ def position_ids_for(attention_mask_BS: torch.Tensor) -> torch.Tensor:
     return (attention_mask_BS.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def forward_logits(model, sequences_BS: torch.Tensor, attention_mask_BS: torch.Tensor) -> torch.Tensor:
+def forward_logits(model, sequences_BS: torch.Tensor, attention_mask_BS: torch.Tensor,
+                   logits_to_keep: int = 0) -> torch.Tensor:
     """Logits `(B, S, V)` for whole sequences, with left-padding-aware positions.
 
-    Gradients flow unless the caller wraps this in `torch.no_grad()` (teacher scoring).
+    `logits_to_keep > 0` runs the LM head on the last `logits_to_keep` positions only and
+    returns `(B, logits_to_keep, V)`. Gradients flow unless the caller wraps this in
+    `torch.no_grad()` (teacher scoring). Logits come back in float32 (a no-op for fp32 models).
     """
     output = model(
         input_ids=sequences_BS,
         attention_mask=attention_mask_BS,
         position_ids=position_ids_for(attention_mask_BS),
         use_cache=False,
+        **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
     )
     return output.logits.float()
+
+
+def completion_logits(model, rollouts: Rollouts) -> torch.Tensor:
+    """Logits `(B, L, V)` that score the completion tokens only (L = S - P).
+
+    Column l holds the logits at sequence position `P - 1 + l`, which predict completion
+    token l; so they line up with `rollouts.completion_mask_BL` and
+    `rollouts.sequences_BS[:, P:]`. The LM head never runs on prompt positions: with a
+    49k vocabulary and a chat prompt that is a large share of the forward.
+    """
+    length = rollouts.sequences_BS.shape[1] - rollouts.prompt_length
+    logits_BKV = forward_logits(model, rollouts.sequences_BS, rollouts.attention_mask_BS, logits_to_keep=length + 1)
+    return logits_BKV[:, :-1]
 
 
 def target_logprobs(logits_BSV: torch.Tensor, rollouts: Rollouts) -> torch.Tensor:
@@ -171,7 +203,7 @@ def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, gree
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     output = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_for(attention_mask), use_cache=True)
+                   position_ids=position_ids_for(attention_mask), use_cache=True, logits_to_keep=1)
     cache_argument = _cache_argument(model)
     cache, next_logits = _returned_cache(output), output.logits[:, -1].float()
     positions = position_ids_for(attention_mask)[:, -1]

@@ -82,7 +82,7 @@ def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     return (kept_BT * weights_BT).sum() / weights_BT.sum().clamp(min=1)
 
 
-def _kl_from_logprobs(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor) -> torch.Tensor:
+def kl_from_logprobs(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per position from log-probabilities; tiny negative round-off clamped to 0.
 
     Tokens with p = 0 (log p = -inf, e.g. masked logits) contribute 0, the usual
@@ -94,6 +94,23 @@ def _kl_from_logprobs(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor) -> torch.T
 
 
 # --- per-token quantities ------------------------------------------------------------
+
+def tempered_log_softmax(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """`log_softmax(logits / temperature)` over the vocabulary, in float32 or wider.
+
+    At temperature 1 the division is skipped: it would copy the full-vocabulary logits
+    to get the same numbers back.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits_BTV = _full_precision(logits_BTV)
+    return F.log_softmax(logits_BTV if temperature == 1.0 else logits_BTV / temperature, dim=-1)
+
+
+def gather_tokens(logps_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
+    """`logps_BTV[b, t, tokens_BT[b, t]]`: the log-prob of each given token, (B, T)."""
+    return logps_BTV.gather(-1, tokens_BT.long().unsqueeze(-1)).squeeze(-1)
+
 
 def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each given token under `softmax(logits / temperature)`.
@@ -108,10 +125,7 @@ def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperatur
     if logits_BTV.dim() != 3 or logits_BTV.shape[:2] != tokens_BT.shape:
         raise ValueError(f"logits {tuple(logits_BTV.shape)} and tokens {tuple(tokens_BT.shape)} "
                          "must be (B, T, V) and (B, T)")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    logps_BTV = F.log_softmax(_full_precision(logits_BTV) / temperature, dim=-1)
-    return logps_BTV.gather(-1, tokens_BT.long().unsqueeze(-1)).squeeze(-1)
+    return gather_tokens(tempered_log_softmax(logits_BTV, temperature), tokens_BT)
 
 
 def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
@@ -127,11 +141,8 @@ def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: t
         kl_BT: (B, T); differentiable through both arguments (detach what you don't train).
     """
     _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    student_BTV = F.log_softmax(_full_precision(student_logits_BTV) / temperature, dim=-1)
-    teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV) / temperature, dim=-1)
-    return _kl_from_logprobs(student_BTV, teacher_BTV)
+    return kl_from_logprobs(tempered_log_softmax(student_logits_BTV, temperature),
+                            tempered_log_softmax(teacher_logits_BTV, temperature))
 
 
 def per_token_forward_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:
@@ -139,7 +150,7 @@ def per_token_forward_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: t
     _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
     student_BTV = F.log_softmax(_full_precision(student_logits_BTV), dim=-1)
     teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
-    return _kl_from_logprobs(teacher_BTV, student_BTV)
+    return kl_from_logprobs(teacher_BTV, student_BTV)
 
 
 def per_token_generalized_jsd(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
@@ -162,8 +173,8 @@ def per_token_generalized_jsd(student_logits_BTV: torch.Tensor, teacher_logits_B
     teacher_BTV = F.log_softmax(_full_precision(teacher_logits_BTV), dim=-1)
     # log m = log(beta p_t + (1 - beta) p_s), computed in log space.
     mixture_BTV = torch.logaddexp(teacher_BTV + math.log(beta), student_BTV + math.log(1.0 - beta))
-    return (beta * _kl_from_logprobs(teacher_BTV, mixture_BTV)
-            + (1.0 - beta) * _kl_from_logprobs(student_BTV, mixture_BTV))
+    return (beta * kl_from_logprobs(teacher_BTV, mixture_BTV)
+            + (1.0 - beta) * kl_from_logprobs(student_BTV, mixture_BTV))
 
 
 # --- losses ----------------------------------------------------------------------------
@@ -183,7 +194,10 @@ def divergence_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.
         (loss, metrics) with metrics `loss` and `reverse_kl` (mean per-token reverse KL).
     """
     teacher_logits_BTV = teacher_logits_BTV.detach()
-    reverse_kl_BT = per_token_reverse_kl(student_logits_BTV, teacher_logits_BTV)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    with torch.set_grad_enabled(torch.is_grad_enabled() and divergence == "reverse_kl"):
+        reverse_kl_BT = per_token_reverse_kl(student_logits_BTV, teacher_logits_BTV)  # graph only when it is the loss
     _check_same_shape("mask_BT", mask_BT, "the logits' (B, T)", reverse_kl_BT)
     if divergence == "reverse_kl":
         per_token_BT = reverse_kl_BT

@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from opd_lab import checkpoints, losses, ownership
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
-from opd_lab.generation import Rollouts, forward_logits, generate, rollouts_from_texts, target_logprobs
+from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.feedback import token_records
 from opd_lab.models import load_pair, pick_device, wrap_lora
 from opd_lab.ownership import RunOwner
@@ -52,6 +53,9 @@ from opd_lab.tasks import Problem, Verdict, get_task
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
 LOG_EVERY_STEPS = 10
+
+# The phases of a step timed into `perf/time_<phase>` (seconds of that step; docs/run-folder.md).
+PHASES = ("sampling", "teacher", "student", "optimizer")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,24 +74,17 @@ class BatchPart:
     """One share of a step's batch (the on-policy or the teacher-written one) and its loss.
 
     `loss` is a mean over the part's `token_count` completion tokens; `step` weights
-    the parts by their token counts. The logits cover whole sequences (B, S, V).
+    the parts by their token counts. The logits score the completion tokens only
+    (`generation.completion_logits`, (B, L, V)).
     """
 
     loss: torch.Tensor
     token_count: torch.Tensor
     metrics: dict
     rollouts: Rollouts
-    student_logits_BSV: torch.Tensor
-    teacher_logits_BSV: torch.Tensor
+    student_logits_BLV: torch.Tensor
+    teacher_logits_BLV: torch.Tensor | None  # None when the teacher did not score this part
     verdicts: list[Verdict]
-
-
-def reverse_kl_metric(rollouts: Rollouts, student_logits_BSV: torch.Tensor, teacher_logits_BSV: torch.Tensor) -> float:
-    """`train/reverse_kl`: the mean per-token reverse KL over the completions, at the rollouts'
-    sampling temperature, for every method (the same number samples.jsonl's records hold)."""
-    kl_BT = losses.per_token_reverse_kl(student_logits_BSV[:, :-1].detach(), teacher_logits_BSV[:, :-1].detach(),
-                                        temperature=rollouts.temperature)
-    return float(losses.masked_mean(kl_BT, rollouts.target_mask_BT))
 
 
 class Trainer:
@@ -106,16 +103,29 @@ class Trainer:
         self.student.train()
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
+        # The fused AdamW (one kernel over all parameters) where torch has it; the default
+        # for-loop one is 3-4x slower on the CPU for a 135M-parameter student.
         self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
-                                           lr=config.learning_rate, weight_decay=0.0)
+                                           lr=config.learning_rate, weight_decay=0.0,
+                                           fused=self.device.type in ("cpu", "cuda") or None)
         self.prompts = PromptSource(self.task, config.prompt_pool, config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.flops = FlopsCounter()
         self.step_done, self.wall_s, self.samples_seen, self.tokens_seen = 0, 0.0, 0, 0
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.sft_dataset = (self._teacher_dataset() if config.method == "sft" and config.sft_source == "teacher_dataset"
                             else None)
 
     # --- one step -----------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, phase: str):
+        """Add the wall time of the block to this step's `phase` (one of `PHASES`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_s[phase] += time.perf_counter() - started
 
     def _set_learning_rate(self, step: int) -> None:
         scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
@@ -156,63 +166,103 @@ class Trainer:
         if self.config.method == "sft" and self.config.sft_source == "reference":
             return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
                                        [p.reference or p.answer for p in problems], device=self.device)
-        rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator)
+        with self._timed("sampling"):
+            rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
+                                temperature=self.config.temperature, generator=self.generator)
         self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
         return rollouts
 
-    def _on_policy_part(self, problems: list[Problem]) -> BatchPart:
-        """Student samples, then the OPD or RL signal on them."""
+    def _sample_student(self, prompts: list[str]) -> Rollouts:
+        """The student's rollouts. A LoRA student samples with its adapters merged into the
+        base weights (one matmul per layer instead of three) and is unmerged for training."""
+        if self.lora:
+            self.student.merge_adapter()
+        try:
+            return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
+                            temperature=self.config.temperature, generator=self.generator)
+        finally:
+            if self.lora:
+                self.student.unmerge_adapter()
+
+    def _on_policy_part(self, problems: list[Problem], teacher_view: bool) -> BatchPart:
+        """Student samples, then the OPD or RL signal on them.
+
+        OPD always scores the samples with the teacher; RL only when `teacher_view` asks
+        for the teacher's view (`train/reverse_kl` and the per-token records).
+        """
         config = self.config
         repeated = [p for p in problems for _ in range(config.samples_per_prompt)]
-        rollouts = generate(self.student, self.tokenizer, [p.prompt for p in repeated], self.max_new_tokens,
-                            temperature=config.temperature, generator=self.generator)
+        with self._timed("sampling"):
+            rollouts = self._sample_student([p.prompt for p in repeated])
         tokens = int(rollouts.attention_mask_BS.sum())
         self.flops.add_sampling(self.student_params, tokens)
         verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
         rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
+        mask = rollouts.completion_mask_BL
+        sampling_logps = rollouts.completion_sampling_logprobs_BL
+        targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
 
-        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        logps = target_logprobs(student_logits, rollouts)
-        mask = rollouts.target_mask_BT
-        with torch.no_grad():
-            teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
+        teacher_logits = teacher_logps_BLV = None
+        if config.method == "opd" or teacher_view:
+            with self._timed("teacher"), torch.no_grad():
+                teacher_logits = completion_logits(self.teacher, rollouts)
+                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, config.temperature)
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
-        if config.method == "opd" and config.estimator == "full":
-            loss, extra = losses.divergence_loss(student_logits[:, :-1] / config.temperature,
-                                                 teacher_logits[:, :-1] / config.temperature, mask,
-                                                 divergence=config.divergence, beta=config.jsd_beta)
-        else:
-            teacher_logps = target_logprobs(teacher_logits, rollouts) if config.method == "opd" else None
-            advantages, signal_metrics = losses.per_token_advantages(
-                config.method, mask, rewards, teacher_logps_BT=teacher_logps,
-                sampling_logps_BT=rollouts.sampling_logprobs_BT, group_size=config.samples_per_prompt,
-                reward_coef=config.reward_coef)
-            loss, extra = losses.policy_gradient_loss(logps, rollouts.sampling_logprobs_BT, advantages, mask)
+        with self._timed("student"):
+            student_logits = completion_logits(self.student, rollouts)
+            if config.method == "opd" and config.estimator == "full":
+                temperature = config.temperature
+                loss, extra = losses.divergence_loss(
+                    student_logits if temperature == 1.0 else student_logits / temperature,
+                    teacher_logits if temperature == 1.0 else teacher_logits / temperature, mask,
+                    divergence=config.divergence, beta=config.jsd_beta)
+                reverse_kl = extra["reverse_kl"]  # the loss's own log-softmax, at the sampling temperature
+                with torch.no_grad():  # only for train/logprob_diff: no graph
+                    logps = losses.token_logprobs(student_logits, targets, temperature)
+            else:
+                student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
+                logps = losses.gather_tokens(student_logps_BLV, targets)
+                teacher_logps = (losses.gather_tokens(teacher_logps_BLV, targets) if config.method == "opd"
+                                 else None)
+                advantages, signal_metrics = losses.per_token_advantages(
+                    config.method, mask, rewards, teacher_logps_BT=teacher_logps,
+                    sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
+                    reward_coef=config.reward_coef)
+                loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
+                reverse_kl = (None if teacher_logps_BLV is None else float(losses.masked_mean(
+                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask)))
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
-            "train/reverse_kl": reverse_kl_metric(rollouts, student_logits, teacher_logits),
+            **({"train/reverse_kl": reverse_kl} if reverse_kl is not None else {}),
             "train/completion_len": float(mask.sum(dim=1).mean()),
-            "train/logprob_diff": float(((logps.detach() - rollouts.sampling_logprobs_BT).abs() * mask).sum()
+            "train/logprob_diff": float(((logps.detach() - sampling_logps).abs() * mask).sum()
                                         / mask.sum().clamp(min=1)),
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
         metrics.update({f"train/{k}": v for k, v in signal_metrics.items()})
         return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
-    def _off_policy_part(self, problems: list[Problem]) -> BatchPart:
-        """Cross-entropy on teacher-written completions."""
+    def _off_policy_part(self, problems: list[Problem], teacher_view: bool) -> BatchPart:
+        """Cross-entropy on teacher-written completions; the teacher scores them only when
+        `teacher_view` asks for `train/reverse_kl` and the per-token records."""
         rollouts = self._teacher_rollouts(problems)
-        student_logits = forward_logits(self.student, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        mask = rollouts.target_mask_BT
-        loss, _ = losses.cross_entropy_loss(target_logprobs(student_logits, rollouts), mask)
-        with torch.no_grad():
-            teacher_logits = forward_logits(self.teacher, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        metrics = {"train/reverse_kl": reverse_kl_metric(rollouts, student_logits, teacher_logits),
-                   "train/completion_len": float(mask.sum(dim=1).mean())}
+        mask = rollouts.completion_mask_BL
+        targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
+        with self._timed("student"):
+            student_logits = completion_logits(self.student, rollouts)
+            student_logps_BLV = losses.tempered_log_softmax(student_logits, rollouts.temperature)
+            loss, _ = losses.cross_entropy_loss(losses.gather_tokens(student_logps_BLV, targets), mask)
+        metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
+        teacher_logits = None
+        if teacher_view:
+            with self._timed("teacher"), torch.no_grad():
+                teacher_logits = completion_logits(self.teacher, rollouts)
+                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, rollouts.temperature)
+                metrics["train/reverse_kl"] = float(losses.masked_mean(
+                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask))
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
         return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
@@ -237,6 +287,7 @@ class Trainer:
         """
         config = self.config
         started = time.perf_counter()
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
         step = self.step_done + 1
         self._set_learning_rate(self.step_done)
         problems = self.prompts.next_batch(config.batch_size)
@@ -246,23 +297,27 @@ class Trainer:
             on_count = len(problems)
         else:
             on_count = round(config.on_policy_fraction * len(problems))
+        logging = step % config.sample_every == 0 or step == config.steps
         parts: list[BatchPart] = []
         if on_count:
-            parts.append(self._on_policy_part(problems[:on_count]))
+            parts.append(self._on_policy_part(problems[:on_count], teacher_view=logging))
         if on_count < len(problems):
-            parts.append(self._off_policy_part(problems[on_count:]))
+            # The off-policy part's KL and records are shown only when it is the whole batch (SFT).
+            parts.append(self._off_policy_part(problems[on_count:], teacher_view=logging and not on_count))
         token_counts = torch.stack([part.token_count for part in parts]).float()
         loss = sum(part.loss * n for part, n in zip(parts, token_counts)) / token_counts.sum().clamp(min=1)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss.item()} at step {step}; weights from before this step are kept")
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
-        self.optimizer.step()
+        with self._timed("student"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self._timed("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
+            self.optimizer.step()
 
         trained_tokens = sum(int(part.rollouts.attention_mask_BS.sum()) for part in parts)
         self.flops.add_training(self.student_params, trained_tokens)
@@ -280,14 +335,15 @@ class Trainer:
                 metrics.setdefault(key, value)
         metrics.update({"progress/samples": self.samples_seen, "progress/tokens": self.tokens_seen,
                         "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
+                        **{f"perf/time_{phase}": seconds for phase, seconds in self.phase_s.items()},
                         **self.flops.as_metrics()})
-        logged = self._log_samples(step, parts[0]) if step % config.sample_every == 0 or step == config.steps else []
+        logged = self._log_samples(step, parts[0]) if logging else []
         return StepResult(loss, metrics, logged)
 
     def _log_samples(self, step: int, part: BatchPart) -> list[dict]:
         rollouts, verdicts = part.rollouts, part.verdicts
         rows = list(range(min(self.config.samples_to_log, len(rollouts.prompts))))
-        records = token_records(self.tokenizer, rollouts, part.student_logits_BSV, part.teacher_logits_BSV, rows=rows)
+        records = token_records(self.tokenizer, rollouts, part.student_logits_BLV, part.teacher_logits_BLV, rows=rows)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
                  "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
                 for row in rows]

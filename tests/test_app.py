@@ -543,3 +543,17 @@ def test_playground_legend_names_each_colouring_once():
     legend = color_legend()
     assert legend.count("Advantage") == 1 and legend.lower().count("advantage:") == 0
     assert "Reverse KL" in legend
+
+
+def test_run_summary_shows_where_the_step_time_went(runs_root):
+    from app.runs_tab import phase_split, run_summary
+    from app.state import run_dir_of
+    from opd_lab.run_folder import METRICS_FILE, append_jsonl
+
+    make_run(runs_root, "split-demo", method="opd", steps=2)
+    run_dir = run_dir_of("split-demo")
+    assert phase_split(run_dir) == ""  # no phase timings logged: nothing shown
+    append_jsonl(run_dir / METRICS_FILE, [{"step": 3, "perf/time_sampling": 0.3, "perf/time_teacher": 0.2,
+                                           "perf/time_student": 0.4, "perf/time_optimizer": 0.1}])
+    assert phase_split(run_dir) == "step time: sampling 30% · teacher 20% · student 40% · optimizer 10%"
+    assert "step time: sampling 30%" in run_summary("split-demo")

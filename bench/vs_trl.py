@@ -1,0 +1,269 @@
+"""opd-lab's OPD step against Hugging Face TRL's GKDTrainer, alternating in one process.
+
+Both sides train the same student against the same teacher, on-policy, with the exact
+reverse KL over the vocabulary: opd-lab `method=opd, estimator=full` and GKD with
+`lmbda=1` (every step samples from the student), `beta=1` (reverse KL), temperature 1.
+Same batch, `max_new_tokens`, learning rate, clipping, fp32, thread count.
+TRL gets its best CPU settings: gradient checkpointing OFF (TRL's default turns it on,
+which also makes it generate without a KV cache, about 3x slower on the lab), the
+Trainer's fused AdamW, no logging or saving to disk.
+
+Each TRL step is a real `trainer.train()` loop iteration: training runs in a thread that a
+callback holds at the end of every step until the main thread lets it take the next one,
+so the timed span covers batch fetch and collation, generation, forward/backward,
+clipping and the optimizer. The script asserts that every TRL step sampled once.
+
+The same run measures the machine's dense fp32 matmul FLOP/s (2048x2048, this thread
+count) and reports each opd-lab phase (`perf/time_*`) against it (MFU), with FLOPs
+counted as in `opd_lab.flops` (2N per token sampled or scored, 6N per trained token).
+
+Needs the benchmark extra: `pip install -e ".[bench]"`. Run (after `opd-lab lab build`):
+
+    OMP_NUM_THREADS=1 python -m bench.vs_trl --pair lab
+
+The last line is the ratio: TRL's median seconds per step / opd-lab's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch
+
+from opd_lab.config import RunConfig
+from opd_lab.flops import count_parameters
+from opd_lab.models import load_pair
+from opd_lab.prompt_source import PromptSource
+from opd_lab.tasks import get_task
+from opd_lab.train import PHASES, Trainer
+
+# One template that renders the bare prompt, for tokenizers without one (the lab's):
+# opd-lab feeds such models the prompt as it is, and GKD's collator needs a template.
+BARE_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+@dataclass
+class Pair:
+    teacher: str
+    student: str
+    batch_size: int
+    max_new_tokens: int
+    finetune: str = "full"
+
+
+PAIRS = {
+    "lab": Pair("lab", "lab", batch_size=32, max_new_tokens=0),
+    "smollm2": Pair("smollm2", "smollm2", batch_size=4, max_new_tokens=64, finetune="lora"),
+}
+
+
+@dataclass
+class Timings:
+    seconds: list[float] = field(default_factory=list)
+    completion_tokens: list[int] = field(default_factory=list)
+    phases: list[dict] = field(default_factory=list)
+    flops: list[dict] = field(default_factory=list)
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
+    """The best of `repeats` dense fp32 `size x size` matmuls, in FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+class StepGate:
+    """A `TrainerCallback` that holds `trainer.train()` (in its thread) after every step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        gate = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, *args, **kwargs):
+                gate.go.acquire()
+
+            def on_step_end(self, *args, **kwargs):
+                gate.done.release()
+                gate.go.acquire()
+
+        self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
+        self.callback = Callback()
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        self.go.release()
+        self.done.acquire()
+        return time.perf_counter() - started
+
+
+def build_gkd(pair: Pair, config: RunConfig, problems, max_new_tokens: int, output_dir: str, threads: int):
+    """A GKDTrainer on its own copy of the pair, its `train()` running in a held thread."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    teacher, student, tokenizer = load_pair(pair.teacher, pair.student, task=config.task)
+    tokenizer = copy.deepcopy(tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = BARE_TEMPLATE
+    for model in (teacher, student):  # a GGUF-loaded model is already fp32 but marked as quantized
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer, model.is_quantized = None, False
+    rows = [{"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]}
+            for p in problems]
+    args = GKDConfig(
+        output_dir=output_dir, lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=1,
+        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+        learning_rate=config.learning_rate, weight_decay=0.0, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="constant", warmup_steps=0, max_steps=len(problems) // config.batch_size,
+        logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0,
+        disable_tqdm=True, seed=config.seed)
+    peft_config = (LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                              task_type="CAUSAL_LM") if pair.finetune == "lora" else None)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_config)
+    gate = StepGate()
+    trainer.add_callback(gate.callback)
+    sampled = {"calls": 0, "completion_tokens": 0, "tokens": 0, "seconds": 0.0}
+    original = trainer.generate_on_policy_outputs
+
+    def counted(model, inputs, generation_config):
+        started = time.perf_counter()
+        input_ids, attention_mask, labels = original(model, inputs, generation_config)
+        sampled["seconds"] += time.perf_counter() - started
+        sampled["calls"] += 1
+        sampled["completion_tokens"] += int((labels != -100).sum())
+        sampled["tokens"] += int(attention_mask.sum())
+        return input_ids, attention_mask, labels
+
+    trainer.generate_on_policy_outputs = counted
+
+    def run():
+        torch.set_num_threads(threads)
+        trainer.train()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return trainer, gate, sampled, count_parameters(student), count_parameters(teacher)
+
+
+def summary(name: str, timings: Timings, batch_size: int) -> dict:
+    median = statistics.median(timings.seconds)
+    tokens = statistics.median(timings.completion_tokens)
+    return {"name": name, "median": median, "min": min(timings.seconds), "sequences_per_s": batch_size / median,
+            "tokens_per_s": tokens / median, "tokens_per_step": tokens}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="lab")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the pair's default")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+    import trl
+
+    pair = PAIRS[args.pair]
+    batch_size = args.batch_size or pair.batch_size
+    # sample_every/eval_every beyond the run: the timed steps are plain training steps.
+    config = RunConfig(method="opd", estimator="full", divergence="reverse_kl", teacher=pair.teacher,
+                       student=pair.student, finetune=pair.finetune, batch_size=batch_size,
+                       max_new_tokens=pair.max_new_tokens, learning_rate=3e-5, max_grad_norm=1.0,
+                       steps=10_000, sample_every=10_000, eval_every=10_000, temperature=1.0)
+    work = Path(tempfile.mkdtemp(prefix="opd-vs-trl-"))
+    opd = Trainer(config, work / "opd")
+    steps = args.warmup + args.rounds
+    problems = PromptSource(get_task(config.task), config.prompt_pool, config.seed + 7).next_batch(
+        batch_size * (steps + 2))
+    gkd, gate, sampled, gkd_student_params, gkd_teacher_params = build_gkd(
+        pair, config, problems, opd.max_new_tokens, str(work / "gkd"), args.threads)
+
+    peak_before = matmul_flops_per_s()
+    results = {"opd-lab": Timings(), "TRL GKD": Timings()}
+    for round_index in range(steps):
+        keep = round_index >= args.warmup
+        flops_before, tokens_seen_before = opd.flops.as_metrics(), opd.tokens_seen
+        started = time.perf_counter()
+        step = opd.step()
+        elapsed = time.perf_counter() - started
+        if keep:
+            timings = results["opd-lab"]
+            timings.seconds.append(elapsed)
+            timings.completion_tokens.append(opd.tokens_seen - tokens_seen_before)
+            timings.flops.append({key: step.metrics[key] - flops_before[key] for key in flops_before})
+            timings.phases.append({phase: step.metrics[f"perf/time_{phase}"] for phase in PHASES})
+        calls, tokens_before, real_before = sampled["calls"], sampled["completion_tokens"], sampled["tokens"]
+        sampling_before = sampled["seconds"]
+        elapsed = gate.step()
+        if sampled["calls"] != calls + 1:
+            raise AssertionError(f"a GKD step made {sampled['calls'] - calls} on-policy generations, not 1")
+        if keep:
+            timings = results["TRL GKD"]
+            timings.seconds.append(elapsed)
+            timings.completion_tokens.append(sampled["completion_tokens"] - tokens_before)
+            real = sampled["tokens"] - real_before
+            timings.phases.append({"sampling": sampled["seconds"] - sampling_before})
+            timings.flops.append({"perf/flops_sampling": 2 * gkd_student_params * real})
+            timings.flops[-1]["perf/flops"] = (2 * gkd_student_params * real + 2 * gkd_teacher_params * real
+                                               + 6 * gkd_student_params * real)
+    peak = max(peak_before, matmul_flops_per_s())
+
+    print(f"machine: {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 2048x2048, before {peak_before / 1e9:.1f})")
+    print(f"versions: torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+    print(f"pair {args.pair}: teacher {pair.teacher} ({opd.teacher_params:,} params), student {pair.student} "
+          f"({opd.student_params:,} params, {pair.finetune} fine-tuning), batch {batch_size}, "
+          f"max_new_tokens {opd.max_new_tokens}, {args.warmup} warm-up + {args.rounds} rounds, alternating")
+    print("settings: opd-lab method=opd estimator=full reverse_kl, fused AdamW lr 3e-5, clip 1.0, fp32; "
+          "TRL GKDTrainer lmbda=1 beta=1 T=1, gradient_checkpointing=False, fused AdamW, clip 1.0, fp32")
+    print(f"{'':10s} {'s/step median':>13s} {'min':>7s} {'seq/s':>7s} {'tok/s':>8s} {'tok/step':>8s} {'MFU':>6s}")
+    rows = {}
+    for name, timings in results.items():
+        row = rows[name] = summary(name, timings, batch_size)
+        mfu = statistics.median(f["perf/flops"] for f in timings.flops) / row["median"] / peak
+        print(f"{name:10s} {row['median']:13.4f} {row['min']:7.4f} {row['sequences_per_s']:7.1f} "
+              f"{row['tokens_per_s']:8.0f} {row['tokens_per_step']:8.0f} {mfu:6.1%}")
+    timings = results["opd-lab"]
+    phase_flops = {"sampling": "perf/flops_sampling", "teacher": "perf/flops_teacher",
+                   "student": "perf/flops_training", "optimizer": None}
+    print("opd-lab phases (median s/step, share of the step, MFU):")
+    for phase in PHASES:
+        seconds = statistics.median(row[phase] for row in timings.phases)
+        key = phase_flops[phase]
+        mfu = (f"{statistics.median(f[key] for f in timings.flops) / seconds / peak:.1%}"
+               if key and seconds > 0 else "-")
+        print(f"  {phase:10s} {seconds:.4f} s  {seconds / rows['opd-lab']['median']:6.1%}  MFU {mfu}")
+    trl_sampling = statistics.median(row["sampling"] for row in results["TRL GKD"].phases)
+    trl_sampling_flops = statistics.median(f["perf/flops_sampling"] for f in results["TRL GKD"].flops)
+    print(f"TRL GKD sampling (generate_on_policy_outputs): {trl_sampling:.4f} s  "
+          f"{trl_sampling / rows['TRL GKD']['median']:6.1%}  MFU {trl_sampling_flops / trl_sampling / peak:.1%}")
+    ratios = [g / o for g, o in zip(results["TRL GKD"].seconds, results["opd-lab"].seconds)]
+    print(f"paired per-round ratio TRL/opd-lab: median {statistics.median(ratios):.2f} "
+          f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+    print(f"ratio (TRL median s/step / opd-lab median s/step): "
+          f"{rows['TRL GKD']['median'] / rows['opd-lab']['median']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
