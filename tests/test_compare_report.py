@@ -214,3 +214,17 @@ def test_the_sweep_picks_the_best_score_and_breaks_ties_by_the_kl_to_the_teacher
              {"arm": "opd", "learning_rate": 1e-4, "score": 0.0, "final_kl": 2.0},
              {"arm": "opd", "learning_rate": 3e-3, "score": 0.0, "final_kl": 0.4}]  # nothing right yet: nearer the teacher wins
     assert pick_learning_rates(sweep) == {"sft": 3e-4, "opd": 3e-3}
+
+
+def test_the_foundation_claim_needs_sft_to_learn_where_opd_does_not():
+    from opd_lab.claims import claim_rows
+
+    flat, slow = {s: BASE for s in range(0, 41, 5)}, {s: BASE + 0.1 * s / 40 for s in range(0, 41, 5)}
+    learned = _claims_data({"rl": [flat] * 3, "sft": [slow] * 3, "opd": [flat] * 3},
+                           {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("foundation",))
+    row = next(r for r in claim_rows({"no-foundation": learned}) if r["claim"] == "foundation")
+    assert row["verdict"].startswith("holds on the lab")
+    nothing = _claims_data({"rl": [flat] * 3, "sft": [flat] * 3, "opd": [flat] * 3},
+                           {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("foundation",))
+    row = next(r for r in claim_rows({"no-foundation": nothing}) if r["claim"] == "foundation")
+    assert row["verdict"].startswith("not shown")
