@@ -186,8 +186,9 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
                              f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
     sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
-    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(load_metrics(d)),
-              "final_kl": _final_kl(load_metrics(d)), "run": d.name} for c, d in zip(sweep_configs, sweep_dirs)]
+    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
+              "final_kl": _final_kl(rows), "run": d.name}
+             for c, d in zip(sweep_configs, sweep_dirs) for rows in [load_metrics(d)]]
     chosen = pick_learning_rates(sweep)
 
     # 2. the reported runs: every arm and seed at its rate, until 95% of the gap or the budget
@@ -229,8 +230,7 @@ def _arm_of(config: RunConfig) -> str:
 def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
                  sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float) -> dict:
     """The report's data, every number computed from the runs' metrics in `out/runs`."""
-    metrics = {arm: [load_metrics(out / "runs" / run["run"]) for run in runs] for arm, runs in runs_by_arm.items()}
-    summaries = {arm: report.summarize_arm(rows, base, teacher) for arm, rows in metrics.items()}
+    summaries, verdict = _judge(out, runs_by_arm, base, teacher, scenario.steps)
     return {
         "scenario": settings.scenario, "label": settings.label, "quick": settings.quick, "seeds": settings.seeds,
         "condition": scenario.condition, "claims": list(scenario.claims),
@@ -239,9 +239,16 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
                      "eval_every": scenario.eval_every, "eval_count": scenario.eval_count, "workers": settings.workers},
         "lab": lab_summary, "teacher_accuracy": teacher, "base_accuracy": base,
         "sweep": sweep, "learning_rates": chosen, "runs": runs_by_arm, "summaries": summaries,
-        "verdict": report.verdict(summaries, base, teacher, budget_steps=scenario.steps),
+        "verdict": verdict,
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _judge(folder: Path, runs_by_arm: dict, base: float, teacher: float, budget_steps: int) -> tuple[dict, dict]:
+    """Each arm's summary over its seeds and the verdict, from the runs' metrics in `folder/runs`."""
+    summaries = {arm: report.summarize_arm([load_metrics(folder / "runs" / run["run"]) for run in runs], base, teacher)
+                 for arm, runs in runs_by_arm.items()}
+    return summaries, report.verdict(summaries, base, teacher, budget_steps=budget_steps)
 
 
 def refresh_report(folder: str | Path) -> dict:
@@ -257,11 +264,9 @@ def refresh_report(folder: str | Path) -> dict:
         data = build_report(settings, settings.budget(), data["lab"], data["teacher_accuracy"], data["base_accuracy"],
                             data["sweep"], data["learning_rates"], data["runs"], folder,
                             seconds=data.get("seconds", float("nan")))
-    metrics = {arm: [load_metrics(folder / "runs" / run["run"]) for run in runs] for arm, runs in data["runs"].items()}
-    data["summaries"] = {arm: report.summarize_arm(rows, data["base_accuracy"], data["teacher_accuracy"])
-                         for arm, rows in metrics.items()}
-    data["verdict"] = report.verdict(data["summaries"], data["base_accuracy"], data["teacher_accuracy"],
-                                     budget_steps=data["settings"]["steps"])
+    else:
+        data["summaries"], data["verdict"] = _judge(folder, data["runs"], data["base_accuracy"],
+                                                    data["teacher_accuracy"], data["settings"]["steps"])
     write_report(folder, data)
     return data
 

@@ -55,7 +55,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _points(rows: list[dict], x_key: str, metric: str) -> tuple[list[float], list[float]]:
+def metric_points(rows: list[dict], x_key: str, metric: str) -> tuple[list[float], list[float]]:
     """(xs, ys) of the rows that hold a finite `metric` and a finite `x_key`."""
     pairs = [(row[x_key], row[metric]) for row in rows
              if _finite(row.get(metric)) and _finite(row.get(x_key))]
@@ -151,7 +151,7 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
         raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
     fig = go.Figure()
     for index, path in enumerate(paths):
-        xs, ys = _points(load_metrics(path), x_key, metric)
+        xs, ys = metric_points(load_metrics(path), x_key, metric)
         if not xs:
             continue
         label = labels[index] if labels is not None else path.name
@@ -201,7 +201,7 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
     fig = go.Figure()
     seen: dict[str, int] = {}
     for index, path in enumerate(paths):
-        xs, ys = _points(load_metrics(path), x_key, metric)
+        xs, ys = metric_points(load_metrics(path), x_key, metric)
         if not xs:
             continue
         method = method_of(path)

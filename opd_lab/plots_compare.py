@@ -18,15 +18,10 @@ from plotly.subplots import make_subplots
 
 from opd_lab import report
 from opd_lab.plot_style import method_color
+from opd_lab.plots import metric_points
 from opd_lab.run_folder import load_metrics, read_json
 
 ARM_COLORS = {"opd-full": "#7c3aed"}
-
-
-def _curve(rows: list[dict], x_key: str) -> tuple[np.ndarray, np.ndarray]:
-    points = [(float(r.get(x_key, 0.0) or 0.0), float(r[report.ACCURACY])) for r in rows if report.ACCURACY in r]
-    xs, ys = zip(*points) if points else ((), ())
-    return np.asarray(xs), np.asarray(ys)
 
 
 def seed_bands(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -46,7 +41,7 @@ def seed_band_figure(folder: str | Path) -> go.Figure:
         color = ARM_COLORS.get(arm) or method_color(arm)
         rows = [load_metrics(folder / "runs" / run["run"]) for run in runs]
         for col, x_key in ((1, "step"), (2, "perf/flops")):
-            curves = [_curve(r, x_key) for r in rows]
+            curves = [tuple(np.asarray(v, dtype=float) for v in metric_points(r, x_key, report.ACCURACY)) for r in rows]
             curves = [c for c in curves if len(c[0])]
             if not curves:
                 continue
