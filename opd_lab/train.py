@@ -48,7 +48,8 @@ from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, RunError,
-                                append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status)
+                                append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status,
+                                write_text_atomic)
 from opd_lab.tasks import Problem, Verdict, get_task
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
@@ -152,9 +153,7 @@ class Trainer:
                 tokens = rollouts.attention_mask_BS.sum(dim=1).tolist()
                 rows += [{"prompt": p, "completion": c, "tokens": int(n)}
                          for p, c, n in zip(rollouts.prompts, rollouts.completions, tokens)]
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
-            os.replace(partial, path)
+            write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
         self.flops.add_sampling(self.teacher_params, sum(row["tokens"] for row in rows))
         return {row["prompt"]: row["completion"] for row in rows}
 
