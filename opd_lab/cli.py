@@ -5,6 +5,7 @@
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
     opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
     opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
@@ -31,6 +32,7 @@ from typing import Callable, Sequence
 
 from opd_lab.compare import VARIANTS
 from opd_lab.config import ConfigError, RunConfig, config_fields, flag_of
+from opd_lab.recipes import RECIPES, SETTINGS
 from opd_lab.scenarios import SCENARIOS, get_scenario
 from opd_lab.tasks import DEFAULT_TASK
 
@@ -106,6 +108,13 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare.add_argument("--prompt-pool", type=int, default=None,
                          help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
     compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
+
+    recipe = commands.add_parser("recipe", help="a recipe on a real model: " + ", ".join(RECIPES))
+    recipe.add_argument("recipe", help=f"{', '.join(RECIPES)}, or a recipe file (YAML)")
+    recipe.add_argument("--setting", default="auto", choices=SETTINGS,
+                        help="the recipe's settings for this machine (auto: gpu with CUDA, else cpu; quick: a smoke test)")
+    recipe.add_argument("--out", help="the recipe's folder; an unfinished one goes on from its last finished stage "
+                        "(default: <data dir>/recipes/<recipe>-<setting>-<time>)")
 
     commands.add_parser("runs", help="list runs")
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
@@ -198,6 +207,11 @@ def _dispatch(args) -> int | None:
                                    prompt_pool=args.prompt_pool)
         folder = run_compare(settings, out=args.out)
         print(f"report: {folder / 'report.md'}")
+    elif args.command == "recipe":
+        from opd_lab.recipes import run_recipe
+
+        folder = run_recipe(args.recipe, args.setting, out=args.out)
+        print(f"results: {folder / 'recipe.md'}")
     elif args.command == "eval":
         _eval(args)
     elif args.command == "train":
