@@ -1,0 +1,57 @@
+"""Recipe files, their settings, and a recipe folder that goes on where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opd_lab.config import ConfigError
+from opd_lab.recipes import RECIPES, Recipe, RecipeState, load_recipe
+
+
+@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("setting", ["cpu", "gpu", "quick"])
+def test_every_shipped_setting_gives_valid_stage_configs(name, setting):
+    recipe = load_recipe(name, setting)
+    assert recipe.name == name and recipe.setting == setting and recipe.description
+    stages = ("finetune", "recover") if name == "continual-learning" else ("train",)
+    for stage in stages:
+        config = recipe.stage(stage, name="x", method="opd", task="addition")
+        assert config.steps >= 1
+    assert recipe.number("model") == "smollm2"
+
+
+def test_bad_recipes_and_settings_are_refused_with_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        load_recipe("no-such-recipe")
+    with pytest.raises(ConfigError, match="setting"):
+        load_recipe("prune-distill", "tpu")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: prune-distill\nsettings:\n  cpu: {model: smollm2, train: {steps: -1}}\n")
+    recipe = load_recipe(str(bad), "cpu")
+    with pytest.raises(ConfigError, match=r"bad.yaml, cpu.train: steps"):
+        recipe.stage("train")
+    with pytest.raises(ConfigError, match="no 'gpu' settings"):
+        load_recipe(str(bad), "gpu")
+    bad.write_text("recipe: [unclosed\n")
+    with pytest.raises(ConfigError, match="not a valid YAML"):
+        load_recipe(str(bad), "cpu")
+    with pytest.raises(ConfigError, match="needs 'drop_layers'"):
+        Recipe(name="prune-distill", setting="cpu", values={}, path=bad).number("drop_layers")
+
+
+def test_a_recipe_folder_skips_finished_stages(tmp_path):
+    recipe = load_recipe("prune-distill", "quick")
+    state = RecipeState.open(recipe, tmp_path / "r")
+    calls = []
+    first = state.run_stage("prune", lambda: calls.append(1) or {"model": "m"}, progress_print=lambda *_: None)
+    assert first["model"] == "m" and "seconds" in first
+    saved = json.loads((tmp_path / "r" / "recipe.json").read_text())
+    assert saved["stages"]["prune"]["model"] == "m"
+    again = RecipeState.open(recipe, tmp_path / "r")  # a rerun with --out
+    assert again.run_stage("prune", lambda: calls.append(2) or {"model": "other"},
+                           progress_print=lambda *_: None)["model"] == "m"
+    assert calls == [1]
+    with pytest.raises(ConfigError, match="pick another --out"):
+        RecipeState.open(load_recipe("continual-learning", "quick"), tmp_path / "r")
