@@ -1,18 +1,22 @@
 """Built-in tasks and the task registry.
 
 `get_task(spec)` accepts a built-in name (`addition`, `addition2`, `addition4`, `sorting`,
-`reverse`) or the path of a `.jsonl` file (optionally `path.jsonl` with `regex=` given
-separately).
+`reverse`; for real chat models `instructions`, `company-qa`, `company-docs`) or the path
+of a `.jsonl` file (optionally `path.jsonl` with `regex=` given separately).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from opd_lab.tasks.addition import AdditionTask, CarelessAdditionTask, StrategiesAdditionTask
 from opd_lab.tasks.base import Problem, Task, Verdict
+from opd_lab.tasks.company import CompanyTask
 from opd_lab.tasks.jsonl import JsonlTask
 from opd_lab.tasks.reverse import ReverseTask
 from opd_lab.tasks.sorting import SortingTask
 
+INSTRUCTIONS_FILE = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"  # verifiable instructions
 DEFAULT_TASK = "addition"  # what the CLI, the config, the lab and the app use when no task is named
 BUILTIN_TASKS = {
     "addition": lambda: AdditionTask(digits=3),
@@ -23,6 +27,10 @@ BUILTIN_TASKS = {
     "addition-careless": lambda: CarelessAdditionTask(digits=3),
     "sorting": lambda: SortingTask(),
     "reverse": lambda: ReverseTask(),
+    # Real chat models (SmolLM2-135M-Instruct and the like): the prompt is the user message.
+    "instructions": lambda: JsonlTask(INSTRUCTIONS_FILE, max_new_tokens=96, held_out_every=4),
+    "company-qa": lambda: CompanyTask(documents=False),
+    "company-docs": lambda: CompanyTask(documents=True),
 }
 
 
@@ -40,6 +48,7 @@ def get_task(spec: str, regex: str | None = None) -> Task:
     raise ValueError(f"unknown task {spec!r}: use one of {known}, or the path of a .jsonl file")
 
 
-__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "AdditionTask", "CarelessAdditionTask", "JsonlTask", "Problem",
+__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "INSTRUCTIONS_FILE", "AdditionTask", "CarelessAdditionTask", "CompanyTask",
+           "JsonlTask", "Problem",
            "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
            "get_task"]

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One question. `reference` is a full worked solution when the task knows one."""
+    """One question. `reference` is a full worked solution when the task knows one;
+    `checks` are verifiable instructions the answer must obey (`opd_lab.instructions`)."""
 
     prompt: str
     answer: str
     reference: str | None = None
+    checks: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,24 @@
-"""Bring your own task: a JSON-lines file of `{"prompt": ..., "answer": ...}` rows.
-
-The file must be UTF-8; every error names the file and the line. The verifier is exact match by default (after stripping whitespace), or a regular
-expression: its first group (or the whole match, when it has no group) is taken from
-the completion and compared with the answer. One row in ten goes to the held-out
-split, chosen by a hash of the prompt.
+"""Bring your own task: a JSON-lines file of prompts, each with an answer, checks, or neither.
 
     {"prompt": "Capital of France?", "answer": "Paris"}
+    {"prompt": "Name three fruits. Answer in lowercase.", "checks": [{"type": "lowercase"}]}
+    {"prompt": "Tell me about otters."}
+
+The file must be UTF-8; every error names the file and the line. A row is verified by:
+
+- its `answer`: exact match by default (after stripping whitespace), or a regular
+  expression whose first group (or the whole match, when it has no group) is taken from
+  the completion and compared with the answer;
+- its `checks`: verifiable instructions (`opd_lab.instructions`, e.g.
+  `{"type": "max_words", "n": 20}`), validated when the file is read. The reward is the
+  share of checks passed, correct means all passed, and `parsed` is the stripped
+  completion. With an answer too, the answer counts as one more check;
+- neither: a prompt for on-policy distillation, which needs no verifier; it verifies as
+  reward 0, not correct.
+
+One row in `held_out_every` (ten by default) goes to the held-out split, chosen by a hash
+of the prompt, among the verifiable rows (all rows when none is verifiable). Every other
+row is a training row.
 """
 
 from __future__ import annotations
@@ -15,13 +28,15 @@ import random
 import re
 from pathlib import Path
 
+from opd_lab.instructions import score, validate_check
 from opd_lab.tasks.base import Problem, Task, Verdict, is_held_out
 
 
 class JsonlTask(Task):
-    """Problems read from a JSONL file, verified by exact match or a regex."""
+    """Problems read from a JSONL file, verified by exact match, a regex, or instruction checks."""
 
-    def __init__(self, path: str | Path, regex: str | None = None, max_new_tokens: int = 128):
+    def __init__(self, path: str | Path, regex: str | None = None, max_new_tokens: int = 128,
+                 held_out_every: int = 10):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(f"task file not found: {self.path}")
@@ -32,42 +47,58 @@ class JsonlTask(Task):
             self.pattern = re.compile(regex) if regex else None
         except re.error as error:
             raise ValueError(f"invalid verifier regex {regex!r}: {error}") from None
-        problems, self.line_of = self._read(self.path)
-        self.eval_split = [p for p in problems if is_held_out(p.prompt)]
-        self.train_split = [p for p in problems if not is_held_out(p.prompt)]
+        problems, self.line_of, self.unanswered = self._read(self.path)
+        verifiable = [bool(p.checks) or p.prompt not in self.unanswered for p in problems]
+        if not any(verifiable):  # a prompts-only file: hold out among all rows
+            verifiable = [True] * len(problems)
+        held_out = [v and is_held_out(p.prompt, held_out_every) for p, v in zip(problems, verifiable)]
+        self.eval_split = [p for p, h in zip(problems, held_out) if h]
+        self.train_split = [p for p, h in zip(problems, held_out) if not h]
         if not self.train_split:
             raise ValueError(f"{self.path}: no training rows (need more than a handful of lines)")
-        if not self.eval_split:  # tiny files: evaluate on the training rows rather than on nothing
-            self.eval_split = list(self.train_split)
+        if not self.eval_split:  # tiny files: evaluate on the verifiable training rows rather than on nothing
+            self.eval_split = [p for p, v in zip(problems, verifiable) if v]
 
     @staticmethod
-    def _read(path: Path) -> tuple[list[Problem], dict[str, int]]:
-        """The file's problems, and the line each prompt first appears on."""
-        problems, line_of = [], {}
+    def _read(path: Path) -> tuple[list[Problem], dict[str, int], set[str]]:
+        """The file's problems, the line each prompt first appears on, and the prompts given no answer."""
+        problems, line_of, unanswered = [], {}, set()
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
+                where = f"{path}, line {number}"
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    raise ValueError(f"{path}, line {number}: not valid UTF-8 (byte {error.start + 1} of the line); "
+                    raise ValueError(f"{where}: not valid UTF-8 (byte {error.start + 1} of the line); "
                                      "save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
-                    raise ValueError(
-                        f'{path}, line {number}: expected an object with a string "prompt" and an "answer"'
-                    )
+                    raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                    raise ValueError(f'{where}: expected an object with a string "prompt" and an "answer" or "checks"')
+                checks = row.get("checks")
+                if checks is not None:
+                    if not isinstance(checks, list) or not checks:
+                        raise ValueError(f'{where}: "checks" must be a non-empty list of checks')
+                    for check in checks:
+                        try:
+                            validate_check(check)
+                        except ValueError as error:
+                            raise ValueError(f"{where}: {error}") from None
+                if row.get("answer") is None:
+                    unanswered.add(row["prompt"])
                 reference = row.get("reference")
-                problems.append(Problem(prompt=row["prompt"], answer=str(row["answer"]),
-                                        reference=str(reference) if reference is not None else None))
+                problems.append(Problem(prompt=row["prompt"],
+                                        answer=str(row["answer"]) if row.get("answer") is not None else "",
+                                        reference=str(reference) if reference is not None else None,
+                                        checks=tuple(checks or ())))
                 line_of.setdefault(row["prompt"], number)
         if not problems:
             raise ValueError(f"{path}: the file has no rows")
-        return problems, line_of
+        return problems, line_of, unanswered
 
     def train_problems(self, count: int, rng: random.Random) -> list[Problem]:
         return [rng.choice(self.train_split) for _ in range(count)]
@@ -75,7 +106,7 @@ class JsonlTask(Task):
     def eval_problems(self, count: int, seed: int = 0) -> list[Problem]:
         return self.eval_split[:count]
 
-    def verify(self, problem: Problem, completion: str) -> Verdict:
+    def _answer_verdict(self, problem: Problem, completion: str) -> Verdict:
         if self.pattern is None:
             parsed = completion.strip()
         else:
@@ -85,3 +116,14 @@ class JsonlTask(Task):
             parsed = (match.group(1) if self.pattern.groups else match.group(0)).strip()
         correct = parsed == problem.answer.strip()
         return Verdict(reward=float(correct), correct=correct, parsed=parsed)
+
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        has_answer = problem.prompt not in self.unanswered
+        if not problem.checks:
+            if has_answer:
+                return self._answer_verdict(problem, completion)
+            return Verdict(reward=0.0, correct=False, parsed=completion.strip())
+        outcomes = list(score(completion, list(problem.checks)).passed.values())
+        if has_answer:
+            outcomes.append(self._answer_verdict(problem, completion).correct)
+        return Verdict(reward=sum(outcomes) / len(outcomes), correct=all(outcomes), parsed=completion.strip())
