@@ -5,6 +5,7 @@
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
     opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
@@ -109,6 +110,17 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
                          help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
     compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
 
+    preflight = commands.add_parser(
+        "preflight", help="will OPD work for this pair? measured in about a minute (exit 0: go or caution, 3: no-go)")
+    preflight.add_argument("--teacher", required=True, help="teacher spec: lab, lab:SCENARIO, a directory, a .gguf, smollm2")
+    preflight.add_argument("--student", required=True, help="student spec, as --teacher")
+    preflight.add_argument("--task", help="task (default: the task of a lab:NAME spec's lab, else "
+                           f"{DEFAULT_TASK})")
+    preflight.add_argument("--problems", type=int, default=50, help="held-out problems and sampled prompts (default 50)")
+    preflight.add_argument("--top-k", type=int, default=5, help="agreement counts sampled tokens in the teacher's "
+                           "top-k (default 5)")
+    preflight.add_argument("--seed", type=int, default=0)
+    preflight.add_argument("--json", action="store_true", help="print the measurements and verdict as JSON")
     recipe = commands.add_parser("recipe", help="a recipe on a real model: " + ", ".join(RECIPES))
     recipe.add_argument("recipe", help=f"{', '.join(RECIPES)}, or a recipe file (YAML)")
     recipe.add_argument("--setting", default="auto", choices=SETTINGS,
@@ -149,6 +161,25 @@ def _eval(args) -> None:
           f"mean completion length {result.mean_completion_length:.1f} tokens")
     if result.k:
         print(f"sampled accuracy {result.sampled_accuracy:.1%}, pass@{result.k} {result.pass_at_k:.1%}")
+
+
+def _preflight(args) -> int:
+    """`opd-lab preflight`: print the pair's measurements and verdict; 3 for no-go, else 0."""
+    import json
+
+    from opd_lab.models import pick_device
+    from opd_lab.pair_check import format_report, judge, measure_pair, report_dict, task_of_specs
+
+    for flag, value in (("--problems", args.problems), ("--top-k", args.top_k)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1 (got {value})")
+    task = args.task or task_of_specs(args.teacher, args.student)
+    measurements = measure_pair(args.teacher, args.student, task, problems=args.problems, top_k=args.top_k,
+                                seed=args.seed, device=pick_device("auto"))
+    verdict = judge(measurements)
+    print(json.dumps(report_dict(measurements, verdict), indent=2) if args.json
+          else format_report(measurements, verdict))
+    return verdict.exit_code
 
 
 def error_line(error: BaseException) -> str:
@@ -214,6 +245,8 @@ def _dispatch(args) -> int | None:
         print(f"results: {folder / 'recipe.md'}")
     elif args.command == "eval":
         _eval(args)
+    elif args.command == "preflight":
+        return _preflight(args)
     elif args.command == "train":
         from opd_lab import ownership
         from opd_lab.preflight import check_run_inputs

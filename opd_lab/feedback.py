@@ -24,6 +24,34 @@ from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_f
 from opd_lab.losses import kl_from_logprobs
 
 
+def token_texts(tokenizer, token_ids: list[int]) -> list[str]:
+    """Each token's share of the decoded text, so that `"".join(texts) == tokenizer.decode(token_ids)`.
+
+    Byte-level BPE (SmolLM2, GPT-2, Llama 3) may split one character (é, an emoji, CJK)
+    over several tokens; decoding those tokens one by one gives U+FFFD pieces. Here the
+    ids are decoded cumulatively and each token gets the text it completes: a token that
+    ends inside a character gets "", and the token that completes it carries the whole
+    character. Decoding in context also keeps a leading space that some tokenizers drop
+    when a token is decoded alone. A text that really ends in U+FFFD is kept back until
+    a later token or the last one.
+
+    Example:
+        >>> tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+        >>> token_texts(tokenizer, tokenizer("x🦜", add_special_tokens=False)["input_ids"])  # doctest: +SKIP
+        ['x', '', '', '🦜']
+    """
+    texts, emitted = [], ""
+    for end in range(1, len(token_ids) + 1):
+        decoded = tokenizer.decode(token_ids[:end], clean_up_tokenization_spaces=False)
+        unfinished = decoded.endswith("\ufffd") and end < len(token_ids)
+        if unfinished or not decoded.startswith(emitted):
+            texts.append("")
+            continue
+        texts.append(decoded[len(emitted):])
+        emitted = decoded
+    return texts
+
+
 class TokenRecord(TypedDict, total=False):
     """One completion token as both models see it: an entry of samples.jsonl's `tokens`.
 
@@ -31,7 +59,7 @@ class TokenRecord(TypedDict, total=False):
     there only when a teacher scored the token.
     """
 
-    text: str  # the token, decoded
+    text: str  # the text this token completes (see `token_texts`): the completion's records join to its text
     token_id: int
     student_logprob: float  # log p_student(token)
     student_entropy: float  # entropy of the student's next-token distribution (nats)
@@ -74,11 +102,13 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BLV: torch.Tenso
     results = []
     for index, row in enumerate(rows):
         records = []
-        for t in mask_BL[row].nonzero().flatten().tolist():
+        positions = mask_BL[row].nonzero().flatten().tolist()
+        texts = token_texts(tokenizer, [int(targets_BL[row, t]) for t in positions])
+        for t, text in zip(positions, texts):
             token = int(targets_BL[row, t])
             s_lp = student_logprobs[index, t]
             entropy = float(-(s_lp.exp() * s_lp).sum())
-            record = TokenRecord(text=tokenizer.decode([token]), token_id=token,
+            record = TokenRecord(text=text, token_id=token,
                                  student_logprob=float(s_lp[token]), student_entropy=entropy,
                                  student_top=_top(s_lp, tokenizer, top_k))
             if teacher_logprobs is not None:

