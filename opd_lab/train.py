@@ -48,6 +48,7 @@ from opd_lab.models import load_pair, pick_device, wrap_lora
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
+from opd_lab.teacher_scoring import InProcessTeacher
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, RunError,
                                 append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status,
                                 write_text_atomic)
@@ -111,6 +112,7 @@ class Trainer:
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included
+        self.teacher_scorer = InProcessTeacher(self.teacher)  # the engine asks the teacher only through it
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
         # The fused AdamW (one kernel over all parameters) where torch has it; the default
@@ -223,9 +225,9 @@ class Trainer:
 
         teacher_logits = teacher_logps_BLV = None
         if config.method == "opd" or teacher_view:
-            with self._timed("teacher"), torch.no_grad():
-                teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, config.temperature)
+            with self._timed("teacher"):
+                scores = self.teacher_scorer.score(rollouts)
+                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
@@ -243,8 +245,7 @@ class Trainer:
             else:
                 student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
                 logps = losses.gather_tokens(student_logps_BLV, targets)
-                teacher_logps = (losses.gather_tokens(teacher_logps_BLV, targets) if config.method == "opd"
-                                 else None)
+                teacher_logps = scores.logprobs_BL if config.method == "opd" else None
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
@@ -278,9 +279,9 @@ class Trainer:
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
         teacher_logits = None
         if teacher_view:
-            with self._timed("teacher"), torch.no_grad():
-                teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, rollouts.temperature)
+            with self._timed("teacher"):
+                scores = self.teacher_scorer.score(rollouts)
+                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
                 metrics["train/reverse_kl"] = float(losses.masked_mean(
                     losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask))
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
