@@ -92,10 +92,12 @@ class World:
         """Element-wise sum of `values` over all processes (a new tensor; `values` is kept)."""
         if self.size == 1:
             return values
-        total = values.detach().clone()
+        # NCCL reduces GPU tensors only; gloo reduces CPU ones.
+        on_gpu = torch.distributed.get_backend() == "nccl"
+        total = values.detach().to(torch.device("cuda", self.local_rank) if on_gpu else "cpu").clone()
         with _collective(self):
             torch.distributed.all_reduce(total)
-        return total
+        return total.to(values.device)
 
     def any(self, flag: bool) -> bool:
         """True on every process when `flag` is True on at least one of them."""
