@@ -55,8 +55,9 @@ def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict
     `trainer_state` (anything `torch.save` takes); returns its folder."""
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
-    final, partial = root / name, root / f".partial-{name}"
+    final = checkpoint_path(run_dir, step)
+    name = final.name
+    partial = root / f".partial-{name}"
     shutil.rmtree(partial, ignore_errors=True)
     student.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
@@ -72,6 +73,11 @@ def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict
     fsync_directory(root)
     write_text_atomic(root / LATEST_FILE, name + "\n")
     return final
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint of `step` (whether or not it exists)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}"
 
 
 def step_of(checkpoint: Path) -> int:

@@ -3,6 +3,7 @@
     opd-lab lab build [--task addition] [--force]    build the offline lab
     opd-lab eval MODEL [--task addition]             held-out accuracy of a model
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
+    opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
     opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
     opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from opd_lab.compare import VARIANTS
-from opd_lab.config import ConfigError, RunConfig, config_fields, flag_of
+from opd_lab.config import ConfigError, RunConfig, command_line, config_fields, flag_of
 from opd_lab.recipes import RECIPES, SETTINGS
 from opd_lab.scenarios import SCENARIOS, get_scenario
 from opd_lab.tasks import DEFAULT_TASK
@@ -96,6 +98,9 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
         sub = commands.add_parser(name, help=help_text)
         _add_config_flags(sub)
         if name == "train":
+            sub.add_argument("--processes", type=int, default=None, metavar="N",
+                             help="train on N data-parallel processes through `accelerate launch` "
+                                  "(GPUs, or CPU processes over gloo; docs in opd_lab/distributed.py)")
             sub.add_argument("--run-dir", help=argparse.SUPPRESS)
             sub.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
             sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
@@ -134,6 +139,8 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
         sub.add_argument("run", help="run id (see opd-lab runs)")
         if name == "resume":
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
+            sub.add_argument("--processes", type=int, default=None, metavar="N",
+                             help="with --foreground: continue on N data-parallel processes")
 
     for command in extra_commands:
         sub = commands.add_parser(command.name, help=command.help)
@@ -248,16 +255,24 @@ def _dispatch(args) -> int | None:
     elif args.command == "preflight":
         return _preflight(args)
     elif args.command == "train":
-        from opd_lab import ownership
+        from opd_lab import distributed, ownership
         from opd_lab.preflight import check_run_inputs
 
-        if args.run_dir:  # a launched run: the launcher handed over the run's lock
+        if args.processes is not None:  # start the processes; rank 0 of them creates the run
+            config = config_from_args(args)
+            return _accelerate_launch(args.processes, shlex.split(command_line(config.to_dict(), "train"))[1:])
+        world = distributed.current()
+        owner = None
+        if args.run_dir:  # a launched or resumed run; a launcher may have handed over the run's lock
             run_dir = Path(args.run_dir)
-            owner = ownership.adopt(run_dir, args.owner_fd) if args.owner_fd is not None else None
-        else:
-            run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
-            print(f"run {run_dir.name} in {run_dir}")
-        return _train_here(run_dir, owner, progress=not args.no_progress)
+            if args.owner_fd is not None:
+                owner = ownership.adopt(run_dir, args.owner_fd)
+        else:  # rank 0 creates the run folder, owned from its first instant; the others are told where
+            if world.is_main:
+                run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
+                print(f"run {run_dir.name} in {run_dir}")
+            run_dir = Path(world.broadcast(str(run_dir) if world.is_main else None))
+        return _train_here(run_dir, owner, progress=not args.no_progress and world.is_main)
     elif args.command == "launch":
         run_dir, _ = runs.start_run(config_from_args(args))
         print(run_dir.name)
@@ -267,6 +282,11 @@ def _dispatch(args) -> int | None:
         print(runs.request_stop(run_folder.run_path(args.run)))
     elif args.command == "resume":
         run_dir = run_folder.run_path(args.run)
+        if args.foreground and args.processes is not None:
+            runs.take_for_foreground(run_dir).release()  # refuses a running or finished run
+            return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)])
+        if args.processes is not None:
+            raise ConfigError("--processes: only with --foreground (background runs train in one process)")
         if args.foreground:
             return _train_here(run_dir, runs.take_for_foreground(run_dir), progress=True)
         pid = runs.resume(run_dir)
@@ -274,8 +294,21 @@ def _dispatch(args) -> int | None:
     return None
 
 
+def _accelerate_launch(processes: int, module_args: list[str]) -> int:
+    """Run `python -m opd_lab <module_args>` on `processes` processes; their exit status."""
+    import subprocess
+
+    from opd_lab import distributed
+
+    if processes < 1:
+        raise ConfigError(f"--processes: must be at least 1 (got {processes})")
+    return subprocess.run(distributed.launch_command(processes, module_args),
+                          env=distributed.launch_environment(processes)).returncode
+
+
 def _train_here(run_dir: Path, owner, progress: bool) -> int:
     """Train the run in this process (owned by `owner`, or taken here); 0 unless it failed."""
+    from opd_lab import distributed
     from opd_lab.run_folder import RunError, load_status
     from opd_lab.train import run_training
 
@@ -284,5 +317,6 @@ def _train_here(run_dir: Path, owner, progress: bool) -> int:
         message = load_status(run_dir).get("message", "")
     except RunError as error:
         message = str(error)
-    print(f"{run_dir.name}: {state} - {message}", file=sys.stdout if state != "failed" else sys.stderr)
+    if distributed.current().is_main:  # one line per run, not one per data-parallel process
+        print(f"{run_dir.name}: {state} - {message}", file=sys.stdout if state != "failed" else sys.stderr)
     return 0 if state in ("finished", "stopped") else 1

@@ -166,6 +166,7 @@ def generate(
     temperature: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    row_seeds: list[int] | None = None,
 ) -> Rollouts:
     """Sample (or greedily decode) one completion per prompt, as one batch.
 
@@ -178,6 +179,10 @@ def generate(
             tempered distribution that was actually sampled.
         greedy: take the argmax instead of sampling (log-probs still recorded).
         generator: a seeded `torch.Generator` on the model's device, for reproducibility.
+        row_seeds: one seed per prompt instead of `generator`: each row then draws its
+            tokens by inverse-CDF from its own stream of uniforms, so a row's completion
+            does not depend on the other rows of the batch (data-parallel runs split a
+            batch across processes; `distributed.row_seeds`).
 
     Returns:
         Rollouts with B rows; `sampling_logprobs_BT` holds the log-prob of each sampled
@@ -190,12 +195,31 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        return _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator)
+        uniforms_BL = None
+        if row_seeds is not None:
+            if len(row_seeds) != len(prompts):
+                raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
+            uniforms_BL = torch.stack([
+                torch.rand(max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+                for seed in row_seeds]).to(_model_device(model))
+        return _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator,
+                               uniforms_BL)
     finally:
         model.train(was_training)
 
 
-def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator) -> Rollouts:
+def _inverse_cdf_sample(logprobs_BV: torch.Tensor, uniforms_B: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-probability interval holds each row's uniform, (B,).
+
+    `right=True` never returns a token of probability 0 (its interval is empty).
+    """
+    cdf_BV = logprobs_BV.double().exp().cumsum(dim=-1)
+    targets_B1 = (uniforms_B * cdf_BV[:, -1])[:, None]
+    return torch.searchsorted(cdf_BV, targets_B1, right=True).squeeze(1).clamp(max=cdf_BV.shape[-1] - 1)
+
+
+def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, greedy, generator,
+                    uniforms_BL=None) -> Rollouts:
     device = _model_device(model)
     input_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     attention_mask = prompt_mask
@@ -209,10 +233,12 @@ def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, gree
     positions = position_ids_for(attention_mask)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, live = [], [], []
-    for _ in range(max_new_tokens):
+    for index in range(max_new_tokens):
         logprobs_BV = torch.log_softmax(next_logits / temperature, dim=-1)
         if greedy:
             token = logprobs_BV.argmax(dim=-1)
+        elif uniforms_BL is not None:
+            token = _inverse_cdf_sample(logprobs_BV, uniforms_BL[:, index])
         else:
             token = torch.multinomial(logprobs_BV.exp(), 1, generator=generator).squeeze(1)
         token = torch.where(finished, torch.full_like(token, pad_id), token)

@@ -343,3 +343,46 @@ def cross_entropy_loss(logps_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[t
     _check_same_shape("logps_BT", logps_BT, "mask_BT", mask_BT)
     loss = -masked_mean(logps_BT, mask_BT)
     return loss, {"loss": loss.item()}
+
+
+def topk_tail_reverse_kl(student_logps_BTV: torch.Tensor, teacher_top_ids_BTK: torch.Tensor,
+                         teacher_top_logps_BTK: torch.Tensor) -> torch.Tensor:
+    """Reverse KL from a teacher known only by its top-k: the `full` estimator's fallback
+    for a remote teacher (`teacher_scoring.VllmTeacher`).
+
+    Both distributions are folded onto K + 1 buckets: the teacher's k most likely tokens,
+    and one tail bucket for every other token (teacher mass `1 - sum(top-k)`, student
+    mass `1 - sum of its probabilities of those k tokens`); the KL is taken between the
+    folded distributions.
+
+    Bias: folding never increases a KL (the log-sum inequality), so this is a lower
+    bound on the exact reverse KL, short by exactly
+    `p_s(tail) * KL(p_s(. | tail) || p_t(. | tail))`: how differently the two models
+    spread their mass *inside* the tail. It is exact when k covers the vocabulary and
+    small when the student puts little mass outside the teacher's top-k; its gradient
+    never pushes the student to reshape mass among tail tokens. tests/test_teacher_scoring.py
+    checks the bound and the gap against the exact KL on the lab.
+
+    Args:
+        student_logps_BTV: (B, T, V) student log-probs (differentiable).
+        teacher_top_ids_BTK: (B, T, K) the teacher's top-k token ids.
+        teacher_top_logps_BTK: (B, T, K) their teacher log-probs (-inf for padding).
+    Returns:
+        kl_BT: (B, T), non-negative.
+
+    Example:
+        >>> logps = torch.log_softmax(torch.randn(1, 2, 6), dim=-1)
+        >>> top = logps.topk(6, dim=-1)
+        >>> float((topk_tail_reverse_kl(logps, top.indices, top.values)).abs().max()) < 1e-5
+        True
+    """
+    _check_same_shape("teacher_top_ids_BTK", teacher_top_ids_BTK, "teacher_top_logps_BTK", teacher_top_logps_BTK)
+    student_logps_BTV = _full_precision(student_logps_BTV)
+    student_top_BTK = student_logps_BTV.gather(-1, teacher_top_ids_BTK.long())
+    padded_BTK = torch.isneginf(teacher_top_logps_BTK)
+    student_top_BTK = torch.where(padded_BTK, torch.full_like(student_top_BTK, float("-inf")), student_top_BTK)
+    tiny = torch.finfo(torch.float32).tiny
+    student_tail_BT1 = torch.log((1 - student_top_BTK.exp().sum(-1, keepdim=True)).clamp(min=tiny))
+    teacher_tail_BT1 = torch.log((1 - teacher_top_logps_BTK.float().exp().sum(-1, keepdim=True)).clamp(min=tiny))
+    return kl_from_logprobs(torch.cat([student_top_BTK, student_tail_BT1], dim=-1),
+                            torch.cat([teacher_top_logps_BTK.float(), teacher_tail_BT1], dim=-1))

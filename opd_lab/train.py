@@ -37,16 +37,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opd_lab import checkpoints, losses, ownership
+from opd_lab import checkpoints, distributed, losses, ownership
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
+from opd_lab.distributed import World
 from opd_lab.feedback import token_records
 from opd_lab.models import load_pair, pick_device, wrap_lora
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
+from opd_lab.teacher_scoring import InProcessTeacher
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, RunError,
                                 append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status,
                                 write_text_atomic)
@@ -57,6 +59,10 @@ LOG_EVERY_STEPS = 10
 
 # The phases of a step timed into `perf/time_<phase>` (seconds of that step; docs/run-folder.md).
 PHASES = ("sampling", "teacher", "student", "optimizer")
+
+# Batch-part metrics that are means over rows (samples); the others are means over
+# completion tokens. Processes of a data-parallel run combine them with these weights.
+ROW_MEAN_METRICS = ("train/reward", "train/accuracy", "train/completion_len", "train/zero_advantage_fraction")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -91,9 +97,12 @@ class BatchPart:
 class Trainer:
     """Holds the models, optimizer and counters of one run; `step()` does one update."""
 
-    def __init__(self, config: RunConfig, run_dir: Path):
+    def __init__(self, config: RunConfig, run_dir: Path, world: World | None = None):
         self.config, self.run_dir = config, run_dir
+        self.world = world or World()
         self.device = pick_device(config.device)
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", self.world.local_rank)
         self.task = get_task(config.task, regex=config.task_regex or None)
         self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
         self.teacher, student, self.tokenizer = load_pair(
@@ -102,6 +111,8 @@ class Trainer:
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
+        self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included
+        self.teacher_scorer = InProcessTeacher(self.teacher)  # the engine asks the teacher only through it
         self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
         # The fused AdamW (one kernel over all parameters) where torch has it; the default
@@ -157,7 +168,14 @@ class Trainer:
         self.flops.add_sampling(self.teacher_params, sum(row["tokens"] for row in rows))
         return {row["prompt"]: row["completion"] for row in rows}
 
-    def _teacher_rollouts(self, problems: list[Problem]) -> Rollouts:
+    def _row_seeds(self, rows: range, stream: str) -> list[int] | None:
+        """Per-row sampling seeds in a launched run (`distributed.row_seeds`); None (the
+        run's one generator) otherwise."""
+        if not self.world.launched:
+            return None
+        return distributed.row_seeds(self.config.seed, self.step_done + 1, rows, stream)
+
+    def _teacher_rollouts(self, problems: list[Problem], rows: range) -> Rollouts:
         """Teacher-written completions (SFT data): fresh samples, the fixed dataset, or the task's references."""
         if self.sft_dataset is not None:
             return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
@@ -167,32 +185,36 @@ class Trainer:
                                        [p.reference or p.answer for p in problems], device=self.device)
         with self._timed("sampling"):
             rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
-                                temperature=self.config.temperature, generator=self.generator)
+                                temperature=self.config.temperature, generator=self.generator,
+                                row_seeds=self._row_seeds(rows, "teacher"))
         self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
         return rollouts
 
-    def _sample_student(self, prompts: list[str]) -> Rollouts:
+    def _sample_student(self, prompts: list[str], rows: range) -> Rollouts:
         """The student's rollouts. A LoRA student samples with its adapters merged into the
         base weights (one matmul per layer instead of three) and is unmerged for training."""
         if self.lora:
             self.student.merge_adapter()
         try:
             return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator)
+                            temperature=self.config.temperature, generator=self.generator,
+                            row_seeds=self._row_seeds(rows, "student"))
         finally:
             if self.lora:
                 self.student.unmerge_adapter()
 
-    def _on_policy_part(self, problems: list[Problem], teacher_view: bool) -> BatchPart:
+    def _on_policy_part(self, problems: list[Problem], teacher_view: bool, first_prompt: int = 0) -> BatchPart:
         """Student samples, then the OPD or RL signal on them.
 
         OPD always scores the samples with the teacher; RL only when `teacher_view` asks
         for the teacher's view (`train/reverse_kl` and the per-token records).
+        `first_prompt` is the index of `problems[0]` in the step's global batch.
         """
         config = self.config
         repeated = [p for p in problems for _ in range(config.samples_per_prompt)]
+        first_row = first_prompt * config.samples_per_prompt
         with self._timed("sampling"):
-            rollouts = self._sample_student([p.prompt for p in repeated])
+            rollouts = self._sample_student([p.prompt for p in repeated], range(first_row, first_row + len(repeated)))
         tokens = int(rollouts.attention_mask_BS.sum())
         self.flops.add_sampling(self.student_params, tokens)
         verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
@@ -203,9 +225,9 @@ class Trainer:
 
         teacher_logits = teacher_logps_BLV = None
         if config.method == "opd" or teacher_view:
-            with self._timed("teacher"), torch.no_grad():
-                teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, config.temperature)
+            with self._timed("teacher"):
+                scores = self.teacher_scorer.score(rollouts)
+                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
@@ -223,8 +245,7 @@ class Trainer:
             else:
                 student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
                 logps = losses.gather_tokens(student_logps_BLV, targets)
-                teacher_logps = (losses.gather_tokens(teacher_logps_BLV, targets) if config.method == "opd"
-                                 else None)
+                teacher_logps = scores.logprobs_BL if config.method == "opd" else None
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
@@ -244,10 +265,11 @@ class Trainer:
         metrics.update({f"train/{k}": v for k, v in signal_metrics.items()})
         return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
-    def _off_policy_part(self, problems: list[Problem], teacher_view: bool) -> BatchPart:
+    def _off_policy_part(self, problems: list[Problem], teacher_view: bool, first_prompt: int = 0) -> BatchPart:
         """Cross-entropy on teacher-written completions; the teacher scores them only when
-        `teacher_view` asks for `train/reverse_kl` and the per-token records."""
-        rollouts = self._teacher_rollouts(problems)
+        `teacher_view` asks for `train/reverse_kl` and the per-token records.
+        `first_prompt` is the index of `problems[0]` in the step's global batch."""
+        rollouts = self._teacher_rollouts(problems, range(first_prompt, first_prompt + len(problems)))
         mask = rollouts.completion_mask_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
         with self._timed("student"):
@@ -257,9 +279,9 @@ class Trainer:
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
         teacher_logits = None
         if teacher_view:
-            with self._timed("teacher"), torch.no_grad():
-                teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, rollouts.temperature)
+            with self._timed("teacher"):
+                scores = self.teacher_scorer.score(rollouts)
+                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
                 metrics["train/reverse_kl"] = float(losses.masked_mean(
                     losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask))
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
@@ -297,47 +319,80 @@ class Trainer:
         else:
             on_count = round(config.on_policy_fraction * len(problems))
         logging = step % config.sample_every == 0 or step == config.steps
+        flops_before = self.flops.as_metrics()
+        # This process's contiguous share of each part (all of it in a one-process run).
+        on_rows, off_rows = self.world.shard(on_count), self.world.shard(len(problems) - on_count)
         parts: list[BatchPart] = []
-        if on_count:
-            parts.append(self._on_policy_part(problems[:on_count], teacher_view=logging))
-        if on_count < len(problems):
+        if on_rows:
+            parts.append(self._on_policy_part(problems[on_rows.start : on_rows.stop], teacher_view=logging,
+                                              first_prompt=on_rows.start))
+        if off_rows:
             # The off-policy part's KL and records are shown only when it is the whole batch (SFT).
-            parts.append(self._off_policy_part(problems[on_count:], teacher_view=logging and not on_count))
-        token_counts = torch.stack([part.token_count for part in parts]).float()
-        loss = sum(part.loss * n for part, n in zip(parts, token_counts)) / token_counts.sum().clamp(min=1)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the loss is {loss.item()} at step {step}; weights from before this step are kept")
+            parts.append(self._off_policy_part(problems[on_count + off_rows.start : on_count + off_rows.stop],
+                                               teacher_view=logging and not on_count,
+                                               first_prompt=on_count + off_rows.start))
+        # The loss is the mean over the global batch's completion tokens: each process
+        # divides its own token-weighted sum by the global count, and the gradients are
+        # summed across processes below.
+        token_counts = torch.stack([part.token_count for part in parts]).float() if parts else torch.zeros(1)
+        local_sum = (sum(part.loss * n for part, n in zip(parts, token_counts)) if parts
+                     else torch.zeros((), device=self.device))
+        if self.world.size == 1:
+            loss = loss_value = local_sum / token_counts.sum().clamp(min=1)
+        else:
+            global_sum, global_tokens = self.world.sum(
+                torch.stack([local_sum.detach().float().cpu(), token_counts.sum().cpu()])).tolist()
+            loss = local_sum / max(global_tokens, 1.0)
+            loss_value = torch.tensor(global_sum / max(global_tokens, 1.0))
+        if not torch.isfinite(loss_value):
+            raise NonFiniteLoss(f"the loss is {loss_value.item()} at step {step}; weights from before this step are kept")
 
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
         with self._timed("student"):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if parts:
+                loss.backward()
         with self._timed("optimizer"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.student.parameters() if p.requires_grad], config.max_grad_norm)
+            self.world.sum_gradients(trainable)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
             self.optimizer.step()
 
         trained_tokens = sum(int(part.rollouts.attention_mask_BS.sum()) for part in parts)
         self.flops.add_training(self.student_params, trained_tokens)
-        completion_tokens = int(token_counts.sum())
+        # Counters count the global batch: one sum over processes of this step's counts.
+        flops_after = self.flops.as_metrics()
+        flop_keys = ("perf/flops_sampling", "perf/flops_teacher", "perf/flops_training")
+        counts = self.world.sum(torch.tensor(
+            [float(sum(len(part.rollouts.prompts) for part in parts)), float(token_counts.sum())]
+            + [flops_after[key] - flops_before[key] for key in flop_keys], dtype=torch.float64))
+        samples, completion_tokens = int(counts[0]), int(counts[1])
+        if self.world.size > 1:
+            self.flops = FlopsCounter.from_metrics(
+                {key: flops_before[key] + delta for key, delta in zip(flop_keys, counts[2:].tolist())})
         elapsed = time.perf_counter() - started
         self.wall_s += elapsed
-        self.samples_seen += sum(len(part.rollouts.prompts) for part in parts)
+        self.samples_seen += samples
         self.tokens_seen += completion_tokens
         self.step_done = step
 
-        metrics = {"step": step, "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                   "train/learning_rate": self.optimizer.param_groups[0]["lr"]}
+        part_metrics, part_weights = {}, {}
         for part in parts:  # on-policy metrics first, so they win on shared keys
+            rows, tokens = len(part.rollouts.prompts), float(part.token_count)
             for key, value in part.metrics.items():
-                metrics.setdefault(key, value)
+                if key not in part_metrics:
+                    part_metrics[key] = value
+                    part_weights[key] = rows if key in ROW_MEAN_METRICS else tokens
+        metrics = {"step": step, "train/loss": loss_value.item(), "train/grad_norm": float(grad_norm),
+                   "train/learning_rate": self.optimizer.param_groups[0]["lr"],
+                   **self.world.mean_metrics(part_metrics, part_weights)}
         metrics.update({"progress/samples": self.samples_seen, "progress/tokens": self.tokens_seen,
                         "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
                         **{f"perf/time_{phase}": seconds for phase, seconds in self.phase_s.items()},
                         **self.flops.as_metrics()})
-        logged = self._log_samples(step, parts[0]) if logging else []
-        return StepResult(loss, metrics, logged)
+        logged = self._log_samples(step, parts[0]) if logging and parts and self.world.is_main else []
+        return StepResult(loss_value, metrics, logged)
 
     def _log_samples(self, step: int, part: BatchPart) -> list[dict]:
         rollouts, verdicts = part.rollouts, part.verdicts
@@ -385,39 +440,55 @@ def run_training(run_dir: str | Path, progress: bool = True, owner: RunOwner | N
     message in status.json, the traceback in log.txt, and the last good checkpoint
     untouched.
 
+    In a data-parallel run (`opd_lab.distributed`) every process calls this; rank 0
+    alone owns the run and writes its folder, the others train their share of each
+    batch. Any process that ends (a crash, `kill -9`) ends the run as `failed`.
+
     Raises:
         RunError: another process owns the run.
     """
     run_dir = Path(run_dir)
+    world = distributed.current()
+    if not world.is_main:
+        return _run_owned(run_dir, False, world)
     owner = owner or ownership.take(run_dir)
     with owner:
-        return _run_owned(run_dir, progress)
+        return _run_owned(run_dir, progress, world)
 
 
-def _run_owned(run_dir: Path, progress: bool) -> str:
+def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
+    """Train the run; every file write is rank 0's (`world.is_main`)."""
+    main = world.is_main
     stop_requested = {"flag": False}
     previous_handlers = _install_stop_handlers(stop_requested) if _in_main_thread() else {}
-    update_status(run_dir, state="running", message="loading models", started_at=time.time(),
-                  pid=os.getpid(), pid_started=ownership.process_start_time(os.getpid()))
+    identity = (os.getpid(), ownership.process_start_time(os.getpid()))
+    if main:
+        update_status(run_dir, state="running", message="loading models", started_at=time.time(),
+                      pid=identity[0], pid_started=identity[1])
     trainer = None
     try:
-        if (run_dir / STOP_FILE).exists():  # stopped while queued: never start
-            return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started")
+        identities = world.gather(identity)
+        if main and world.launched:
+            update_status(run_dir, processes=world.size, rank_pids=[pid for pid, _ in identities])
+        if world.any((run_dir / STOP_FILE).exists()):  # stopped while queued: never start
+            return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started") if main else "stopped"
         config = RunConfig.from_dict(load_config(run_dir))
-        trainer = Trainer(config, run_dir)
-        state = checkpoints.restore_newest(run_dir, trainer.student, trainer.lora,
-                                           warn=lambda text: _log(run_dir, text))
+        trainer = Trainer(config, run_dir, world)
+        state = _restore(trainer, run_dir, world)
         if state is not None:
             trainer.load_state(state)
-        truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done if state is not None else -1)
-        truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done if state is not None else -1)
-        if not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE)):
-            update_status(run_dir, message="evaluating the starting student")
-            append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
-                                                   "perf/wall_s": 0.0, **FlopsCounter().as_metrics(),
-                                                   **trainer.evaluate()}])
+        if main:
+            truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done if state is not None else -1)
+            truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done if state is not None else -1)
+            if not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE)):
+                update_status(run_dir, message="evaluating the starting student")
+                append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
+                                                       "perf/wall_s": 0.0, **FlopsCounter().as_metrics(),
+                                                       **trainer.evaluate()}])
         return _loop(trainer, run_dir, stop_requested, progress)
     except KeyboardInterrupt:  # the second Ctrl-C
+        if not main:
+            raise
         step = trainer.step_done if trainer else 0
         last = checkpoints.latest(run_dir)
         _record_failure(run_dir, state="stopped", step=step, message=(
@@ -425,13 +496,30 @@ def _run_owned(run_dir: Path, progress: bool) -> str:
             + (f"the checkpoint of step {checkpoints.step_of(last)}" if last else "step 0")))
         raise
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
-        message = str(error) if isinstance(error, NonFiniteLoss) else f"{type(error).__name__}: {error}"
+        message = (str(error) if isinstance(error, (NonFiniteLoss, distributed.PeerLost))
+                   else f"{type(error).__name__}: {error}")
+        if not main:  # rank 0 writes the folder; this process's traceback goes to the launcher's output
+            print(f"opd-lab: rank {world.rank}: {message}\n{traceback.format_exc()}", file=sys.stderr)
+            return "failed"
         step = trainer.step_done if trainer else _status_step(run_dir)
         _record_failure(run_dir, state="failed", step=step, message=message, trace=traceback.format_exc())
         return "failed"
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
+
+
+def _restore(trainer: Trainer, run_dir: Path, world: World) -> dict | None:
+    """Rank 0 restores the newest checkpoint that loads (setting corrupt ones aside);
+    the other processes then load that same checkpoint. Returns the trainer state."""
+    state = None
+    if world.is_main:
+        state = checkpoints.restore_newest(run_dir, trainer.student, trainer.lora,
+                                           warn=lambda text: _log(run_dir, text))
+    step = world.broadcast(None if state is None else state["step"])
+    if not world.is_main and step is not None:
+        state = checkpoints.restore(checkpoints.checkpoint_path(run_dir, step), trainer.student, trainer.lora)
+    return state
 
 
 def _install_stop_handlers(stop_requested: dict) -> dict:
@@ -510,14 +598,20 @@ def training_line(metrics: dict, total_steps: int, steps_per_s: float) -> str:
 
 
 def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool) -> str:
-    config = trainer.config
+    """Step until done, stopped or at the target accuracy. In a data-parallel run every
+    process runs this loop and they agree on when to stop (`World.any`); rank 0 alone
+    evaluates and writes."""
+    config, world = trainer.config, trainer.world
+    main = world.is_main
     bar = tqdm(total=config.steps, initial=trainer.step_done, desc=f"{config.method} {run_dir.name}",
                unit="step", disable=not progress)
     started_wall = trainer.wall_s
     first_step = trainer.step_done
     while trainer.step_done < config.steps:
-        if stop_requested["flag"] or (run_dir / STOP_FILE).exists():  # asked before this step began
+        if world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists()):  # asked before this step began
             bar.close()
+            if not main:
+                return "stopped"
             latest = checkpoints.latest(run_dir)
             if trainer.step_done and (latest is None or checkpoints.step_of(latest) != trainer.step_done):
                 _save_checkpoint(trainer, run_dir)
@@ -525,26 +619,19 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         result = trainer.step()
         step = trainer.step_done
         metrics = result.metrics
-        if step % config.eval_every == 0 or step == config.steps:
+        if main and (step % config.eval_every == 0 or step == config.steps):
             metrics.update(trainer.evaluate())
-        append_jsonl(run_dir / METRICS_FILE, [metrics])
-        if result.logged:
-            append_jsonl(run_dir / SAMPLES_FILE, result.logged)
-        stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
-        reached = config.stop_at_accuracy > 0 and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
-            _save_checkpoint(trainer, run_dir)
-        per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
-        if step % LOG_EVERY_STEPS == 0 or "eval/accuracy" in metrics or step == first_step + 1:
-            _log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
-        update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
-                      message=f"loss {metrics['train/loss']:.4f}"
-                      + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))
+        reached = world.any(config.stop_at_accuracy > 0
+                            and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy)
+        if main:
+            _write_step(trainer, run_dir, result, stop_requested, reached, started_wall, first_step)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kl=f"{metrics.get('train/reverse_kl', math.nan):.3f}")
         if reached:
             break
     bar.close()
+    if not main:
+        return "finished"
     final = read_jsonl(run_dir / METRICS_FILE)[-1].get("eval/accuracy")
     early = trainer.step_done < config.steps
     (run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -552,6 +639,24 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
                   message=f"finished {trainer.step_done} steps" + (" (reached the target accuracy)" if early else "")
                   + (f", held-out accuracy {final:.1%}" if final is not None else ""))
     return "finished"
+
+
+def _write_step(trainer: Trainer, run_dir: Path, result: StepResult, stop_requested: dict, reached: bool,
+                started_wall: float, first_step: int) -> None:
+    """Rank 0's writes after a step: metrics, samples, checkpoint, log line and status."""
+    config, step, metrics = trainer.config, trainer.step_done, result.metrics
+    append_jsonl(run_dir / METRICS_FILE, [metrics])
+    if result.logged:
+        append_jsonl(run_dir / SAMPLES_FILE, result.logged)
+    stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
+    if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
+        _save_checkpoint(trainer, run_dir)
+    per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
+    if step % LOG_EVERY_STEPS == 0 or "eval/accuracy" in metrics or step == first_step + 1:
+        _log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
+    update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
+                  message=f"loss {metrics['train/loss']:.4f}"
+                  + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))
 
 
 def train(config: RunConfig, progress: bool = True) -> Path:
