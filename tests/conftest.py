@@ -52,3 +52,12 @@ def smollm2_home(tmp_path_factory):
         else:
             os.environ["OPD_LAB_HOME"] = previous
     return home, first_source
+
+
+@pytest.fixture()
+def smollm2_cached(smollm2_home, monkeypatch):
+    """OPD_LAB_HOME at the session's data dir with SmolLM2 cached, and the hub offline."""
+    home, _ = smollm2_home
+    monkeypatch.setenv("OPD_LAB_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home

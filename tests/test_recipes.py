@@ -55,3 +55,39 @@ def test_a_recipe_folder_skips_finished_stages(tmp_path):
     assert calls == [1]
     with pytest.raises(ConfigError, match="pick another --out"):
         RecipeState.open(load_recipe("continual-learning", "quick"), tmp_path / "r")
+
+
+def test_continual_learning_recipe_end_to_end_and_resumed(smollm2_cached, tmp_path):
+    from opd_lab.recipes import run_recipe
+    from opd_lab.run_folder import load_config, run_folders
+
+    folder = run_recipe("continual-learning", "quick", out=tmp_path / "cl", progress_print=lambda *_: None)
+    data = json.loads((folder / "recipe.json").read_text())
+    assert set(data["stages"]) == {"before", "finetune", "recover", "mix"} and data["finished"]
+    for stage in data["stages"].values():
+        assert set(stage["scores"]) == {"instructions", "company-qa"}
+        assert all(0 <= s["accuracy"] <= s["reward"] <= 1 or s["accuracy"] == 1 for s in stage["scores"].values())
+    recover = load_config(data["stages"]["recover"]["run_dir"])
+    assert (recover["method"], recover["task"], recover["teacher"]) == ("opd", "instructions", "smollm2")
+    assert recover["student"] == data["stages"]["finetune"]["model"]  # the fine-tuned model learns from its old self
+    mix_rows = [json.loads(line) for line in (folder / "mixture.jsonl").read_text().splitlines()]
+    assert len(mix_rows) == 8 and sum(r["answer"] == "" for r in mix_rows) == data["stages"]["mix"]["mixture"]["old_rows"]
+    table = (folder / "recipe.md").read_text()
+    assert table.count("\n| ") == 5  # the header and four stages
+    runs_before = len(run_folders())
+    run_recipe("continual-learning", "quick", out=folder, progress_print=lambda *_: None)  # finished: nothing reruns
+    assert len(run_folders()) == runs_before
+
+
+def test_prune_distill_recipe_end_to_end(smollm2_cached, tmp_path):
+    from opd_lab.models import load_model
+    from opd_lab.recipes import run_recipe
+
+    folder = run_recipe("prune-distill", "quick", out=tmp_path / "pd", progress_print=lambda *_: None)
+    data = json.loads((folder / "recipe.json").read_text())
+    pruned = data["stages"]["prune"]
+    assert len(pruned["dropped"]) == 2 and pruned["parameters_after"] < pruned["parameters"]
+    model, _ = load_model(pruned["model"])
+    assert model.config.num_hidden_layers == pruned["layers"] - 2
+    assert set(data["summaries"]) == {"rl", "sft", "opd"}
+    assert data["verdict"]["sentence"] in (folder / "recipe.md").read_text()

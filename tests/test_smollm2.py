@@ -19,14 +19,6 @@ from opd_lab.tokenview import marked
 from opd_lab.train import run_training
 
 
-@pytest.fixture()
-def smollm2_cached(smollm2_home, monkeypatch):
-    home, _ = smollm2_home
-    monkeypatch.setenv("OPD_LAB_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
 def test_second_load_comes_from_the_cache_folder(smollm2_home, smollm2_cached):
     _, first_source = smollm2_home
     gguf = find_smollm2_gguf()
