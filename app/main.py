@@ -102,7 +102,7 @@ def build_app(trust_remote_code: bool = False, instructor: str | None = None) ->
             lambda run: (gr.Tabs(selected="runs"), run) if run else (gr.skip(), gr.skip()),
             inputs=launch_parts["launched"], outputs=[tabs, runs_parts["selected"]], api_visibility="private",
         ).then(**runs_parts["load"]).then(None, js=remember("tab", "runs"))
-        demo.load(compare_tab.report_panel.show_report, inputs=compare_parts["report_picker"],
+        demo.load(compare_tab.report_panel.report_view, inputs=compare_parts["report_picker"],
                   outputs=list(compare_parts["report_outputs"]), api_visibility="private")
         # Pickers list the runs that exist when their tab is opened.
         def keep(current, choices):

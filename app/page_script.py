@@ -7,7 +7,8 @@
   position in that tab's "token to correct" box.
 * The page's style sheet (`PAGE_CSS`): on a phone the runs table keeps the columns
   a glance needs (run, state, step, accuracy) and hides the others, which the run's
-  summary under the table repeats.
+  summary under the table repeats; token views and their legends, side by side on a
+  wide screen, are stacked, each the full width.
 * The open tab and the selected run are kept in the URL (`?tab=runs&run=...`), so a
   reload, or the page reloading itself after an app restart, comes back to them
   (this script opens the tab; `app.main` selects the run on load).
@@ -39,7 +40,14 @@ def _narrow_table_css(table_id: str) -> str:
             f"  #{table_id} [data-col='0'] span {{ word-break: break-all; }}\n}}")
 
 
-PAGE_CSS = _narrow_table_css("runs-table")
+# Side by side on a wide screen, one under the other (each the full width) on a narrow one.
+STACKED_WHEN_NARROW = ("token-view", "inspect-legend", "playground-view", "playground-legend", "playground-model",
+                       "playground-color")
+
+PAGE_CSS = (_narrow_table_css("runs-table")
+            + f"\n@media (max-width: {NARROW_PX}px) {{ "
+            + ", ".join(f"#{element}" for element in STACKED_WHEN_NARROW)
+            + " { min-width: 100% !important; } }")
 
 PAGE_SCRIPT = r"""
 () => {
