@@ -7,6 +7,7 @@ run `main` here; every other subcommand is the library's.
 Run:
     opd-lab app                                  # http://127.0.0.1:7860
     opd-lab app --host 0.0.0.0 --auth me:secret
+    opd-lab app --host 0.0.0.0 --auth teacher:pw0 --auth ana:pw1 --instructor teacher
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from opd_lab.cli import main as library_main
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--auth", help="user:password required to open the app")
+    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                        help="a login required to open the app; repeat it for one login per attendee")
+    parser.add_argument("--instructor", metavar="USER",
+                        help="with --auth: the user who may stop, resume and delete every run; the others "
+                             "only their own (default: the first --auth user)")
     parser.add_argument("--max-runs", type=int, default=None, help="most runs at once (default 3)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models that ship their own code")
     parser.add_argument("--no-build", action="store_true", help="do not build the lab on start")
@@ -50,7 +55,7 @@ def _serve(args: argparse.Namespace) -> None:
     from app.main import serve  # gradio loads only for this subcommand
 
     serve(host=args.host, port=args.port, auth=args.auth, max_runs=args.max_runs,
-          trust_remote_code=args.trust_remote_code, build=not args.no_build)
+          trust_remote_code=args.trust_remote_code, build=not args.no_build, instructor=args.instructor)
 
 
 APP_COMMAND = Command("app", "the web app", _add_arguments, _serve)

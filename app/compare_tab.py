@@ -13,6 +13,7 @@ import pandas as pd
 
 from app import report_panel
 from app.state import error_text, run_dir_of, run_ids
+from app.users import record
 from opd_lab import plots, run_comparison, runs
 from opd_lab.compare import method_configs
 from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
@@ -77,16 +78,19 @@ def any_active(selected: list[str]) -> bool:
     return False
 
 
-def launch_three(steps, batch_size) -> tuple[str, list[str]]:
+def launch_three(steps, batch_size, request: gr.Request | None = None) -> tuple[str, list[str]]:
     """Create and launch the RL/SFT/OPD trio: `(message, run ids)`; all three or none."""
     try:
         configs = method_configs(int(steps or 0), int(batch_size or 0))
     except (ConfigError, ValueError) as error:
         return f"**Not launched.** {error}", []
     try:
-        launched = [run_dir.name for run_dir, _ in runs.start_runs(configs)]
+        started = runs.start_runs(configs)
     except runs.RunError as error:
         return f"**Not launched.** {error}", []
+    for run_dir, _ in started:
+        record(run_dir, request)
+    launched = [run_dir.name for run_dir, _ in started]
     return (f"Launched {', '.join(f'**{run}**' for run in launched)}: {steps} steps each, "
             f"{batch_size} sampled sequences per step. They are selected above; the chart fills in "
             "as they evaluate."), launched
@@ -132,8 +136,8 @@ def build() -> dict:
             names = []
         return gr.update(choices=names or [DEFAULT_METRIC])
 
-    def on_three(steps_value, batch_value):
-        text, ids = launch_three(steps_value, batch_value)
+    def on_three(steps_value, batch_value, request: gr.Request):
+        text, ids = launch_three(steps_value, batch_value, request)
         picker = gr.update(choices=run_ids(), value=ids) if ids else gr.skip()
         return text, picker
 

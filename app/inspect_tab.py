@@ -7,17 +7,30 @@ on the scale the Playground locks too; hovering a token shows both
 models' probabilities and the teacher's alternatives. The heatmap shows every logged
 sample of that step, and the last chart the KL over training (smoothed, the viewed step
 marked): step through the logged steps to watch it fall.
+
+Two ways to ask "what if" of a logged sample:
+
+* **Side by side**: the same prompt in another run at a logged step (or in this run at
+  another step), on one colour scale (`tokenview.render_side_by_side`). Runs with the
+  same seed draw the same prompts, so OPD and SFT can be compared token by token.
+* **The red pen**: replace a token and let the student of that run re-write the rest,
+  through the Playground's one path (`playground_tab.red_pen`, `opd_lab.feedback`). The
+  student is the run's checkpoint nearest the one that wrote the sample (`pen_student`).
 """
 
 from __future__ import annotations
 
+import html
+from pathlib import Path
+
 import gradio as gr
 
+from app.playground_tab import (CHECKPOINT_PREFIX, COLOR_CHOICES, DEFAULT_COLOR, color_legend, pen_choices, pen_panel,
+                                red_pen, scale_of)
 from app.state import error_text, run_dir_of, run_ids
 from opd_lab import plots_kl, runs, tokenview
+from opd_lab.checkpoints import checkpoint_dirs, step_of
 from opd_lab.run_folder import load_samples, sample_steps
-
-from app.playground_tab import COLOR_CHOICES, DEFAULT_COLOR, color_legend, scale_of
 
 INTRO = ("**See what the teacher thinks of each token.** Pick a run, a logged step and one of its "
          "samples: red tokens are the ones the teacher would not have written. Hover a token for the "
@@ -62,6 +75,92 @@ def token_view(run_id: str, step, index, color_by: str = DEFAULT_COLOR, locked: 
                                    title=title, vmax=scale_of(locked))
 
 
+def logged_sample(run_id: str, step, index) -> dict:
+    """One logged sample of a run.
+
+    Raises:
+        runs.RunError: an unknown run, or no sample `index` logged at `step`.
+    """
+    try:
+        return load_samples(run_dir_of(run_id), step=int(step))[int(index)]
+    except (TypeError, ValueError, IndexError):
+        raise runs.RunError("choose a logged step and a sample first") from None
+
+
+def side_by_side(run_id: str, step, index, other_run: str, other_step, color_by: str = DEFAULT_COLOR,
+                 locked: bool = True) -> str:
+    """The viewed sample beside the same prompt as logged in `other_run` at `other_step` (HTML).
+
+    When that prompt was not logged there, a sentence says so and lists what was.
+
+    Example:
+        >>> side_by_side("opd-...", 150, 0, "sft-...", 150)  # doctest: +SKIP
+    """
+    if not other_run or other_step is None:
+        return "<p>Choose a run and a logged step to compare with.</p>"
+    try:
+        sample = logged_sample(run_id, step, index)
+        others = load_samples(run_dir_of(other_run), step=int(other_step))
+    except runs.RunError as error:
+        return f"<p><b>Error:</b> {html.escape(str(error))}</p>"
+    except (TypeError, ValueError):
+        return "<p>Choose a run and a logged step to compare with.</p>"
+    prompt = sample.get("prompt", "")
+    same = [other for other in others if other.get("prompt") == prompt]
+    if not same:
+        logged = ", ".join(sorted({str(other.get("prompt", "")) for other in others})) or "none"
+        return (f"<p>The prompt <code>{html.escape(prompt)}</code> was not logged in <b>{html.escape(other_run)}</b> "
+                f"at step {html.escape(str(other_step))} (the prompts logged there: {html.escape(logged)}).</p>")
+    other = next((o for o in same if o.get("index") == sample.get("index")), same[0])
+    color_by = color_by if color_by in tokenview.COLOR_KINDS else DEFAULT_COLOR
+    return tokenview.render_side_by_side(
+        sample.get("tokens", []), other.get("tokens", []), _column_title(run_id, step, sample),
+        _column_title(other_run, other_step, other), prompt=prompt, color_by=color_by, vmax=scale_of(locked))
+
+
+def _column_title(run_id: str, step, sample: dict) -> str:
+    verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
+    return f"{run_id} at step {step} {verdict}".strip()
+
+
+def pen_student(run_dir: Path, step: int) -> tuple[Path, str]:
+    """The checkpoint the red pen uses for a sample logged at `step`, and a sentence saying which.
+
+    The sample of step `step` was written before that step's update, by the student of
+    step `step - 1`; the run keeps only some checkpoints, so the nearest one stands in
+    (the earlier one on a tie).
+
+    Raises:
+        runs.RunError: the run has no checkpoint yet.
+    """
+    saved = checkpoint_dirs(run_dir)
+    if not saved:
+        raise runs.RunError(f"run {run_dir.name} has no checkpoint yet: the red pen needs the student's weights")
+    wrote = step - 1
+    chosen = min(saved, key=lambda checkpoint: (abs(step_of(checkpoint) - wrote), step_of(checkpoint)))
+    if step_of(chosen) == wrote:
+        return chosen, f"Student: the checkpoint at step {wrote}, the one that wrote this sample."
+    return chosen, (f"Student: the checkpoint at step {step_of(chosen)}, the nearest kept to the one that wrote "
+                    f"this sample (step {wrote}).")
+
+
+def inspect_red_pen(run_id: str, step, index, position, replacement: str, color_by: str = DEFAULT_COLOR,
+                    locked: bool = True, trust_remote_code: bool = False) -> tuple[str, str]:
+    """The red pen on a logged sample: `(before/after HTML, verdict)`, as in the Playground."""
+    try:
+        sample = logged_sample(run_id, step, index)
+        checkpoint, student = pen_student(run_dir_of(run_id), int(step))
+    except runs.RunError as error:
+        return "", error_text(error)
+    view, verdict = red_pen(f"{CHECKPOINT_PREFIX}{run_id}/{checkpoint.name}", sample.get("prompt", ""),
+                            sample.get("tokens", []), position, replacement, color_by, trust_remote_code, locked)
+    if verdict.startswith("**Error:**"):
+        return view, verdict
+    logged = {True: "right", False: "wrong"}.get(sample.get("correct"))
+    known = f"  \nDuring training the run's verifier judged the old completion **{logged}**." if logged else ""
+    return view, f"{student}  \n{verdict}{known}"
+
+
 def step_figures(run_id: str, step, smoothing: float = 0.0, log_y: bool = False):
     """(per-position KL heatmap of the step's samples, KL over training with the step marked)."""
     run_dir = run_dir_of(run_id)
@@ -81,8 +180,8 @@ def _neighbour(run_id: str, step, offset: int):
     return steps[min(max(steps.index(step) + offset, 0), len(steps) - 1)]
 
 
-def build() -> dict:
-    """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
+def build(trust_remote_code: bool = False) -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the run pickers."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
         run = gr.Dropdown(run_ids(), value=None, label="Run", scale=3, elem_id="inspect-run", allow_custom_value=True)
@@ -98,6 +197,16 @@ def build() -> dict:
     with gr.Row():
         view = gr.HTML(elem_id="token-view", padding=True)
         gr.Markdown(color_legend(), elem_id="inspect-legend")
+    pen_position, pen_text, pen, pen_result, pen_view = pen_panel(
+        "inspect-", "**Red pen.** Click a token of the sample above, choose what to write instead (the "
+                    "teacher's first choice is preselected), and this run's student re-writes the rest from there.")
+    with gr.Accordion("Side by side: this prompt in another run, or at another step", open=True):
+        with gr.Row():
+            other_run = gr.Dropdown(run_ids(), value=None, label="Compare with run", scale=3,
+                                    elem_id="inspect-other-run", allow_custom_value=True)
+            other_step = gr.Dropdown([], label="at logged step", scale=1, elem_id="inspect-other-step",
+                                     allow_custom_value=True)
+        side_view = gr.HTML(elem_id="inspect-side-view", padding=True)
     heatmap = gr.Plot(label="All samples of this step", elem_id="kl-heatmap")
     with gr.Row():
         smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="smoothing of the batch KL (EMA)",
@@ -143,4 +252,27 @@ def build() -> dict:
                     api_visibility="private")
     gr.on([sample.input, color.input, locked.input], token_view, inputs=[run, step, sample, color, locked],
           outputs=view, api_name="token_view")
-    return {"run": run}
+
+    def on_other_run(other, step_value):
+        steps = steps_of(other)
+        return gr.update(choices=steps, value=step_value if step_value in steps else (steps[-1] if steps else None))
+
+    def on_position(run_id, step_value, index, position):
+        try:
+            choices = pen_choices(logged_sample(run_id, step_value, index).get("tokens", []), position)
+        except runs.RunError:
+            choices = []
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def on_pen(run_id, step_value, index, position, replacement, color_by, lock):
+        return inspect_red_pen(run_id, step_value, index, position, replacement, color_by, lock, trust_remote_code)
+
+    side = dict(fn=side_by_side, inputs=[run, step, sample, other_run, other_step, color, locked], outputs=side_view,
+                api_visibility="private")
+    other_run.input(on_other_run, inputs=[other_run, step], outputs=other_step, api_visibility="private").then(**side)
+    gr.on([other_step.input, view.change], **side)
+    pen_position.change(on_position, inputs=[run, step, sample, pen_position], outputs=pen_text,
+                        api_visibility="private")
+    pen.click(on_pen, inputs=[run, step, sample, pen_position, pen_text, color, locked],
+              outputs=[pen_view, pen_result], api_name="inspect_red_pen")
+    return {"run": run, "other_run": other_run}

@@ -21,6 +21,7 @@ import gradio as gr
 import yaml
 
 from app.state import forget_runs_list
+from app.users import record
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
@@ -108,17 +109,19 @@ def preset_values(preset: str) -> list:
     return [changes.get(spec.name, spec.default) for spec in FORM_FIELDS]
 
 
-def launch_run(values, trust_remote_code: bool = False) -> tuple[str, str]:
+def launch_run(values, trust_remote_code: bool = False, request: gr.Request | None = None) -> tuple[str, str]:
     """Validate the form and start the run, or queue it at the run limit: `(message, run id or "")`.
 
     A bad value or an input that fails its checks (`opd_lab.preflight`) creates no run
     folder; the message is the line `opd-lab launch` would print. At the run limit the
-    run waits in line (`runs.submit_run`) and starts when a place frees.
+    run waits in line (`runs.submit_run`) and starts when a place frees. With a login
+    (`request.username`), the user is recorded as the run's launcher (`app.users`).
     """
     try:
         run_dir, pid = runs.submit_run(config_from_form(values, trust_remote_code))
     except Exception as error:  # noqa: BLE001 - the form shows every error as one line
         return f"**Not launched.** {error_line(error)}", ""
+    record(run_dir, request)
     forget_runs_list()
     if pid is None:
         position = runs.queue_positions().get(run_dir.name, "?")
@@ -224,8 +227,8 @@ def build(trust_remote_code: bool = False) -> dict:
     def on_preview(*values):
         return preview_command(values, trust_remote_code), check_form(values, trust_remote_code)
 
-    def on_launch(*values):
-        return launch_run(values, trust_remote_code)
+    def on_launch(request: gr.Request, *values):
+        return launch_run(values, trust_remote_code, request)
 
     def on_save(*values):
         path, text = save_config(values, trust_remote_code)

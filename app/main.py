@@ -3,12 +3,15 @@
 Run:
     opd-lab app                                  # http://127.0.0.1:7860, builds the lab first if needed
     opd-lab app --host 0.0.0.0 --auth me:secret  # reachable from other machines, with a password
+    opd-lab app --host 0.0.0.0 --auth teacher:pw0 --auth ana:pw1 --auth ben:pw2   # classroom: one login each
     opd-lab app --max-runs 2 --no-build
 
 Classroom mode (one machine, a room of attendees): serve on 0.0.0.0 with --auth (the app
 warns without it); at the run limit a launch waits in line with its place shown and
 starts when a place frees (`opd_lab.runs.submit_run`); every viewer's polling shares one
-scan of the runs folder per second (`app.state.list_runs`).
+scan of the runs folder per second (`app.state.list_runs`). With several `--auth` users, each
+run records who launched it, and only that user or the instructor (`--instructor`, by default
+the first `--auth` user) may stop, resume or delete it (`app.users`).
 
 Five tabs, each a thin view over the library: **Launch** (a form generated from
 `RunConfig`), **Runs** (live table, curves, log, stop/resume/delete), **Compare**
@@ -58,13 +61,15 @@ def header() -> str:
     return "\n".join(lines)
 
 
-def build_app(trust_remote_code: bool = False) -> gr.Blocks:
+def build_app(trust_remote_code: bool = False, instructor: str | None = None) -> gr.Blocks:
     """The whole app as a `gr.Blocks`, not yet served.
 
     Args:
         trust_remote_code: whether runs launched from the browser (and the Playground)
             may load models that ship their own Python code. Only the command line sets
             it; the browser cannot.
+        instructor: with a login, the user who may stop, resume and delete every run;
+            the others only their own (`app.users`).
     """
     with gr.Blocks(title="opd-lab", analytics_enabled=False) as demo:
         gr.Markdown(header(), elem_id="app-header")
@@ -72,11 +77,11 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
             with gr.Tab("Launch", id="launch") as launch:
                 launch_parts = launch_tab.build(trust_remote_code)
             with gr.Tab("Runs", id="runs") as runs_page:
-                runs_parts = runs_tab.build()
+                runs_parts = runs_tab.build(instructor)
             with gr.Tab("Compare", id="compare") as compare:
                 compare_parts = compare_tab.build()
             with gr.Tab("Inspect", id="inspect") as inspect:
-                inspect_parts = inspect_tab.build()
+                inspect_parts = inspect_tab.build(trust_remote_code)
             with gr.Tab("Playground", id="playground") as playground:
                 playground_parts = playground_tab.build(trust_remote_code)
 
@@ -97,7 +102,7 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
             lambda run: (gr.Tabs(selected="runs"), run) if run else (gr.skip(), gr.skip()),
             inputs=launch_parts["launched"], outputs=[tabs, runs_parts["selected"]], api_visibility="private",
         ).then(**runs_parts["load"]).then(None, js=remember("tab", "runs"))
-        demo.load(compare_tab.report_panel.show_report, inputs=compare_parts["report_picker"],
+        demo.load(compare_tab.report_panel.report_view, inputs=compare_parts["report_picker"],
                   outputs=list(compare_parts["report_outputs"]), api_visibility="private")
         # Pickers list the runs that exist when their tab is opened.
         def keep(current, choices):
@@ -108,26 +113,52 @@ def build_app(trust_remote_code: bool = False) -> gr.Blocks:
 
         compare.select(lambda current: keep(current, run_ids()), inputs=compare_parts["chosen"],
                        outputs=compare_parts["chosen"], api_visibility="private")
-        inspect.select(lambda current: keep(current, run_ids()), inputs=inspect_parts["run"],
-                       outputs=inspect_parts["run"], api_visibility="private")
+        for picker in (inspect_parts["run"], inspect_parts["other_run"]):
+            inspect.select(lambda current: keep(current, run_ids()), inputs=picker, outputs=picker,
+                           api_visibility="private")
         playground.select(lambda current: keep(current, playground_tab.model_choices()),
                           inputs=playground_parts["model"], outputs=playground_parts["model"],
                           api_visibility="private")
     return demo
 
 
-def parse_auth(auth: str | None) -> tuple[str, str] | None:
-    """"user:password" -> ("user", "password"); None stays None.
+def parse_auth(auth: str | list[str] | None) -> list[tuple[str, str]]:
+    """Each "user:password" -> ("user", "password"); None gives [] (no login).
 
     Raises:
-        ValueError: without a ':' or with an empty user or password.
+        ValueError: without a ':', with an empty user or password, or a user named twice.
+
+    Example:
+        >>> parse_auth(["alice:pw1", "bob:pw:2"])
+        [('alice', 'pw1'), ('bob', 'pw:2')]
     """
-    if auth is None:
+    pairs = []
+    for item in [auth] if isinstance(auth, str) else auth or []:
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth: expected user:password")
+        if user in dict(pairs):
+            raise ValueError(f"--auth: user {user!r} is given twice")
+        pairs.append((user, password))
+    return pairs
+
+
+def choose_instructor(credentials: list[tuple[str, str]], instructor: str | None) -> str | None:
+    """The user who may stop, resume and delete every run: `instructor`, else the first `--auth` user.
+
+    Raises:
+        ValueError: `--instructor` without `--auth`, or naming no `--auth` user.
+    """
+    users = [user for user, _ in credentials]
+    if not users:
+        if instructor:
+            raise ValueError("--instructor: needs --auth (without a login everyone may act on every run)")
         return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth: expected user:password")
-    return user, password
+    if instructor is None:
+        return users[0]
+    if instructor not in users:
+        raise ValueError(f"--instructor {instructor}: not one of the --auth users ({', '.join(users)})")
+    return instructor
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -148,18 +179,21 @@ def exposure_warning(host: str, auth: str | None) -> str | None:
             "and delete runs. Add --auth user:password (attendees then log in), or serve on 127.0.0.1.")
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, max_runs: int | None = None,
-          trust_remote_code: bool = False, build: bool = True) -> None:
+def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | list[str] | None = None,
+          max_runs: int | None = None, trust_remote_code: bool = False, build: bool = True,
+          instructor: str | None = None) -> None:
     """Build the lab if it is missing (with `build`), then serve the app until interrupted.
 
     Args:
         host, port: where to listen ("0.0.0.0" to be reachable from other machines).
-        auth: "user:password" to require a login.
+        auth: "user:password", or several, to require a login; each user's runs are their own.
+        instructor: the `auth` user who may stop, resume and delete every run (default: the first).
         max_runs: most runs training at once (sets `$OPD_LAB_MAX_RUNS` for this process).
         trust_remote_code: allow models that ship their own code (see `build_app`).
         build: build the default lab first when it is not built.
     """
     credentials = parse_auth(auth)
+    instructor = choose_instructor(credentials, instructor)
     if max_runs is not None:
         if max_runs < 1:
             raise ValueError(f"--max-runs: must be at least 1 (got {max_runs})")
@@ -174,6 +208,9 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, ma
         print(warning, file=sys.stderr)
     print(f"opd-lab app on http://{host}:{port} (data in {data_dir()})")
     start_queue_worker()  # runs queued at the run limit start when a place frees
-    build_app(trust_remote_code).launch(server_name=host, server_port=port, auth=credentials,
+    if instructor:
+        print(f"Classroom mode: {len(credentials)} users; each may stop, resume or delete only their own runs, "
+              f"{instructor} (the instructor) every run.")
+    build_app(trust_remote_code, instructor).launch(server_name=host, server_port=port, auth=credentials or None,
                                         auth_message=AUTH_MESSAGE if credentials else None,
                                         footer_links=["api"], show_error=True)

@@ -3,17 +3,60 @@
 * Hover cards stay inside the viewport: a token view's card (`opd_lab.tokenview`) is
   placed below its token, or above it near the bottom of the window, and shifted left
   near the right edge (the view itself stays script-free, for notebooks and saved pages).
-* The red pen: clicking a token of the Playground's view puts its position in the
-  "token to correct" box.
+* The red pen: clicking a token of the Playground's view (or of Inspect's) puts its
+  position in that tab's "token to correct" box.
+* The page's style sheet (`PAGE_CSS`): on a phone the runs table keeps the columns
+  a glance needs (run, state, step, accuracy) and hides the others, which the run's
+  summary under the table repeats; token views and their legends, side by side on a
+  wide screen, are stacked, each the full width.
 * The open tab and the selected run are kept in the URL (`?tab=runs&run=...`), so a
   reload, or the page reloading itself after an app restart, comes back to them
   (this script opens the tab; `app.main` selects the run on load).
 """
 
+import json
+
+NARROW_PX = 640  # phones, and narrow windows
+# Runs table columns (app.runs_tab.TABLE_HEADERS, 0-based) hidden on narrow screens: method, task, ETA, message.
+HIDDEN_WHEN_NARROW = (1, 2, 5, 7)
+# The widths of the columns left (run, state, step, accuracy), in % of the table.
+NARROW_WIDTHS = {0: 31, 3: 23, 4: 26, 6: 20}
+
+
+def _narrow_table_css(table_id: str) -> str:
+    hidden = ", ".join(f"#{table_id} [data-col='{col}'], #{table_id} th:nth-child({col + 1})"
+                       for col in HIDDEN_WHEN_NARROW)
+    widths = "\n".join(f"  #{table_id} [data-col='{col}'], #{table_id} th:nth-child({col + 1}) "
+                        f"{{ width: {share}% !important; min-width: 0 !important; max-width: none !important; "
+                        f"flex: 0 0 {share}% !important; }}" for col, share in NARROW_WIDTHS.items())
+    return (f"@media (max-width: {NARROW_PX}px) {{\n"
+            f"  {hidden} {{ display: none !important; }}\n"
+            f"  #{table_id} table, #{table_id} tr, #{table_id} .virtual-body, #{table_id} .virtual-row "
+            f"{{ width: 100% !important; min-width: 0 !important; }}\n"
+            f"  #{table_id} table {{ table-layout: fixed; }}\n"
+            f"  #{table_id} th, #{table_id} [role=gridcell] {{ font-size: 12px; }}\n"
+            f"  #{table_id} th > *, #{table_id} .cell-wrap {{ padding-left: 3px !important; padding-right: 3px !important; }}\n"
+            f"{widths}\n"
+            f"  #{table_id} [data-col='0'] span {{ word-break: break-all; }}\n}}")
+
+
+# Side by side on a wide screen, one under the other (each the full width) on a narrow one.
+STACKED_WHEN_NARROW = ("token-view", "inspect-legend", "playground-view", "playground-legend", "playground-model",
+                       "playground-color")
+
+PAGE_CSS = (_narrow_table_css("runs-table")
+            + f"\n@media (max-width: {NARROW_PX}px) {{ "
+            + ", ".join(f"#{element}" for element in STACKED_WHEN_NARROW)
+            + " { min-width: 100% !important; } }")
+
 PAGE_SCRIPT = r"""
 () => {
   if (window.opdLabScript) return;
   window.opdLabScript = true;
+  const style = document.createElement("style");
+  style.id = "opd-lab-style";
+  style.textContent = PAGE_CSS;
+  document.head.appendChild(style);
   const margin = 8;
   const wanted = new URL(window.location.href).searchParams.get("tab");
   // Tab clicks are written to the URL only once the tab it named is open again
@@ -44,8 +87,10 @@ PAGE_SCRIPT = r"""
     card.style.left = left + "px";
   });
   document.addEventListener("click", (event) => {
-    const token = event.target.closest ? event.target.closest("#playground-view .tvt[data-i]") : null;
-    const box = document.querySelector("#pen-position input");
+    const token = event.target.closest ? event.target.closest(".tvt[data-i]") : null;
+    const view = token ? token.closest("#playground-view, #token-view") : null;
+    if (!view) return;
+    const box = document.querySelector(view.id === "token-view" ? "#inspect-pen-position input" : "#pen-position input");
     if (!token || !box) return;
     const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set;
     setter.call(box, token.dataset.i);
@@ -55,7 +100,7 @@ PAGE_SCRIPT = r"""
     box.dispatchEvent(new Event("blur", {bubbles: true}));
   });
 }
-"""
+""".replace("PAGE_CSS", json.dumps(PAGE_CSS))
 
 
 def remember(key: str, value: str | None = None) -> str:

@@ -207,6 +207,27 @@ def red_pen(choice: str, prompt: str, records: list[dict], position, replacement
     return view, "  \n".join(verdict)
 
 
+PEN_HELP = ("**Red pen.** Click a token above (or type its number), choose what to write instead "
+            "(the teacher's first choice is preselected), and the student re-writes the rest from there.")
+
+
+def pen_panel(prefix: str = "", help_text: str = PEN_HELP) -> tuple:
+    """The red pen's widgets, for the Playground and Inspect: `(position box, replacement picker,
+    button, verdict, before/after view)`, with element ids `{prefix}pen-position`, `-choice`,
+    `-rewrite`, `-result` and `-view` (the page script fills the position box on a click)."""
+    with gr.Group():
+        gr.Markdown(help_text)
+        with gr.Row():
+            position = gr.Textbox(label="token to correct", placeholder="click a token", scale=1,
+                                  max_lines=1, elem_id=f"{prefix}pen-position")
+            replacement = gr.Dropdown([], label="write instead", scale=2, elem_id=f"{prefix}pen-choice",
+                                      allow_custom_value=True)
+            button = gr.Button("Rewrite from here", scale=1, elem_id=f"{prefix}pen-rewrite")
+    result = gr.Markdown(elem_id=f"{prefix}pen-result")
+    view = gr.HTML(elem_id=f"{prefix}pen-view", padding=True)
+    return position, replacement, button, result, view
+
+
 def build(trust_remote_code: bool = False) -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the model picker."""
     gr.Markdown(INTRO, elem_classes="tab-intro")
@@ -231,16 +252,7 @@ def build(trust_remote_code: bool = False) -> dict:
         view = gr.HTML(elem_id="playground-view", padding=True, min_height=60)
         gr.Markdown(color_legend(), elem_id="playground-legend")
     shown = gr.State({})  # the records on screen, to recolour them without scoring again
-    with gr.Group():
-        gr.Markdown("**Red pen.** Click a token above (or type its number), choose what to write instead "
-                    "(the teacher's first choice is preselected), and the student re-writes the rest from there.")
-        with gr.Row():
-            pen_position = gr.Textbox(label="token to correct", placeholder="click a token", scale=1,
-                                      max_lines=1, elem_id="pen-position")
-            pen_text = gr.Dropdown([], label="write instead", scale=2, elem_id="pen-choice", allow_custom_value=True)
-            pen = gr.Button("Rewrite from here", scale=1, elem_id="pen-rewrite")
-    pen_result = gr.Markdown(elem_id="pen-result")
-    pen_view = gr.HTML(elem_id="pen-view", padding=True)
+    pen_position, pen_text, pen, pen_result, pen_view = pen_panel()
 
     def on_answer(choice, text, greedy_value, temperature_value, seed_value, color_by, lock):
         completion_text, html, about, records = answer(choice, text, greedy_value, temperature_value,

@@ -52,6 +52,12 @@ def show_report(name: str | None):
     return text, seed_band_figure(folder) if folder else None, pd.DataFrame(experiment.target_rows(data))
 
 
+def report_view(name: str | None):
+    """`show_report` for the page: the figure's box is hidden when the report has no figure."""
+    text, figure, table = show_report(name)
+    return text, gr.update(value=figure, visible=figure is not None), table
+
+
 def start(scenario: str, quick: bool):
     """Start a comparison in the background; returns a status line."""
     try:
@@ -88,7 +94,7 @@ def build() -> None:
         value = current if current in choices else (choices[0] if choices else None)
         return gr.update(choices=choices, value=value), status()
 
-    picker.change(show_report, inputs=picker, outputs=[verdict, figure, table], api_name="report")
+    picker.change(report_view, inputs=picker, outputs=[verdict, figure, table], api_name="report")
     refresh.click(on_refresh, inputs=picker, outputs=[picker, running], api_visibility="private")
     run.click(start, inputs=[scenario, quick], outputs=running, api_name="start_compare")
     return picker, (verdict, figure, table)

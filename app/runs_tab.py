@@ -10,9 +10,11 @@ import gradio as gr
 import pandas as pd
 
 from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
+from app.users import check_may_act
 from opd_lab import plots, runs
 from opd_lab.lab import lab_summary
-from opd_lab.run_folder import LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, load_config, load_metrics, log_tail
+from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
+                                log_tail)
 from opd_lab.train import PHASES
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
@@ -70,6 +72,12 @@ def run_summary(run_id: str) -> str:
         return error_text(f"no run named {run_id!r}")
     parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{state_text(row)}**",
              f"step {progress_bar(row['step'], row['total_steps'])}", f"accuracy {format_accuracy(row['accuracy'])}"]
+    try:
+        launcher = launcher_of(run_dir)
+    except runs.RunError:  # an unreadable launched_by.json: the summary goes on without it
+        launcher = None
+    if launcher:
+        parts.append(f"launched by {launcher}")
     if row["state"] == "running":
         parts.append(f"ETA {format_duration(row['eta_s'])}")
     split = phase_split(run_dir)
@@ -121,9 +129,11 @@ def _signature(run_id: str, metric: str):
     return (run_id, metric, stamps)
 
 
-def stop_run(run_id: str) -> str:
+def stop_run(run_id: str, request: gr.Request | None = None, instructor: str | None = None) -> str:
+    """Ask the run to stop; `request` and `instructor` decide whether this user may (`app.users`)."""
     try:
         run_dir = run_dir_of(run_id)
+        check_may_act(run_dir, request, instructor)
     except runs.RunError as error:
         return error_text(error)
     active = runs.status_of(run_dir).get("state") in runs.ACTIVE_STATES
@@ -132,20 +142,23 @@ def stop_run(run_id: str) -> str:
     return message + (" (it stops after the current step, with a checkpoint)" if active else "")
 
 
-def resume_run(run_id: str) -> str:
+def resume_run(run_id: str, request: gr.Request | None = None, instructor: str | None = None) -> str:
     try:
-        pid = runs.resume(run_dir_of(run_id))
+        run_dir = run_dir_of(run_id)
+        check_may_act(run_dir, request, instructor)
+        pid = runs.resume(run_dir)
     except runs.RunError as error:
         return error_text(error)
     forget_runs_list()
     return f"Resumed **{run_id}** from its last checkpoint (process {pid})."
 
 
-def delete_run(run_id: str, confirmed: bool) -> str:
+def delete_run(run_id: str, confirmed: bool, request: gr.Request | None = None, instructor: str | None = None) -> str:
     if not confirmed:
         return "Tick **I am sure** first: deleting removes the run's folder, checkpoints included."
     try:
         run_dir = run_dir_of(run_id)
+        check_may_act(run_dir, request, instructor)
         runs.delete_run(run_dir)
     except runs.RunError as error:
         return error_text(error)
@@ -153,8 +166,12 @@ def delete_run(run_id: str, confirmed: bool) -> str:
     return f"Deleted **{run_id}**."
 
 
-def build() -> dict:
-    """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
+def build(instructor: str | None = None) -> dict:
+    """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker.
+
+    Args:
+        instructor: with `--auth`, the user who may stop, resume or delete every run (`app.users`).
+    """
     gr.Markdown(INTRO, elem_classes="tab-intro")
     table = gr.Dataframe(run_table(), headers=TABLE_HEADERS, interactive=False, label="Runs",
                          elem_id="runs-table", max_height=320, wrap=True)
@@ -233,8 +250,17 @@ def build() -> dict:
     gr.on([selected.input, metric.input, smoothing.release, log_y.input], **redraw)
     table.select(on_row, outputs=selected, api_visibility="private").then(**redraw)
     refresh.click(run_table, outputs=table, api_name="list_runs").then(**redraw)
-    stop.click(stop_run, inputs=selected, outputs=action, api_name="stop").then(**redraw)
-    resume.click(resume_run, inputs=selected, outputs=action, api_name="resume").then(**redraw)
-    delete.click(delete_run, inputs=[selected, sure], outputs=action, api_name="delete").then(
+    def on_stop(run_id, request: gr.Request):
+        return stop_run(run_id, request, instructor)
+
+    def on_resume(run_id, request: gr.Request):
+        return resume_run(run_id, request, instructor)
+
+    def on_delete(run_id, confirmed, request: gr.Request):
+        return delete_run(run_id, confirmed, request, instructor)
+
+    stop.click(on_stop, inputs=selected, outputs=action, api_name="stop").then(**redraw)
+    resume.click(on_resume, inputs=selected, outputs=action, api_name="resume").then(**redraw)
+    delete.click(on_delete, inputs=[selected, sure], outputs=action, api_name="delete").then(
         lambda: False, outputs=sure, api_visibility="private").then(**redraw)
     return {"selected": selected, "load": redraw}

@@ -36,6 +36,7 @@ SAMPLES_FILE = "samples.jsonl"
 LOG_FILE = "log.txt"
 STOP_FILE = "STOP"
 SFT_DATASET_FILE = "sft_dataset.jsonl"
+LAUNCHED_BY_FILE = "launched_by.json"
 CHECKPOINTS_DIR = "checkpoints"
 LOG_LINES = 30
 
@@ -137,6 +138,18 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
 def load_config(run_dir: str | os.PathLike) -> dict:
     """The run's config as a plain dict."""
     return read_json(Path(run_dir).expanduser() / CONFIG_FILE, default={})
+
+
+def record_launcher(run_dir: str | os.PathLike, user: str) -> None:
+    """Write who launched the run (the app's logged-in user) to launched_by.json."""
+    write_json_atomic(Path(run_dir).expanduser() / LAUNCHED_BY_FILE, {"user": user, "at": time.time()})
+
+
+def launcher_of(run_dir: str | os.PathLike) -> str | None:
+    """Who launched the run from the app with a login, or None (no login, or the command line)."""
+    data = read_json(Path(run_dir).expanduser() / LAUNCHED_BY_FILE, default={})
+    user = data.get("user") if isinstance(data, dict) else None
+    return user if isinstance(user, str) and user else None
 
 
 def load_status(run_dir: str | os.PathLike) -> dict:

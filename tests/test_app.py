@@ -294,6 +294,60 @@ def test_inspect_shows_a_logged_sample(runs_root):
     assert [shape.x0 for shape in smoothed.layout.shapes] == [20] and any("EMA" in t.name for t in smoothed.data)
 
 
+def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_root):
+    from app import inspect_tab
+    from opd_lab.run_folder import SAMPLES_FILE, append_jsonl
+    from synthetic_runs import make_tokens
+
+    make_run(runs_root, "side-opd", method="opd", steps=20, sample_every=10)
+    other = make_run(runs_root, "side-sft", method="sft", steps=20, sample_every=10)
+    append_jsonl(other / SAMPLES_FILE, [{"step": 15, "index": 0, "prompt": "1+1=", "correct": False,
+                                         "tokens": make_tokens(3)}])
+    view = inspect_tab.side_by_side("side-opd", 10, 1, "side-sft", 20)
+    assert view.count('class="tvcol"') == 2 and "side-opd at step 10 ✗ wrong" in view
+    assert "side-sft at step 20 ✗ wrong" in view  # the other run's sample of the same index
+    assert view.count('class="tvt"') == 9 + 9  # both columns: the second samples have 12 - 3 tokens
+    missing = inspect_tab.side_by_side("side-opd", 10, 0, "side-sft", 15)
+    assert missing == ("<p>The prompt <code>347+285=</code> was not logged in <b>side-sft</b> at step 15 "
+                       "(the prompts logged there: 1+1=).</p>")
+    assert "Choose a run" in inspect_tab.side_by_side("side-opd", 10, 0, None, None)
+    assert "<b>Error:</b>" in inspect_tab.side_by_side("side-opd", 10, 0, "../etc", 10)
+    assert "choose a logged step and a sample" in inspect_tab.side_by_side("side-opd", 10, 7, "side-sft", 10)
+
+
+def test_the_red_pen_in_inspect_uses_the_checkpoint_nearest_the_writer(runs_root):
+    from app import inspect_tab
+    from opd_lab.checkpoints import STATE_FILE
+
+    run_dir = make_run(runs_root, "pen-demo", steps=20, sample_every=10)
+    with pytest.raises(inspect_tab.runs.RunError, match="no checkpoint yet"):
+        inspect_tab.pen_student(run_dir, 10)
+    for step in (5, 9, 20):
+        (run_dir / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+        (run_dir / "checkpoints" / f"step_{step:06d}" / STATE_FILE).touch()
+    chosen, sentence = inspect_tab.pen_student(run_dir, 10)  # step 10's samples come from the student of step 9
+    assert chosen.name == "step_000009" and sentence == "Student: the checkpoint at step 9, the one that wrote this sample."
+    chosen, sentence = inspect_tab.pen_student(run_dir, 8)  # 7 is as near 5 as 9: the earlier one
+    assert chosen.name == "step_000005" and "nearest kept to the one that wrote this sample (step 7)" in sentence
+    assert inspect_tab.pen_student(run_dir, 30)[0].name == "step_000020"
+
+
+def test_the_red_pen_rewrites_a_logged_sample(trained_run):
+    from app import inspect_tab
+
+    run_id = trained_run.name
+    sample = inspect_tab.logged_sample(run_id, 2, 0)
+    choices = inspect_tab.pen_choices(sample["tokens"], 1)
+    assert choices and choices[0][1] == sample["tokens"][1]["teacher_top"][0][0]
+    view, verdict = inspect_tab.inspect_red_pen(run_id, 2, 0, 1, "9")
+    assert verdict.startswith("Student: the checkpoint at step 2, the nearest kept")
+    assert f"token 1 `{sample['tokens'][1]['text']}` → `9`" in verdict
+    assert "During training the run's verifier judged the old completion" in verdict
+    assert "after the red pen" in view and sample["prompt"] in view
+    _, error = inspect_tab.inspect_red_pen(run_id, 2, 0, 999, "9")
+    assert error.startswith("**Error:**")
+
+
 # --- Playground ---------------------------------------------------------------------
 
 
@@ -407,14 +461,83 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
 # --- serve --------------------------------------------------------------------------
 
 
-def test_parse_auth():
-    from app.main import parse_auth
+def test_parse_auth_and_the_instructor():
+    from app.main import choose_instructor, parse_auth
 
-    assert parse_auth(None) is None
-    assert parse_auth("me:se:cret") == ("me", "se:cret")
+    assert parse_auth(None) == []
+    assert parse_auth("me:se:cret") == [("me", "se:cret")]
+    assert parse_auth(["teacher:a", "ana:b"]) == [("teacher", "a"), ("ana", "b")]
     for bad in ("nocolon", ":pw", "me:"):
         with pytest.raises(ValueError, match="user:password"):
             parse_auth(bad)
+    with pytest.raises(ValueError, match="given twice"):
+        parse_auth(["ana:a", "ana:b"])
+    pairs = [("teacher", "a"), ("ana", "b")]
+    assert choose_instructor(pairs, None) == "teacher" and choose_instructor(pairs, "ana") == "ana"
+    assert choose_instructor([], None) is None
+    with pytest.raises(ValueError, match="not one of the --auth users"):
+        choose_instructor(pairs, "ben")
+    with pytest.raises(ValueError, match="needs --auth"):
+        choose_instructor([], "teacher")
+
+
+def test_only_the_launcher_or_the_instructor_may_act_on_a_run():
+    from app.users import refusal
+
+    assert refusal("ana", "ana", "teacher") is None
+    assert refusal("ana", "teacher", "teacher") is None
+    assert refusal("ana", None, None) is None  # no login: one user, every run theirs
+    assert refusal(None, None, None) is None
+    assert refusal("ana", "ben", "teacher") == (
+        "this run belongs to ana: only ana or the instructor (teacher) may stop, resume or delete it")
+    assert "only the instructor (teacher)" in refusal(None, "ben", "teacher")  # a terminal run is the instructor's
+
+
+def test_stop_and_delete_refuse_another_users_run(runs_root):
+    from types import SimpleNamespace
+
+    from app import runs_tab
+    from opd_lab.run_folder import STOP_FILE, launcher_of, record_launcher
+
+    run_dir = make_run(runs_root, "owned-demo")
+    record_launcher(run_dir, "ana")
+    assert launcher_of(run_dir) == "ana" and "launched by ana" in runs_tab.run_summary("owned-demo")
+    ben, ana = SimpleNamespace(username="ben"), SimpleNamespace(username="ana")
+    for message in (runs_tab.stop_run("owned-demo", ben, "teacher"),
+                    runs_tab.resume_run("owned-demo", ben, "teacher"),
+                    runs_tab.delete_run("owned-demo", True, ben, "teacher")):
+        assert message == ("**Error:** this run belongs to ana: only ana or the instructor (teacher) "
+                           "may stop, resume or delete it")
+    assert run_dir.exists() and not (run_dir / STOP_FILE).exists()
+    assert "not running" in runs_tab.stop_run("owned-demo", ana, "teacher")
+    assert runs_tab.delete_run("owned-demo", True, SimpleNamespace(username="teacher"), "teacher") == \
+        "Deleted **owned-demo**."
+    assert not run_dir.exists()
+
+
+def test_the_served_app_records_the_launcher_and_refuses_other_users(lab_home, runs_root):
+    from gradio_client import Client
+
+    from app.main import build_app
+    from opd_lab.run_folder import launcher_of, run_path
+
+    demo = build_app(instructor="teacher")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                auth=[("teacher", "t"), ("ana", "a"), ("ben", "b")])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        message, run_id = Client(url, auth=("ana", "a"), verbose=False).predict(
+            *_form(name="ana-run", steps=400, batch_size=2, eval_every=400, eval_count=4), api_name="/launch")
+        assert run_id.startswith("ana-run-"), message
+        assert launcher_of(run_path(run_id)) == "ana"
+        refused = Client(url, auth=("ben", "b"), verbose=False).predict(run_id, api_name="/stop")
+        assert refused.startswith("**Error:** this run belongs to ana")
+        assert Client(url, auth=("teacher", "t"), verbose=False).predict(run_id, api_name="/stop").startswith(
+            ("stop requested", "run ", f"{run_id} left the queue"))
+    finally:
+        demo.close()
+    _wait_state(run_path(run_id), ("stopped", "finished", "failed"))
 
 
 def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home, monkeypatch):
@@ -427,8 +550,8 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
         def launch(self, **kwargs):
             launched.update(kwargs)
 
-    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code: launched.update(trust=trust_remote_code)
-                        or FakeApp())
+    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code, instructor: launched.update(
+        trust=trust_remote_code, instructor=instructor) or FakeApp())
     monkeypatch.setattr(app.main, "lab_summary", lambda task: None)  # as if no lab were built
     monkeypatch.setattr(opd_lab.lab, "build_lab", lambda recipe: built.append(recipe.task) or {})
     monkeypatch.setattr(opd_lab.lab, "format_summary", lambda summary: "summary")
@@ -437,8 +560,8 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
     app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
     assert built == ["addition"]
     assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7999
-    assert launched["auth"] == ("me", "pw") and launched["trust"] is True and launched["queue"] is True
-    assert "instructor" in launched["auth_message"]
+    assert launched["auth"] == [("me", "pw")] and launched["trust"] is True and launched["queue"] is True
+    assert "instructor" in launched["auth_message"] and launched["instructor"] == "me"
     assert os.environ["OPD_LAB_MAX_RUNS"] == "5"
     built.clear()
     app.main.serve(build=False)
@@ -448,7 +571,8 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
 def test_serving_to_the_network_without_a_password_warns(lab_home, monkeypatch, capsys):
     import app.main
 
-    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code: type("Fake", (), {"launch": lambda *a, **k: None})())
+    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code, instructor: type(
+        "Fake", (), {"launch": lambda *a, **k: None})())
     monkeypatch.setattr(app.main, "start_queue_worker", lambda: None)
     app.main.serve(host="0.0.0.0", build=False)
     assert "without --auth" in capsys.readouterr().err

@@ -232,3 +232,64 @@ def test_a_queued_run_starts_when_a_place_frees(page, screenshots, lab_home, mon
     expect(row).to_contain_text(re.compile(r"running|finished"), timeout=120_000)
     expect(page.locator("#run-log textarea")).to_have_value(re.compile(r"step \d+/4  loss"), timeout=120_000)
     assert runs.status_of(first)["state"] == "finished"
+
+
+def _train(name: str, method: str):
+    """A 2-step run of the tiny lab trained in this process: samples logged at both steps, a checkpoint at 2."""
+    from opd_lab import run_folder
+    from opd_lab.config import RunConfig
+    from opd_lab.train import run_training
+
+    config = RunConfig(name=name, method=method, steps=2, batch_size=4, eval_every=2, eval_count=8, sample_every=1,
+                       checkpoint_every=2, samples_to_log=2)
+    run_dir = run_folder.create_run(config)
+    assert run_training(run_dir, progress=False) == "finished"
+    return run_dir.name
+
+
+def test_inspect_red_pen_and_side_by_side(page, screenshots, lab_home):
+    from playwright.sync_api import expect
+
+    opd, sft = _train("pen-opd", "opd"), _train("pen-sft", "sft")  # one seed: the same prompts at each step
+    _open_tab(page, "Inspect")
+    _pick(page, "inspect-run", opd)
+    token = page.locator("#token-view .tvt[data-i='1']")
+    expect(token).to_be_visible()
+    # The red pen: click a token, the teacher's first choice is preselected, the run's student re-writes the rest.
+    token.click()
+    expect(page.locator("#inspect-pen-position input")).to_have_value("1")
+    expect(page.locator("#inspect-pen-choice input")).not_to_have_value("")
+    page.click("#inspect-pen-rewrite")
+    result = page.locator("#inspect-pen-result")
+    expect(result).to_contain_text("Student: the checkpoint at step 2", timeout=60_000)
+    expect(result).to_contain_text("Red pen: token 1")
+    expect(page.locator("#inspect-pen-view")).to_contain_text("after the red pen")
+    # Side by side: the same prompt in the SFT run at the same step, both panes on one scale.
+    _pick(page, "inspect-other-run", sft)
+    side = page.locator("#inspect-side-view")
+    expect(side.locator(".tvcol")).to_have_count(2)
+    expect(side.locator(".tvcol").first).to_contain_text(f"{opd} at step 2")
+    expect(side.locator(".tvcol").nth(1)).to_contain_text(f"{sft} at step 2")
+    expect(side.locator(".tvcol").nth(1).locator(".tvt").first).to_be_visible()
+    page.screenshot(path=str(screenshots / "9-inspect-pen-side.png"), full_page=True)
+
+
+def test_the_runs_table_shows_state_step_and_accuracy_on_a_phone(page, screenshots, lab_home, app_url):
+    from playwright.sync_api import expect
+
+    from opd_lab.paths import runs_dir
+    from synthetic_runs import make_run
+
+    make_run(runs_dir(), "phone-opd-with-a-long-name", method="opd", steps=20)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(app_url + "?tab=runs")
+    row = page.locator("#runs-table [role=row]", has_text="phone-opd-with-a-long-name")
+    expect(row).to_be_visible()
+    for column, text in ((3, "finished"), (4, "20/20"), (6, "80.0%")):
+        cell = row.locator(f"[data-col='{column}']")
+        expect(cell).to_be_visible()
+        expect(cell).to_contain_text(text)
+        box = cell.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
+    expect(row.locator("[data-col='7']")).to_be_hidden()  # the message is in the run's summary instead
+    page.screenshot(path=str(screenshots / "10-runs-phone.png"), full_page=True)
