@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
+from app import recipe_panel
 from app.state import forget_runs_list
 from app.users import record
 from opd_lab import preflight, runs
@@ -223,6 +224,7 @@ def build(trust_remote_code: bool = False) -> dict:
         run_id = gr.Textbox(label="Launched run", interactive=False, elem_id="launched-run", scale=2)
     message = gr.Markdown(elem_id="launch-message")
     saved = gr.File(label="Config to download", visible=False, interactive=False)
+    recipe_panel.build()
 
     def on_preview(*values):
         return preview_command(values, trust_remote_code), check_form(values, trust_remote_code)

@@ -91,3 +91,34 @@ def test_prune_distill_recipe_end_to_end(smollm2_cached, tmp_path):
     assert model.config.num_hidden_layers == pruned["layers"] - 2
     assert set(data["summaries"]) == {"rl", "sft", "opd"}
     assert data["verdict"]["sentence"] in (folder / "recipe.md").read_text()
+
+
+def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, monkeypatch):
+    import os
+
+    from app import recipe_panel
+    from opd_lab import ownership
+    from opd_lab.recipes.background import PROCESS_FILE, describe, recipes_dir
+
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
+    assert recipe_panel.recipes_table() == "No recipe started yet."
+    done = recipes_dir() / "prune-distill-cpu-1"
+    done.mkdir(parents=True)
+    (done / "recipe.json").write_text(json.dumps({"recipe": "prune-distill", "setting": "cpu", "finished": "now",
+                                                  "stages": {"prune": {}, "reference": {}}}))
+    (done / "recipe.md").write_text("# Recipe prune-distill (cpu)\n\n**Verdict.** OPD won.\n")
+    live = recipes_dir() / "continual-learning-cpu-2"
+    live.mkdir()
+    (live / "recipe.json").write_text(json.dumps({"recipe": "continual-learning", "setting": "cpu",
+                                                  "stages": {"before": {}}}))
+    (live / PROCESS_FILE).write_text(json.dumps({"pid": os.getpid(), "started": ownership.process_start_time(os.getpid())}))
+    assert describe(live)["state"] == "running" and describe(done)["state"] == "finished"
+    (live / PROCESS_FILE).write_text(json.dumps({"pid": os.getpid(), "started": 1}))  # the pid was reused
+    assert describe(live)["state"] == "stopped"
+    table = recipe_panel.recipes_table()
+    assert "| prune-distill | cpu | finished | prune, reference |" in table and "**Verdict.** OPD won." in table
+    message, _ = recipe_panel.start("continual-learning", "tpu")
+    assert message.startswith("**Not started:**") and "setting" in message
+    description, command = recipe_panel.recipe_text("prune-distill", "cpu")
+    assert "pruned" in description or "layers" in description
+    assert command == "opd-lab recipe prune-distill --setting cpu"
