@@ -508,8 +508,9 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
     trainer = None
     try:
         identities = world.gather(identity)
-        if main and world.launched:
-            update_status(run_dir, processes=world.size, rank_pids=[pid for pid, _ in identities])
+        if main:  # what a resume starts again by default (runs.resume)
+            update_status(run_dir, processes=world.size,
+                          rank_pids=[pid for pid, _ in identities] if world.launched else None)
         if world.any((run_dir / STOP_FILE).exists()):  # stopped while queued: never start
             return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started") if main else "stopped"
         config = RunConfig.from_dict(load_config(run_dir))
