@@ -386,3 +386,24 @@ def topk_tail_reverse_kl(student_logps_BTV: torch.Tensor, teacher_top_ids_BTK: t
     teacher_tail_BT1 = torch.log((1 - teacher_top_logps_BTK.float().exp().sum(-1, keepdim=True)).clamp(min=tiny))
     return kl_from_logprobs(torch.cat([student_top_BTK, student_tail_BT1], dim=-1),
                             torch.cat([teacher_top_logps_BTK.float(), teacher_tail_BT1], dim=-1))
+
+
+def topk_tail_loss(student_logps_BTV: torch.Tensor, teacher_top_ids_BTK: torch.Tensor,
+                   teacher_top_logps_BTK: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The `full` OPD estimator with a teacher known by its top-k (a teacher server): the
+    mean over masked tokens of `topk_tail_reverse_kl`, a lower bound of the exact reverse KL.
+
+    Returns:
+        (loss, metrics) with metrics `loss` and `reverse_kl_topk` (the same number: the
+        bound, never called `reverse_kl`, which is the exact KL everywhere else).
+
+    Example:
+        >>> logps = torch.log_softmax(torch.randn(1, 3, 6), dim=-1)
+        >>> top = logps.topk(2, dim=-1)
+        >>> topk_tail_loss(logps, top.indices, top.values, torch.ones(1, 3))[1]["reverse_kl_topk"] < 1e-6
+        True
+    """
+    kl_BT = topk_tail_reverse_kl(student_logps_BTV, teacher_top_ids_BTK, teacher_top_logps_BTK)
+    _check_same_shape("mask_BT", mask_BT, "the log-probs' (B, T)", kl_BT)
+    loss = masked_mean(kl_BT, mask_BT)
+    return loss, {"loss": loss.item(), "reverse_kl_topk": loss.item()}

@@ -195,6 +195,23 @@ def load_model(
     return model.to(device), tokenizer
 
 
+def parameter_count(spec: str, role: str = "teacher", task: str = DEFAULT_TASK, trust_remote_code: bool = False) -> int:
+    """A model's parameter count from its config alone, without loading its weights (a
+    teacher served elsewhere still counts in the FLOPs): the model is built on the meta device.
+
+    Raises:
+        ModelLoadError: its config cannot be read.
+    """
+    folder, gguf = _gguf_arguments(weights_source(spec, role, task))
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **gguf)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - as load_model
+        raise ModelLoadError(f"could not read the config of {spec!r}: {_first_line(error)}") from None
+    return sum(p.numel() for p in model.parameters())
+
+
 def _forget_gguf_quantizer(model) -> None:
     """Mark a fully de-quantized GGUF model as a plain one, so `save_pretrained` accepts it.
 
