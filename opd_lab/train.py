@@ -201,11 +201,10 @@ class Trainer:
         sampling_logps = rollouts.completion_sampling_logprobs_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
 
-        teacher_logits = teacher_logps_BLV = None
+        teacher_logits = None
         if config.method == "opd" or teacher_view:
             with self._timed("teacher"), torch.no_grad():
                 teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, config.temperature)
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
@@ -221,17 +220,19 @@ class Trainer:
                 with torch.no_grad():  # only for train/logprob_diff: no graph
                     logps = losses.token_logprobs(student_logits, targets, temperature)
             else:
-                student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
-                logps = losses.gather_tokens(student_logps_BLV, targets)
-                teacher_logps = (losses.gather_tokens(teacher_logps_BLV, targets) if config.method == "opd"
-                                 else None)
+                # The picked tokens' log-probs only, a chunk of positions at a time: no
+                # (B, L, V) log-softmax is kept for the backward.
+                logps = losses.chunked_token_logprobs(student_logits, targets, config.temperature)
+                with torch.no_grad():
+                    teacher_logps = (losses.chunked_token_logprobs(teacher_logits, targets, config.temperature)
+                                     if config.method == "opd" else None)
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
                     reward_coef=config.reward_coef)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
-                reverse_kl = (None if teacher_logps_BLV is None else float(losses.masked_mean(
-                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask)))
+                reverse_kl = (None if teacher_logits is None else float(losses.masked_mean(
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, config.temperature), mask)))
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
@@ -252,16 +253,15 @@ class Trainer:
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
         with self._timed("student"):
             student_logits = completion_logits(self.student, rollouts)
-            student_logps_BLV = losses.tempered_log_softmax(student_logits, rollouts.temperature)
-            loss, _ = losses.cross_entropy_loss(losses.gather_tokens(student_logps_BLV, targets), mask)
+            loss, _ = losses.cross_entropy_loss(
+                losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
         teacher_logits = None
         if teacher_view:
             with self._timed("teacher"), torch.no_grad():
                 teacher_logits = completion_logits(self.teacher, rollouts)
-                teacher_logps_BLV = losses.tempered_log_softmax(teacher_logits, rollouts.temperature)
                 metrics["train/reverse_kl"] = float(losses.masked_mean(
-                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask))
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, rollouts.temperature), mask))
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
         return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
 
