@@ -43,7 +43,7 @@ from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.feedback import token_records
-from opd_lab.models import load_pair, pick_device, wrap_lora
+from opd_lab.models import load_pair, pick_device, pick_dtype, wrap_lora
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
@@ -96,9 +96,13 @@ class Trainer:
         self.device = pick_device(config.device)
         self.task = get_task(config.task, regex=config.task_regex or None)
         self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
+        # bfloat16: the frozen teacher's weights are cast; the student keeps float32 weights
+        # (AdamW, and LoRA's merge/unmerge for sampling, need them) and runs its forward
+        # passes under autocast (`_student_precision`).
+        self.dtype = pick_dtype(config.dtype, self.device)
         self.teacher, student, self.tokenizer = load_pair(
             config.teacher, config.student, task=config.task, device=self.device,
-            trust_remote_code=config.trust_remote_code)
+            trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
@@ -127,6 +131,10 @@ class Trainer:
             yield
         finally:
             self.phase_s[phase] += time.perf_counter() - started
+
+    def _student_precision(self):
+        """Autocast to `self.dtype` around the student's forward passes (off in float32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def _set_learning_rate(self, step: int) -> None:
         scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
@@ -177,8 +185,9 @@ class Trainer:
         if self.lora:
             self.student.merge_adapter()
         try:
-            return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator)
+            with self._student_precision():
+                return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
+                                temperature=self.config.temperature, generator=self.generator)
         finally:
             if self.lora:
                 self.student.unmerge_adapter()
@@ -209,7 +218,8 @@ class Trainer:
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
             if config.method == "opd" and config.estimator == "full":
                 temperature = config.temperature
                 loss, extra = losses.divergence_loss(
@@ -252,7 +262,8 @@ class Trainer:
         mask = rollouts.completion_mask_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
             loss, _ = losses.cross_entropy_loss(
                 losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
