@@ -36,6 +36,7 @@ DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
 # RL's group-normalized advantage compares several samples of one prompt.
 RL_SAMPLES_PER_PROMPT = 4
 # One naming rule for run names and run ids: ASCII letters and digits first, then also
@@ -109,6 +110,9 @@ class RunConfig:
     keep_checkpoints: int = _field(3, "Checkpoints kept on disk: the newest N, plus the one with the best held-out accuracy.")
     seed: int = _field(0, "Seed for prompts, sampling and initialization.")
     device: str = _field("auto", "cpu, cuda, mps, or auto (the best available).", DEVICES)
+    dtype: str = _field("auto", "Precision of the models' compute: bfloat16 casts the teacher's weights and runs "
+                        "the student's forward passes under bfloat16 autocast (its weights and AdamW stay "
+                        "float32); auto is bfloat16 on CUDA and float32 elsewhere.", DTYPES)
     trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
 
     def __post_init__(self):

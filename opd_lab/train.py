@@ -45,7 +45,7 @@ from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_f
 from opd_lab.distributed import World
 from opd_lab.feedback import token_records
 from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
-                            pick_device, wrap_lora)
+                            pick_device, pick_dtype, wrap_lora)
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
@@ -106,6 +106,10 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
         self.task = get_task(config.task, regex=config.task_regex or None)
         self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
+        # bfloat16: the frozen teacher's weights are cast; the student keeps float32 weights
+        # (AdamW, and LoRA's merge/unmerge for sampling, need them) and runs its forward
+        # passes under autocast (`_student_precision`).
+        self.dtype = pick_dtype(config.dtype, self.device)
         if config.teacher_server:  # the teacher's weights stay on its server; only its tokenizer is needed here
             self.teacher = None
             check_pair_compatible(load_tokenizer(config.teacher, "teacher", config.task, config.trust_remote_code),
@@ -119,7 +123,7 @@ class Trainer:
         else:
             self.teacher, student, self.tokenizer = load_pair(
                 config.teacher, config.student, task=config.task, device=self.device,
-                trust_remote_code=config.trust_remote_code)
+                trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
             self.teacher_scorer = InProcessTeacher(self.teacher)
             self.teacher_params = count_parameters(self.teacher)
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
@@ -150,6 +154,10 @@ class Trainer:
             yield
         finally:
             self.phase_s[phase] += time.perf_counter() - started
+
+    def _student_precision(self):
+        """Autocast to `self.dtype` around the student's forward passes (off in float32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def _set_learning_rate(self, step: int) -> None:
         scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
@@ -208,9 +216,10 @@ class Trainer:
         if self.lora:
             self.student.merge_adapter()
         try:
-            return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator,
-                            row_seeds=self._row_seeds(rows, "student"))
+            with self._student_precision():
+                return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
+                                temperature=self.config.temperature, generator=self.generator,
+                                row_seeds=self._row_seeds(rows, "student"))
         finally:
             if self.lora:
                 self.student.unmerge_adapter()
@@ -241,12 +250,12 @@ class Trainer:
                 scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(
                     teacher_view or (config.method == "opd" and config.estimator == "full")))
         teacher_logits = scores.logits_BLV if scores else None
-        teacher_logps_BLV = scores.logprobs_BLV if scores else None
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
             if config.method == "opd" and config.estimator == "full" and teacher_logits is None:
                 # A teacher server gives its top-k only: the top-k + tail lower bound (at temperature 1).
                 student_logps_BLV = losses.tempered_log_softmax(student_logits, 1.0)
@@ -264,18 +273,20 @@ class Trainer:
                 with torch.no_grad():  # only for train/logprob_diff: no graph
                     logps = losses.token_logprobs(student_logits, targets, temperature)
             else:
-                student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
-                logps = losses.gather_tokens(student_logps_BLV, targets)
+                # The picked tokens' log-probs only, a chunk of positions at a time: no
+                # (B, L, V) log-softmax is kept for the backward.
+                logps = losses.chunked_token_logprobs(student_logits, targets, config.temperature)
                 teacher_logps = scores.logprobs_BL if config.method == "opd" else None
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
                     reward_coef=config.reward_coef)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
-                reverse_kl = (None if teacher_logps_BLV is None else float(losses.masked_mean(
-                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask)))
-                if scores is not None and teacher_logps_BLV is None and scores.top_ids_BLK is not None:
-                    signal_metrics["reverse_kl_topk"] = self._topk_kl(student_logps_BLV, scores, mask)
+                reverse_kl = (None if teacher_logits is None else float(losses.masked_mean(
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, config.temperature), mask)))
+                if scores is not None and teacher_logits is None and scores.top_ids_BLK is not None:
+                    signal_metrics["reverse_kl_topk"] = self._topk_kl(
+                        losses.tempered_log_softmax(student_logits.detach(), config.temperature), scores, mask)
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
@@ -308,19 +319,21 @@ class Trainer:
         mask = rollouts.completion_mask_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
-            student_logps_BLV = losses.tempered_log_softmax(student_logits, rollouts.temperature)
-            loss, _ = losses.cross_entropy_loss(losses.gather_tokens(student_logps_BLV, targets), mask)
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
+            loss, _ = losses.cross_entropy_loss(
+                losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
         scores = None
         if teacher_view:
             with self._timed("teacher"):
                 scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(True))
-                if scores.logprobs_BLV is not None:
-                    metrics["train/reverse_kl"] = float(losses.masked_mean(
-                        losses.kl_from_logprobs(student_logps_BLV.detach(), scores.logprobs_BLV), mask))
+                if scores.logits_BLV is not None:
+                    metrics["train/reverse_kl"] = float(losses.masked_mean(losses.chunked_reverse_kl(
+                        student_logits.detach(), scores.logits_BLV, rollouts.temperature), mask))
                 else:
-                    metrics["train/reverse_kl_topk"] = self._topk_kl(student_logps_BLV, scores, mask)
+                    metrics["train/reverse_kl_topk"] = self._topk_kl(
+                        losses.tempered_log_softmax(student_logits.detach(), rollouts.temperature), scores, mask)
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
         return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, scores, verdicts)
 
