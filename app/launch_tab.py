@@ -7,7 +7,9 @@ equivalent `opd-lab launch ...` command, saves and loads YAML/JSON configs, and
 launches through `opd_lab.runs` (a detached process, no shell).
 
 `trust_remote_code` is not in the form: only the `--trust-remote-code` flag of
-`opd-lab app` can allow a model's own Python code to run.
+`opd-lab app` can allow a model's own Python code to run. Nor is `teacher_server`: a
+browser must not make the app send requests to any address it names (a teacher server
+is for `opd-lab train/launch` on the command line).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
 from opd_lab.lab import built_lab_tasks
 
-BROWSER_LOCKED = ("trust_remote_code",)
+BROWSER_LOCKED = ("trust_remote_code", "teacher_server")
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
 FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
 # Shown first; every other field goes under "More settings", in declaration order.

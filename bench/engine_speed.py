@@ -2,9 +2,10 @@
 
 The machine is shared and its speed drifts, so the two engines run in one process, one
 thread, strictly alternating (base, current, base, current, ...), and only their paired
-ratio is meaningful. The base engine is `opd_lab/train.py` as it was at `--base` (loaded
-under another module name); everything else (models, sampler, losses) is this checkout's,
-so the comparison isolates the changes to the training step.
+ratio is meaningful. The base engine is `opd_lab/train.py`, `generation.py` (the sampler)
+and `losses.py` as they were at `--base` (loaded under other module names); everything
+else (models, configs, tasks) is this checkout's, so the comparison isolates the changes
+to the training step.
 
 Run (after `opd-lab lab build`):
 
@@ -32,17 +33,33 @@ from opd_lab.config import RunConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The modules of the step, loaded from `--base` in this order (each one's imports of the
+# earlier ones are pointed at their base versions).
+ENGINE_MODULES = ("losses", "generation", "train")
+
+
 def load_base_engine(revision: str):
-    """`opd_lab.train` as it was at `revision`, imported as a separate module."""
-    source = subprocess.run(["git", "show", f"{revision}:opd_lab/train.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="opd-base-")) / "train_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("opd_lab_train_base", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """`opd_lab.train` as it was at `revision`, with the sampler (`generation`) and the
+    losses of that revision too, imported as separate modules."""
+    folder = Path(tempfile.mkdtemp(prefix="opd-base-"))
+    loaded = {}
+    for name in ENGINE_MODULES:
+        source = subprocess.run(["git", "show", f"{revision}:opd_lab/{name}.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+        path = folder / f"{name}_base.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"opd_lab_{name}_base", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        for attribute, value in list(vars(module).items()):  # rebind imports of earlier modules
+            for earlier, base in loaded.items():
+                if value is sys.modules.get(f"opd_lab.{earlier}"):
+                    setattr(module, attribute, base)
+                elif getattr(value, "__module__", None) == f"opd_lab.{earlier}" and hasattr(base, attribute):
+                    setattr(module, attribute, getattr(base, attribute))
+        loaded[name] = module
+    return loaded["train"]
 
 
 def main(argv: list[str] | None = None) -> None:

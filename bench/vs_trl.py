@@ -22,6 +22,18 @@ Needs the benchmark extra: `pip install -e ".[bench]"`. Run (after `opd-lab lab 
     OMP_NUM_THREADS=1 python -m bench.vs_trl --pair lab
 
 The last line is the ratio: TRL's median seconds per step / opd-lab's.
+
+`--memory` measures instead the peak resident memory (RSS) of one step of each side.
+`ru_maxrss` is process-wide and never goes down, and here both sides would share one
+process, so each side runs in a fresh subprocess that loads only its own pair. After
+the models are loaded and one warm-up step is done, the process resets its peak RSS
+(Linux `/proc/self/clear_refs`, value 5), takes one step and reads the peak back
+(`VmHWM` in `/proc/self/status`). Reported per side: the RSS after loading (models,
+libraries), the peak during the measured step, and their difference (what the step
+itself needs on top of the loaded models; memory the allocator kept from the warm-up
+step counts in the peak, as it would in training).
+
+    OMP_NUM_THREADS=1 python -m bench.vs_trl --pair smollm2 --memory
 """
 
 from __future__ import annotations
@@ -172,6 +184,59 @@ def summary(name: str, timings: Timings, batch_size: int) -> dict:
             "tokens_per_s": tokens / median, "tokens_per_step": tokens}
 
 
+def _proc_status_kib(field_name: str) -> int:
+    """A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name} (peak memory needs Linux)")
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_side(side: str, pair: Pair, config: RunConfig, threads: int) -> dict:
+    """Peak RSS of one training step of one side (`opd-lab` or `TRL GKD`), in this process."""
+    work = Path(tempfile.mkdtemp(prefix="opd-vs-trl-memory-"))
+    max_new_tokens = config.resolved_max_new_tokens(get_task(config.task).max_new_tokens)
+    if side == "opd-lab":
+        trainer = Trainer(config, work / "opd")
+        step = trainer.step
+    else:
+        problems = PromptSource(get_task(config.task), config.prompt_pool, config.seed + 7).next_batch(
+            config.batch_size * 4)
+        _, gate, _, _, _ = build_gkd(pair, config, problems, max_new_tokens, str(work / "gkd"), threads)
+        step = gate.step
+    loaded_kib = _proc_status_kib("VmRSS")
+    step()  # warm-up
+    _reset_peak_rss()
+    step()
+    peak_kib = _proc_status_kib("VmHWM")
+    return {"side": side, "loaded_mib": loaded_kib / 1024, "peak_mib": peak_kib / 1024,
+            "step_mib": (peak_kib - loaded_kib) / 1024}
+
+
+def measure_memory(args) -> None:
+    """Run `memory_side` for each side in its own fresh subprocess and print the table."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for side in ("opd-lab", "TRL GKD"):
+        command = [sys.executable, "-m", "bench.vs_trl", "--pair", args.pair, "--threads", str(args.threads),
+                   "--batch-size", str(args.batch_size), "--memory-side", side]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+    print(f"peak resident memory of one {args.pair} OPD step (each side in its own process; MiB):")
+    print(f"{'':10s} {'after loading':>14s} {'step peak':>10s} {'step - loaded':>14s}")
+    for row in rows:
+        print(f"{row['side']:10s} {row['loaded_mib']:14.0f} {row['peak_mib']:10.0f} {row['step_mib']:14.0f}")
+    print(f"peak ratio TRL / opd-lab: {rows[1]['peak_mib'] / rows[0]['peak_mib']:.2f}x; "
+          f"step growth TRL / opd-lab: {rows[1]['step_mib'] / max(rows[0]['step_mib'], 1e-9):.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pair", choices=sorted(PAIRS), default="lab")
@@ -179,8 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=0, help="0: the pair's default")
+    parser.add_argument("--memory", action="store_true", help="peak resident memory of a step instead of speed")
+    parser.add_argument("--memory-side", choices=["opd-lab", "TRL GKD"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.memory:
+        measure_memory(args)
+        return
     import transformers
     import trl
 
@@ -191,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
                        student=pair.student, finetune=pair.finetune, batch_size=batch_size,
                        max_new_tokens=pair.max_new_tokens, learning_rate=3e-5, max_grad_norm=1.0,
                        steps=10_000, sample_every=10_000, eval_every=10_000, temperature=1.0)
+    if args.memory_side:
+        import json
+
+        print(json.dumps(memory_side(args.memory_side, pair, config, args.threads)))
+        return
     work = Path(tempfile.mkdtemp(prefix="opd-vs-trl-"))
     opd = Trainer(config, work / "opd")
     steps = args.warmup + args.rounds

@@ -4,7 +4,7 @@
     opd-lab eval MODEL [--task addition]             held-out accuracy of a model
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
-    opd-lab launch [CONFIG] [--method opd ...]       start a detached run, print its id
+    opd-lab launch [CONFIG] [--processes N] [...]    start a detached run, print its id
     opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
@@ -97,10 +97,10 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     for name, help_text in (("train", "train in the foreground"), ("launch", "start a detached background run")):
         sub = commands.add_parser(name, help=help_text)
         _add_config_flags(sub)
+        sub.add_argument("--processes", type=int, default=None, metavar="N",
+                         help="train on N data-parallel processes through `accelerate launch` "
+                              "(GPUs, or CPU processes over gloo; docs in opd_lab/distributed.py)")
         if name == "train":
-            sub.add_argument("--processes", type=int, default=None, metavar="N",
-                             help="train on N data-parallel processes through `accelerate launch` "
-                                  "(GPUs, or CPU processes over gloo; docs in opd_lab/distributed.py)")
             sub.add_argument("--run-dir", help=argparse.SUPPRESS)
             sub.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
             sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
@@ -140,7 +140,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
         if name == "resume":
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
             sub.add_argument("--processes", type=int, default=None, metavar="N",
-                             help="with --foreground: continue on N data-parallel processes")
+                             help="continue on N data-parallel processes (default: as many as it last used)")
 
     for command in extra_commands:
         sub = commands.add_parser(command.name, help=command.help)
@@ -258,7 +258,13 @@ def _dispatch(args) -> int | None:
         from opd_lab import distributed, ownership
         from opd_lab.preflight import check_run_inputs
 
-        if args.processes is not None:  # start the processes; rank 0 of them creates the run
+        if args.run_dir and args.processes is not None:  # own the run, start its processes, hand rank 0 the lock
+            run_dir = Path(args.run_dir)
+            owner = (ownership.adopt(run_dir, args.owner_fd) if args.owner_fd is not None
+                     else runs.take_for_foreground(run_dir))
+            return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)]
+                                      + (["--no-progress"] if args.no_progress else []), owner)
+        if args.processes is not None and not args.run_dir:  # start the processes; rank 0 of them creates the run
             config = config_from_args(args)
             return _accelerate_launch(args.processes, shlex.split(command_line(config.to_dict(), "train"))[1:])
         world = distributed.current()
@@ -267,6 +273,8 @@ def _dispatch(args) -> int | None:
             run_dir = Path(args.run_dir)
             if args.owner_fd is not None:
                 owner = ownership.adopt(run_dir, args.owner_fd)
+            elif world.is_main and os.environ.get(ownership.HANDOVER_VAR):
+                owner = ownership.receive(run_dir, os.environ[ownership.HANDOVER_VAR])
         else:  # rank 0 creates the run folder, owned from its first instant; the others are told where
             if world.is_main:
                 run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
@@ -274,7 +282,7 @@ def _dispatch(args) -> int | None:
             run_dir = Path(world.broadcast(str(run_dir) if world.is_main else None))
         return _train_here(run_dir, owner, progress=not args.no_progress and world.is_main)
     elif args.command == "launch":
-        run_dir, _ = runs.start_run(config_from_args(args))
+        run_dir, _ = runs.start_run(config_from_args(args), processes=args.processes or 1)
         print(run_dir.name)
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))
@@ -283,27 +291,41 @@ def _dispatch(args) -> int | None:
     elif args.command == "resume":
         run_dir = run_folder.run_path(args.run)
         if args.foreground and args.processes is not None:
-            runs.take_for_foreground(run_dir).release()  # refuses a running or finished run
-            return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)])
-        if args.processes is not None:
-            raise ConfigError("--processes: only with --foreground (background runs train in one process)")
+            return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)],
+                                      runs.take_for_foreground(run_dir))  # refuses a running or finished run
         if args.foreground:
             return _train_here(run_dir, runs.take_for_foreground(run_dir), progress=True)
-        pid = runs.resume(run_dir)
+        pid = runs.resume(run_dir, processes=args.processes)
         print(f"resumed {run_dir.name} (pid {pid})")
     return None
 
 
-def _accelerate_launch(processes: int, module_args: list[str]) -> int:
-    """Run `python -m opd_lab <module_args>` on `processes` processes; their exit status."""
+def _accelerate_launch(processes: int, module_args: list[str], owner=None) -> int:
+    """Run `python -m opd_lab <module_args>` on `processes` processes; their exit status.
+
+    With `owner` (this process owns the run), the run's lock goes to their rank 0
+    (`ownership.LockHandover`); this process owns the run until rank 0 has it, and stops
+    the processes if rank 0 never asks for it.
+    """
     import subprocess
 
-    from opd_lab import distributed
+    from opd_lab import distributed, ownership
 
     if processes < 1:
         raise ConfigError(f"--processes: must be at least 1 (got {processes})")
-    return subprocess.run(distributed.launch_command(processes, module_args),
-                          env=distributed.launch_environment(processes)).returncode
+    command, env = distributed.launch_command(processes, module_args), distributed.launch_environment(processes)
+    if owner is None:  # rank 0 creates or takes the run itself
+        return subprocess.run(command, env=env).returncode
+    with owner, ownership.LockHandover(owner) as handover:
+        process = subprocess.Popen(command, env={**env, **handover.env})
+        if not handover.give(alive=lambda: process.poll() is None):
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
+            print(f"opd-lab: run {owner.run_dir.name}: its rank 0 never took over the run; see its log",
+                  file=sys.stderr)
+            return 1
+    return process.wait()
 
 
 def _train_here(run_dir: Path, owner, progress: bool) -> int:

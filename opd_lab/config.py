@@ -36,6 +36,7 @@ DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
 # RL's group-normalized advantage compares several samples of one prompt.
 RL_SAMPLES_PER_PROMPT = 4
 # One naming rule for run names and run ids: ASCII letters and digits first, then also
@@ -76,7 +77,9 @@ class RunConfig:
     method: str = _field("opd", "opd: on-policy distillation; sft: train on teacher samples; rl: GRPO with the task's reward.", METHODS)
     task: str = _field(DEFAULT_TASK, f"Built-in task ({', '.join(BUILTIN_TASKS)}) or a .jsonl file of prompt/answer rows.")
     task_regex: str = _field("", "For .jsonl tasks: a regex whose first group extracts the answer (default: exact match).")
-    teacher: str = _field("lab", "Teacher model: 'lab', a local directory, a .gguf file, 'smollm2', or a hub id.")
+    teacher: str = _field("lab", "Teacher model: 'lab', a local directory, a .gguf file, 'smollm2', or a hub id. With teacher_server, the model that server serves (its name there, and where the tokenizer comes from).")
+    teacher_server: str = _field("", "Base URL of a vLLM server that serves the teacher (e.g. http://teacher-host:8000; `vllm serve MODEL --max-logprobs 20`). Empty: the teacher runs in this process. Set: the teacher's weights are not loaded; the server scores the student's samples at temperature 1 (OPD and the logged token views). estimator=full then trains on the top-k + tail-bucket reverse KL, a lower bound of the exact KL short by p_s(tail) * KL(p_s(.|tail) || p_t(.|tail)). Methods that need teacher samples are refused.")
+    teacher_top_k: int = _field(20, "With teacher_server: the teacher's top-k tokens asked per position (the server's --max-logprobs must allow it); estimator=full folds both distributions onto them plus one tail bucket.")
     student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
     steps: int = _field(150, "Optimizer steps.")
     batch_size: int = _field(32, "Prompts per step.")
@@ -107,6 +110,9 @@ class RunConfig:
     keep_checkpoints: int = _field(3, "Checkpoints kept on disk: the newest N, plus the one with the best held-out accuracy.")
     seed: int = _field(0, "Seed for prompts, sampling and initialization.")
     device: str = _field("auto", "cpu, cuda, mps, or auto (the best available).", DEVICES)
+    dtype: str = _field("auto", "Precision of the models' compute: bfloat16 casts the teacher's weights and runs "
+                        "the student's forward passes under bfloat16 autocast (its weights and AdamW stay "
+                        "float32); auto is bfloat16 on CUDA and float32 elsewhere.", DTYPES)
     trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
 
     def __post_init__(self):
@@ -156,6 +162,29 @@ class RunConfig:
         for name in ("teacher", "student"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{name}: must name a model ('lab', a path, or a hub id)")
+        if self.teacher_top_k < 1:
+            raise ConfigError(f"teacher_top_k: must be at least 1 (got {self.teacher_top_k})")
+        if self.teacher_server:
+            self._check_teacher_server()
+
+    def _check_teacher_server(self) -> None:
+        """What a teacher known only by its scores can serve (`teacher_scoring.VllmTeacher`):
+        log-probs and top-k of given tokens at temperature 1, never samples nor full logits."""
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.teacher_server):
+            raise ConfigError(f"teacher_server: expected a base URL such as http://localhost:8000 "
+                              f"(got {self.teacher_server!r})")
+        if self.temperature != 1.0:
+            raise ConfigError(f"temperature: a teacher server scores at temperature 1 only (got {self.temperature}); "
+                              "sample at 1 or use the in-process teacher")
+        if self.method == "sft" and self.sft_source != "reference":
+            raise ConfigError(f"sft_source: {self.sft_source} needs teacher samples, which a teacher server does not "
+                              "write here; use sft_source=reference or the in-process teacher")
+        if self.method == "opd" and self.on_policy_fraction < 1:
+            raise ConfigError(f"on_policy_fraction: {self.on_policy_fraction} mixes in teacher samples, which a teacher "
+                              "server does not write here; use 1 or the in-process teacher")
+        if self.method == "opd" and self.estimator == "full" and self.divergence != "reverse_kl":
+            raise ConfigError(f"divergence: {self.divergence} needs the teacher's whole distribution; with a teacher "
+                              "server, estimator=full is the top-k + tail reverse KL only")
 
     # --- conversions -----------------------------------------------------------------
 

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from typing import TypedDict
 
 import torch
@@ -77,7 +79,7 @@ def _top(logprobs_V: torch.Tensor, tokenizer, k: int) -> list[list]:
 
 def token_records(tokenizer, rollouts: Rollouts, student_logits_BLV: torch.Tensor,
                   teacher_logits_BLV: torch.Tensor | None, rows: list[int] | None = None,
-                  top_k: int = 5) -> list[list[TokenRecord]]:
+                  top_k: int = 5, teacher_top=None) -> list[list[TokenRecord]]:
     """Per-token records of the completions of `rows` (all rows by default).
 
     Args:
@@ -86,6 +88,11 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BLV: torch.Tenso
             (`generation.completion_logits`; column l predicts completion token l). The
             teacher's may be None, then only student fields are filled.
         top_k: how many alternatives to list per model.
+        teacher_top: instead of the teacher's logits, a teacher known only by its scores
+            (`teacher_scoring.TeacherScores` from a teacher server: `logprobs_BL`,
+            `top_ids_BLK`, `top_logprobs_BLK`): fills `teacher_logprob`, `advantage` and
+            `teacher_top` (its first `top_k`), and no `reverse_kl`, which needs the
+            teacher's whole distribution.
 
     Returns:
         One list of token dicts per row (see docs/run-folder.md, samples.jsonl).
@@ -115,6 +122,13 @@ def token_records(tokenizer, rollouts: Rollouts, student_logits_BLV: torch.Tenso
                 t_lp = teacher_logprobs[index, t]
                 record.update(teacher_logprob=float(t_lp[token]), advantage=float(t_lp[token] - s_lp[token]),
                               reverse_kl=float(kl_BL[index, t]), teacher_top=_top(t_lp, tokenizer, top_k))
+            elif teacher_top is not None:
+                t_token = float(teacher_top.logprobs_BL[row, t])
+                pairs = zip(teacher_top.top_ids_BLK[row, t, :top_k].tolist(),
+                            teacher_top.top_logprobs_BLK[row, t, :top_k].tolist())
+                record.update(teacher_logprob=t_token, advantage=t_token - float(s_lp[token]),
+                              teacher_top=[[tokenizer.decode([i]), round(math.exp(v), 6)] for i, v in pairs
+                                           if v != float("-inf")])
             records.append(record)
         results.append(records)
     return results

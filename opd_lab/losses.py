@@ -128,6 +128,102 @@ def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperatur
     return gather_tokens(tempered_log_softmax(logits_BTV, temperature), tokens_BT)
 
 
+# Positions per chunk of the chunked helpers below: about 2M logits (8 MB in float32).
+CHUNK_LOGITS = 1 << 21
+
+
+def _chunk_rows(vocabulary: int) -> int:
+    return max(1, CHUNK_LOGITS // max(vocabulary, 1))
+
+
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    """`log_softmax(z / T)[token]` per row of `(N, V)` logits, a chunk of rows at a time.
+
+    Forward keeps only the per-row log-normalizer `(N,)`; backward recomputes each chunk's
+    softmax from the logits: `d/dz = (onehot(token) - softmax(z / T)) / T`. So no
+    `(N, V)` float32 tensor lives between forward and backward besides the logits and
+    their gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits_NV, tokens_N, temperature):
+        rows = _chunk_rows(logits_NV.shape[-1])
+        logprobs_N = torch.empty(logits_NV.shape[0], dtype=torch.float32, device=logits_NV.device)
+        normalizer_N = torch.empty_like(logprobs_N)
+        for start in range(0, logits_NV.shape[0], rows):
+            block_RV = _full_precision(logits_NV[start : start + rows])
+            block_RV = block_RV if temperature == 1.0 else block_RV / temperature
+            normalizer_N[start : start + rows] = torch.logsumexp(block_RV, dim=-1)
+            picked_R = block_RV.gather(-1, tokens_N[start : start + rows, None]).squeeze(-1)
+            logprobs_N[start : start + rows] = picked_R - normalizer_N[start : start + rows]
+        ctx.save_for_backward(logits_NV, tokens_N, normalizer_N)
+        ctx.temperature = temperature
+        return logprobs_N
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        logits_NV, tokens_N, normalizer_N = ctx.saved_tensors
+        temperature = ctx.temperature
+        rows = _chunk_rows(logits_NV.shape[-1])
+        grad_logits_NV = torch.empty_like(logits_NV)
+        for start in range(0, logits_NV.shape[0], rows):
+            block_RV = _full_precision(logits_NV[start : start + rows])
+            block_RV = block_RV if temperature == 1.0 else block_RV / temperature
+            grad_R1 = grad_N[start : start + rows, None].float()
+            softmax_RV = (block_RV - normalizer_N[start : start + rows, None]).exp_()
+            block_grad_RV = softmax_RV.mul_(-grad_R1).scatter_add_(-1, tokens_N[start : start + rows, None], grad_R1)
+            if temperature != 1.0:
+                block_grad_RV /= temperature
+            grad_logits_NV[start : start + rows] = block_grad_RV
+        return grad_logits_NV, None, None
+
+
+def chunked_token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """`token_logprobs` without a full-vocabulary log-softmax: the same numbers (to float
+    round-off) and the same gradient, computed a chunk of positions at a time.
+
+    `token_logprobs` keeps a float32 `(B, T, V)` log-softmax alive for its backward (and
+    with bf16 logits makes a float32 copy first); the sampled estimator, RL and SFT need
+    only the `(B, T)` picked entries.
+
+    Args:
+        logits_BTV: (B, T, V) logits, any float dtype; position t scores `tokens_BT[:, t]`.
+        tokens_BT: (B, T) integer token ids.
+        temperature: softmax temperature (> 0).
+    Returns:
+        logps_BT: (B, T) float32, differentiable w.r.t. the logits.
+    """
+    if logits_BTV.dim() != 3 or logits_BTV.shape[:2] != tokens_BT.shape:
+        raise ValueError(f"logits {tuple(logits_BTV.shape)} and tokens {tuple(tokens_BT.shape)} "
+                         "must be (B, T, V) and (B, T)")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    batch, length, vocabulary = logits_BTV.shape
+    logps_N = _ChunkedTokenLogprobs.apply(logits_BTV.reshape(batch * length, vocabulary),
+                                          tokens_BT.reshape(-1).long(), float(temperature))
+    return logps_N.view(batch, length)
+
+
+@torch.no_grad()
+def chunked_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """`per_token_reverse_kl` a chunk of positions at a time, without gradients: for the
+    logged KL, whose full-size temporaries (two log-softmaxes, exp, products) would
+    otherwise all exist at once. Returns (B, T)."""
+    _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
+    batch, length, vocabulary = student_logits_BTV.shape
+    student_NV = student_logits_BTV.reshape(batch * length, vocabulary)
+    teacher_NV = teacher_logits_BTV.reshape(batch * length, vocabulary)
+    rows = _chunk_rows(vocabulary)
+    if batch * length == 0:
+        return student_logits_BTV.new_zeros((batch, length), dtype=torch.float32)
+    kl_N = torch.cat([per_token_reverse_kl(student_NV[start : start + rows, None],
+                                           teacher_NV[start : start + rows, None], temperature).squeeze(1)
+                      for start in range(0, batch * length, rows)])
+    return kl_N.view(batch, length)
+
+
 def per_token_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
                          temperature: float = 1.0) -> torch.Tensor:
     """Exact `KL(p_s || p_t)` at every position (no reduction, never negative).
@@ -386,3 +482,24 @@ def topk_tail_reverse_kl(student_logps_BTV: torch.Tensor, teacher_top_ids_BTK: t
     teacher_tail_BT1 = torch.log((1 - teacher_top_logps_BTK.float().exp().sum(-1, keepdim=True)).clamp(min=tiny))
     return kl_from_logprobs(torch.cat([student_top_BTK, student_tail_BT1], dim=-1),
                             torch.cat([teacher_top_logps_BTK.float(), teacher_tail_BT1], dim=-1))
+
+
+def topk_tail_loss(student_logps_BTV: torch.Tensor, teacher_top_ids_BTK: torch.Tensor,
+                   teacher_top_logps_BTK: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The `full` OPD estimator with a teacher known by its top-k (a teacher server): the
+    mean over masked tokens of `topk_tail_reverse_kl`, a lower bound of the exact reverse KL.
+
+    Returns:
+        (loss, metrics) with metrics `loss` and `reverse_kl_topk` (the same number: the
+        bound, never called `reverse_kl`, which is the exact KL everywhere else).
+
+    Example:
+        >>> logps = torch.log_softmax(torch.randn(1, 3, 6), dim=-1)
+        >>> top = logps.topk(2, dim=-1)
+        >>> topk_tail_loss(logps, top.indices, top.values, torch.ones(1, 3))[1]["reverse_kl_topk"] < 1e-6
+        True
+    """
+    kl_BT = topk_tail_reverse_kl(student_logps_BTV, teacher_top_ids_BTK, teacher_top_logps_BTK)
+    _check_same_shape("mask_BT", mask_BT, "the log-probs' (B, T)", kl_BT)
+    loss = masked_mean(kl_BT, mask_BT)
+    return loss, {"loss": loss.item(), "reverse_kl_topk": loss.item()}

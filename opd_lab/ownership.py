@@ -11,6 +11,15 @@ training process it starts (`Popen(pass_fds=...)`; the child `adopt`s it), so th
 no instant at which a starting run has no owner. `create_owned_run` makes a new folder
 already owned, before its files are written.
 
+A data-parallel run (`opd-lab launch --processes N`) cannot hand the file over that
+way: accelerate's launcher starts the training processes with their inherited files
+closed. So the process that owns the run (`LockHandover`) listens on a private Unix
+socket whose path it gives the processes in `$OPD_LAB_OWNER_HANDOVER`, and rank 0
+`receive`s the very same open file through it (`SCM_RIGHTS`), locked, before it
+touches the folder; only after rank 0 confirms does the giver close its handle. Until
+then the giver owns the run, from then on rank 0 does, and a rank 0 that gets no lock
+(its giver died) never writes the folder.
+
 The status also records the owner's pid and the kernel's start time of that process
 (`process_start_time`): a folder from a version without lock files is "running" only
 while that very process lives, not while another program that was given the same pid
@@ -27,13 +36,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import socket
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from opd_lab.config import RunConfig
 from opd_lab.run_folder import RunError, new_run_dir, write_new_run
 
 LOCK_FILE = "owner.lock"
+# Where rank 0 of a data-parallel run asks for the run's lock (a Unix socket's path).
+HANDOVER_VAR = "OPD_LAB_OWNER_HANDOVER"
+# How long a giver waits for rank 0 to ask (accelerate and torch start in seconds to minutes).
+HANDOVER_WAIT_S = 300.0
 # How long `take` waits for a lock held only for an instant (a listing checking it).
 TAKE_WAIT_S = 2.0
 
@@ -100,6 +117,85 @@ def adopt(run_dir: str | Path, fd: int) -> RunOwner:
     if not same_file:
         raise RunError(f"run {run_dir.name}: file descriptor {fd} is not its {LOCK_FILE}")
     return RunOwner(run_dir, fd)
+
+
+class LockHandover:
+    """Gives a run's lock (its open, locked file) to the one process that asks, over a
+    Unix socket in a private temporary folder (mode 0700: only this user can connect).
+
+    Example:
+        >>> with LockHandover(owner) as handover:  # doctest: +SKIP
+        ...     process = subprocess.Popen(command, env={**os.environ, **handover.env})
+        ...     handover.give(alive=lambda: process.poll() is None)  # rank 0 holds it now
+    """
+
+    def __init__(self, owner: RunOwner):
+        self.owner = owner
+        self.folder = tempfile.mkdtemp(prefix="opd-lab-handover-")
+        self.path = os.path.join(self.folder, "lock.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+        self.listener.settimeout(0.2)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variable that tells rank 0 where to ask."""
+        return {HANDOVER_VAR: self.path}
+
+    def give(self, alive: Callable[[], bool] = lambda: True, wait_s: float = HANDOVER_WAIT_S) -> bool:
+        """Wait for a receiver, send it the lock, and on its confirmation close this
+        process's handle (`owner.release()`): True. False, still owning the run, when
+        nobody asked within `wait_s` or `alive()` turned false first."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and alive():
+            try:
+                connection, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            with connection:
+                connection.settimeout(30)
+                try:
+                    socket.send_fds(connection, [str(self.owner.run_dir).encode()], [self.owner.fd])
+                    confirmed = connection.recv(2) == b"ok"
+                except OSError:
+                    confirmed = False
+            if confirmed:
+                self.owner.release()
+                return True
+        return False
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> "LockHandover":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def receive(run_dir: str | Path, path: str) -> RunOwner:
+    """Rank 0's side of `LockHandover`: the run's lock from the process at `path`.
+
+    Raises:
+        RunError: nobody gives it (the giver is gone), or it is not this run's lock.
+    """
+    run_dir = Path(run_dir)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(30)
+            connection.connect(path)
+            _, fds, _, _ = socket.recv_fds(connection, 4096, 1)
+            if not fds:
+                raise OSError("no file descriptor came")
+            owner = adopt(run_dir, fds[0])
+            connection.sendall(b"ok")
+            return owner
+    except OSError as error:
+        raise RunError(f"run {run_dir.name}: the process that started it is gone before handing over the run's "
+                       f"lock ({error}); resume the run") from None
 
 
 def is_owned(run_dir: str | Path) -> bool:

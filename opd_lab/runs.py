@@ -161,8 +161,9 @@ def _launch_lock():
         yield
 
 
-def launch(run_dir: str | Path, limit: int | None = None) -> int:
-    """Start the run detached in its own process session; returns the pid.
+def launch(run_dir: str | Path, limit: int | None = None, processes: int = 1) -> int:
+    """Start the run detached in its own process session, on `processes` data-parallel
+    processes; returns the pid (of the process that starts them, when several).
 
     A stop requested earlier is forgotten; one requested from now on is honoured, even
     before training starts.
@@ -171,10 +172,15 @@ def launch(run_dir: str | Path, limit: int | None = None) -> int:
         RunError: if the run has an owner (it is running) or if `limit` (default
             `$OPD_LAB_MAX_RUNS` or 3) runs are already active.
     """
-    return _launch_existing(Path(run_dir), limit, refuse_finished=False)
+    return _launch_existing(Path(run_dir), limit, refuse_finished=False, processes=processes)
 
 
-def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, only_waiting: bool = False) -> int:
+def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, only_waiting: bool = False,
+                     processes: int | None = 1) -> int:
+    """Own the run, check the limit, and spawn it; `processes=None` keeps the number the
+    run last trained on (status.json's "processes", else 1)."""
+    if processes is not None:
+        _check_processes(processes)
     limit = max_active_runs() if limit is None else limit
     with _launch_lock():
         owner = _take_or_refuse(run_dir)
@@ -185,9 +191,16 @@ def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, on
                 raise RunError(f"run {run_dir.name} is no longer waiting")
             check_capacity(1, limit, exclude=run_dir)
             (run_dir / STOP_FILE).unlink(missing_ok=True)
-            return _spawn(run_dir, owner, limit)
+            if processes is None:
+                processes = int((load_status(run_dir) or {}).get("processes") or 1)
+            return _spawn(run_dir, owner, limit, processes)
         finally:
             owner.release()
+
+
+def _check_processes(processes: int) -> None:
+    if processes < 1:
+        raise RunError(f"--processes: must be at least 1 (got {processes})")
 
 
 def _state(run_dir: Path) -> str | None:
@@ -213,18 +226,24 @@ def _take_or_refuse(run_dir: Path) -> ownership.RunOwner:
         raise refusal from None
 
 
-def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int) -> int:
-    """Start the training process, handing it `owner`'s lock (the caller then releases its handle)."""
+def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int = 1) -> int:
+    """Start the training process, handing it `owner`'s lock (the caller then releases its handle).
+
+    With several processes, the process started here starts them (`accelerate launch`)
+    and passes the lock on to their rank 0 (`ownership.LockHandover`), so the run has
+    one owner from this instant to its end. A run counts once under the run limit; its
+    processes share the run's threads.
+    """
     # The child imports this very package, even when it is run from a source checkout.
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
-    env.setdefault("OMP_NUM_THREADS", str(threads_per_run(limit)))
-    update_status(run_dir, state="queued", pid=None, message="starting")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, threads_per_run(limit) // processes)))
+    update_status(run_dir, state="queued", pid=None, message="starting", processes=processes)
     with (run_dir / LOG_FILE).open("a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress",
-             "--owner-fd", str(owner.fd)],
+             "--owner-fd", str(owner.fd), *(["--processes", str(processes)] if processes > 1 else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(owner.fd,),
             start_new_session=True, env=env, cwd=str(run_dir),
         )
@@ -234,18 +253,19 @@ def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int) -> int:
     return process.pid
 
 
-def start_run(config: RunConfig) -> tuple[Path, int]:
-    """Check `config`'s inputs, create a run folder for it and launch it: `(run folder, pid)`.
+def start_run(config: RunConfig, processes: int = 1) -> tuple[Path, int]:
+    """Check `config`'s inputs, create a run folder for it and launch it on `processes`
+    data-parallel processes: `(run folder, pid)`.
 
     Raises:
         ConfigError, ModelLoadError: a bad input (`preflight.check_run_inputs`);
             nothing is created.
         RunError: when the run limit is reached; nothing is created.
     """
-    return start_runs([config])[0]
+    return start_runs([config], processes)[0]
 
 
-def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
+def start_runs(configs: list[RunConfig], processes: int = 1) -> list[tuple[Path, int]]:
     """Check, create and launch several runs, all or none, under one capacity check.
 
     Returns:
@@ -254,6 +274,7 @@ def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
         ConfigError, ModelLoadError, RunError: a bad input, or a run limit that leaves
             no room for all of them; no folder is left behind and nothing is started.
     """
+    _check_processes(processes)
     limit = max_active_runs()
     configs = [check_run_inputs(config) for config in configs]
     with _launch_lock():
@@ -270,7 +291,7 @@ def start_runs(configs: list[RunConfig]) -> list[tuple[Path, int]]:
         started = []
         for run_dir, owner in owned:
             with owner:
-                started.append((run_dir, _spawn(run_dir, owner, limit)))
+                started.append((run_dir, _spawn(run_dir, owner, limit, processes)))
         return started
 
 
@@ -351,14 +372,15 @@ def request_stop(run_dir: str | Path) -> str:
     return f"stop requested for {run_dir.name}"
 
 
-def resume(run_dir: str | Path) -> int:
-    """Relaunch a stopped or failed run from its last checkpoint; returns the pid.
+def resume(run_dir: str | Path, processes: int | None = None) -> int:
+    """Relaunch a stopped or failed run from its last checkpoint, on `processes`
+    processes (default: as many as it last trained on); returns the pid.
 
     Raises:
         RunError: the run is running (another process owns it), has finished, or the
             run limit is reached.
     """
-    return _launch_existing(Path(run_dir), None, refuse_finished=True)
+    return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes)
 
 
 def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:

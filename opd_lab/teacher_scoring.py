@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 
 from opd_lab.generation import Rollouts, completion_logits
-from opd_lab.losses import gather_tokens, tempered_log_softmax
+from opd_lab.losses import chunked_token_logprobs, tempered_log_softmax
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TeacherScores:
     top_ids_BLK: torch.Tensor | None = None  # (B, L, K) the teacher's k most likely tokens
     top_logprobs_BLK: torch.Tensor | None = None  # (B, L, K) their log-probs, descending
     logits_BLV: torch.Tensor | None = None  # (B, L, V) full logits; in-process teachers only
-    logprobs_BLV: torch.Tensor | None = None  # (B, L, V) their tempered log-softmax; in-process only
+    logprobs_BLV: torch.Tensor | None = None  # (B, L, V) their tempered log-softmax; in-process, with a top-k only
 
 
 class TeacherScorer(Protocol):
@@ -68,9 +68,11 @@ class InProcessTeacher:
     @torch.no_grad()
     def score(self, rollouts: Rollouts, top_k: int = 0) -> TeacherScores:
         logits_BLV = completion_logits(self.model, rollouts)
-        logps_BLV = tempered_log_softmax(logits_BLV, rollouts.temperature)
         mask_BL = rollouts.completion_mask_BL
-        logps_BL = gather_tokens(logps_BLV, rollouts.sequences_BS[:, rollouts.prompt_length :]) * mask_BL
+        # The sampled tokens' log-probs a chunk at a time; the (B, L, V) log-softmax only for a top-k.
+        logps_BL = chunked_token_logprobs(logits_BLV, rollouts.sequences_BS[:, rollouts.prompt_length :],
+                                          rollouts.temperature) * mask_BL
+        logps_BLV = tempered_log_softmax(logits_BLV, rollouts.temperature) if top_k else None
         top = logps_BLV.topk(top_k, dim=-1) if top_k else None
         return TeacherScores(logps_BL, top.indices if top else None, top.values if top else None, logits_BLV,
                              logps_BLV)

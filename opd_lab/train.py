@@ -44,11 +44,12 @@ from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.distributed import World
 from opd_lab.feedback import token_records
-from opd_lab.models import load_pair, pick_device, wrap_lora
+from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
+                            pick_device, pick_dtype, wrap_lora)
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.prompt_source import PromptSource
-from opd_lab.teacher_scoring import InProcessTeacher
+from opd_lab.teacher_scoring import InProcessTeacher, TeacherScores, VllmTeacher
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, SFT_DATASET_FILE, STOP_FILE, RunError,
                                 append_jsonl, load_config, load_status, read_jsonl, truncate_jsonl, update_status,
                                 write_text_atomic)
@@ -90,7 +91,7 @@ class BatchPart:
     metrics: dict
     rollouts: Rollouts
     student_logits_BLV: torch.Tensor
-    teacher_logits_BLV: torch.Tensor | None  # None when the teacher did not score this part
+    teacher_scores: TeacherScores | None  # None when the teacher did not score this part
     verdicts: list[Verdict]
 
 
@@ -105,15 +106,30 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
         self.task = get_task(config.task, regex=config.task_regex or None)
         self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
-        self.teacher, student, self.tokenizer = load_pair(
-            config.teacher, config.student, task=config.task, device=self.device,
-            trust_remote_code=config.trust_remote_code)
+        # bfloat16: the frozen teacher's weights are cast; the student keeps float32 weights
+        # (AdamW, and LoRA's merge/unmerge for sampling, need them) and runs its forward
+        # passes under autocast (`_student_precision`).
+        self.dtype = pick_dtype(config.dtype, self.device)
+        if config.teacher_server:  # the teacher's weights stay on its server; only its tokenizer is needed here
+            self.teacher = None
+            check_pair_compatible(load_tokenizer(config.teacher, "teacher", config.task, config.trust_remote_code),
+                                  load_tokenizer(config.student, "student", config.task, config.trust_remote_code))
+            student, self.tokenizer = load_model(config.student, "student", config.task, self.device,
+                                                 trust_remote_code=config.trust_remote_code)
+            # The engine asks the teacher only through its scorer (teacher_scoring.TeacherScorer).
+            self.teacher_scorer = VllmTeacher(config.teacher_server, config.teacher)
+            self.teacher_params = parameter_count(config.teacher, "teacher", config.task,
+                                                  config.trust_remote_code)
+        else:
+            self.teacher, student, self.tokenizer = load_pair(
+                config.teacher, config.student, task=config.task, device=self.device,
+                trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
+            self.teacher_scorer = InProcessTeacher(self.teacher)
+            self.teacher_params = count_parameters(self.teacher)
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included
-        self.teacher_scorer = InProcessTeacher(self.teacher)  # the engine asks the teacher only through it
-        self.teacher_params = count_parameters(self.teacher)
         self.student_params = count_parameters(self.student)
         # The fused AdamW (one kernel over all parameters) where torch has it; the default
         # for-loop one is 3-4x slower on the CPU for a 135M-parameter student.
@@ -138,6 +154,10 @@ class Trainer:
             yield
         finally:
             self.phase_s[phase] += time.perf_counter() - started
+
+    def _student_precision(self):
+        """Autocast to `self.dtype` around the student's forward passes (off in float32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def _set_learning_rate(self, step: int) -> None:
         scale = min(1.0, (step + 1) / max(1, self.config.warmup_steps)) if self.config.warmup_steps else 1.0
@@ -196,9 +216,10 @@ class Trainer:
         if self.lora:
             self.student.merge_adapter()
         try:
-            return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
-                            temperature=self.config.temperature, generator=self.generator,
-                            row_seeds=self._row_seeds(rows, "student"))
+            with self._student_precision():
+                return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
+                                temperature=self.config.temperature, generator=self.generator,
+                                row_seeds=self._row_seeds(rows, "student"))
         finally:
             if self.lora:
                 self.student.unmerge_adapter()
@@ -223,17 +244,26 @@ class Trainer:
         sampling_logps = rollouts.completion_sampling_logprobs_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
 
-        teacher_logits = teacher_logps_BLV = None
+        scores = None
         if config.method == "opd" or teacher_view:
             with self._timed("teacher"):
-                scores = self.teacher_scorer.score(rollouts)
-                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
+                scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(
+                    teacher_view or (config.method == "opd" and config.estimator == "full")))
+        teacher_logits = scores.logits_BLV if scores else None
         if config.method == "opd":
             self.flops.add_teacher(self.teacher_params, tokens)
         signal_metrics = {}  # metrics only one method has
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
-            if config.method == "opd" and config.estimator == "full":
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
+            if config.method == "opd" and config.estimator == "full" and teacher_logits is None:
+                # A teacher server gives its top-k only: the top-k + tail lower bound (at temperature 1).
+                student_logps_BLV = losses.tempered_log_softmax(student_logits, 1.0)
+                loss, extra = losses.topk_tail_loss(student_logps_BLV, scores.top_ids_BLK, scores.top_logprobs_BLK,
+                                                    mask)
+                reverse_kl = None
+                logps = losses.gather_tokens(student_logps_BLV.detach(), targets)
+            elif config.method == "opd" and config.estimator == "full":
                 temperature = config.temperature
                 loss, extra = losses.divergence_loss(
                     student_logits if temperature == 1.0 else student_logits / temperature,
@@ -243,16 +273,20 @@ class Trainer:
                 with torch.no_grad():  # only for train/logprob_diff: no graph
                     logps = losses.token_logprobs(student_logits, targets, temperature)
             else:
-                student_logps_BLV = losses.tempered_log_softmax(student_logits, config.temperature)
-                logps = losses.gather_tokens(student_logps_BLV, targets)
+                # The picked tokens' log-probs only, a chunk of positions at a time: no
+                # (B, L, V) log-softmax is kept for the backward.
+                logps = losses.chunked_token_logprobs(student_logits, targets, config.temperature)
                 teacher_logps = scores.logprobs_BL if config.method == "opd" else None
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
                     reward_coef=config.reward_coef)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
-                reverse_kl = (None if teacher_logps_BLV is None else float(losses.masked_mean(
-                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask)))
+                reverse_kl = (None if teacher_logits is None else float(losses.masked_mean(
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, config.temperature), mask)))
+                if scores is not None and teacher_logits is None and scores.top_ids_BLK is not None:
+                    signal_metrics["reverse_kl_topk"] = self._topk_kl(
+                        losses.tempered_log_softmax(student_logits.detach(), config.temperature), scores, mask)
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
@@ -263,7 +297,19 @@ class Trainer:
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
         metrics.update({f"train/{k}": v for k, v in signal_metrics.items()})
-        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
+        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, scores, verdicts)
+
+    def _server_top_k(self, wanted: bool) -> int:
+        """The top-k to ask the teacher for: a teacher server's `teacher_top_k` when `wanted`
+        (the top-k + tail KL, the token view's alternatives); 0 in process, whose scores
+        hold the whole distribution anyway."""
+        return self.config.teacher_top_k if wanted and self.teacher is None else 0
+
+    @staticmethod
+    def _topk_kl(student_logps_BLV: torch.Tensor, scores: TeacherScores, mask_BL: torch.Tensor) -> float:
+        """`train/reverse_kl_topk`: the top-k + tail lower bound of the reverse KL, for a teacher server."""
+        return float(losses.masked_mean(losses.topk_tail_reverse_kl(
+            student_logps_BLV.detach(), scores.top_ids_BLK, scores.top_logprobs_BLK), mask_BL))
 
     def _off_policy_part(self, problems: list[Problem], teacher_view: bool, first_prompt: int = 0) -> BatchPart:
         """Cross-entropy on teacher-written completions; the teacher scores them only when
@@ -273,19 +319,23 @@ class Trainer:
         mask = rollouts.completion_mask_BL
         targets = rollouts.sequences_BS[:, rollouts.prompt_length :]
         with self._timed("student"):
-            student_logits = completion_logits(self.student, rollouts)
-            student_logps_BLV = losses.tempered_log_softmax(student_logits, rollouts.temperature)
-            loss, _ = losses.cross_entropy_loss(losses.gather_tokens(student_logps_BLV, targets), mask)
+            with self._student_precision():
+                student_logits = completion_logits(self.student, rollouts)
+            loss, _ = losses.cross_entropy_loss(
+                losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
-        teacher_logits = None
+        scores = None
         if teacher_view:
             with self._timed("teacher"):
-                scores = self.teacher_scorer.score(rollouts)
-                teacher_logits, teacher_logps_BLV = scores.logits_BLV, scores.logprobs_BLV
-                metrics["train/reverse_kl"] = float(losses.masked_mean(
-                    losses.kl_from_logprobs(student_logps_BLV.detach(), teacher_logps_BLV), mask))
+                scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(True))
+                if scores.logits_BLV is not None:
+                    metrics["train/reverse_kl"] = float(losses.masked_mean(losses.chunked_reverse_kl(
+                        student_logits.detach(), scores.logits_BLV, rollouts.temperature), mask))
+                else:
+                    metrics["train/reverse_kl_topk"] = self._topk_kl(
+                        losses.tempered_log_softmax(student_logits.detach(), rollouts.temperature), scores, mask)
         verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
-        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, teacher_logits, verdicts)
+        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, scores, verdicts)
 
     def step(self) -> StepResult:
         """One optimizer update; returns its loss, its metrics row and any logged samples.
@@ -397,7 +447,10 @@ class Trainer:
     def _log_samples(self, step: int, part: BatchPart) -> list[dict]:
         rollouts, verdicts = part.rollouts, part.verdicts
         rows = list(range(min(self.config.samples_to_log, len(rollouts.prompts))))
-        records = token_records(self.tokenizer, rollouts, part.student_logits_BLV, part.teacher_logits_BLV, rows=rows)
+        scores = part.teacher_scores
+        records = token_records(self.tokenizer, rollouts, part.student_logits_BLV,
+                                scores.logits_BLV if scores else None, rows=rows,
+                                teacher_top=scores if scores and scores.logits_BLV is None else None)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
                  "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
                 for row in rows]
@@ -468,8 +521,9 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
     trainer = None
     try:
         identities = world.gather(identity)
-        if main and world.launched:
-            update_status(run_dir, processes=world.size, rank_pids=[pid for pid, _ in identities])
+        if main:  # what a resume starts again by default (runs.resume)
+            update_status(run_dir, processes=world.size,
+                          rank_pids=[pid for pid, _ in identities] if world.launched else None)
         if world.any((run_dir / STOP_FILE).exists()):  # stopped while queued: never start
             return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started") if main else "stopped"
         config = RunConfig.from_dict(load_config(run_dir))
@@ -591,6 +645,8 @@ def training_line(metrics: dict, total_steps: int, steps_per_s: float) -> str:
     parts = [f"step {metrics['step']}/{total_steps}", f"loss {metrics['train/loss']:.4f}"]
     if isinstance(metrics.get("train/reverse_kl"), (int, float)):
         parts.append(f"KL {metrics['train/reverse_kl']:.4f}")
+    elif isinstance(metrics.get("train/reverse_kl_topk"), (int, float)):  # a teacher server's lower bound
+        parts.append(f"KL(top-k) {metrics['train/reverse_kl_topk']:.4f}")
     if isinstance(metrics.get("eval/accuracy"), (int, float)):
         parts.append(f"held-out accuracy {metrics['eval/accuracy']:.1%}")
     parts.append(f"{steps_per_s:.2f} steps/s")

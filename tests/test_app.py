@@ -61,12 +61,14 @@ def _wait_state(run_dir, states, timeout=120.0) -> dict:
 # --- Launch -------------------------------------------------------------------------
 
 
-def test_form_has_every_config_field_but_trust_remote_code():
-    from app.launch_tab import FIELD_NAMES
+def test_form_has_every_config_field_but_the_locked_ones():
+    from app.launch_tab import FIELD_NAMES, config_from_form
     from opd_lab.config import RunConfig
 
     names = [spec.name for spec in dataclasses.fields(RunConfig)]
-    assert FIELD_NAMES == [name for name in names if name != "trust_remote_code"]
+    assert FIELD_NAMES == [name for name in names if name not in ("trust_remote_code", "teacher_server")]
+    # A browser cannot point the app at a teacher server: the form has no such field.
+    assert config_from_form(_form()).teacher_server == ""
 
 
 def test_built_form_widgets_follow_field_types(lab_home):

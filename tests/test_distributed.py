@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from opd_lab import checkpoints, distributed, runs
+from opd_lab.config import RunConfig
 from opd_lab.distributed import World, combine_weighted_means, row_seeds
 from opd_lab.generation import generate
 from opd_lab.ownership import is_owned
@@ -150,3 +151,49 @@ def test_launch_command_starts_processes_through_accelerate():
     assert distributed.launch_environment(1)["WORLD_SIZE"] == "1"
     with pytest.raises(ValueError, match="--processes: must be at least 1"):
         distributed.launch_command(0, ["train"])
+
+
+def _background_config(name: str, steps: int) -> RunConfig:
+    return RunConfig(name=name, method="opd", steps=steps, batch_size=4, eval_count=8, eval_every=steps,
+                     sample_every=5, samples_to_log=2, max_new_tokens=12, learning_rate=1e-3, checkpoint_every=2)
+
+
+def test_a_background_run_on_two_processes_is_owned_from_launch_to_its_end(lab_home):
+    """`opd-lab launch --processes 2`: the launcher owns the run, then hands the very lock
+    to rank 0 (accelerate's processes inherit no open files); sampled all along, the run
+    is never without an owner before it finishes."""
+    run_dir, pid = runs.start_run(_background_config("bg2", 8), processes=2)
+    seen = []
+    assert wait_for(lambda: seen.append((is_owned(run_dir), runs.status_of(run_dir)["state"]))
+                    or seen[-1][1] in ("finished", "failed"), timeout=240, interval=0.05), load_status(run_dir)
+    assert seen[-1][1] == "finished", log_tail(run_dir)[-3000:]
+    assert all(owned for owned, state in seen if state != "finished"), seen
+    status = load_status(run_dir)
+    assert status["processes"] == 2 and len(set(status["rank_pids"])) == 2
+    assert not is_owned(run_dir)
+    rows = load_metrics(run_dir)
+    assert [row["step"] for row in rows] == list(range(9)) and rows[-1]["progress/samples"] == 8 * 4
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    assert sorted({s["step"] for s in load_samples(run_dir)}) == [5, 8]
+    assert checkpoints.step_of(checkpoints.latest(run_dir)) == 8
+    with pytest.raises(runs.RunError, match="has finished"):
+        runs.resume(run_dir)
+
+
+def test_a_background_two_process_run_stops_and_resumes_on_two_processes(lab_home):
+    run_dir, _ = runs.start_run(_background_config("bgstop", 40), processes=2)
+    assert wait_for(lambda: load_status(run_dir).get("step", 0) >= 2, timeout=240), log_tail(run_dir)[-3000:]
+    with pytest.raises(runs.RunError, match="already running"):
+        runs.resume(run_dir)  # one owner: a second trainer is refused
+    runs.request_stop(run_dir)
+    assert wait_for(lambda: runs.status_of(run_dir)["state"] == "stopped", timeout=120), load_status(run_dir)
+    assert wait_for(lambda: not is_owned(run_dir), timeout=30)
+    stopped_at = load_status(run_dir)["step"]
+    assert stopped_at < 40 and checkpoints.step_of(checkpoints.latest(run_dir)) == stopped_at
+    runs.resume(run_dir)  # as many processes as it last used
+    assert wait_for(lambda: runs.status_of(run_dir)["state"] in ("finished", "failed"), timeout=240)
+    status = load_status(run_dir)
+    assert status["state"] == "finished", log_tail(run_dir)[-3000:]
+    assert status["processes"] == 2
+    assert [row["step"] for row in load_metrics(run_dir)] == list(range(41))
+    assert load_metrics(run_dir)[-1]["progress/samples"] == 40 * 4

@@ -58,6 +58,7 @@ def test_config_is_frozen_and_round_trips(tmp_path):
     ({"estimator": "sampled", "divergence": "jsd"}, "divergence"),
     ({"name": "../escape"}, "name"),
     ({"steps": True}, "steps"),
+    ({"dtype": "float16"}, "dtype"),
 ])
 def test_bad_values_name_the_field(changes, field):
     with pytest.raises(ConfigError, match=f"^{field}"):

@@ -52,6 +52,51 @@ def test_sampling_is_seeded(lab_pair):
     assert first.completions == second.completions
 
 
+def _reference_sample(model, tokenizer, prompts, max_new_tokens, temperature, generator):
+    """Sampling by the definition: a full forward over the whole sequence for every new token
+    (no KV cache), every row kept in the batch to the end, `torch.multinomial` on its
+    probabilities. Returns each row's token ids (EOS included) and their log-probs."""
+    ids_BS, mask_BS = encode_prompts(tokenizer, prompts)
+    finished_B = torch.zeros(len(prompts), dtype=torch.bool)
+    rows = [([], []) for _ in prompts]
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logprobs_BV = torch.log_softmax(forward_logits(model, ids_BS, mask_BS)[:, -1] / temperature, dim=-1)
+            token_B = torch.multinomial(logprobs_BV.exp(), 1, generator=generator).squeeze(1)
+            token_B = torch.where(finished_B, torch.full_like(token_B, tokenizer.pad_token_id), token_B)
+            for row, (token_ids, logps) in enumerate(rows):
+                if not finished_B[row]:
+                    token_ids.append(int(token_B[row]))
+                    logps.append(float(logprobs_BV[row, token_B[row]]))
+            ids_BS = torch.cat([ids_BS, token_B[:, None]], dim=1)
+            mask_BS = torch.cat([mask_BS, (~finished_B).long()[:, None]], dim=1)
+            finished_B |= token_B == tokenizer.eos_token_id
+            if finished_B.all():
+                break
+    return rows
+
+
+@pytest.mark.parametrize("max_new_tokens,temperature", [(40, 1.0), (12, 0.8)])
+def test_sampling_matches_the_definition_token_for_token(lab_pair, max_new_tokens, temperature):
+    """The KV-cached loop that drops finished rows samples the same tokens, from the same
+    seed, as full recomputation with every row kept: the random stream is preserved."""
+    teacher, _, tokenizer = lab_pair
+    prompts = PROMPTS * 3
+    rollouts = generate(teacher, tokenizer, prompts, max_new_tokens, temperature=temperature,
+                        generator=torch.Generator().manual_seed(11))
+    expected = _reference_sample(teacher, tokenizer, prompts, max_new_tokens, temperature,
+                                 torch.Generator().manual_seed(11))
+    if max_new_tokens == 40:  # rows end at different lengths, so rows left the batch early
+        longest = max(len(token_ids) for token_ids, _ in expected)
+        assert any(token_ids[-1] == tokenizer.eos_token_id and len(token_ids) < longest
+                   for token_ids, _ in expected)
+    for row, (token_ids, logps) in enumerate(expected):
+        assert rollouts.completion_token_ids(row) == token_ids
+        recorded = rollouts.completion_sampling_logprobs_BL[row, : len(logps)]
+        torch.testing.assert_close(recorded, torch.tensor(logps), atol=1e-4, rtol=1e-4)
+        assert rollouts.completion_mask_BL[row].sum() == len(token_ids)
+
+
 def test_rollouts_from_texts_masks_completion_and_eos():
     tokenizer = build_char_tokenizer()
     rollouts = rollouts_from_texts(tokenizer, ["1+2=", "34+5="], ["3", "39"])

@@ -254,3 +254,33 @@ def test_reverse_kl_at_a_temperature_is_the_kl_of_the_tempered_distributions():
     tempered = losses.per_token_reverse_kl(student, teacher, temperature=0.7)
     assert torch.allclose(tempered, losses.per_token_reverse_kl(student / 0.7, teacher / 0.7))
     assert not torch.allclose(tempered, losses.per_token_reverse_kl(student, teacher))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_token_logprobs_equal_the_full_log_softmax_with_gradients(monkeypatch, temperature, dtype):
+    """Chunks of 3 positions (V=11) over B*T=10 positions, the last chunk partial."""
+    monkeypatch.setattr(losses, "CHUNK_LOGITS", 33)
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(2, 5, 11)).to(dtype)
+    tokens = torch.randint(0, 11, (2, 5))
+    weights = torch.randn(2, 5)  # a non-uniform upstream gradient
+    full_input = logits.clone().requires_grad_()
+    chunked_input = logits.clone().requires_grad_()
+    full = losses.token_logprobs(full_input, tokens, temperature)
+    chunked = losses.chunked_token_logprobs(chunked_input, tokens, temperature)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    (full * weights).sum().backward()
+    (chunked * weights).sum().backward()
+    assert chunked_input.grad.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(chunked_input.grad, full_input.grad, atol=tolerance, rtol=tolerance)
+
+
+def test_chunked_reverse_kl_equals_the_full_one(monkeypatch):
+    monkeypatch.setattr(losses, "CHUNK_LOGITS", 40)  # 4 positions per chunk of V=10
+    student, teacher = torch.randn(3, 7, 10), torch.randn(3, 7, 10)
+    torch.testing.assert_close(losses.chunked_reverse_kl(student, teacher, 0.8),
+                               losses.per_token_reverse_kl(student, teacher, 0.8))
+    assert losses.chunked_reverse_kl(student[:, :0], teacher[:, :0]).shape == (3, 0)

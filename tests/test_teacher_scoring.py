@@ -2,8 +2,6 @@
 client reads vLLM's response format, and the top-k + tail KL against the exact KL."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,46 +10,12 @@ import torch
 from opd_lab import losses
 from opd_lab.generation import Rollouts, forward_logits, generate
 from opd_lab.teacher_scoring import InProcessTeacher, TeacherScores, VllmTeacher, scores_from_vllm
+from fake_vllm import fake_vllm, serving
+from opd_lab.config import ConfigError, RunConfig
+from opd_lab.run_folder import load_config, load_metrics, load_samples, load_status, log_tail
+from opd_lab.train import train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm_prompt_logprobs.json"
-
-
-def _fake_vllm(model, tokenizer):
-    """An HTTP server answering /v1/completions with vLLM's `prompt_logprobs` shape,
-    computed by `model` (each prompt alone, unpadded, as a server would)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_):
-            pass
-
-        def do_POST(self):
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert self.path == "/v1/completions" and request["max_tokens"] == 1
-            top_k, choices = request["prompt_logprobs"], []
-            for index, ids in enumerate(request["prompt"]):
-                sequence = torch.tensor([ids])
-                with torch.no_grad():
-                    logps_SV = torch.log_softmax(forward_logits(model, sequence, torch.ones_like(sequence))[0], -1)
-                entries = [None]
-                for position in range(1, len(ids)):
-                    row_V = logps_SV[position - 1]
-                    order = row_V.argsort(descending=True).tolist()
-                    wanted = order[:top_k] + [ids[position]]
-                    entries.append({str(t): {"logprob": float(row_V[t]), "rank": order.index(t) + 1,
-                                             "decoded_token": tokenizer.decode([t])} for t in wanted})
-                choices.append({"index": index, "text": "", "logprobs": None, "finish_reason": "length",
-                                "stop_reason": None, "prompt_logprobs": entries})
-            body = json.dumps({"id": "cmpl-fake", "object": "text_completion", "model": request["model"],
-                               "choices": choices[::-1]}).encode()  # out of order on purpose: match by index
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 @pytest.fixture()
@@ -65,7 +29,7 @@ def lab_rollouts(lab_pair):
 @pytest.fixture()
 def vllm_server(lab_rollouts):
     teacher, tokenizer, _ = lab_rollouts
-    server = _fake_vllm(teacher, tokenizer)
+    server = fake_vllm(teacher, tokenizer)
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
@@ -156,3 +120,63 @@ def test_topk_tail_kl_is_a_lower_bound_short_by_the_tails_own_kl(lab_rollouts, l
     top = torch.log_softmax(torch.randn(1, 2, 7), -1).topk(3, dim=-1)
     losses.topk_tail_reverse_kl(torch.log_softmax(logits, -1), top.indices, top.values).sum().backward()
     assert logits.grad.abs().sum() > 0
+
+
+# --- runs against a teacher server ------------------------------------------------------
+
+RUN = dict(method="opd", steps=3, batch_size=4, eval_count=8, eval_every=3, sample_every=2, samples_to_log=2,
+           max_new_tokens=12, learning_rate=1e-3, checkpoint_every=3, seed=0)
+
+
+def test_a_run_scored_by_a_teacher_server_trains_like_one_with_the_teacher_in_process(lab_pair):
+    """The fake server computes prompt log-probs with the lab teacher itself, so the remote
+    run must give the in-process run's losses; its folder records the server, and its
+    token views hold the teacher's log-probs and top-k from the server, with no exact KL."""
+    teacher, _, tokenizer = lab_pair
+    local = train(RunConfig(name="local", **RUN), progress=False)
+    with serving(teacher, tokenizer) as url:
+        remote = train(RunConfig(name="remote", teacher_server=url, **RUN), progress=False)
+    assert load_config(remote)["teacher_server"] == url and load_config(remote)["teacher"] == "lab"
+    reference, rows = load_metrics(local), load_metrics(remote)
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    for step in (1, 2, 3):
+        for key in ("train/loss", "train/grad_norm", "train/accuracy", "progress/tokens", "perf/flops_teacher"):
+            assert rows[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-6), (step, key)
+        assert "train/reverse_kl" not in rows[step]  # the exact KL needs the teacher's whole distribution
+    # Logging steps ask the server for its top-k: the lower bound of the exact KL.
+    assert "train/reverse_kl_topk" in rows[2] and "train/reverse_kl_topk" not in rows[1]
+    assert 0 <= rows[2]["train/reverse_kl_topk"] <= reference[2]["train/reverse_kl"] + 1e-5
+    assert rows[3]["eval/accuracy"] == reference[3]["eval/accuracy"]
+    remote_tokens = load_samples(remote)[0]["tokens"]
+    local_tokens = load_samples(local)[0]["tokens"]
+    for mine, theirs in zip(remote_tokens, local_tokens):
+        assert mine["teacher_logprob"] == pytest.approx(theirs["teacher_logprob"], abs=1e-4)
+        assert mine["teacher_top"][0][0] == theirs["teacher_top"][0][0]
+        assert "reverse_kl" not in mine
+
+
+def test_the_full_estimator_with_a_teacher_server_trains_on_the_top_k_tail_kl(lab_pair):
+    teacher, _, tokenizer = lab_pair
+    with serving(teacher, tokenizer) as url:
+        run_dir = train(RunConfig(name="remote-full", teacher_server=url, estimator="full", teacher_top_k=5,
+                                  **RUN), progress=False)
+    rows = load_metrics(run_dir)
+    assert load_status(run_dir)["state"] == "finished"
+    for row in rows[1:]:
+        assert row["train/reverse_kl_topk"] == pytest.approx(row["train/loss"], rel=1e-5)
+        assert row["train/reverse_kl_topk"] > 0
+    assert "KL(top-k) " in log_tail(run_dir)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"method": "sft"}, "sft_source"),
+    ({"method": "sft", "sft_source": "teacher_dataset", "prompt_pool": 8}, "sft_source"),
+    ({"on_policy_fraction": 0.5}, "on_policy_fraction"),
+    ({"temperature": 0.7}, "temperature"),
+    ({"estimator": "full", "divergence": "jsd"}, "divergence"),
+    ({"teacher_server": "localhost:8000"}, "teacher_server"),
+])
+def test_what_a_teacher_server_cannot_serve_is_refused_naming_the_field(changes, field):
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        RunConfig(**{"teacher_server": "http://localhost:8000", **changes})
+    RunConfig(method="sft", sft_source="reference", teacher_server="http://localhost:8000")  # no teacher samples

@@ -1,5 +1,6 @@
 """The training engine on the tiny lab: smoke runs, stop/resume, kill -9, bad configs, pinned losses."""
 
+import math
 import os
 import signal
 import subprocess
@@ -153,6 +154,32 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_checkpoint(lab_home, monkey
     assert status["state"] == "failed" and "loss is nan at step 3" in status["message"]
     assert checkpoints.latest(run_dir).name == "step_000002"
     assert _steps(run_dir) == [0, 1, 2]
+
+
+def test_dtype_auto_keeps_the_cpu_in_float32_and_picks_bfloat16_on_cuda(lab_home, tmp_path):
+    from opd_lab.models import pick_dtype
+    from opd_lab.train import Trainer
+
+    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    trainer = Trainer(RunConfig(**SMALL, device="cpu"), tmp_path)
+    assert trainer.dtype == torch.float32
+    assert {p.dtype for p in trainer.teacher.parameters()} == {torch.float32}
+    assert {p.dtype for p in trainer.student.parameters()} == {torch.float32}
+    with trainer._student_precision():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("estimator", ["sampled", "full"])
+def test_a_bfloat16_run_trains(lab_home, estimator):
+    """The bfloat16 path (a GPU's default), forced on the CPU: teacher weights cast, the
+    student under autocast with float32 weights; the steps finish with finite losses."""
+    run_dir = run_folder.create_run(RunConfig(**SMALL, device="cpu", dtype="bfloat16", estimator=estimator,
+                                              finetune="lora", lora_rank=4))
+    assert run_training(run_dir, progress=False) == "finished"
+    rows = [row for row in load_metrics(run_dir) if row["step"] > 0]
+    assert len(rows) == 2 and all(math.isfinite(row["train/loss"]) for row in rows)
 
 
 # Measured once from this test's own run (torch 2.13 CPU, before the engine-speed changes);
