@@ -63,8 +63,11 @@ def test_continual_learning_recipe_end_to_end_and_resumed(smollm2_cached, tmp_pa
 
     folder = run_recipe("continual-learning", "quick", out=tmp_path / "cl", progress_print=lambda *_: None)
     data = json.loads((folder / "recipe.json").read_text())
-    assert set(data["stages"]) == {"before", "finetune", "recover", "mix"} and data["finished"]
-    for stage in data["stages"].values():
+    assert set(data["stages"]) == {"before", "finetune", "recover", "mix", "kl_to_original"} and data["finished"]
+    drift = data["stages"]["kl_to_original"]["models"]
+    assert set(drift) == {"finetune", "recover", "mix"} and all(m["kl"] >= 0 and m["tokens"] > 0 for m in drift.values())
+    for key in ("before", "finetune", "recover", "mix"):
+        stage = data["stages"][key]
         assert set(stage["scores"]) == {"instructions", "company-qa"}
         assert all(0 <= s["accuracy"] <= s["reward"] <= 1 or s["accuracy"] == 1 for s in stage["scores"].values())
     recover = load_config(data["stages"]["recover"]["run_dir"])
@@ -91,6 +94,7 @@ def test_prune_distill_recipe_end_to_end(smollm2_cached, tmp_path):
     assert model.config.num_hidden_layers == pruned["layers"] - 2
     assert set(data["summaries"]) == {"rl", "sft", "opd"}
     assert data["verdict"]["sentence"] in (folder / "recipe.md").read_text()
+    assert set(data["stages"]["kl_to_teacher"]["models"]) == {"student", "rl", "sft", "opd"}
 
 
 def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, monkeypatch):

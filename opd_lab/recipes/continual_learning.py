@@ -14,7 +14,11 @@ Stages (each saved in `recipe.json` when it ends):
    following comes back and the new knowledge stays;
 4. `mix`: the alternative the seed names, the same fine-tune with a share of old data
    mixed in (the original model's own answers to instruction prompts, since its
-   instruction data is not public), for the same number of steps.
+   instruction data is not public), for the same number of steps;
+5. `kl_to_original`: how far each model's answers to held-out instruction prompts
+   drifted from the original model's: the exact per-token reverse KL to the original on
+   the model's own samples (`scoring.kl_to_reference`). A 135M model passes few
+   instruction checks, so pass rates show forgetting coarsely; the KL shows it directly.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import random
 
 from opd_lab.eval import answer
 from opd_lab.recipes import Recipe, RecipeState
-from opd_lab.recipes.scoring import last_step, load_stage_model, model_path, score
+from opd_lab.recipes.scoring import kl_to_reference, last_step, load_stage_model, model_path, score
 from opd_lab.tasks import get_task
 from opd_lab.train import train
 
@@ -95,6 +99,10 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
                 "scores": score(run_dir, counts, cap)}
 
     state.run_stage("mix", progress_print=progress_print, work=mix)
+    recover_tokens = recipe.stage("recover").max_new_tokens or 64
+    state.run_stage("kl_to_original", progress_print=progress_print, work=lambda: {"models": kl_to_reference(
+        original, {key: state.data["stages"][key]["run_dir"] for key in ("finetune", "recover", "mix")},
+        INSTRUCTIONS, counts[INSTRUCTIONS], cap or recover_tokens)})
     state.finish(markdown(state.data), progress_print)
     return state.data
 
@@ -115,8 +123,16 @@ def results_table(data: dict) -> list[dict]:
                      "instructions (all checks)": f"{scores[INSTRUCTIONS]['accuracy']:.1%}",
                      "instructions (checks passed)": f"{scores[INSTRUCTIONS]['reward']:.1%}",
                      "company questions": f"{scores[FACTS]['accuracy']:.1%}",
+                     "KL to the original": _kl(data, key),
                      "minutes": f"{stage.get('seconds', 0) / 60:.1f}"})
     return rows
+
+
+def _kl(data: dict, key: str) -> str:
+    if key == "before":
+        return "0"
+    found = data["stages"].get("kl_to_original", {}).get("models", {}).get(key)
+    return f"{found['kl']:.3f}" if found else "-"
 
 
 def markdown(data: dict) -> str:
@@ -128,6 +144,8 @@ def markdown(data: dict) -> str:
              f"(all checks passed, and the mean share of checks passed) and {counts[1]} questions about the company.",
              "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    lines += ["", "KL to the original: the exact per-token reverse KL (nats) from each model to the original "
+              "model on its own samples of the held-out instruction prompts, how far its answers drifted."]
     runs = [f"`{data['stages'][k]['run']}` ({k})" for k, _ in ROWS if data["stages"].get(k, {}).get("run")]
     lines += ["", "Runs: " + ", ".join(runs) + "."]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ from opd_lab.models import load_model
 from opd_lab.paths import data_dir
 from opd_lab.prune import choose_block, drop_layers, layers_to_keep, save_pruned
 from opd_lab.recipes import Recipe, RecipeState
-from opd_lab.recipes.scoring import last_step, score
+from opd_lab.recipes.scoring import kl_to_reference, last_step, score
 from opd_lab.run_folder import load_metrics
 from opd_lab.tasks import get_task
 from opd_lab.train import train
@@ -52,22 +52,6 @@ def prune(original: str, drop: int, probe_prompts: int, folder: Path) -> dict:
     return {"model": str(folder), "layers": total, "dropped": list(range(start, start + drop)),
             "distances": {str(k): round(v, 4) for k, v in distances.items()},
             "parameters": parameters, "parameters_after": sum(p.numel() for p in model.parameters())}
-
-
-def kl_to_teacher(original: str, students: dict[str, str], prompts: int, max_new_tokens: int) -> dict:
-    """Each student's mean reverse KL to the teacher (and top-5 agreement) on its own
-    temperature-1 samples of the first `prompts` held-out instruction prompts."""
-    from opd_lab.pair_check import student_sample_stats
-    from opd_lab.recipes.scoring import load_stage_model
-
-    teacher, _ = load_stage_model(original)
-    held_out = [p.prompt for p in get_task(TASK).eval_problems(prompts)]
-    found = {}
-    for name, source in students.items():
-        student, tokenizer = load_stage_model(source)
-        kl, agreement, tokens = student_sample_stats(teacher, student, tokenizer, held_out, max_new_tokens, top_k=5)
-        found[name] = {"kl": kl, "top5_agreement": agreement, "tokens": tokens}
-    return found
 
 
 def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
@@ -98,9 +82,9 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
         state.run_stage(arm, train_arm, progress_print)
 
     train_config = recipe.stage("train")
-    state.run_stage("kl_to_teacher", lambda: {"models": kl_to_teacher(
+    state.run_stage("kl_to_teacher", lambda: {"models": kl_to_reference(
         original, {"student": pruned["model"], **{arm: state.data["stages"][arm]["run_dir"] for arm in ARMS}},
-        eval_count, cap or train_config.max_new_tokens or 64)}, progress_print)
+        TASK, eval_count, cap or train_config.max_new_tokens or 64)}, progress_print)
     steps = train_config.steps
     summaries = {arm: report.summarize_arm([load_metrics(state.data["stages"][arm]["run_dir"])], base, teacher)
                  for arm in ARMS}

@@ -78,3 +78,24 @@ def score(source: str | Path, counts: dict[str, int], max_new_tokens: int = 0, p
 def last_step(run_dir: str | Path) -> int:
     """The step a finished run stopped at (fewer than its budget when it stopped early)."""
     return int(load_status(run_dir).get("step", 0))
+
+
+def kl_to_reference(reference: str, students: dict[str, str | Path], task_name: str, prompts: int,
+                    max_new_tokens: int) -> dict[str, dict]:
+    """How far each model is from `reference` (the teacher, or the model before a
+    fine-tune): its mean exact reverse KL per token to `reference`, and the share of its
+    tokens in the reference's top 5, on its own temperature-1 samples of the first
+    `prompts` held-out prompts of `task_name` (`pair_check.student_sample_stats`).
+
+    A continuous measure beside pass rates, which a small model's few passes make coarse.
+    """
+    from opd_lab.pair_check import student_sample_stats
+
+    teacher, _ = load_stage_model(reference)
+    held_out = [p.prompt for p in get_task(task_name).eval_problems(prompts)]
+    found = {}
+    for name, source in students.items():
+        student, tokenizer = load_stage_model(source)
+        kl, agreement, tokens = student_sample_stats(teacher, student, tokenizer, held_out, max_new_tokens, top_k=5)
+        found[name] = {"kl": kl, "top5_agreement": agreement, "tokens": tokens}
+    return found
