@@ -168,7 +168,7 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
     fractions = sorted({t["fraction"] for s in summaries.values() for t in s["targets"]}, reverse=True)
     level = next((f for f in fractions if any(_target(summaries[a], f)["flops"]["median"] is not None for a in arms)),
                  None)
-    tail = f" (median of {seeds} seeds)."
+    tail = f" (median of {seeds} seeds)." if seeds != 1 else " (one seed)."
     if level is None:
         best = max(arms, key=lambda a: summaries[a]["final_accuracy"]["median"])
         within = f" within {budget_steps} steps" if budget_steps else ""
