@@ -126,3 +126,18 @@ def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, mo
     description, command = recipe_panel.recipe_text("prune-distill", "cpu")
     assert "pruned" in description or "layers" in description
     assert command == "opd-lab recipe prune-distill --setting cpu"
+
+
+def test_the_claims_row_of_the_committed_smollm2_recipe_is_computed_from_its_numbers():
+    import copy
+
+    from opd_lab.claims import RESULTS, smollm2_continual_row
+
+    data = json.loads((RESULTS / "recipes" / "smollm2-continual-learning.json").read_text())
+    row = smollm2_continual_row(data)
+    drift = data["stages"]["kl_to_original"]["models"]
+    assert row["verdict"].startswith("holds") == (drift["recover"]["kl"] <= 0.5 * drift["finetune"]["kl"])
+    assert f"{drift['finetune']['kl']:.2f} -> {drift['recover']['kl']:.2f} nats" in row["measured"]
+    forgot_facts = copy.deepcopy(data)
+    forgot_facts["stages"]["recover"]["scores"]["company-qa"]["accuracy"] = 0.0  # the recovery lost the new facts
+    assert smollm2_continual_row(forgot_facts)["verdict"] == "does not hold"
