@@ -56,20 +56,15 @@ def start_recipe(name: str, setting: str = "auto") -> Path:
     return folder
 
 
-def _alive(folder: Path) -> bool:
-    process = read_json(folder / PROCESS_FILE, default={}) or {}
-    started = ownership.process_start_time(process.get("pid"))
-    return started is not None and started == process.get("started")
-
-
 def describe(folder: str | Path) -> dict:
     """A recipe folder at a glance: recipe, setting, finished stages, and its state
     (`running`, `finished`, or `stopped` when its process is gone before the end)."""
     folder = Path(folder)
     data = read_json(folder / STATE_FILE, default={}) or {}
+    process = read_json(folder / PROCESS_FILE, default={}) or {}
     if data.get("finished"):
         state = "finished"
-    elif _alive(folder):
+    elif ownership.process_alive(process.get("pid"), process.get("started")):
         state = "running"
     else:
         state = "stopped"
