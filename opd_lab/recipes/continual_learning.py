@@ -70,7 +70,7 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
     counts = _counts(recipe)
     fixed = {"teacher": original, "finetune": "full"}
 
-    state.run_stage("before", progress_print=progress_print, work=lambda: {"scores": score(original, counts, cap)})
+    state.run_stage("before", lambda: {"scores": score(original, counts, cap)}, progress_print)
 
     def finetune():
         config = recipe.stage("finetune", name="cl-finetune", method="sft", sft_source="reference", task=DOCUMENTS,
@@ -79,7 +79,7 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
         return {"run": run_dir.name, "run_dir": str(run_dir), "model": model_path(run_dir),
                 "steps": last_step(run_dir), "scores": score(run_dir, counts, cap)}
 
-    tuned = state.run_stage("finetune", progress_print=progress_print, work=finetune)
+    tuned = state.run_stage("finetune", finetune, progress_print)
 
     def recover():
         config = recipe.stage("recover", name="cl-recover", method="opd", task=INSTRUCTIONS,
@@ -88,7 +88,7 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
         return {"run": run_dir.name, "run_dir": str(run_dir), "steps": last_step(run_dir),
                 "scores": score(run_dir, counts, cap)}
 
-    state.run_stage("recover", progress_print=progress_print, work=recover)
+    state.run_stage("recover", recover, progress_print)
 
     def mix():
         path, mixture = write_mixture(recipe, state, original, cap)
@@ -98,11 +98,11 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
         return {"run": run_dir.name, "run_dir": str(run_dir), "mixture": mixture, "steps": last_step(run_dir),
                 "scores": score(run_dir, counts, cap)}
 
-    state.run_stage("mix", progress_print=progress_print, work=mix)
+    state.run_stage("mix", mix, progress_print)
     recover_tokens = recipe.stage("recover").max_new_tokens or 64
-    state.run_stage("kl_to_original", progress_print=progress_print, work=lambda: {"models": kl_to_reference(
+    state.run_stage("kl_to_original", lambda: {"models": kl_to_reference(
         original, {key: state.data["stages"][key]["run_dir"] for key in ("finetune", "recover", "mix")},
-        INSTRUCTIONS, counts[INSTRUCTIONS], cap or recover_tokens)})
+        INSTRUCTIONS, counts[INSTRUCTIONS], cap or recover_tokens)}, progress_print)
     state.finish(markdown(state.data), progress_print)
     return state.data
 

@@ -14,7 +14,7 @@ from opd_lab import checkpoints
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.models import load_model
-from opd_lab.run_folder import load_config, load_status
+from opd_lab.run_folder import CONFIG_FILE, STATUS_FILE, load_config, load_status
 from opd_lab.tasks import get_task
 
 
@@ -25,7 +25,7 @@ def load_stage_model(source: str | Path):
         FileNotFoundError: a run folder without a checkpoint.
     """
     folder = Path(str(source)).expanduser()
-    if (folder / "config.json").exists() and (folder / "status.json").exists():  # a run folder
+    if (folder / CONFIG_FILE).exists() and (folder / STATUS_FILE).exists():  # a run folder
         checkpoint = checkpoints.latest(folder)
         if checkpoint is None:
             raise FileNotFoundError(f"run {folder.name} has no checkpoint to evaluate")
