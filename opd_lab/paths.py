@@ -62,3 +62,12 @@ def runs_dir() -> Path:
     except OSError as error:
         raise _unusable(path, error) from None
     return path
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a process this one starts (a background run, a recipe): the
+    same data dir, and this very package first on PYTHONPATH, so the child imports it
+    even when it runs from a source checkout."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}

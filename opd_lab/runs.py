@@ -36,7 +36,7 @@ from pathlib import Path
 
 from opd_lab import ownership
 from opd_lab.config import RunConfig
-from opd_lab.paths import ENV_VAR, data_dir, runs_dir
+from opd_lab.paths import child_environment, data_dir, runs_dir
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
                                 update_status)
@@ -234,10 +234,7 @@ def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int 
     one owner from this instant to its end. A run counts once under the run limit; its
     processes share the run's threads.
     """
-    # The child imports this very package, even when it is run from a source checkout.
-    package_root = str(Path(__file__).resolve().parent.parent)
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
+    env = child_environment()
     env.setdefault("OMP_NUM_THREADS", str(max(1, threads_per_run(limit) // processes)))
     update_status(run_dir, state="queued", pid=None, message="starting", processes=processes)
     with (run_dir / LOG_FILE).open("a") as log:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from opd_lab import ownership
-from opd_lab.paths import ENV_VAR, data_dir
+from opd_lab.paths import child_environment, data_dir
 from opd_lab.recipes import STATE_FILE, load_recipe
 from opd_lab.run_folder import read_json, write_json_atomic
 
@@ -42,9 +41,7 @@ def start_recipe(name: str, setting: str = "auto") -> Path:
     recipe = load_recipe(name, setting)
     folder = recipes_dir() / f"{recipe.name}-{recipe.setting}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=False)
-    package_root = str(Path(__file__).resolve().parents[2])
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
+    env = child_environment()
     with (folder / LOG_FILE).open("a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "opd_lab", "recipe", str(recipe.path), "--setting", recipe.setting,
