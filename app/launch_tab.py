@@ -9,7 +9,8 @@ launches through `opd_lab.runs` (a detached process, no shell).
 `trust_remote_code` is not in the form: only the `--trust-remote-code` flag of
 `opd-lab app` can allow a model's own Python code to run. Nor is `teacher_server`: a
 browser must not make the app send requests to any address it names (a teacher server
-is for `opd-lab train/launch` on the command line).
+is for `opd-lab train/launch` on the command line). Nor is `fsdp`: the app launches
+runs on one process, where sharding has no effect (`opd-lab launch --processes N --fsdp`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config
 from opd_lab.lab import built_lab_tasks
 
 BROWSER_LOCKED = ("trust_remote_code", "teacher_server")
-FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED]
+MULTI_PROCESS_ONLY = ("fsdp",)
+FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED + MULTI_PROCESS_ONLY]
 FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
 # Shown first; every other field goes under "More settings", in declaration order.
 MAIN_FIELDS = ("name", "method", "task", "device", "teacher", "student", "steps", "batch_size",

@@ -50,16 +50,21 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict) -> Path:
+def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict,
+         student_state: dict | None = None) -> Path:
     """Write the checkpoint of `step`: the student (or its LoRA adapter), the tokenizer and
-    `trainer_state` (anything `torch.save` takes); returns its folder."""
+    `trainer_state` (anything `torch.save` takes); returns its folder.
+
+    `student_state`: the student's whole state dict when its own parameters are shards
+    (`sharding.full_model_state`); saved in the same files as an unsharded student's.
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(run_dir, step)
     name = final.name
     partial = root / f".partial-{name}"
     shutil.rmtree(partial, ignore_errors=True)
-    student.save_pretrained(partial)
+    student.save_pretrained(partial, **({"state_dict": student_state} if student_state is not None else {}))
     tokenizer.save_pretrained(partial)
     torch.save(trainer_state, partial / STATE_FILE)
     for file in partial.rglob("*"):

@@ -113,6 +113,11 @@ class RunConfig:
     dtype: str = _field("auto", "Precision of the models' compute: bfloat16 casts the teacher's weights and runs "
                         "the student's forward passes under bfloat16 autocast (its weights and AdamW stay "
                         "float32); auto is bfloat16 on CUDA and float32 elsewhere.", DTYPES)
+    fsdp: bool = _field(False, "With several processes (--processes N): shard the student's weights, gradients and "
+                        "AdamW state across them (torch FSDP2, one unit per decoder layer), for students whose "
+                        "training state does not fit one device. Sampling and evaluation gather the whole "
+                        "student's weights; the teacher stays whole on every process. No effect on one process "
+                        "(opd_lab/sharding.py).")
     trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
 
     def __post_init__(self):

@@ -258,12 +258,33 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# What a backend's error says when a peer vanished in the middle of a collective
+# (gloo: "Connection reset by peer", "Connection closed by peer"; NCCL: "remote process exited").
+PEER_LOSS_SIGNS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "remote process")
+
+
+def lost_peer(error: BaseException, world: World) -> PeerLost | None:
+    """A `PeerLost` for an error of the process group (a peer crashed or was killed during a
+    collective, such as a sharded student's gathering of its weights), else None."""
+    if world.size == 1 or not isinstance(error, RuntimeError) or isinstance(error, PeerLost):
+        return None
+    distributed_error = getattr(torch.distributed, "DistError", ())
+    text = str(error).lower()
+    if isinstance(error, distributed_error) or any(sign in text for sign in PEER_LOSS_SIGNS):
+        return _peer_lost(world, error)
+    return None
+
+
+def _peer_lost(world: World, error: BaseException) -> PeerLost:
+    detail = " ".join(str(error).split())[:200]
+    return PeerLost(f"another of the run's {world.size} training processes stopped answering ({detail}); "
+                    "resume to continue from the last checkpoint")
+
+
 @contextmanager
 def _collective(world: World):
     """Turn the backend's error about a vanished peer into one clear `PeerLost`."""
     try:
         yield
     except RuntimeError as error:
-        detail = " ".join(str(error).split())[:200]
-        raise PeerLost(f"another of the run's {world.size} training processes stopped answering ({detail}); "
-                       "resume to continue from the last checkpoint") from None
+        raise _peer_lost(world, error) from None

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opd_lab import checkpoints, distributed, losses, ownership
+from opd_lab import checkpoints, distributed, losses, ownership, sharding
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.flops import FlopsCounter, count_parameters
@@ -95,6 +95,16 @@ class BatchPart:
     verdicts: list[Verdict]
 
 
+def on_policy_count(config: RunConfig, batch_size: int) -> int:
+    """How many of a step's `batch_size` prompts the student samples: all for RL, none
+    for SFT, `on_policy_fraction` of them for OPD (the rest get teacher-written completions)."""
+    if config.method == "sft":
+        return 0
+    if config.method == "rl":
+        return batch_size
+    return round(config.on_policy_fraction * batch_size)
+
+
 class Trainer:
     """Holds the models, optimizer and counters of one run; `step()` does one update."""
 
@@ -131,11 +141,7 @@ class Trainer:
         self.student.train()
         self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included
         self.student_params = count_parameters(self.student)
-        # The fused AdamW (one kernel over all parameters) where torch has it; the default
-        # for-loop one is 3-4x slower on the CPU for a 135M-parameter student.
-        self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
-                                           lr=config.learning_rate, weight_decay=0.0,
-                                           fused=self.device.type in ("cpu", "cuda") or None)
+        self.optimizer = self._new_optimizer()
         self.prompts = PromptSource(self.task, config.prompt_pool, config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.flops = FlopsCounter()
@@ -143,6 +149,27 @@ class Trainer:
         self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.sft_dataset = (self._teacher_dataset() if config.method == "sft" and config.sft_source == "teacher_dataset"
                             else None)
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the trainable parameters: the fused one (one kernel over all of them)
+        where torch has it; the default for-loop one is 3-4x slower on the CPU for a
+        135M-parameter student."""
+        return torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
+                                 lr=self.config.learning_rate, weight_decay=0.0,
+                                 fused=self.device.type in ("cpu", "cuda") or None)
+
+    def begin(self, state: dict | None) -> None:
+        """Get ready to train: shard the student when the run asks for it (`opd_lab.sharding`;
+        after a checkpoint was loaded into the whole student), then restore `state`, the
+        checkpoint's trainer state (None: from step 0). Every process calls it."""
+        if self.world.size > 1 and sharding.requested(self.config.fsdp):
+            on_count = on_policy_count(self.config, self.config.batch_size)
+            sharding.check_shares({"on-policy": on_count, "teacher-written": self.config.batch_size - on_count},
+                                  self.world.size)
+            sharding.shard(self.student, self.world.size, self.dtype)
+            self.optimizer = self._new_optimizer()  # over the shards
+        if state is not None:
+            self.load_state(state)
 
     # --- one step -----------------------------------------------------------------
 
@@ -211,18 +238,20 @@ class Trainer:
         return rollouts
 
     def _sample_student(self, prompts: list[str], rows: range) -> Rollouts:
-        """The student's rollouts. A LoRA student samples with its adapters merged into the
-        base weights (one matmul per layer instead of three) and is unmerged for training."""
-        if self.lora:
-            self.student.merge_adapter()
-        try:
-            with self._student_precision():
-                return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
-                                temperature=self.config.temperature, generator=self.generator,
-                                row_seeds=self._row_seeds(rows, "student"))
-        finally:
+        """The student's rollouts, sampled by the whole student (a sharded one is gathered
+        for it). A LoRA student samples with its adapters merged into the base weights
+        (one matmul per layer instead of three) and is unmerged for training."""
+        with sharding.gathered(self.student):
             if self.lora:
-                self.student.unmerge_adapter()
+                self.student.merge_adapter()
+            try:
+                with self._student_precision():
+                    return generate(self.student, self.tokenizer, prompts, self.max_new_tokens,
+                                    temperature=self.config.temperature, generator=self.generator,
+                                    row_seeds=self._row_seeds(rows, "student"))
+            finally:
+                if self.lora:
+                    self.student.unmerge_adapter()
 
     def _on_policy_part(self, problems: list[Problem], teacher_view: bool, first_prompt: int = 0) -> BatchPart:
         """Student samples, then the OPD or RL signal on them.
@@ -362,12 +391,7 @@ class Trainer:
         step = self.step_done + 1
         self._set_learning_rate(self.step_done)
         problems = self.prompts.next_batch(config.batch_size)
-        if config.method == "sft":
-            on_count = 0
-        elif config.method == "rl":
-            on_count = len(problems)
-        else:
-            on_count = round(config.on_policy_fraction * len(problems))
+        on_count = on_policy_count(config, len(problems))
         logging = step % config.sample_every == 0 or step == config.steps
         flops_before = self.flops.as_metrics()
         # This process's contiguous share of each part (all of it in a one-process run).
@@ -403,8 +427,9 @@ class Trainer:
             if parts:
                 loss.backward()
         with self._timed("optimizer"):
-            self.world.sum_gradients(trainable)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            if not sharding.is_sharded(self.student):  # a sharded student's backward sums them already
+                self.world.sum_gradients(trainable)
+            grad_norm = sharding.full_norm(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} at step {step}; weights from before this step are kept")
             self.optimizer.step()
@@ -456,23 +481,29 @@ class Trainer:
                 for row in rows]
 
     def evaluate(self) -> dict:
-        result = evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count)
+        """Held-out metrics (`eval/*`), measured by rank 0; the others return {} (they take
+        part only to gather a sharded student). Every process calls it."""
+        with sharding.gathered(self.student):
+            result = (evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count)
+                      if self.world.is_main else None)
         self.student.train()
-        return result.as_metrics()
+        return result.as_metrics() if result is not None else {}
 
     # --- state --------------------------------------------------------------------
 
     def state(self) -> dict:
+        """The trainer state a checkpoint keeps (a collective for a sharded student: every
+        process calls it; its optimizer state is whole on rank 0 only)."""
         return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen,
                 "tokens": self.tokens_seen, "flops": self.flops.as_metrics(),
-                "optimizer": self.optimizer.state_dict(), "prompt_rng": self.prompts.state(),
+                "optimizer": sharding.full_optimizer_state(self.student, self.optimizer), "prompt_rng": self.prompts.state(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
     def load_state(self, state: dict) -> None:
         self.step_done, self.wall_s = state["step"], state["wall_s"]
         self.samples_seen, self.tokens_seen = state["samples"], state["tokens"]
         self.flops = FlopsCounter.from_metrics(state["flops"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.load_optimizer_state(self.student, self.optimizer, state["optimizer"])
         self.prompts.load_state(state["prompt_rng"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -529,16 +560,23 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         config = RunConfig.from_dict(load_config(run_dir))
         trainer = Trainer(config, run_dir, world)
         state = _restore(trainer, run_dir, world)
-        if state is not None:
-            trainer.load_state(state)
+        trainer.begin(state)
+        if main and sharding.is_sharded(trainer.student):
+            local, whole = sharding.weight_bytes(trainer.student)
+            _log(run_dir, f"student sharded across {world.size} processes (FSDP2, one unit per decoder layer): "
+                 f"{local / 2**20:.1f} of its {whole / 2**20:.1f} MiB of weights per process; with gradients "
+                 f"and AdamW's two moments, about {4 * local / 2**20:.1f} MiB of training state each "
+                 f"(whole: {4 * whole / 2**20:.1f} MiB)")
         if main:
             truncate_jsonl(run_dir / METRICS_FILE, trainer.step_done if state is not None else -1)
             truncate_jsonl(run_dir / SAMPLES_FILE, trainer.step_done if state is not None else -1)
-            if not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE)):
+        if world.broadcast(main and not any(row.get("step") == 0 for row in read_jsonl(run_dir / METRICS_FILE))):
+            if main:
                 update_status(run_dir, message="evaluating the starting student")
+            start = trainer.evaluate()
+            if main:
                 append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
-                                                       "perf/wall_s": 0.0, **FlopsCounter().as_metrics(),
-                                                       **trainer.evaluate()}])
+                                                       "perf/wall_s": 0.0, **FlopsCounter().as_metrics(), **start}])
         return _loop(trainer, run_dir, stop_requested, progress)
     except KeyboardInterrupt:  # the second Ctrl-C
         if not main:
@@ -550,6 +588,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
             + (f"the checkpoint of step {checkpoints.step_of(last)}" if last else "step 0")))
         raise
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
+        error = distributed.lost_peer(error, world) or error
         message = (str(error) if isinstance(error, (NonFiniteLoss, distributed.PeerLost))
                    else f"{type(error).__name__}: {error}")
         if not main:  # rank 0 writes the folder; this process's traceback goes to the launcher's output
@@ -628,8 +667,14 @@ def _stopped(run_dir: Path, step: int, when: str) -> str:
 
 
 def _save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
-    """Save the step's checkpoint, then keep only the newest `keep_checkpoints` and the best one."""
-    checkpoints.save(run_dir, trainer.step_done, trainer.student, trainer.tokenizer, trainer.state())
+    """Save the step's checkpoint, then keep only the newest `keep_checkpoints` and the best one.
+    Every process calls it (a sharded student is gathered for it); rank 0 writes."""
+    student_state = sharding.full_model_state(trainer.student)
+    trainer_state = trainer.state()
+    if not trainer.world.is_main:
+        return
+    checkpoints.save(run_dir, trainer.step_done, trainer.student, trainer.tokenizer, trainer_state,
+                     student_state=student_state)
     accuracy_by_step = {row["step"]: row["eval/accuracy"] for row in read_jsonl(run_dir / METRICS_FILE)
                         if isinstance(row.get("eval/accuracy"), (int, float))}
     checkpoints.prune(run_dir, trainer.config.keep_checkpoints, accuracy_by_step)
@@ -666,21 +711,25 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
     while trainer.step_done < config.steps:
         if world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists()):  # asked before this step began
             bar.close()
-            if not main:
-                return "stopped"
-            latest = checkpoints.latest(run_dir)
-            if trainer.step_done and (latest is None or checkpoints.step_of(latest) != trainer.step_done):
+            if world.broadcast(main and _unsaved(trainer, run_dir)):
                 _save_checkpoint(trainer, run_dir)
-            return _stopped(run_dir, trainer.step_done, f"at step {trainer.step_done}")
+            return _stopped(run_dir, trainer.step_done, f"at step {trainer.step_done}") if main else "stopped"
         result = trainer.step()
         step = trainer.step_done
         metrics = result.metrics
-        if main and (step % config.eval_every == 0 or step == config.steps):
+        if step % config.eval_every == 0 or step == config.steps:
             metrics.update(trainer.evaluate())
         reached = world.any(config.stop_at_accuracy > 0
                             and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy)
+        stopping = world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists())
+        # The step's rows first, then its checkpoint: a crash between the two leaves rows
+        # that a resume drops, never a checkpoint without its rows.
         if main:
-            _write_step(trainer, run_dir, result, stop_requested, reached, started_wall, first_step)
+            _write_rows(run_dir, result)
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
+            _save_checkpoint(trainer, run_dir)
+        if main:
+            _write_progress(trainer, run_dir, metrics, started_wall, first_step)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kl=f"{metrics.get('train/reverse_kl', math.nan):.3f}")
         if reached:
@@ -697,16 +746,22 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
     return "finished"
 
 
-def _write_step(trainer: Trainer, run_dir: Path, result: StepResult, stop_requested: dict, reached: bool,
-                started_wall: float, first_step: int) -> None:
-    """Rank 0's writes after a step: metrics, samples, checkpoint, log line and status."""
-    config, step, metrics = trainer.config, trainer.step_done, result.metrics
-    append_jsonl(run_dir / METRICS_FILE, [metrics])
+def _unsaved(trainer: Trainer, run_dir: Path) -> bool:
+    """Whether the trainer has taken steps since the run's newest checkpoint."""
+    latest = checkpoints.latest(run_dir)
+    return bool(trainer.step_done) and (latest is None or checkpoints.step_of(latest) != trainer.step_done)
+
+
+def _write_rows(run_dir: Path, result: StepResult) -> None:
+    """Rank 0's rows of a step: its metrics and logged samples."""
+    append_jsonl(run_dir / METRICS_FILE, [result.metrics])
     if result.logged:
         append_jsonl(run_dir / SAMPLES_FILE, result.logged)
-    stopping = stop_requested["flag"] or (run_dir / STOP_FILE).exists()
-    if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
-        _save_checkpoint(trainer, run_dir)
+
+
+def _write_progress(trainer: Trainer, run_dir: Path, metrics: dict, started_wall: float, first_step: int) -> None:
+    """Rank 0's report of a step, after its checkpoint: the log line and status."""
+    config, step = trainer.config, trainer.step_done
     per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
     if step % LOG_EVERY_STEPS == 0 or "eval/accuracy" in metrics or step == first_step + 1:
         _log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
