@@ -19,9 +19,16 @@ counted as in `opd_lab.flops` (2N per token sampled or scored, 6N per trained to
 
 Needs the benchmark extra: `pip install -e ".[bench]"`. Run (after `opd-lab lab build`):
 
-    OMP_NUM_THREADS=1 python -m bench.vs_trl --pair lab
+    OMP_NUM_THREADS=1 python -m bench.vs_trl --pair lab      # or smollm2 (LoRA), smollm2-full
 
 The last line is the ratio: TRL's median seconds per step / opd-lab's.
+
+Before it, the **ceiling**: the fastest an opd-lab step could possibly be on this
+machine, doing the same work. Every FLOP at the measured matmul peak, and sampling also
+no faster than reading the student's weights once per decode pass at the measured copy
+bandwidth (a decode pass at batch B does 2N*B FLOPs but must stream all 4N bytes of
+fp32 weights). TRL's median over that bound is the largest ratio any engine with these
+numbers (fp32, same batch) could reach against TRL here.
 
 `--memory` measures instead the peak resident memory (RSS) of one step of each side.
 `ru_maxrss` is process-wide and never goes down, and here both sides would share one
@@ -76,6 +83,7 @@ class Pair:
 PAIRS = {
     "lab": Pair("lab", "lab", batch_size=32, max_new_tokens=0),
     "smollm2": Pair("smollm2", "smollm2", batch_size=4, max_new_tokens=64, finetune="lora"),
+    "smollm2-full": Pair("smollm2", "smollm2", batch_size=4, max_new_tokens=64, finetune="full"),
 }
 
 
@@ -97,6 +105,19 @@ def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
+
+
+def copy_bytes_per_s(megabytes: int = 256, repeats: int = 5) -> float:
+    """The best of `repeats` copies of a `megabytes` fp32 tensor, in bytes moved (read + write) per second."""
+    source = torch.randn(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best
 
 
 class StepGate:
@@ -275,14 +296,21 @@ def main(argv: list[str] | None = None) -> None:
         pair, config, problems, opd.max_new_tokens, str(work / "gkd"), args.threads)
 
     peak_before = matmul_flops_per_s()
+    bandwidth = copy_bytes_per_s()
+    # The student's forward passes without gradients are its sampling's decode passes.
+    decode_passes = {"count": 0}
+    opd.student.register_forward_pre_hook(
+        lambda *_: decode_passes.update(count=decode_passes["count"] + (not torch.is_grad_enabled())))
+    passes_per_step = []
     results = {"opd-lab": Timings(), "TRL GKD": Timings()}
     for round_index in range(steps):
         keep = round_index >= args.warmup
         flops_before, tokens_seen_before = opd.flops.as_metrics(), opd.tokens_seen
-        started = time.perf_counter()
+        started, passes_before = time.perf_counter(), decode_passes["count"]
         step = opd.step()
         elapsed = time.perf_counter() - started
         if keep:
+            passes_per_step.append(decode_passes["count"] - passes_before)
             timings = results["opd-lab"]
             timings.seconds.append(elapsed)
             timings.completion_tokens.append(opd.tokens_seen - tokens_seen_before)
@@ -333,6 +361,16 @@ def main(argv: list[str] | None = None) -> None:
     trl_sampling_flops = statistics.median(f["perf/flops_sampling"] for f in results["TRL GKD"].flops)
     print(f"TRL GKD sampling (generate_on_policy_outputs): {trl_sampling:.4f} s  "
           f"{trl_sampling / rows['TRL GKD']['median']:6.1%}  MFU {trl_sampling_flops / trl_sampling / peak:.1%}")
+    flops = {key: statistics.median(f[key] for f in timings.flops)
+             for key in ("perf/flops_sampling", "perf/flops_teacher", "perf/flops_training")}
+    weight_bytes = sum(p.numel() * p.element_size() for p in opd.student.parameters())
+    passes = statistics.median(passes_per_step)
+    sampling_bound = max(flops["perf/flops_sampling"] / peak, passes * weight_bytes / bandwidth)
+    bound = sampling_bound + (flops["perf/flops_teacher"] + flops["perf/flops_training"]) / peak
+    print(f"ceiling: copy bandwidth {bandwidth / 1e9:.1f} GB/s; the fastest possible opd-lab step here is "
+          f"{bound:.4f} s (sampling >= {sampling_bound:.4f} s: {passes:.0f} decode passes x "
+          f"{weight_bytes / 2**20:.1f} MiB of weights, or its FLOPs at peak; teacher and student FLOPs at peak); "
+          f"largest possible ratio TRL/opd-lab: {rows['TRL GKD']['median'] / bound:.2f}x")
     ratios = [g / o for g, o in zip(results["TRL GKD"].seconds, results["opd-lab"].seconds)]
     print(f"paired per-round ratio TRL/opd-lab: median {statistics.median(ratios):.2f} "
           f"[{min(ratios):.2f}-{max(ratios):.2f}]")
