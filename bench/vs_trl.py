@@ -23,12 +23,19 @@ Needs the benchmark extra: `pip install -e ".[bench]"`. Run (after `opd-lab lab 
 
 The last line is the ratio: TRL's median seconds per step / opd-lab's.
 
-Before it, the **ceiling**: the fastest an opd-lab step could possibly be on this
-machine, doing the same work. Every FLOP at the measured matmul peak, and sampling also
-no faster than reading the student's weights once per decode pass at the measured copy
-bandwidth (a decode pass at batch B does 2N*B FLOPs but must stream all 4N bytes of
-fp32 weights). TRL's median over that bound is the largest ratio any engine with these
-numbers (fp32, same batch) could reach against TRL here.
+Before it, two **ceilings**: how fast an opd-lab step could possibly be on this machine,
+doing the same passes (fp32, same batch and lengths). TRL's median over each is the
+largest ratio any engine could reach against TRL here.
+
+- *peak*: every FLOP at the measured 2048x2048 matmul peak, and sampling also no faster
+  than reading the student's weights once per decode pass at the measured copy
+  bandwidth (a decode pass at batch B does 2N*B FLOPs but streams all 4N bytes).
+- *linear layers*: only the models' `nn.Linear` matmuls, timed here at the very shapes
+  of the measured step (hooks record each forward's rows: the prefill, every decode
+  pass with its live rows, the teacher's scoring, the student's training forward),
+  counting a trained pass 3 times (forward, input gradient, weight gradient; 2 for a
+  LoRA student's frozen base). Attention, norms, softmax, the loss and the optimizer
+  are left out, so a real step is slower still.
 
 `--memory` measures instead the peak resident memory (RSS) of one step of each side.
 `ru_maxrss` is process-wide and never goes down, and here both sides would share one
@@ -118,6 +125,40 @@ def copy_bytes_per_s(megabytes: int = 256, repeats: int = 5) -> float:
         target.copy_(source)
         best = min(best, time.perf_counter() - started)
     return 2 * source.numel() * 4 / best
+
+
+class LinearFloor:
+    """The time of a model's `nn.Linear` matmuls alone, at the shapes its forward passes used."""
+
+    def __init__(self, model: torch.nn.Module, repeats: int = 3):
+        self.shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        self.repeats = repeats
+        self._seconds: dict[int, float] = {}
+
+    def seconds(self, rows: int) -> float:
+        """One pass of `rows` rows through every linear layer (best of `repeats`; memoized)."""
+        if rows not in self._seconds:
+            total = 0.0
+            for in_features, out_features in self.shapes:
+                x, weight = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+                x @ weight.T
+                best = float("inf")
+                for _ in range(self.repeats):
+                    started = time.perf_counter()
+                    x @ weight.T
+                    best = min(best, time.perf_counter() - started)
+                total += best
+            self._seconds[rows] = total
+        return self._seconds[rows]
+
+
+def record_rows(model: torch.nn.Module, into: list) -> None:
+    """Append `(rows, with_grad)` for each forward of `model`: rows = batch x positions."""
+    def hook(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            into.append((ids.numel(), torch.is_grad_enabled()))
+    model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 class StepGate:
@@ -297,20 +338,25 @@ def main(argv: list[str] | None = None) -> None:
 
     peak_before = matmul_flops_per_s()
     bandwidth = copy_bytes_per_s()
-    # The student's forward passes without gradients are its sampling's decode passes.
-    decode_passes = {"count": 0}
-    opd.student.register_forward_pre_hook(
-        lambda *_: decode_passes.update(count=decode_passes["count"] + (not torch.is_grad_enabled())))
-    passes_per_step = []
+    # The student's forward passes without gradients are its sampling's prefill and decode passes.
+    student_rows, teacher_rows = [], []
+    record_rows(opd.student, student_rows)
+    record_rows(opd.teacher, teacher_rows)
+    passes_per_step, floors = [], []
+    student_floor, teacher_floor = LinearFloor(opd.student), LinearFloor(opd.teacher)
+    trained_pass = 2 if pair.finetune == "lora" else 3
     results = {"opd-lab": Timings(), "TRL GKD": Timings()}
     for round_index in range(steps):
         keep = round_index >= args.warmup
         flops_before, tokens_seen_before = opd.flops.as_metrics(), opd.tokens_seen
-        started, passes_before = time.perf_counter(), decode_passes["count"]
+        student_rows.clear()
+        teacher_rows.clear()
+        started = time.perf_counter()
         step = opd.step()
         elapsed = time.perf_counter() - started
         if keep:
-            passes_per_step.append(decode_passes["count"] - passes_before)
+            passes_per_step.append(sum(not grad for _, grad in student_rows))
+            floors.append((student_rows[:], teacher_rows[:]))
             timings = results["opd-lab"]
             timings.seconds.append(elapsed)
             timings.completion_tokens.append(opd.tokens_seen - tokens_seen_before)
@@ -367,10 +413,21 @@ def main(argv: list[str] | None = None) -> None:
     passes = statistics.median(passes_per_step)
     sampling_bound = max(flops["perf/flops_sampling"] / peak, passes * weight_bytes / bandwidth)
     bound = sampling_bound + (flops["perf/flops_teacher"] + flops["perf/flops_training"]) / peak
-    print(f"ceiling: copy bandwidth {bandwidth / 1e9:.1f} GB/s; the fastest possible opd-lab step here is "
-          f"{bound:.4f} s (sampling >= {sampling_bound:.4f} s: {passes:.0f} decode passes x "
+    print(f"ceiling (peak): copy bandwidth {bandwidth / 1e9:.1f} GB/s; the fastest possible opd-lab step here is "
+          f"{bound:.4f} s (sampling >= {sampling_bound:.4f} s: {passes:.0f} passes x "
           f"{weight_bytes / 2**20:.1f} MiB of weights, or its FLOPs at peak; teacher and student FLOPs at peak); "
           f"largest possible ratio TRL/opd-lab: {rows['TRL GKD']['median'] / bound:.2f}x")
+    floor_parts = []
+    for student_passes, teacher_passes in floors:
+        sampling = sum(student_floor.seconds(n) for n, grad in student_passes if not grad)
+        training = trained_pass * sum(student_floor.seconds(n) for n, grad in student_passes if grad)
+        teacher = sum(teacher_floor.seconds(n) for n, _ in teacher_passes)
+        floor_parts.append((sampling, teacher, training))
+    sampling, teacher, training = (statistics.median(part[i] for part in floor_parts) for i in range(3))
+    floor = sampling + teacher + training
+    print(f"ceiling (linear layers at the step's shapes): {floor:.4f} s per step (sampling {sampling:.4f}, "
+          f"teacher {teacher:.4f}, student {training:.4f}); largest possible ratio TRL/opd-lab: "
+          f"{rows['TRL GKD']['median'] / floor:.2f}x")
     ratios = [g / o for g, o in zip(results["TRL GKD"].seconds, results["opd-lab"].seconds)]
     print(f"paired per-round ratio TRL/opd-lab: median {statistics.median(ratios):.2f} "
           f"[{min(ratios):.2f}-{max(ratios):.2f}]")
