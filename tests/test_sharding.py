@@ -119,3 +119,20 @@ def test_a_sharded_run_that_loses_a_process_fails_and_resumes_sharded_then_on_on
     assert trainer.step_done == status["step"]
     result = trainer.step()
     assert torch.isfinite(result.loss) and trainer.step_done == status["step"] + 1
+
+
+def test_a_sharded_lora_student_saves_its_adapter_and_resumes_on_one_process(lab_home):
+    result = _train(2, "fslora", lab_home[0], ["--fsdp", "--finetune", "lora"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = _only_run("fslora")
+    latest = checkpoints.latest(run_dir)
+    assert (latest / "adapter_model.safetensors").exists() and not (latest / "model.safetensors").exists()
+    config = RunConfig.from_dict(load_config(run_dir))
+    trainer = Trainer(config, run_dir)
+    untrained = {name: p.detach().clone() for name, p in trainer.student.named_parameters() if p.requires_grad}
+    trainer.begin(checkpoints.restore(latest, trainer.student, trainer.lora))
+    restored = {name: p.detach() for name, p in trainer.student.named_parameters() if p.requires_grad}
+    assert restored.keys() == untrained.keys()
+    # LoRA's B matrices start at zero: after 4 sharded steps every adapter weight has moved.
+    assert all(not torch.equal(restored[name], untrained[name]) for name in restored)
+    assert trainer.step_done == 4 and torch.isfinite(trainer.step().loss)
