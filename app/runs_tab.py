@@ -15,7 +15,7 @@ from opd_lab import plots, runs
 from opd_lab.lab import lab_summary
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
                                 log_tail)
-from opd_lab.train import PHASES
+from opd_lab.trainer import PHASES
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
 REFRESH_SECONDS = 2.0

@@ -2,8 +2,9 @@
 
 The machine is shared and its speed drifts, so the two engines run in one process, one
 thread, strictly alternating (base, current, base, current, ...), and only their paired
-ratio is meaningful. The base engine is `opd_lab/train.py`, `generation.py` (the sampler)
-and `losses.py` as they were at `--base` (loaded under other module names); everything
+ratio is meaningful. The base engine is `opd_lab/trainer.py` (`train.py` before the
+Trainer had a module of its own), `generation.py` (the sampler), `losses.py` and
+`sharding.py` (where it exists) as they were at `--base` (loaded under other module names); everything
 else (models, configs, tasks) is this checkout's, so the comparison isolates the changes
 to the training step.
 
@@ -34,16 +35,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # The modules of the step, loaded from `--base` in this order (each one's imports of the
-# earlier ones are pointed at their base versions).
-ENGINE_MODULES = ("losses", "generation", "train")
+# earlier ones are pointed at their base versions); the last one holds `Trainer`.
+ENGINE_MODULES = ("losses", "generation", "sharding", "trainer")
+
+
+def _exists(revision: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{revision}:{path}"], cwd=REPO,
+                          capture_output=True).returncode == 0
 
 
 def load_base_engine(revision: str):
-    """`opd_lab.train` as it was at `revision`, with the sampler (`generation`) and the
-    losses of that revision too, imported as separate modules."""
+    """The module holding `Trainer` as it was at `revision` (`opd_lab.trainer`, or
+    `opd_lab.train` before it), with that revision's sampler, losses and sharding too,
+    imported as separate modules."""
     folder = Path(tempfile.mkdtemp(prefix="opd-base-"))
     loaded = {}
-    for name in ENGINE_MODULES:
+    names = [name for name in ENGINE_MODULES if _exists(revision, f"opd_lab/{name}.py")]
+    if "trainer" not in names:
+        names.append("train")
+    for name in names:
         source = subprocess.run(["git", "show", f"{revision}:opd_lab/{name}.py"], cwd=REPO, check=True,
                                 capture_output=True, text=True).stdout
         path = folder / f"{name}_base.py"
@@ -59,7 +69,7 @@ def load_base_engine(revision: str):
                 elif getattr(value, "__module__", None) == f"opd_lab.{earlier}" and hasattr(base, attribute):
                     setattr(module, attribute, getattr(base, attribute))
         loaded[name] = module
-    return loaded["train"]
+    return loaded[names[-1]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from opd_lab import train as current_engine
+    from opd_lab import trainer as current_engine
 
     base_engine = load_base_engine(args.base)
     # sample_every and eval_every far away: the steps timed are ordinary training steps.

@@ -17,7 +17,7 @@ from opd_lab import checkpoints, runs, sharding
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.ownership import is_owned
 from opd_lab.run_folder import load_config, load_metrics, load_status, log_tail
-from opd_lab.train import Trainer
+from opd_lab.trainer import Trainer
 from waiting import wait_for
 
 FLAGS = ["--batch-size", "4", "--eval-count", "8", "--sample-every", "1", "--samples-to-log", "2",

@@ -158,7 +158,7 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_checkpoint(lab_home, monkey
 
 def test_dtype_auto_keeps_the_cpu_in_float32_and_picks_bfloat16_on_cuda(lab_home, tmp_path):
     from opd_lab.models import pick_dtype
-    from opd_lab.train import Trainer
+    from opd_lab.trainer import Trainer
 
     assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
