@@ -1,7 +1,8 @@
 """Data-parallel training: which process this is, and the few collectives the engine needs.
 
 One run can train on N processes (N GPUs, or N CPU processes talking over gloo). Every
-process holds the whole student and the whole teacher, draws the same global batch of
+process holds the whole student (or, with `fsdp`, its 1/N share: `opd_lab.sharding`)
+and the whole teacher, draws the same global batch of
 prompts (the prompt source is seeded the same everywhere) and works on its own
 contiguous share of it (`World.shard`): it samples, asks the teacher, and backpropagates
 its share. Then:
