@@ -78,8 +78,9 @@ def shard(model: torch.nn.Module, processes: int, dtype: torch.dtype = torch.flo
     """Shard `model` in place across the process group's `processes` processes; returns it.
 
     One FSDP unit per decoder layer and one for the rest (embeddings, final norm, head).
-    Gradients are summed across processes (divide factor 1, reduced with a plain sum). Under bfloat16 the gathered
-    weights are cast for the forward and gradients are reduced in float32.
+    Gradients are summed across processes (divide factor 1, reduced with a plain sum).
+    Under bfloat16 the gathered weights are cast for the forward and gradients are
+    reduced in float32.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -246,12 +246,12 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
             metrics.update(trainer.evaluate())
         reached = world.any(config.stop_at_accuracy > 0
                             and metrics.get("eval/accuracy", -1.0) >= config.stop_at_accuracy)
-        stopping = world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists())
         # The step's rows first, then its checkpoint: a crash between the two leaves rows
         # that a resume drops, never a checkpoint without its rows.
         if main:
             _write_rows(run_dir, result)
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping or reached:
+        # A stop asked for during this step is saved by the check at the top of the loop.
+        if step % config.checkpoint_every == 0 or step == config.steps or reached:
             _save_checkpoint(trainer, run_dir)
         if main:
             _write_progress(trainer, run_dir, metrics, started_wall, first_step)
