@@ -13,9 +13,8 @@ from app.state import error_text, forget_runs_list, format_accuracy, format_dura
 from app.users import check_may_act
 from opd_lab import plots, runs
 from opd_lab.lab import lab_summary
-from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
-                                log_tail)
-from opd_lab.trainer import PHASES
+from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, PHASES, STATUS_FILE, launcher_of, load_config,
+                                load_metrics, log_tail)
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
 REFRESH_SECONDS = 2.0

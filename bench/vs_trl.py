@@ -71,7 +71,8 @@ from opd_lab.flops import count_parameters
 from opd_lab.models import load_pair
 from opd_lab.prompt_source import PromptSource
 from opd_lab.tasks import get_task
-from opd_lab.trainer import PHASES, Trainer
+from opd_lab.run_folder import PHASES
+from opd_lab.trainer import Trainer
 
 # One template that renders the bare prompt, for tokenizers without one (the lab's):
 # opd-lab feeds such models the prompt as it is, and GKD's collator needs a template.

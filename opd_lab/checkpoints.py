@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from opd_lab.models import check_pair_compatible, load_model
-from opd_lab.run_folder import CHECKPOINTS_DIR, RunError, fsync_directory, write_text_atomic
+from opd_lab.files import fsync_directory, write_text_atomic
+from opd_lab.run_folder import CHECKPOINTS_DIR, RunError
 
 STATE_FILE = "trainer_state.pt"
 LATEST_FILE = "latest"

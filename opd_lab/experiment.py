@@ -37,7 +37,8 @@ from opd_lab import report
 from opd_lab.compare import arm_overrides
 from opd_lab.config import RunConfig
 from opd_lab.paths import data_dir
-from opd_lab.run_folder import load_metrics, read_json, write_json_atomic
+from opd_lab.files import read_json, write_json_atomic
+from opd_lab.run_folder import load_metrics
 from opd_lab.scenarios import Scenario, get_scenario
 
 REPORT_FILE = "report.json"

@@ -40,7 +40,7 @@ from opd_lab.generation import forward_logits, rollouts_from_texts, target_logpr
 from opd_lab.losses import cross_entropy_loss
 from opd_lab.models import LabModelSize, build_lab_model
 from opd_lab.paths import data_dir, lab_dir
-from opd_lab.run_folder import read_json, write_json_atomic
+from opd_lab.files import read_json, write_json_atomic
 from opd_lab.tasks import DEFAULT_TASK, Problem, get_task
 from opd_lab.tokenizer import build_char_tokenizer
 

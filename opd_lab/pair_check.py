@@ -261,7 +261,7 @@ def task_of_specs(teacher: str, student: str) -> str:
     lab (the student's first), else the default task."""
     from opd_lab.lab import SUMMARY_FILE
     from opd_lab.paths import lab_dir
-    from opd_lab.run_folder import read_json
+    from opd_lab.files import read_json
 
     for spec in (student, teacher):
         if spec.startswith("lab:") and spec[len("lab:"):]:

@@ -19,7 +19,8 @@ from plotly.subplots import make_subplots
 from opd_lab import report
 from opd_lab.plot_style import method_color
 from opd_lab.plots import metric_points
-from opd_lab.run_folder import load_metrics, read_json
+from opd_lab.files import read_json
+from opd_lab.run_folder import load_metrics
 
 ARM_COLORS = {"opd-full": "#7c3aed"}
 

@@ -1,11 +1,21 @@
-"""The run folder: every file of a run, created, written, read and listed here only.
+"""The run folder: every file of a run, its names and its protocol, created, written, read and listed here only.
 
 A run folder (docs/run-folder.md) holds the config, the status, metrics and samples
-as JSON lines, the log and the checkpoints (`opd_lab.checkpoints`). Only plain files:
-writes are atomic (write to a temporary file, fsync it, then rename) or append-only
-and fsynced, so a run killed at any instant, or a machine that loses power, leaves
-readable files behind. A file that is unreadable all the same (edited by hand, a full
-disk) raises `UnreadableFile` naming it; listings report such a run and go on.
+as JSON lines, the log and the checkpoints (`opd_lab.checkpoints`). Files are written
+durably (`opd_lab.files`), so a run killed at any instant leaves readable files behind;
+a run's JSON file that is unreadable all the same raises `UnreadableFile` (a `RunError`)
+naming it, and listings report such a run and go on.
+
+This module also owns the folder's two small protocols and the metrics schema:
+
+- **stop**: `ask_to_stop` leaves a STOP file; the training loop polls `stop_asked` before
+  each step and `clear_stop` removes the file when the run stops, finishes or is
+  launched again;
+- **log**: the training process writes `log.txt` (`open_log`, `append_log`); readers
+  take its end with `log_tail`;
+- **metrics**: the phases a step is timed in (`PHASES`, `perf/time_<phase>`) and the
+  metrics that are means over rows rather than tokens (`ROW_MEAN_METRICS`).
+
 Processes (launch, stop, resume, the run limit) are `opd_lab.runs`, and who owns a
 run is `opd_lab.ownership`; this module never starts a process.
 
@@ -19,14 +29,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from opd_lab import files
 from opd_lab.config import RUN_ID_MAX_LENGTH, RunConfig, run_id_problem
+from opd_lab.files import read_json, read_jsonl, write_json_atomic
 from opd_lab.paths import runs_dir
 
 CONFIG_FILE = "config.json"
@@ -40,104 +50,33 @@ LAUNCHED_BY_FILE = "launched_by.json"
 CHECKPOINTS_DIR = "checkpoints"
 LOG_LINES = 30
 
+# The phases of a step timed into `perf/time_<phase>` (seconds of that step; docs/run-folder.md).
+PHASES = ("sampling", "teacher", "student", "optimizer")
+
+# Metrics that are means over rows (samples); the others are means over completion
+# tokens. Processes of a data-parallel run combine them with these weights.
+ROW_MEAN_METRICS = ("train/reward", "train/accuracy", "train/completion_len", "train/zero_advantage_fraction")
+
 
 class RunError(ValueError):
     """A request about runs that cannot be done (unknown run, bad name, too many runs...)."""
 
 
-class UnreadableFile(RunError):
+class UnreadableFile(RunError, files.UnreadableFile):
     """A run's JSON file exists but cannot be read or parsed; the message names it."""
 
 
-def fsync_directory(path: str | os.PathLike) -> None:
-    """Make a rename or a new file inside `path` survive a power loss."""
-    fd = os.open(path, os.O_RDONLY)
+def _read_json(path: Path, default: Any = None) -> Any:
+    """`files.read_json` for a run's own files: an unreadable one is a `RunError` too."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers, even after a crash, see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as JSON to `path` so that readers never see a half-written file."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """Read a JSON file; `default` if it does not exist.
-
-    Raises:
-        UnreadableFile: the file exists but cannot be read or is not valid JSON.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return default
-    except (OSError, UnicodeDecodeError) as error:
-        raise UnreadableFile(f"{path}: cannot be read ({error})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UnreadableFile(f"{path}: not valid JSON ({error}); fix or delete the file") from None
-
-
-def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Append rows to a JSON-lines file and flush them to disk."""
-    with Path(path).open("a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file. A torn last line (a process killed mid-write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
-    """Keep only rows with `step <= max_step` (used when a run resumes from a checkpoint)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = [row for row in read_jsonl(path) if row.get("step", 0) <= max_step]
-    write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
+        return read_json(path, default=default)
+    except files.UnreadableFile as error:
+        raise UnreadableFile(str(error)) from None
 
 
 def load_config(run_dir: str | os.PathLike) -> dict:
     """The run's config as a plain dict."""
-    return read_json(Path(run_dir).expanduser() / CONFIG_FILE, default={})
+    return _read_json(Path(run_dir).expanduser() / CONFIG_FILE, default={})
 
 
 def record_launcher(run_dir: str | os.PathLike, user: str) -> None:
@@ -147,14 +86,14 @@ def record_launcher(run_dir: str | os.PathLike, user: str) -> None:
 
 def launcher_of(run_dir: str | os.PathLike) -> str | None:
     """Who launched the run from the app with a login, or None (no login, or the command line)."""
-    data = read_json(Path(run_dir).expanduser() / LAUNCHED_BY_FILE, default={})
+    data = _read_json(Path(run_dir).expanduser() / LAUNCHED_BY_FILE, default={})
     user = data.get("user") if isinstance(data, dict) else None
     return user if isinstance(user, str) and user else None
 
 
 def load_status(run_dir: str | os.PathLike) -> dict:
     """The run's status dict (see docs/run-folder.md)."""
-    return read_json(Path(run_dir).expanduser() / STATUS_FILE, default={})
+    return _read_json(Path(run_dir).expanduser() / STATUS_FILE, default={})
 
 
 def load_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -205,13 +144,41 @@ def update_status(run_dir: str | Path, **fields) -> dict:
     """
     path = Path(run_dir) / STATUS_FILE
     try:
-        status = read_json(path, default={}) or {}
+        status = _read_json(path, default={}) or {}
     except UnreadableFile:
         status = {}
     status.update(fields)
     status["updated_at"] = time.time()
     write_json_atomic(path, status)
     return status
+
+
+# --- stop and log -------------------------------------------------------------------------
+
+def ask_to_stop(run_dir: str | os.PathLike) -> None:
+    """Ask the run's training process to stop after its current step (it polls `stop_asked`)."""
+    (Path(run_dir) / STOP_FILE).touch()
+
+
+def stop_asked(run_dir: str | os.PathLike) -> bool:
+    """Whether a stop is pending for the run."""
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+def clear_stop(run_dir: str | os.PathLike) -> None:
+    """Forget a pending stop (the run stopped, finished, or is launched again)."""
+    (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+
+
+def open_log(run_dir: str | os.PathLike):
+    """The run's log.txt opened for appending (a launched process's stdout and stderr)."""
+    return (Path(run_dir) / LOG_FILE).open("a", encoding="utf-8")
+
+
+def append_log(run_dir: str | os.PathLike, text: str) -> None:
+    """Add `text` to the run's log as whole lines."""
+    with open_log(run_dir) as log:
+        log.write(text.rstrip("\n") + "\n")
 
 
 def log_tail(run_dir: str | os.PathLike, lines: int = LOG_LINES) -> str:
@@ -224,8 +191,9 @@ def log_tail(run_dir: str | os.PathLike, lines: int = LOG_LINES) -> str:
         size = handle.tell()
         handle.seek(max(0, size - 200 * lines))
         text = handle.read().decode("utf-8", errors="replace")
-    # tqdm bars redraw with carriage returns; keep each line's last state.
-    shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    # tqdm bars redraw with carriage returns; keep each line's last state (splitlines()
+    # would split at every "\r" and keep every state).
+    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]
     return "\n".join(shown[-lines:])
 
 

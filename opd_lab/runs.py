@@ -38,8 +38,8 @@ from opd_lab import ownership
 from opd_lab.config import RunConfig
 from opd_lab.paths import child_environment, data_dir, runs_dir
 from opd_lab.preflight import check_run_inputs
-from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
-                                update_status)
+from opd_lab.run_folder import (LOG_FILE, RunError, UnreadableFile, ask_to_stop, clear_stop, load_status, run_folders,
+                                run_row, stop_asked, update_status)
 
 ACTIVE_STATES = ("queued", "running")
 WAITING = "waiting"  # in the queue for a free place under the run limit; no process yet
@@ -75,7 +75,7 @@ def status_of(run_dir: str | Path) -> dict:
     if status.get("state") not in ACTIVE_STATES:
         return status
     if _owner_alive(run_dir, status):
-        if (run_dir / STOP_FILE).exists():
+        if stop_asked(run_dir):
             status = {**status, "message": "stop requested: stopping after the current step"}
         return status
     try:  # mark it failed as its owner, so no launch starting now is overwritten
@@ -190,7 +190,7 @@ def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, on
             if only_waiting and _state(run_dir) != WAITING:  # started, stopped or deleted meanwhile
                 raise RunError(f"run {run_dir.name} is no longer waiting")
             check_capacity(1, limit, exclude=run_dir)
-            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            clear_stop(run_dir)
             if processes is None:
                 processes = int((load_status(run_dir) or {}).get("processes") or 1)
             return _spawn(run_dir, owner, limit, processes)
@@ -365,7 +365,7 @@ def request_stop(run_dir: str | Path) -> str:
         status = status_of(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return f"run {run_dir.name} is not running ({status.get('state')})"
-    (run_dir / STOP_FILE).touch()
+    ask_to_stop(run_dir)
     return f"stop requested for {run_dir.name}"
 
 
@@ -391,7 +391,7 @@ def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
     if _state(run_dir) == "finished":
         owner.release()
         raise RunError(f"run {run_dir.name} has finished all its steps")
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(run_dir)
     return owner
 
 

@@ -26,8 +26,9 @@ from opd_lab.distributed import World
 from opd_lab.flops import FlopsCounter
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
-from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, STOP_FILE, RunError, append_jsonl,
-                                load_config, load_status, read_jsonl, truncate_jsonl, update_status)
+from opd_lab.files import append_jsonl, read_jsonl, truncate_jsonl
+from opd_lab.run_folder import (METRICS_FILE, SAMPLES_FILE, RunError, append_log, clear_stop, load_config, load_status,
+                                stop_asked, update_status)
 from opd_lab.trainer import NonFiniteLoss, StepResult, Trainer
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
@@ -80,7 +81,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         if main:  # what a resume starts again by default (runs.resume)
             update_status(run_dir, processes=world.size,
                           rank_pids=[pid for pid, _ in identities] if world.launched else None)
-        if world.any((run_dir / STOP_FILE).exists()):  # stopped while queued: never start
+        if world.any(stop_asked(run_dir)):  # stopped while queued: never start
             return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started") if main else "stopped"
         config = RunConfig.from_dict(load_config(run_dir))
         trainer = Trainer(config, run_dir, world)
@@ -88,7 +89,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         trainer.begin(state)
         if main and sharding.is_sharded(trainer.student):
             local, whole = sharding.weight_bytes(trainer.student)
-            _log(run_dir, f"student sharded across {world.size} processes (FSDP2, one unit per decoder layer): "
+            append_log(run_dir, f"student sharded across {world.size} processes (FSDP2, one unit per decoder layer): "
                  f"{local / 2**20:.1f} of its {whole / 2**20:.1f} MiB of weights per process; with gradients "
                  f"and AdamW's two moments, about {4 * local / 2**20:.1f} MiB of training state each "
                  f"(whole: {4 * whole / 2**20:.1f} MiB)")
@@ -133,7 +134,7 @@ def _restore(trainer: Trainer, run_dir: Path, world: World) -> dict | None:
     state = None
     if world.is_main:
         state = checkpoints.restore_newest(run_dir, trainer.student, trainer.lora,
-                                           warn=lambda text: _log(run_dir, text))
+                                           warn=lambda text: append_log(run_dir, text))
     step = world.broadcast(None if state is None else state["step"])
     if not world.is_main and step is not None:
         state = checkpoints.restore(checkpoints.checkpoint_path(run_dir, step), trainer.student, trainer.lora)
@@ -154,11 +155,6 @@ def _install_stop_handlers(stop_requested: dict) -> dict:
     return previous
 
 
-def _log(run_dir: Path, text: str) -> None:
-    with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
-        log.write(text.rstrip("\n") + "\n")
-
-
 def _status_step(run_dir: Path) -> int:
     try:
         return load_status(run_dir).get("step", 0)
@@ -172,7 +168,7 @@ def _record_failure(run_dir: Path, state: str, step: int, message: str, trace: s
     error, instead of letting a second error hide the first."""
     try:
         if trace:
-            _log(run_dir, trace)
+            append_log(run_dir, trace)
         update_status(run_dir, state=state, message=message, step=step, pid=None)
     except OSError as error:
         print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error})",
@@ -186,7 +182,7 @@ def _in_main_thread() -> bool:
 
 
 def _stopped(run_dir: Path, step: int, when: str) -> str:
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(run_dir)
     update_status(run_dir, state="stopped", message=f"stopped {when}; resume to continue", pid=None)
     return "stopped"
 
@@ -234,7 +230,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
     started_wall = trainer.wall_s
     first_step = trainer.step_done
     while trainer.step_done < config.steps:
-        if world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists()):  # asked before this step began
+        if world.any(stop_requested["flag"] or stop_asked(run_dir)):  # asked before this step began
             bar.close()
             if world.broadcast(main and _unsaved(trainer, run_dir)):
                 _save_checkpoint(trainer, run_dir)
@@ -264,7 +260,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         return "finished"
     final = read_jsonl(run_dir / METRICS_FILE)[-1].get("eval/accuracy")
     early = trainer.step_done < config.steps
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(run_dir)
     update_status(run_dir, state="finished", eta_s=0, pid=None,
                   message=f"finished {trainer.step_done} steps" + (" (reached the target accuracy)" if early else "")
                   + (f", held-out accuracy {final:.1%}" if final is not None else ""))
@@ -289,7 +285,7 @@ def _write_progress(trainer: Trainer, run_dir: Path, metrics: dict, started_wall
     config, step = trainer.config, trainer.step_done
     per_step = (trainer.wall_s - started_wall) / max(1, step - first_step)
     if step % LOG_EVERY_STEPS == 0 or "eval/accuracy" in metrics or step == first_step + 1:
-        _log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
+        append_log(run_dir, training_line(metrics, config.steps, 1.0 / per_step if per_step > 0 else 0.0))
     update_status(run_dir, step=step, eta_s=round(per_step * (config.steps - step), 1),
                   message=f"loss {metrics['train/loss']:.4f}"
                   + (f", held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics else ""))

@@ -36,21 +36,15 @@ from opd_lab.config import RunConfig
 from opd_lab.distributed import World
 from opd_lab.eval import evaluate
 from opd_lab.feedback import token_records
+from opd_lab.files import read_jsonl, write_text_atomic
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
                             pick_device, pick_dtype, wrap_lora)
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import SFT_DATASET_FILE, read_jsonl, write_text_atomic
+from opd_lab.run_folder import PHASES, ROW_MEAN_METRICS, SFT_DATASET_FILE
 from opd_lab.tasks import Problem, Verdict, get_task
 from opd_lab.teacher_scoring import InProcessTeacher, TeacherScores, VllmTeacher
-
-# The phases of a step timed into `perf/time_<phase>` (seconds of that step; docs/run-folder.md).
-PHASES = ("sampling", "teacher", "student", "optimizer")
-
-# Batch-part metrics that are means over rows (samples); the others are means over
-# completion tokens. Processes of a data-parallel run combine them with these weights.
-ROW_MEAN_METRICS = ("train/reward", "train/accuracy", "train/completion_len", "train/zero_advantage_fraction")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -14,7 +14,8 @@ import math
 import random
 from pathlib import Path
 
-from opd_lab.run_folder import CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE, append_jsonl, write_json_atomic
+from opd_lab.files import append_jsonl, write_json_atomic
+from opd_lab.run_folder import CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE
 
 HOSTILE_TEXTS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a&b", "'quote'")
 

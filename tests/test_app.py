@@ -300,7 +300,8 @@ def test_inspect_shows_a_logged_sample(runs_root):
 
 def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_root):
     from app import inspect_tab
-    from opd_lab.run_folder import SAMPLES_FILE, append_jsonl
+    from opd_lab.files import append_jsonl
+    from opd_lab.run_folder import SAMPLES_FILE
     from synthetic_runs import make_tokens
 
     make_run(runs_root, "side-opd", method="opd", steps=20, sample_every=10)
@@ -676,7 +677,8 @@ def test_playground_legend_names_each_colouring_once():
 def test_run_summary_shows_where_the_step_time_went(runs_root):
     from app.runs_tab import phase_split, run_summary
     from app.state import run_dir_of
-    from opd_lab.run_folder import METRICS_FILE, append_jsonl
+    from opd_lab.files import append_jsonl
+    from opd_lab.run_folder import METRICS_FILE
 
     make_run(runs_root, "split-demo", method="opd", steps=2)
     run_dir = run_dir_of("split-demo")

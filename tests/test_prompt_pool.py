@@ -6,7 +6,8 @@ import pytest
 
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import SFT_DATASET_FILE, load_metrics, load_status, read_jsonl
+from opd_lab.files import read_jsonl
+from opd_lab.run_folder import SFT_DATASET_FILE, load_metrics, load_status
 from opd_lab.tasks import get_task
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.paths import data_dir
-from opd_lab.run_folder import read_json, write_json_atomic, write_text_atomic
+from opd_lab.files import read_json, write_json_atomic, write_text_atomic
 
 RECIPE_DIR = Path(__file__).parent
 RECIPES = ("continual-learning", "prune-distill")

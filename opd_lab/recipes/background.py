@@ -22,7 +22,7 @@ from pathlib import Path
 from opd_lab import ownership
 from opd_lab.paths import child_environment, data_dir
 from opd_lab.recipes import STATE_FILE, load_recipe
-from opd_lab.run_folder import read_json, write_json_atomic
+from opd_lab.files import read_json, write_json_atomic
 
 LOG_FILE = "recipe.log"
 PROCESS_FILE = "process.json"
