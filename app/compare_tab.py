@@ -17,7 +17,7 @@ from app.users import record
 from opd_lab import plots, run_comparison, runs
 from opd_lab.compare import method_configs
 from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
-from opd_lab.lab import lab_summary
+from opd_lab.lab import lab_summary_of
 from opd_lab.run_folder import load_config
 
 X_CHOICES = list(plots.X_AXES)
@@ -31,13 +31,22 @@ INTRO = ("**Compare runs.** Choose runs, an x-axis and a metric: curves are colo
 
 
 def _lab_accuracies(run_dirs) -> tuple[float | None, float | None, str]:
-    """(base student, teacher) held-out accuracy of the runs' lab, and a note when there are none."""
-    tasks = sorted({str(load_config(run_dir).get("task")) for run_dir in run_dirs})
-    if len(tasks) != 1:
+    """(base student, teacher) held-out accuracy of the runs' lab, and a note when there are none.
+
+    The lab is the one the runs' teacher names (`lab` is the task's lab, `lab:NAME` is NAME).
+    """
+    configs = [load_config(run_dir) for run_dir in run_dirs]
+    pairs = sorted({(str(c.get("teacher", "lab")), str(c.get("task"))) for c in configs})
+    if len({task for _, task in pairs}) != 1:
+        tasks = sorted({task for _, task in pairs})
         return None, None, f"The runs use different tasks ({', '.join(tasks)}): compare runs of one task."
-    summary = lab_summary(tasks[0])
+    if len(pairs) != 1:
+        return None, None, (f"The runs have different teachers ({', '.join(t for t, _ in pairs)}): "
+                            "compare runs of one teacher.")
+    teacher, task = pairs[0]
+    summary = lab_summary_of(teacher, task)
     if summary is None:
-        return None, None, f"No built lab for task {tasks[0]!r}, so no teacher accuracy to aim at."
+        return None, None, f"The teacher {teacher!r} is not a built lab, so there is no teacher accuracy to aim at."
     return summary["student"]["accuracy"], summary["teacher"]["accuracy"], ""
 
 

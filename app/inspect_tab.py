@@ -25,10 +25,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.playground_tab import (CHECKPOINT_PREFIX, COLOR_CHOICES, DEFAULT_COLOR, color_legend, pen_choices, pen_panel,
-                                red_pen, scale_of)
+from app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, color_legend, pen_choices, pen_panel, red_pen,
+                                scale_of)
 from app.state import error_text, run_dir_of, run_ids
-from opd_lab import plots_kl, runs, tokenview
+from opd_lab import model_spec, plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
 from opd_lab.run_folder import load_samples, sample_steps
 
@@ -152,7 +152,7 @@ def inspect_red_pen(run_id: str, step, index, position, replacement: str, color_
         checkpoint, student = pen_student(run_dir_of(run_id), int(step))
     except runs.RunError as error:
         return "", error_text(error)
-    view, verdict = red_pen(f"{CHECKPOINT_PREFIX}{run_id}/{checkpoint.name}", sample.get("prompt", ""),
+    view, verdict = red_pen(model_spec.checkpoint_spec(run_id, checkpoint.name), sample.get("prompt", ""),
                             sample.get("tokens", []), position, replacement, color_by, trust_remote_code, locked)
     if verdict.startswith("**Error:**"):
         return view, verdict

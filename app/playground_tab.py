@@ -13,18 +13,16 @@ from __future__ import annotations
 import gradio as gr
 
 from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
-from opd_lab import feedback, runs, tokenview
+from opd_lab import feedback, model_spec, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.lab import built_lab_tasks
+from opd_lab.lab import built_lab_tasks, lab_summary
 from opd_lab.models import ModelLoadError, load_pair
 from opd_lab.run_folder import load_config
 from opd_lab.generation import generate
 from opd_lab.tasks import DEFAULT_TASK, get_task
 from opd_lab.tasks.base import Problem
 
-LAB_PREFIX = "lab:"
-CHECKPOINT_PREFIX = "run:"
 STUDENT_TITLE = "the student's answer"
 EDITED_TITLE = "this completion, as the teacher sees it"
 CACHE = ModelCache(capacity=2)  # up to two student/teacher pairs
@@ -51,7 +49,7 @@ def scale_of(locked: bool) -> float | None:
 
 def model_choices() -> list[tuple[str, str]]:
     """(label, value) of every student the playground can load: lab base students, then checkpoints."""
-    choices = [(f"base student of the {task} lab", LAB_PREFIX + task) for task in built_lab_tasks()]
+    choices = [(f"base student of the {task} lab", model_spec.lab_spec(task)) for task in built_lab_tasks()]
     for run_id in run_ids():
         try:
             run_dir = run_dir_of(run_id)
@@ -59,7 +57,7 @@ def model_choices() -> list[tuple[str, str]]:
             continue
         for checkpoint in reversed(checkpoint_dirs(run_dir)):
             step = int(checkpoint.name.rsplit("_", 1)[-1])
-            choices.append((f"{run_id} at step {step}", f"{CHECKPOINT_PREFIX}{run_id}/{checkpoint.name}"))
+            choices.append((f"{run_id} at step {step}", model_spec.checkpoint_spec(run_id, checkpoint.name)))
     return choices
 
 
@@ -71,15 +69,20 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
     """
     if not isinstance(choice, str) or not choice:
         raise runs.RunError("choose a student model")
-    if choice.startswith(LAB_PREFIX):
-        task = choice[len(LAB_PREFIX):]
-        if task not in built_lab_tasks():
-            raise runs.RunError(f"no built lab for task {task!r} (build one with `opd-lab lab build`)")
-        return {"task": task, "task_regex": "", "checkpoint": None, "config": None,
+    try:
+        parsed = model_spec.parse(choice)
+    except model_spec.SpecError as error:
+        raise runs.RunError(str(error)) from None
+    if parsed.is_lab and parsed.lab:
+        lab = parsed.lab
+        if lab not in built_lab_tasks():
+            raise runs.RunError(f"no built lab {lab!r} (build one with `opd-lab lab build`)")
+        task = (lab_summary(lab) or {}).get("task", lab)
+        return {"task": task, "task_regex": "", "checkpoint": None, "config": None, "lab": choice,
                 "trust_remote_code": trust_remote_code,
-                "description": f"Student: the base student of the {task} lab. Teacher: the {task} lab's teacher."}
-    if choice.startswith(CHECKPOINT_PREFIX):
-        run_id, _, name = choice[len(CHECKPOINT_PREFIX):].partition("/")
+                "description": f"Student: the base student of the {lab} lab. Teacher: the {lab} lab's teacher."}
+    if parsed.kind == model_spec.CHECKPOINT and parsed.checkpoint:
+        run_id, name = parsed.run_id, parsed.checkpoint
         checkpoint = checkpoint_of(run_id, name)
         try:  # the app's flag, never the run's, decides whether a model's own code may run
             config = RunConfig.from_dict({**load_config(run_dir_of(run_id)), "trust_remote_code": trust_remote_code})
@@ -96,7 +99,8 @@ def load_models(resolved: dict):
     """(teacher, student, tokenizer) of a resolved choice, from the cache when possible."""
     task, trust, checkpoint = resolved["task"], resolved["trust_remote_code"], resolved["checkpoint"]
     if checkpoint is None:
-        return CACHE.get(("lab", task, trust), lambda: _eval_mode(*load_pair("lab", "lab", task, trust_remote_code=trust)))
+        lab = resolved["lab"]
+        return CACHE.get((lab, task, trust), lambda: _eval_mode(*load_pair(lab, lab, task, trust_remote_code=trust)))
     return CACHE.get(("checkpoint", str(checkpoint), trust), lambda: load_with_teacher(checkpoint, resolved["config"]))
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
 from app.users import check_may_act
 from opd_lab import plots, runs
-from opd_lab.lab import lab_summary
+from opd_lab.lab import lab_summary_of
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, PHASES, STATUS_FILE, launcher_of, load_config,
                                 load_metrics, log_tail)
 
@@ -107,7 +107,8 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
     """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run."""
     run_dir = run_dir_of(run_id)
     accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
-    summary = lab_summary(str(load_config(run_dir).get("task")))
+    config = load_config(run_dir)
+    summary = lab_summary_of(str(config.get("teacher", "lab")), str(config.get("task")))  # the run's own teacher
     if summary is not None and accuracy.data:
         accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
                            annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",

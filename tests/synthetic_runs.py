@@ -50,7 +50,7 @@ def make_tokens(count: int, seed: int = 0, texts: list[str] | None = None) -> li
 def make_run(root: str | Path, run_id: str, method: str = "opd", steps: int = 20,
              eval_accuracy: dict[int, float] | None = None, batch_size: int = 8,
              tokens_per_sample: int = 12, flops_per_step: float = 1e12, seconds_per_step: float = 0.5,
-             sample_every: int = 10, samples_to_log: int = 2) -> Path:
+             sample_every: int = 10, samples_to_log: int = 2, teacher: str = "lab") -> Path:
     """Write a finished run folder `root/run_id` and return its path.
 
     Metrics rows go from step 0 (the starting model's evaluation) to `steps`;
@@ -65,7 +65,8 @@ def make_run(root: str | Path, run_id: str, method: str = "opd", steps: int = 20
     if eval_accuracy is None:
         eval_accuracy = {step: 0.1 + 0.7 * step / steps for step in range(0, steps + 1, 5)}
     write_json_atomic(run_dir / CONFIG_FILE, {"method": method, "steps": steps, "batch_size": batch_size,
-                                              "name": run_id, "task": "addition"})
+                                              "name": run_id, "task": "addition", "teacher": teacher,
+                                              "student": teacher})
     write_json_atomic(run_dir / STATUS_FILE, {"state": "finished", "pid": None, "step": steps,
                                               "total_steps": steps, "message": "finished"})
     rows = []

@@ -219,8 +219,8 @@ def test_comparison_has_one_row_per_run_and_a_verdict_that_matches_it(runs_root,
     make_run(runs_root, "cmp-opd", method="opd", eval_accuracy={0: 0.4, 10: 0.7, 20: 0.8})
     make_run(runs_root, "cmp-rl", method="rl", eval_accuracy={0: 0.4, 10: 0.5, 20: 0.6})
     make_run(runs_root, "cmp-sft", method="sft", flops_per_step=5e12, eval_accuracy={0: 0.4, 10: 0.75, 20: 0.85})
-    monkeypatch.setattr(compare_tab, "lab_summary", lambda task: {"teacher": {"accuracy": 0.9},
-                                                                  "student": {"accuracy": 0.4}})
+    monkeypatch.setattr(compare_tab, "lab_summary_of", lambda spec, task: {"teacher": {"accuracy": 0.9},
+                                                                           "student": {"accuracy": 0.4}})
     figure, table, note = compare_tab.comparison(["cmp-opd", "cmp-rl", "cmp-sft"], "flops", "eval/accuracy")
     assert [trace.name for trace in figure.data] == ["OPD", "RL", "SFT"]  # only the method differs
     assert list(table["id"]) == ["cmp-opd", "cmp-rl", "cmp-sft"] and len(table) == 3
@@ -687,3 +687,44 @@ def test_run_summary_shows_where_the_step_time_went(runs_root):
                                            "perf/time_student": 0.4, "perf/time_optimizer": 0.1}])
     assert phase_split(run_dir) == "step time: sampling 30% · teacher 20% · student 40% · optimizer 10%"
     assert "step time: sampling 30%" in run_summary("split-demo")
+
+
+def _fake_lab(name: str, teacher: float, student: float) -> None:
+    """A built lab's summary only (no models): what the teacher lines read."""
+    from opd_lab.files import write_json_atomic
+    from opd_lab.lab import SUMMARY_FILE
+    from opd_lab.paths import lab_dir
+
+    write_json_atomic(lab_dir(name) / SUMMARY_FILE, {"task": "addition", "teacher": {"accuracy": teacher},
+                                                     "student": {"accuracy": student}})
+
+
+def test_the_teacher_line_is_the_runs_own_teacher_for_a_named_lab(runs_root):
+    """An `opd-lab compare` run trains against `lab:NAME`: its dashed line is that lab's teacher,
+    not the task's default lab's."""
+    from app import compare_tab, runs_tab
+
+    _fake_lab("weak-teacher-demo", teacher=0.55, student=0.2)
+    make_run(runs_root, "named-lab-run", teacher="lab:weak-teacher-demo")
+    make_run(runs_root, "default-lab-run")
+    default_teacher = compare_tab.lab_summary_of("lab", "addition")["teacher"]["accuracy"]
+    assert default_teacher != 0.55
+
+    def teacher_line(run_id):
+        figure, _, _ = runs_tab.run_figures(run_id, "train/loss")
+        return [shape.y0 for shape in figure.layout.shapes]
+
+    assert teacher_line("named-lab-run") == [0.55]
+    assert teacher_line("default-lab-run") == [default_teacher]
+    _, _, note = compare_tab.comparison(["named-lab-run"], "step", "eval/accuracy")
+    assert "lab teacher's 55.0%" in note and "base student's 20.0%" in note
+    _, _, note = compare_tab.comparison(["named-lab-run", "default-lab-run"], "step", "eval/accuracy")
+    assert "different teachers" in note
+
+
+def test_a_teacher_that_is_not_a_lab_draws_no_line(runs_root, tmp_path):
+    from app import runs_tab
+
+    make_run(runs_root, "hub-teacher-run", teacher="HuggingFaceTB/SmolLM2-360M-Instruct")
+    figure, _, _ = runs_tab.run_figures("hub-teacher-run", "train/loss")
+    assert figure.layout.shapes == ()

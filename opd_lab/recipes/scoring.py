@@ -1,8 +1,8 @@
 """What a recipe measures after each stage: held-out scores of a model on several tasks.
 
-A stage's model is named the way runs name models (a spec such as `smollm2`, or a
-model folder) or is a finished run, whose newest checkpoint is loaded (with its LoRA
-adapter on its base model when it has one). The scores come from `opd_lab.eval`, the
+A stage's model is named the way runs name models (`opd_lab.model_spec`: `smollm2`, a
+model folder...) or is a finished run (its folder, or `run:ID[/step_N]`), whose newest
+(or named) checkpoint is loaded, with its LoRA adapter on its base model when it has one. The scores come from `opd_lab.eval`, the
 same greedy evaluation the runs log, so a recipe's table and its runs' curves agree.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opd_lab import checkpoints
+from opd_lab import checkpoints, model_spec
 from opd_lab.config import RunConfig
 from opd_lab.eval import evaluate
 from opd_lab.models import load_model
-from opd_lab.run_folder import CONFIG_FILE, STATUS_FILE, load_config, load_status
+from opd_lab.run_folder import CHECKPOINTS_DIR, load_config, load_status, run_path
 from opd_lab.tasks import get_task
 
 
@@ -24,11 +24,12 @@ def load_stage_model(source: str | Path):
     Raises:
         FileNotFoundError: a run folder without a checkpoint.
     """
-    folder = Path(str(source)).expanduser()
-    if (folder / CONFIG_FILE).exists() and (folder / STATUS_FILE).exists():  # a run folder
-        checkpoint = checkpoints.latest(folder)
-        if checkpoint is None:
-            raise FileNotFoundError(f"run {folder.name} has no checkpoint to evaluate")
+    parsed = model_spec.parse(str(source))
+    if parsed.kind in (model_spec.RUN_FOLDER, model_spec.CHECKPOINT):
+        folder = Path(str(source)).expanduser() if parsed.kind == model_spec.RUN_FOLDER else run_path(parsed.run_id)
+        checkpoint = folder / CHECKPOINTS_DIR / parsed.checkpoint if parsed.checkpoint else checkpoints.latest(folder)
+        if checkpoint is None or not checkpoint.is_dir():
+            raise FileNotFoundError(f"run {folder.name} has no checkpoint {parsed.checkpoint} to evaluate")
         return checkpoints.load_student(checkpoint, RunConfig.from_dict(load_config(folder)))
     model, tokenizer = load_model(str(source))
     return model.eval(), tokenizer
