@@ -148,7 +148,7 @@ def score(choice: str, prompt: str, completion: str, color_by: str = DEFAULT_COL
 
 
 def _title(title: str, records: list[dict]) -> str:
-    totals = feedback.summarize(records)
+    totals = tokenview.completion_summary(records)
     return (f"{title}: {totals['tokens']} tokens, mean reverse KL {totals['reverse_kl_mean']:.3f} nats, "
             f"mean advantage {totals['advantage_mean']:+.3f}")
 

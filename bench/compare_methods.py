@@ -4,7 +4,8 @@ Trains the three methods from the lab's base student with the configs of
 `opd_lab.compare.method_configs` (same steps, same number of sequences per step; RL
 samples 4 completions for a quarter of the prompts), then
 prints each run's held-out accuracy before and after, its compute (samples, FLOPs,
-wall time) and the compute each needed to reach fractions of the teacher's accuracy.
+wall time) and what each paid to close shares of the gap from the base student to the
+teacher (`opd_lab.report`, the same numbers as `opd-lab compare` and the app).
 
     python -m bench.compare_methods --steps 100          # about 10 minutes on 2 cores
     python -m bench.compare_methods --steps 4 --eval-count 16   # smoke
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+from opd_lab import report
 from opd_lab.compare import method_configs
 from opd_lab.config import RunConfig
 from opd_lab.lab import build_lab
-from opd_lab.plots import compute_to_target, method_of
+from opd_lab.plots import method_of
 from opd_lab.run_folder import load_metrics
 from opd_lab.train import train
 
@@ -45,14 +47,18 @@ def main() -> None:
         method = method_of(run_dir)
         print(f"{method:<7}{evals[0]['eval/accuracy']:>8.1%}{evals[-1]['eval/accuracy']:>8.1%}"
               f"{last['progress/samples']:>9}{last['perf/flops']:>11.2e}{last['perf/wall_s']:>8.1f}  {run_dir.name}")
-    print("\ncompute to reach a fraction of the teacher's accuracy (first evaluation at or above it):")
-    print(f"{'method':<7}{'target':>8}{'step':>6}{'samples':>9}{'FLOPs':>11}{'wall s':>8}")
-    for row in compute_to_target(run_dirs, teacher_accuracy, fractions=(0.75, 0.9, 0.95)):
-        if row["step"] is None:
-            print(f"{row['method']:<7}{row['target_accuracy']:>8.1%}   not reached")
-        else:
-            print(f"{row['method']:<7}{row['target_accuracy']:>8.1%}{row['step']:>6}{row['samples']:>9}"
-                  f"{row['flops']:>11.2e}{row['wall_s']:>8.1f}")
+    base_accuracy = load_metrics(run_dirs[0])[0]["eval/accuracy"]  # step 0: the same base student for every method
+    print(f"\ncompute to close a share of the gap from the base student ({base_accuracy:.1%}) to the teacher "
+          "(first evaluation at or above it):")
+    print(f"{'method':<7}{'gap':>5}{'target':>8}{'step':>6}{'samples':>9}{'FLOPs':>11}{'wall s':>8}")
+    for run_dir in run_dirs:
+        rows = load_metrics(run_dir)
+        for fraction in report.GAP_FRACTIONS:
+            target = report.gap_target(base_accuracy, teacher_accuracy, fraction)
+            cost = report.cost_to_reach(rows, target)
+            head = f"{method_of(run_dir):<7}{fraction:>5.0%}{target:>8.1%}"
+            print(head + ("   not reached" if cost is None else
+                          f"{cost['steps']:>6}{cost['samples']:>9.0f}{cost['flops']:>11.2e}{cost['wall_s']:>8.1f}"))
 
 
 if __name__ == "__main__":

@@ -200,12 +200,3 @@ def rewrite_from(teacher, student, tokenizer, prompt: str, records: list[TokenRe
                             temperature=temperature, greedy=greedy, generator=generator)
         completion = kept + replacement + rollouts.completions[0]
     return completion, score_completions(teacher, student, tokenizer, [prompt], [completion], top_k=top_k)[0]
-
-
-def summarize(records: list[TokenRecord]) -> dict[str, float]:
-    """Totals of one completion's records: tokens, summed and mean reverse KL and advantage."""
-    count = len(records)
-    kl = sum(r.get("reverse_kl", 0.0) for r in records)
-    advantage = sum(r.get("advantage", 0.0) for r in records)
-    return {"tokens": count, "reverse_kl_sum": kl, "reverse_kl_mean": kl / max(count, 1),
-            "advantage_sum": advantage, "advantage_mean": advantage / max(count, 1)}

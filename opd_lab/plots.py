@@ -1,4 +1,4 @@
-"""Plotly figures of runs: learning curves, OPD vs SFT vs RL, and compute to reach a target.
+"""Plotly figures of runs: learning curves and OPD vs SFT vs RL.
 
 Every builder reads run folders only (through `opd_lab.run_folder`, see
 docs/run-folder.md) and returns a `plotly.graph_objects.Figure` without showing it:
@@ -7,14 +7,13 @@ per-token KL figures are in `opd_lab.plots_kl`, the forward- vs reverse-KL teach
 figure in `opd_lab.divergence_demo`.
 
 Each method keeps one colour everywhere (`opd_lab.plot_style`), so an OPD curve is the
-same blue in every chart of the app and the notebooks.
+same blue in every chart of the app and the notebooks. What a run paid to close a share
+of the gap to the teacher is a number, not a figure: `opd_lab.report` computes it.
 
 Example:
     >>> runs = ["~/.cache/opd-lab/runs/opd-addition-0001",
     ...         "~/.cache/opd-lab/runs/rl-addition-0001"]  # doctest: +SKIP
     >>> method_comparison(runs, x="flops", teacher_accuracy=0.93)  # doctest: +SKIP
-    >>> compute_to_target(runs, teacher_accuracy=0.93)[0]["flops"]  # doctest: +SKIP
-    3.1e+14
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import plotly.graph_objects as go
 
@@ -116,8 +115,8 @@ def _layout(fig: go.Figure, title: str, x: str, metric: str, log_y: bool = False
     return fig
 
 
-def _note(fig: go.Figure, text: str) -> go.Figure:
-    """A placeholder: the message alone, without axes (an empty plot's axes read like -1..6 and -100%..400%)."""
+def placeholder(fig: go.Figure, text: str) -> go.Figure:
+    """An empty figure's message alone, without axes (an empty plot's axes read like -1..6 and -100%..400%)."""
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                        font=dict(size=14, color="#555"))
     fig.update_xaxes(visible=False)
@@ -160,7 +159,7 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
     title = METRIC_TITLES.get(metric, metric) + (f" (EMA {smoothing:g})" if smoothing else "")
     _layout(fig, title, x, metric, log_y=log_y)
     if not fig.data:
-        _note(fig, f"no run has {metric!r} yet")
+        placeholder(fig, f"no run has {metric!r} yet")
     return fig
 
 
@@ -218,71 +217,5 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
     _layout(fig, f"{METRIC_TITLES.get(metric, metric)} by {_x_key(x)[1]}", x, metric, log_x=log_x, log_y=log_y)
     fig.update_layout(hovermode="x unified")
     if not fig.data:
-        _note(fig, f"no run has {metric!r} yet")
+        placeholder(fig, f"no run has {metric!r} yet")
     return fig
-
-
-def compute_to_target(run_dirs, teacher_accuracy: float, fractions: Iterable[float] = (0.5, 0.75, 0.9),
-                      metric: str = "eval/accuracy") -> list[dict]:
-    """The cost of the first evaluation that reaches each fraction of the teacher's accuracy.
-
-    The target is ``fraction * teacher_accuracy`` (an absolute accuracy, not a share of
-    the student-teacher gap). A run whose starting model already reaches it gets step 0
-    and zero cost.
-
-    Args:
-        run_dirs: one run folder or a list of them.
-        teacher_accuracy: the teacher's held-out accuracy, in (0, 1].
-        fractions: the fractions of it to reach.
-        metric: the accuracy key in metrics.jsonl.
-
-    Returns:
-        One dict per (run, fraction): ``run``, ``method``, ``fraction``,
-        ``target_accuracy``, and ``step``, ``samples``, ``flops``, ``wall_s`` of the
-        first row whose `metric` is at least the target (all None if never reached).
-
-    Example:
-        >>> compute_to_target(["runs/opd-1"], 0.8, fractions=[0.5])  # doctest: +SKIP
-        [{'run': 'opd-1', 'method': 'opd', 'fraction': 0.5, 'target_accuracy': 0.4,
-          'step': 10, 'samples': 320, 'flops': 2.1e+13, 'wall_s': 12.5}]
-    """
-    if not (_finite(teacher_accuracy) and teacher_accuracy > 0):
-        raise ValueError(f"teacher_accuracy must be positive (got {teacher_accuracy!r})")
-    fractions = list(fractions)
-    results = []
-    for path in _as_paths(run_dirs):
-        evaluations = [row for row in load_metrics(path) if _finite(row.get(metric))]
-        method = method_of(path)
-        for fraction in fractions:
-            target = fraction * teacher_accuracy
-            # The tolerance keeps 0.75 * 0.8 = 0.6000000000000001 reachable by an accuracy of 0.6.
-            reached = next((row for row in evaluations if row[metric] >= target - 1e-9), None)
-            results.append({
-                "run": path.name, "method": method, "fraction": fraction, "target_accuracy": target,
-                "step": reached.get("step") if reached else None,
-                "samples": reached.get("progress/samples") if reached else None,
-                "flops": reached.get("perf/flops") if reached else None,
-                "wall_s": reached.get("perf/wall_s") if reached else None,
-            })
-    return results
-
-
-TARGET_TABLE_HEADERS = ["run", "method", "fraction of teacher", "target accuracy", "step",
-                        "samples", "FLOPs", "wall (s)"]
-
-
-def compute_to_target_table(run_dirs, teacher_accuracy: float, fractions: Iterable[float] = (0.5, 0.75, 0.9),
-                            metric: str = "eval/accuracy") -> dict:
-    """`compute_to_target` as display strings: ``{"headers": [...], "data": [[...], ...]}``.
-
-    The dict is a valid ``gr.Dataframe(value=...)``; "not reached" marks a target the
-    run never met.
-    """
-    def shown(value, form: str) -> str:
-        return "not reached" if value is None else format(value, form)
-
-    data = [[row["run"], method_name(row["method"]), f"{row['fraction']:.0%}", f"{row['target_accuracy']:.1%}",
-             shown(row["step"], ".0f"), shown(row["samples"], ".0f"), shown(row["flops"], ".2e"),
-             shown(row["wall_s"], ".1f")]
-            for row in compute_to_target(run_dirs, teacher_accuracy, fractions, metric)]
-    return {"headers": list(TARGET_TABLE_HEADERS), "data": data}

@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from opd_lab.plot_style import METRIC_TITLES
-from opd_lab.plots import curve_traces
+from opd_lab.plots import curve_traces, placeholder
 from opd_lab.run_folder import load_metrics, load_samples
 from opd_lab.tokenview import color_for
 
@@ -35,12 +35,6 @@ def _hover_text(text: str) -> str:
     # Plotly renders hover text as a small subset of HTML, so the token is escaped.
     visible = text.replace(" ", "·").replace("\t", "→").replace("\n", "↵") or "∅"
     return html.escape(visible, quote=True)
-
-
-def _empty(fig: go.Figure, message: str) -> go.Figure:
-    fig.add_annotation(text=message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
-                       font=dict(size=14, color="#555"))
-    return fig
 
 
 def _sample_label(sample: dict, row: int) -> str:
@@ -64,7 +58,7 @@ def kl_heatmap(samples: list[dict], title: str | None = None) -> go.Figure:
                       margin=dict(l=110, r=20, t=50, b=50),
                       title=title or f"per-token reverse KL of {len(samples)} samples")
     if not samples:
-        return _empty(fig, "no samples logged")
+        return placeholder(fig, "no samples logged")
     width = max((len(sample.get("tokens", [])) for sample in samples), default=0)
     kl_ST = np.full((len(samples), width), np.nan)  # (samples, positions)
     text_ST = [[""] * width for _ in samples]
@@ -94,7 +88,7 @@ def kl_histogram(samples: list[dict], bins: int = 40) -> go.Figure:
     fig.update_xaxes(title_text=KL_AXIS_TITLE)
     fig.update_yaxes(title_text="tokens")
     if not values:
-        return _empty(fig, "no tokens with a reverse KL")
+        return placeholder(fig, "no tokens with a reverse KL")
     fig.add_trace(go.Histogram(x=values, nbinsx=bins, marker_color=color_for(math.inf), name="tokens"))
     return fig
 
@@ -145,5 +139,5 @@ def kl_over_training(run_dir: str | os.PathLike, smoothing: float = 0.0, step: i
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(title_text=METRIC_TITLES["train/reverse_kl"], type="log" if log_y else "linear")
     if not fig.data:
-        _empty(fig, "no reverse KL logged yet")
+        placeholder(fig, "no reverse KL logged yet")
     return fig

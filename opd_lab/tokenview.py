@@ -139,6 +139,22 @@ def token_value(token: dict, color_by: str) -> float:
     return _number(token.get("teacher_logprob")) - _number(token.get("student_logprob"))
 
 
+def completion_summary(tokens: list[dict]) -> dict[str, float]:
+    """Totals of one completion's token records: its `tokens`, and the sum and mean of the
+    reverse KL and of the advantage over the tokens that have a finite one (mean NaN if none).
+
+    Example:
+        >>> completion_summary([{"reverse_kl": 0.2, "advantage": -1.0}, {"reverse_kl": 0.4, "advantage": 0.5}])
+        {'tokens': 2, 'reverse_kl_sum': 0.6000000000000001, 'reverse_kl_mean': 0.30000000000000004, 'advantage_sum': -0.5, 'advantage_mean': -0.25}
+    """
+    summary: dict[str, float] = {"tokens": len(tokens)}
+    for kind in ("reverse_kl", "advantage"):
+        values = [value for token in tokens if math.isfinite(value := token_value(token, kind))]
+        summary[f"{kind}_sum"] = sum(values)
+        summary[f"{kind}_mean"] = sum(values) / len(values) if values else math.nan
+    return summary
+
+
 def default_vmax(token_lists: list[list[dict]], color_by: str = "reverse_kl") -> float:
     """The automatic scale maximum over all tokens of `token_lists` (see VMAX_FLOOR)."""
     magnitudes = sorted(abs(value) for tokens in token_lists for token in tokens
@@ -320,13 +336,12 @@ def _token_spans(tokens: list[dict], color_by: str, vmax: float) -> str:
 
 
 def _summary(tokens: list[dict]) -> str:
-    kls = [value for token in tokens if math.isfinite(value := token_value(token, "reverse_kl"))]
-    advantages = [value for token in tokens if math.isfinite(value := token_value(token, "advantage"))]
-    parts = [f"{len(tokens)} tokens"]
-    if kls:
-        parts.append(f"mean reverse KL {sum(kls) / len(kls):.3f} nats (sum {sum(kls):.2f})")
-    if advantages:
-        parts.append(f"mean advantage {sum(advantages) / len(advantages):+.3f}")
+    totals = completion_summary(tokens)
+    parts = [f"{totals['tokens']} tokens"]
+    if math.isfinite(totals["reverse_kl_mean"]):
+        parts.append(f"mean reverse KL {totals['reverse_kl_mean']:.3f} nats (sum {totals['reverse_kl_sum']:.2f})")
+    if math.isfinite(totals["advantage_mean"]):
+        parts.append(f"mean advantage {totals['advantage_mean']:+.3f}")
     return '<div class="tvs">' + " · ".join(parts) + "</div>"
 
 

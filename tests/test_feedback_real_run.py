@@ -2,9 +2,10 @@
 
 import pytest
 
-from opd_lab import checkpoints, plots, plots_kl, run_folder, tokenview
+from opd_lab import checkpoints, plots, plots_kl, report, run_folder, tokenview
 from opd_lab.config import RunConfig
-from opd_lab.feedback import score_completions, summarize
+from opd_lab.feedback import score_completions
+from opd_lab.tokenview import completion_summary
 from opd_lab.models import load_model
 from opd_lab.run_folder import load_metrics, load_samples, sample_steps
 from opd_lab.train import run_training
@@ -38,8 +39,8 @@ def test_records_summed_over_positions_match_the_logged_reverse_kl(run, request)
     for step in sample_steps(run_dir):
         samples = load_samples(run_dir, step)
         assert len(samples) == 4  # the whole batch
-        total = sum(summarize(s["tokens"])["reverse_kl_sum"] for s in samples)
-        count = sum(summarize(s["tokens"])["tokens"] for s in samples)
+        total = sum(completion_summary(s["tokens"])["reverse_kl_sum"] for s in samples)
+        count = sum(completion_summary(s["tokens"])["tokens"] for s in samples)
         assert total / count == pytest.approx(metrics[step]["train/reverse_kl"], rel=1e-4, abs=1e-6)
 
 
@@ -66,8 +67,7 @@ def test_every_figure_renders_from_a_real_run(real_run):
         assert len(figure.data) == 1 and len(figure.data[0].x) == 4  # steps 0..3
     assert "train/reverse_kl" in plots.available_metrics([run_dir])
     assert len(plots.method_comparison([run_dir], x="flops", teacher_accuracy=0.9).data) >= 1
-    rows = plots.compute_to_target([run_dir], teacher_accuracy=1.0, fractions=(0.0,))
-    assert rows[0]["step"] == 0
+    assert report.cost_to_reach(load_metrics(run_dir), 0.0)["steps"] == 0
     samples = load_samples(run_dir, 2)
     heatmap = plots_kl.kl_heatmap(samples)
     assert len(heatmap.data[0].z) == len(samples)

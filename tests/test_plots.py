@@ -85,29 +85,9 @@ def test_method_comparison_colours_by_method_and_draws_the_teacher(runs):
         plots.method_comparison(runs, x="gpu_hours")
 
 
-def test_compute_to_target_finds_the_first_eval_reaching_each_target(runs):
-    rows = plots.compute_to_target(runs, teacher_accuracy=0.8, fractions=(0.125, 0.5, 0.75, 0.9))
-    by_run = {(row["run"], row["fraction"]): row for row in rows}
-    assert len(rows) == 12
-    opd = by_run[("opd-a", 0.5)]
-    assert opd["target_accuracy"] == pytest.approx(0.4) and opd["method"] == "opd"
-    assert (opd["step"], opd["samples"], opd["flops"], opd["wall_s"]) == (10, 80, 1e13, 5.0)
-    assert by_run[("opd-a", 0.75)]["step"] == 15  # 0.6 reaches 0.75 * 0.8 = 0.6000000000000001
-    assert by_run[("opd-a", 0.9)]["step"] == 20
-    assert by_run[("opd-a", 0.125)]["step"] == 0 and by_run[("opd-a", 0.125)]["flops"] == 0
-    assert by_run[("rl-a", 0.5)]["step"] == 20
-    never = by_run[("sft-a", 0.75)]
-    assert never["step"] is None and never["flops"] is None and never["wall_s"] is None
-    with pytest.raises(ValueError, match="teacher_accuracy"):
-        plots.compute_to_target(runs, teacher_accuracy=0.0)
-
-
-def test_compute_to_target_table_is_a_dataframe_value(runs):
-    table = plots.compute_to_target_table(runs, teacher_accuracy=0.8)
-    assert table["headers"][0] == "run" and len(table["headers"]) == 8
-    assert len(table["data"]) == 9 and all(len(row) == 8 for row in table["data"])
-    assert table["data"][0][:5] == ["opd-a", "OPD", "50%", "40.0%", "10"]
-    assert "not reached" in [cell for row in table["data"] for cell in row]
+def test_plots_define_no_cost_to_target_of_their_own():
+    """The cost of reaching a target is `opd_lab.report`'s gap-based one, and only that."""
+    assert not [name for name in dir(plots) if "target" in name.lower()]
 
 
 def test_kl_heatmap_pads_shorter_samples_and_escapes_hover_text(runs):
