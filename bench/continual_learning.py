@@ -2,7 +2,7 @@
 
 Builds (or reuses) the addition lab, fine-tunes its teacher on the `reverse` task with
 30% old data, then recovers addition with OPD from the original model, and writes the
-three stages' accuracies to `docs/results/continual-learning.json` (read by
+three stages' accuracies to `opd_lab/data/results/continual-learning.json` (read by
 `python -m opd_lab.claims`).
 
     python -m bench.continual_learning             # about 3 minutes on 2 cores
@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from opd_lab.continual import ContinualSettings, run_continual_learning
-from opd_lab.experiment import RESULTS_DIR
+from opd_lab.paths import MEASURED_RESULTS_DIR
 from opd_lab.lab import LabRecipe, build_lab
 from opd_lab.paths import lab_dir
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--learn-steps", type=int, default=defaults.learn_steps)
     parser.add_argument("--recover-steps", type=int, default=defaults.recover_steps)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "continual-learning.json"))
+    parser.add_argument("--out", default=str(MEASURED_RESULTS_DIR / "continual-learning.json"))
     args = parser.parse_args()
     settings = ContinualSettings(learn_steps=args.learn_steps, recover_steps=args.recover_steps, seed=args.seed)
     started = time.time()

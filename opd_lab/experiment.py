@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from opd_lab import report
 from opd_lab.compare import arm_overrides
 from opd_lab.config import RunConfig
-from opd_lab.paths import data_dir
+from opd_lab.paths import MEASURED_RESULTS_DIR, data_dir
 from opd_lab.files import read_json, write_json_atomic
 from opd_lab.run_folder import load_metrics
 from opd_lab.scenarios import Scenario, get_scenario
@@ -415,22 +415,19 @@ def start_compare(scenario: str, quick: bool = False, seeds: int = 3) -> Path:
     return log
 
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
-
-
 MEASURED_PREFIX = "measured: "
 
 
 def committed_reports() -> dict[str, Path]:
-    """The full reports committed with the repository (docs/results), by name; they have no runs."""
-    if not RESULTS_DIR.is_dir():
+    """The full reports shipped with the package (`paths.MEASURED_RESULTS_DIR`), by name; they have no runs."""
+    if not MEASURED_RESULTS_DIR.is_dir():
         return {}
-    return {path.stem: path for path in sorted(RESULTS_DIR.glob("*.json"))
+    return {path.stem: path for path in sorted(MEASURED_RESULTS_DIR.glob("*.json"))
             if "verdict" in json.loads(path.read_text())}
 
 
 def measured_report(scenario: str) -> tuple[dict | None, str]:
-    """The newest full (not quick) report of `scenario`: a local one, else the one committed in docs/results.
+    """The newest full (not quick) report of `scenario`: a local one, else the one shipped in `paths.MEASURED_RESULTS_DIR`.
 
     Returns `(data, where)`; `data` is None when there is neither (e.g. an installed
     wheel without the repository's docs and no local report yet).
@@ -439,7 +436,7 @@ def measured_report(scenario: str) -> tuple[dict | None, str]:
         data = load_report(folder)
         if data.get("label", data["scenario"]) == scenario and not data["quick"]:
             return data, str(folder)
-    committed = RESULTS_DIR / f"{scenario}.json"
+    committed = MEASURED_RESULTS_DIR / f"{scenario}.json"
     if committed.exists():
         return json.loads(committed.read_text()), str(committed)
     return None, ""

@@ -1,4 +1,5 @@
-"""Where opd-lab keeps its data: the lab's models and the run folders.
+"""Where opd-lab keeps its data: the lab's models and the run folders; and where the package keeps the
+results measured for the repository's claims table (`MEASURED_RESULTS_DIR`, shipped as package data).
 
 `$OPD_LAB_HOME` if set, else `~/.cache/opd-lab` (under `$XDG_CACHE_HOME` when that is
 set). The CLI's `--data-dir` flag sets `OPD_LAB_HOME` for the process and its children.
@@ -11,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 ENV_VAR = "OPD_LAB_HOME"
+# The compare reports and recipe results measured for docs/claims.md, inside the package so
+# that an installed wheel's Compare tab lists them too (pyproject.toml's package data).
+MEASURED_RESULTS_DIR = Path(__file__).resolve().parent / "data" / "results"
 
 
 class DataDirError(ValueError):

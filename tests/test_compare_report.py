@@ -199,7 +199,7 @@ def test_the_app_lists_the_measured_reports_without_runs(lab_home):
     from opd_lab.experiment import MEASURED_PREFIX, committed_reports
 
     measured = committed_reports()
-    assert "baseline" in measured  # docs/results/baseline.json, behind the claims table
+    assert "baseline" in measured  # opd_lab/data/results/baseline.json, behind the claims table
     name = MEASURED_PREFIX + "baseline"
     assert name in report_panel.report_names()
     text, figure, table = report_panel.show_report(name)

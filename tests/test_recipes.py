@@ -131,9 +131,10 @@ def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, mo
 def test_the_claims_row_of_the_committed_smollm2_recipe_is_computed_from_its_numbers():
     import copy
 
-    from opd_lab.claims import RESULTS, smollm2_continual_row
+    from opd_lab.claims import smollm2_continual_row
+    from opd_lab.paths import MEASURED_RESULTS_DIR
 
-    data = json.loads((RESULTS / "recipes" / "smollm2-continual-learning.json").read_text())
+    data = json.loads((MEASURED_RESULTS_DIR / "recipes" / "smollm2-continual-learning.json").read_text())
     row = smollm2_continual_row(data)
     drift = data["stages"]["kl_to_original"]["models"]
     assert row["verdict"].startswith("holds") == (drift["recover"]["kl"] <= 0.5 * drift["finetune"]["kl"])

@@ -190,7 +190,7 @@ def run_recipe(name_or_path: str, setting: str = "auto", out: str | Path | None 
 
 
 def export_results(folder: str | Path, path: str | Path, opd_stage: str) -> dict:
-    """Copy a finished recipe's results to `path` (JSON, for docs/results): its
+    """Copy a finished recipe's results to `path` (JSON, for opd_lab/data/results): its
     `recipe.json` without machine paths, plus one sample the OPD stage logged last, with
     its per-token feedback, so a notebook can show a real model's token view offline.
     """
