@@ -32,7 +32,6 @@ GAP_FRACTIONS = (0.5, 0.8, 0.95)
 ACCURACY = "eval/accuracy"
 # cost name -> metrics key
 COSTS = {"steps": "step", "samples": "progress/samples", "flops": "perf/flops", "wall_s": "perf/wall_s"}
-COST_WORDS = {"steps": "fewer steps", "samples": "fewer samples", "flops": "less compute", "wall_s": "less time"}
 VARIANT_LABELS = {"opd-full": "OPD (exact KL)"}
 
 

@@ -187,23 +187,3 @@ def run_recipe(name_or_path: str, setting: str = "auto", out: str | Path | None 
         from opd_lab.recipes.prune_distill import run
     run(recipe, state, progress_print)
     return state.folder
-
-
-def export_results(folder: str | Path, path: str | Path, opd_stage: str) -> dict:
-    """Copy a finished recipe's results to `path` (JSON, for opd_lab/data/results): its
-    `recipe.json` without machine paths, plus one sample the OPD stage logged last, with
-    its per-token feedback, so a notebook can show a real model's token view offline.
-    """
-    from opd_lab.run_folder import load_samples, sample_steps
-
-    data = read_json(Path(folder) / STATE_FILE)
-    if not data or not data.get("finished"):
-        raise ConfigError(f"{folder}: not a finished recipe (no finished recipe.json)")
-    run_dir = data["stages"][opd_stage]["run_dir"]
-    steps = sample_steps(run_dir)
-    data["sample"] = load_samples(run_dir, steps[-1])[0] if steps else None
-    for stage in data["stages"].values():
-        stage.pop("run_dir", None)
-    data.pop("file", None)
-    write_json_atomic(path, data)
-    return data
