@@ -61,3 +61,15 @@ def smollm2_cached(smollm2_home, monkeypatch):
     monkeypatch.setenv("OPD_LAB_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+SLOW_FIXTURES = ("smollm2_home", "smollm2_cached")  # a real 135M model: tens of seconds per test
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that loads SmolLM2, drives a browser or soaks is in the slow tier too
+    (`pytest -m "not slow"` is the fast one; README, "Tests")."""
+    for item in items:
+        if (item.get_closest_marker("browser") or item.get_closest_marker("soak")
+                or set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)

@@ -431,6 +431,7 @@ def test_client_endpoints(served_app, runs_root):
     assert run_id == "" and "eval_every" in message and _folders(runs_root) == before
 
 
+@pytest.mark.slow
 def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
     from gradio_client import Client
 
@@ -520,6 +521,7 @@ def test_stop_and_delete_refuse_another_users_run(runs_root):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_the_served_app_records_the_launcher_and_refuses_other_users(lab_home, runs_root):
     from gradio_client import Client
 

@@ -133,3 +133,8 @@ def test_lazy_imports_count(tmp_path):
     graph = import_graph(tmp_path)
     assert graph == {"low": {"high"}, "high": {"low"}}
     assert import_circles(graph) == [["high", "low", "high"]]
+
+
+def test_the_app_reads_run_folders_and_never_imports_the_engine():
+    """The metrics schema (`PHASES`...) lives with the run folder, so the app needs no engine module."""
+    assert import_graph()["app"] & {"train", "trainer", "sharding", "distributed", "teacher_scoring"} == set()

@@ -114,6 +114,7 @@ def _recomputed_steps(rows: list[dict], target: float) -> float:
     return math.inf
 
 
+@pytest.mark.slow
 def test_quick_compare_end_to_end(lab_home, tmp_path):
     """`opd-lab compare --quick`: the report's numbers follow from the runs in its folder."""
     folder = run_compare(CompareSettings(scenario="baseline", quick=True, seeds=3, workers=2), out=tmp_path / "r",

@@ -80,6 +80,7 @@ def _run_dir(name: str):
     return found[0]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_on_the_same_global_batch(lab_home):
     flags = ["--steps", "4", "--eval-every", "4", "--checkpoint-every", "2"]
     for processes in (1, 2):
@@ -113,6 +114,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(lab_home):
     assert abs(rows[4]["eval/accuracy"] - reference[4]["eval/accuracy"]) <= 0.25
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_process_fails_the_run_and_it_resumes_on_one_process(lab_home):
     env = {**os.environ, "OPD_LAB_HOME": str(lab_home[0]), "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(
@@ -158,6 +160,7 @@ def _background_config(name: str, steps: int) -> RunConfig:
                      sample_every=5, samples_to_log=2, max_new_tokens=12, learning_rate=1e-3, checkpoint_every=2)
 
 
+@pytest.mark.slow
 def test_a_background_run_on_two_processes_is_owned_from_launch_to_its_end(lab_home):
     """`opd-lab launch --processes 2`: the launcher owns the run, then hands the very lock
     to rank 0 (accelerate's processes inherit no open files); sampled all along, the run
@@ -180,6 +183,7 @@ def test_a_background_run_on_two_processes_is_owned_from_launch_to_its_end(lab_h
         runs.resume(run_dir)
 
 
+@pytest.mark.slow
 def test_a_background_two_process_run_stops_and_resumes_on_two_processes(lab_home):
     # A budget far beyond what the test waits for: the run is still training whenever the
     # test acts on it (a 40-step run could finish before the first check on an idle machine).

@@ -70,6 +70,7 @@ def _one_line(stderr: str) -> str:
 
 # --- one owner per run -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_launches_racing_at_the_limit_start_exactly_one(home):
     command = [sys.executable, "-m", "opd_lab", "launch", "--steps", "300", *SMALL_FLAGS]
     racers = [subprocess.Popen(command, env=_env(OPD_LAB_MAX_RUNS="1"), stdout=subprocess.PIPE,
@@ -81,6 +82,7 @@ def test_two_launches_racing_at_the_limit_start_exactly_one(home):
     assert len(run_folder.run_folders()) == 1  # the refused launch left no folder
 
 
+@pytest.mark.slow
 def test_resume_of_a_running_run_is_refused(home):
     run_dir, _ = runs.start_run(RunConfig(steps=100000, checkpoint_every=5, **SMALL))
     assert wait_for(lambda: load_status(run_dir).get("step", 0) >= 1, interval=0.1), load_status(run_dir)
@@ -99,6 +101,7 @@ def test_resume_of_a_running_run_is_refused(home):
     assert steps == list(range(len(steps)))  # one writer: no step twice
 
 
+@pytest.mark.slow
 def test_a_stop_requested_while_queued_stops_the_run(home):
     run_dir, _ = runs.start_run(RunConfig(steps=5, checkpoint_every=5, **SMALL))
     assert runs.request_stop(run_dir).startswith("stop requested")  # before the process even imports torch
@@ -123,6 +126,7 @@ def _fake_run(name: str, status_text: str, lock_file: bool = False) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_ghost_corrupt_and_reused_pid_runs_block_nothing(home, monkeypatch):
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
     ghost = _fake_run("ghost", json.dumps({"state": "queued", "pid": None, "created_at": 1}), lock_file=True)
@@ -172,6 +176,7 @@ def test_checkpoints_keep_the_newest_and_the_best(home):
     assert kept == {5, 6, -best[1]}
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_foreground_run_saves_a_checkpoint_and_stops(home):
     process = subprocess.Popen([sys.executable, "-m", "opd_lab", "train", "--steps", "500",
                                 "--checkpoint-every", "1000", *SMALL_FLAGS], env=_env(), cwd=home,
@@ -199,7 +204,7 @@ def test_a_run_folder_that_becomes_unwritable_reports_the_first_error(home, monk
     real_update = train.update_status
     monkeypatch.setattr(train, "update_status", lambda run_dir, **fields: (
         read_only() if fields.get("state") == "failed" else real_update(run_dir, **fields)))
-    monkeypatch.setattr(train, "_log", read_only)
+    monkeypatch.setattr(train, "append_log", read_only)
     assert run_training(run_dir, progress=False) == "failed"
     err = capsys.readouterr().err.replace("\r", "\n")
     line = _one_line("\n".join(line for line in err.splitlines() if "Loading weights" not in line))
@@ -260,6 +265,7 @@ def test_each_bad_input_gives_one_line_and_no_run_folder(home, tmp_path, monkeyp
     assert sorted(run_folder.runs_dir().iterdir()) == before
 
 
+@pytest.mark.slow
 def test_a_bad_run_limit_or_port_is_one_line_before_anything_starts(home):
     bad_limit = subprocess.run([sys.executable, "-m", "opd_lab", "launch", *SMALL_FLAGS], capture_output=True,
                                text=True, env=_env(OPD_LAB_MAX_RUNS="abc"), timeout=120)
@@ -277,6 +283,7 @@ def test_a_bad_run_limit_or_port_is_one_line_before_anything_starts(home):
             assert "app on http" not in app.stdout and time.time() - started < 30
 
 
+@pytest.mark.slow
 def test_relative_paths_are_made_absolute_at_launch(home, tmp_path, monkeypatch):
     task = tmp_path / "mine.jsonl"
     task.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(40)))

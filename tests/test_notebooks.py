@@ -37,6 +37,7 @@ def test_starts_with_what_you_will_learn_and_a_settings_cell(path):
     assert any("<details>" in "".join(cell["source"]) for cell in cells)  # answers hidden until opened
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_runs_top_to_bottom(path, lab_home, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

@@ -24,6 +24,7 @@ def _wait(predicate, timeout=120.0):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_runs_past_the_limit_wait_in_line_and_start_when_a_place_frees(lab_home, monkeypatch):
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
     first, pid = runs.submit_run(RunConfig(**SMALL, name="queue-a"))

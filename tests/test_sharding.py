@@ -51,6 +51,7 @@ def _only_run(name: str):
     return found[0]
 
 
+@pytest.mark.slow
 def test_a_sharded_run_on_two_processes_trains_like_one_and_saves_whole_checkpoints(lab_home):
     """Half the batch on-policy, half teacher-written: both parts are sharded collectives."""
     for processes, name, extra in ((1, "fsref", []), (2, "fsdp2", ["--fsdp"])):
@@ -90,6 +91,7 @@ def test_a_sharded_run_on_two_processes_trains_like_one_and_saves_whole_checkpoi
                               atol=1e-9), index
 
 
+@pytest.mark.slow
 def test_a_sharded_run_that_loses_a_process_fails_and_resumes_sharded_then_on_one(lab_home):
     config = RunConfig(name="fskill", method="opd", steps=5000, batch_size=4, eval_count=8, eval_every=5000,
                        sample_every=5, samples_to_log=2, max_new_tokens=12, learning_rate=1e-3,
@@ -121,6 +123,7 @@ def test_a_sharded_run_that_loses_a_process_fails_and_resumes_sharded_then_on_on
     assert torch.isfinite(result.loss) and trainer.step_done == status["step"] + 1
 
 
+@pytest.mark.slow
 def test_a_sharded_lora_student_saves_its_adapter_and_resumes_on_one_process(lab_home):
     result = _train(2, "fslora", lab_home[0], ["--fsdp", "--finetune", "lora"])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -75,6 +75,7 @@ def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.slow
 def test_invalid_config_is_rejected_before_models_load(lab_home, tmp_path):
     with pytest.raises(ConfigError, match="^steps: must be at least 1"):
         RunConfig(steps=0)
@@ -99,6 +100,7 @@ def test_invalid_config_is_rejected_before_models_load(lab_home, tmp_path):
     assert result.returncode == 2 and "estimator: must be one of sampled, full" in result.stderr
 
 
+@pytest.mark.slow
 def test_stop_then_resume_continues_without_gaps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 5, "eval_every": 10})
     run_dir = run_folder.create_run(config)
@@ -113,6 +115,7 @@ def test_stop_then_resume_continues_without_gaps(lab_home):
     assert _steps(run_dir) == list(range(41))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_has_no_duplicate_or_missing_steps(lab_home):
     config = RunConfig(**{**SMALL, "steps": 40, "checkpoint_every": 4, "eval_every": 10})
     run_dir = run_folder.create_run(config)
