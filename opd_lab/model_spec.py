@@ -12,8 +12,8 @@ A teacher or student is named by a *spec* string (a `RunConfig`'s `teacher` and
 | `run:ID/step_N` | `checkpoint` | checkpoint `step_N` of run ID |
 | `PATH.gguf` | `gguf` | a GGUF file |
 | a folder in the runs directory | `run_folder` | that run's newest checkpoint |
-| any other existing folder | `folder` | a model saved with `save_pretrained` |
-| anything else | `hub` | a Hugging Face hub id |
+| any other existing folder, or what can only be a path (`./x`, `/x`, `~/x`, `a/b/c`, `x.safetensors`) | `folder` | a model saved with `save_pretrained` |
+| anything else (`org/name`) | `hub` | a Hugging Face hub id |
 
 This module only reads names (and whether a path exists); loading is
 `opd_lab.models` (lab, smollm2, files, folders, hub ids) and `opd_lab.checkpoints`
@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,13 @@ def parse(spec: str) -> ModelSpec:
     if path.is_dir():
         in_runs = path.resolve().parent == (data_dir() / "runs").resolve()
         return ModelSpec(spec, RUN_FOLDER if in_runs else FOLDER, run_id=path.name if in_runs else "")
-    return ModelSpec(spec, HUB)
+    return ModelSpec(spec, FOLDER if _only_a_path(spec) else HUB)
+
+
+def _only_a_path(spec: str) -> bool:
+    """Whether a name that names nothing on disk can only be a path (a hub id is `org/name`)."""
+    return (spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
+            or spec.endswith((".safetensors", ".bin")))
 
 
 def lab_spec(name: str) -> str:

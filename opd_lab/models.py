@@ -281,16 +281,12 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 2)[-1] or spec.count("/") > 1
-
-
 def _check_reachable(path: str) -> None:
     """Fail early and clearly for missing local paths and unreachable hub ids."""
     expanded = Path(path).expanduser()
     if expanded.exists():
         return
-    if _looks_like_path(path) or path.endswith((".gguf", ".safetensors", ".bin")):
+    if model_spec.parse(path).is_local:
         raise ModelLoadError(f"model path not found: {expanded}")
     # A hub id: only a local cache or a reachable hub can serve it.
     try:

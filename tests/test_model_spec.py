@@ -21,12 +21,14 @@ def test_each_form_of_the_grammar_has_its_kind_and_parts(tmp_path, monkeypatch):
         str(tmp_path / "weights.Q4.gguf"): ("gguf", "", "", ""),
         str(model): ("folder", "", "", ""), str(run): ("run_folder", "", "opd-addition-1203", ""),
         "HuggingFaceTB/SmolLM2-135M-Instruct": ("hub", "", "", ""),
-        str(tmp_path / "not-there"): ("hub", "", "", ""),  # a path that does not exist is read as a hub id
+        str(tmp_path / "not-there"): ("folder", "", "", ""),  # a missing path is still a path, not a hub id
+        "models/x/model.safetensors": ("folder", "", "", ""), "org-only": ("hub", "", "", ""),
     }
     for spec, (kind, lab, run_id, checkpoint) in cases.items():
         parsed = parse(spec)
         assert (parsed.kind, parsed.lab, parsed.run_id, parsed.checkpoint) == (kind, lab, run_id, checkpoint), spec
-    assert [s for s in cases if parse(s).is_local] == [str(tmp_path / "weights.Q4.gguf"), str(model), str(run)]
+    assert [s for s in cases if parse(s).is_local] == [str(tmp_path / "weights.Q4.gguf"), str(model), str(run),
+                                                       str(tmp_path / "not-there"), "models/x/model.safetensors"]
 
 
 def test_lab_names_and_specs_round_trip():
