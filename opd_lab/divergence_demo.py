@@ -26,7 +26,7 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from opd_lab.plot_style import METHOD_COLORS
+from opd_lab.plot_style import FIGURE_LAYOUT, METHOD_COLORS
 
 
 KL_DIRECTIONS = ("reverse", "forward")  # KL(q ‖ p) and KL(p ‖ q)
@@ -121,8 +121,7 @@ def divergence_teaching_figure(divergence: str = "reverse", separation: float = 
         title = f"Reverse KL(q ‖ p) = {kl:.3f} nats: mode-seeking, q locks onto one mode"
     else:
         title = f"Forward KL(p ‖ q) = {kl:.3f} nats: mode-covering, q spreads over both modes"
-    fig.update_layout(template="plotly_white", height=380, title=title, margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_layout(**FIGURE_LAYOUT, height=380, title=title)
     fig.update_xaxes(title_text="x")
     fig.update_yaxes(title_text="density")
     return fig
@@ -167,9 +166,8 @@ def divergence_explorer(separations=(0.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12
     for index, separation in enumerate(separations):
         visible = [3 * index <= trace < 3 * index + 3 for trace in range(3 * len(separations))]
         steps.append(dict(method="update", label=f"{separation:g}", args=[{"visible": visible}]))
-    fig.update_layout(template="plotly_white", height=460, margin=dict(l=60, r=20, t=60, b=40),
+    fig.update_layout(**{**FIGURE_LAYOUT, "margin": {**FIGURE_LAYOUT["margin"], "b": 40}}, height=460,
                       title="Best single Gaussian q for a two-mode p: reverse vs forward KL",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
                       sliders=[dict(active=first, steps=steps, pad=dict(t=50),
                                     currentvalue=dict(prefix="distance between the modes: "))])
     fig.update_xaxes(title_text="x")

@@ -1,4 +1,4 @@
-"""How figures look: one colour and one name per method, and one title per metric.
+"""How figures look: one colour and one name per method, one title per metric, one layout.
 
 Shared by every figure (`opd_lab.plots` for runs, `opd_lab.plots_kl` for per-token KL,
 `opd_lab.divergence_demo` for the teaching figure), so an OPD curve is the same blue in
@@ -15,6 +15,11 @@ from __future__ import annotations
 METHOD_COLORS = {"opd": "#2563eb", "sft": "#d97706", "rl": "#16a34a"}
 METHOD_NAMES = {"opd": "OPD", "sft": "SFT", "rl": "RL"}
 OTHER_COLOR = "#6b7280"
+
+# The layout every single figure starts from (`fig.update_layout(**FIGURE_LAYOUT, height=...)`):
+# a white template, room for axis titles, and the legend in one row above the plot.
+FIGURE_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
+                 "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0}}
 
 METRIC_TITLES = {
     "eval/accuracy": "held-out accuracy",

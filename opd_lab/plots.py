@@ -25,7 +25,7 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from opd_lab.plot_style import METRIC_TITLES, method_color, method_name
+from opd_lab.plot_style import FIGURE_LAYOUT, METRIC_TITLES, method_color, method_name
 from opd_lab.run_folder import load_config, load_metrics
 
 # x choice -> (metrics.jsonl key, axis title). All are cumulative counters.
@@ -104,9 +104,7 @@ def _x_key(x: str) -> tuple[str, str]:
 def _layout(fig: go.Figure, title: str, x: str, metric: str, log_y: bool = False,
             log_x: bool = False) -> go.Figure:
     x_title = _x_key(x)[1]
-    fig.update_layout(title=title, template="plotly_white", height=420, hovermode="closest",
-                      margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_layout(**FIGURE_LAYOUT, title=title, height=420, hovermode="closest")
     fig.update_xaxes(title_text=x_title, type="log" if log_x else None,
                      exponentformat="power" if x in ("flops", "tokens") else None)
     accuracy = metric.endswith("accuracy") and not log_y

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import plotly.graph_objects as go
 
-from opd_lab.plot_style import METRIC_TITLES
+from opd_lab.plot_style import FIGURE_LAYOUT, METRIC_TITLES
 from opd_lab.plots import curve_traces, placeholder
 from opd_lab.run_folder import load_metrics, load_samples
 from opd_lab.tokenview import color_for
@@ -133,9 +133,7 @@ def kl_over_training(run_dir: str | os.PathLike, smoothing: float = 0.0, step: i
     if step is not None and fig.data:
         fig.add_vline(x=step, line_dash="dot", line_color="#111", annotation_text=f"viewing step {step}",
                       annotation_position="top left")
-    fig.update_layout(template="plotly_white", height=380, title="reverse KL to the teacher over training",
-                      margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    fig.update_layout(**FIGURE_LAYOUT, height=380, title="reverse KL to the teacher over training")
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(title_text=METRIC_TITLES["train/reverse_kl"], type="log" if log_y else "linear")
     if not fig.data:
