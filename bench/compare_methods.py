@@ -20,7 +20,7 @@ from opd_lab.compare import method_configs
 from opd_lab.config import RunConfig
 from opd_lab.lab import build_lab
 from opd_lab.plots import method_of
-from opd_lab.run_folder import load_metrics
+from opd_lab.run_folder import load_metrics, summarize_run
 from opd_lab.train import train
 
 
@@ -41,12 +41,9 @@ def main() -> None:
     print(f"\nteacher held-out accuracy {teacher_accuracy:.1%}")
     print(f"{'method':<7}{'before':>8}{'after':>8}{'samples':>9}{'FLOPs':>11}{'wall s':>8}  run")
     for run_dir in run_dirs:
-        rows = load_metrics(run_dir)
-        evals = [r for r in rows if "eval/accuracy" in r]
-        last = rows[-1]
-        method = method_of(run_dir)
-        print(f"{method:<7}{evals[0]['eval/accuracy']:>8.1%}{evals[-1]['eval/accuracy']:>8.1%}"
-              f"{last['progress/samples']:>9}{last['perf/flops']:>11.2e}{last['perf/wall_s']:>8.1f}  {run_dir.name}")
+        run = summarize_run(run_dir)
+        print(f"{run['method']:<7}{run['accuracy_start']:>8.1%}{run['accuracy_end']:>8.1%}"
+              f"{run['samples']:>9}{run['flops']:>11.2e}{run['wall_s']:>8.1f}  {run['run']}")
     base_accuracy = load_metrics(run_dirs[0])[0]["eval/accuracy"]  # step 0: the same base student for every method
     print(f"\ncompute to close a share of the gap from the base student ({base_accuracy:.1%}) to the teacher "
           "(first evaluation at or above it):")
