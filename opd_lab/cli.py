@@ -271,6 +271,7 @@ def _dispatch(args) -> int | None:
     elif args.command == "preflight":
         return _preflight(args)
     elif args.command == "train":
+        config = None if args.run_dir else config_from_args(args)  # a bad flag is refused before torch loads
         from opd_lab import distributed, ownership
         from opd_lab.preflight import check_run_inputs
 
@@ -281,7 +282,6 @@ def _dispatch(args) -> int | None:
             return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)]
                                       + (["--no-progress"] if args.no_progress else []), owner)
         if args.processes is not None and not args.run_dir:  # start the processes; rank 0 of them creates the run
-            config = config_from_args(args)
             return _accelerate_launch(args.processes, shlex.split(command_line(config.to_dict(), "train"))[1:])
         world = distributed.current()
         owner = None
@@ -293,7 +293,7 @@ def _dispatch(args) -> int | None:
                 owner = ownership.receive(run_dir, os.environ[ownership.HANDOVER_VAR])
         else:  # rank 0 creates the run folder, owned from its first instant; the others are told where
             if world.is_main:
-                run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
+                run_dir, owner = ownership.create_owned_run(check_run_inputs(config))
                 print(f"run {run_dir.name} in {run_dir}")
             run_dir = Path(world.broadcast(str(run_dir) if world.is_main else None))
         return _train_here(run_dir, owner, progress=not args.no_progress and world.is_main)
