@@ -188,6 +188,7 @@ class WandbTracker:
 
     def close(self) -> None:
         self.run.finish()
+        self.wandb.teardown()  # stops W&B's service process, which holds the run file's last records until then
 
 
 class TrackioTracker:
