@@ -83,3 +83,32 @@ def test_compare_defaults_to_the_baseline_scenario():
 
     args = build_parser([APP_COMMAND]).parse_args(["compare", "--quick"])
     assert args.scenario == "baseline" and args.quick
+
+
+def test_silencing_hides_the_bars_of_transformers(tmp_path, capsys, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging
+
+    from opd_lab.quiet import QUIET_ENVIRONMENT, silence_third_party
+
+    for name in QUIET_ENVIRONMENT:  # restored after the test
+        monkeypatch.setenv(name, "")
+    verbosity = logging.get_verbosity()
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+
+    def save_and_load(folder):
+        LlamaForCausalLM(config).save_pretrained(folder)
+        LlamaForCausalLM.from_pretrained(folder)
+        return capsys.readouterr().err
+
+    logging.enable_progress_bar()
+    try:
+        loud = save_and_load(tmp_path / "loud")
+        silence_third_party()
+        quiet = save_and_load(tmp_path / "quiet")
+    finally:
+        logging.enable_progress_bar()
+        logging.set_verbosity(verbosity)
+    assert "Writing model shards" in loud and "Loading weights" in loud
+    assert "Writing model shards" not in quiet and "Loading weights" not in quiet
