@@ -1,4 +1,8 @@
-"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build)."""
+"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build).
+
+Also one line at the end of a session whose browser tests were skipped, saying how to
+enable them (they need Chromium, which only root can install).
+"""
 
 from __future__ import annotations
 
@@ -61,3 +65,14 @@ def smollm2_cached(smollm2_home, monkeypatch):
     monkeypatch.setenv("OPD_LAB_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+BROWSER_SKIP_LINE = ("{count} browser tests skipped: they drive Chromium at /usr/bin/chromium; enable them with "
+                     "`sudo apt-get install -y chromium chromium-driver` (or set OPD_LAB_CHROMIUM to a Chromium binary)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the skipped browser tests once, with the command that enables them."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if "browser" in report.keywords]
+    if skipped:
+        terminalreporter.write_line(BROWSER_SKIP_LINE.format(count=len(skipped)))
