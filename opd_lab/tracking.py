@@ -31,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import math
 import os
 import re
@@ -93,7 +95,7 @@ def check_trackers(config: RunConfig, directory: Path | None = None) -> None:
         raise ConfigError(f"report_dir: the trackers cannot write to {folder} ({error})") from None
     for name in names:
         if name == "trackio":
-            os.environ.setdefault("TRACKIO_DIR", str(folder / "trackio"))
+            os.environ["TRACKIO_DIR"] = str(folder / "trackio")  # read once, when trackio is imported
         _import(name)
 
 
@@ -192,14 +194,26 @@ class WandbTracker:
 
 
 class TrackioTracker:
-    """A Trackio run in its local database under `<dir>/trackio/` (`TRACKIO_DIR`)."""
+    """A Trackio run in its local database under `<dir>/trackio/` (`TRACKIO_DIR`).
+
+    Trackio reads `TRACKIO_DIR` once, at import, so one process writes all its Trackio
+    runs to one directory; a second directory in the same process is refused.
+    """
 
     def __init__(self, run_id: str, config: dict, directory: Path):
-        os.environ["TRACKIO_DIR"] = str(directory / "trackio")
+        wanted = directory / "trackio"
+        os.environ["TRACKIO_DIR"] = str(wanted)
         import trackio
+        from trackio.utils import TRACKIO_DIR
+
+        if Path(TRACKIO_DIR).resolve() != wanted.resolve():
+            raise RuntimeError(f"Trackio already writes to {TRACKIO_DIR} in this process (it reads TRACKIO_DIR "
+                               f"once, at import), not to {wanted}")
 
         self.trackio = trackio
-        self.run = trackio.init(project=PROJECT, name=run_id, config=hyperparameters(config), resume="allow")
+        with contextlib.redirect_stdout(io.StringIO()):  # its banner and dashboard hints
+            self.run = trackio.init(project=PROJECT, name=run_id, config=hyperparameters(config), resume="allow",
+                                    auto_log_cpu=False, auto_log_gpu=False)
         self.log_dir = directory / "trackio"
 
     def log_metrics(self, row: dict) -> None:
@@ -211,13 +225,20 @@ class TrackioTracker:
                              step=step)
 
     def close(self) -> None:
-        self.trackio.finish()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.trackio.finish()
 
 
 class MlflowTracker:
-    """An MLflow run in the file store `<dir>/mlruns/`: metrics by step, params, samples as text artifacts."""
+    """An MLflow run in the file store `<dir>/mlruns/`: metrics by step, params, samples as text artifacts.
+
+    MLflow 3 keeps its file store in maintenance mode and refuses it unless
+    `MLFLOW_ALLOW_FILE_STORE` is set; opd-lab sets it (a file store needs no server and
+    no database driver, and `mlflow ui --backend-store-uri <dir>/mlruns` reads it).
+    """
 
     def __init__(self, run_id: str, config: dict, directory: Path):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -315,6 +336,7 @@ def export_run(run_dir: str | Path, names: tuple[str, ...], directory: Path | No
     errors: list[str] = []
     trackers = RunTrackers.open(config, run_dir.name, warn=errors.append)
     if errors:
+        trackers.close()
         raise ConfigError(errors[0])
     samples_by_step: dict[int, list[dict]] = {}
     for sample in load_samples(run_dir):

@@ -9,6 +9,7 @@ the run before its folder exists, and one that fails mid-run is dropped with a w
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from synthetic_runs import make_run
 pytest.importorskip("tensorboard", reason="pip install 'opd-lab[track]'")
 pytest.importorskip("wandb", reason="pip install 'opd-lab[track]'")
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = dict(steps=3, batch_size=4, eval_every=3, eval_count=8, sample_every=1, samples_to_log=2,
                 checkpoint_every=3, max_new_tokens=12)
 
@@ -194,3 +196,40 @@ def test_a_tracker_failing_mid_run_is_dropped_and_the_run_goes_on(lab_home, tmp_
     assert calls == [0, 1, 2]  # dropped after its failure: step 3 never reached it
     log = log_tail(run_dir, lines=200)
     assert "warning: tracker tensorboard failed to log metrics" in log and "disk full" in log
+
+
+def test_export_to_mlflow_and_trackio_reads_back_the_same_values(tmp_path, monkeypatch):
+    """MLflow and Trackio are in the `track` extra, not the test extra: skipped without them."""
+    pytest.importorskip("mlflow", reason="pip install 'opd-lab[track]'")
+    pytest.importorskip("trackio", reason="pip install 'opd-lab[track]'")
+    import subprocess
+
+    run_dir = make_run(tmp_path / "home" / "runs", "opd-finished", steps=12, sample_every=4)
+    out = tmp_path / "exported"
+    monkeypatch.setenv("TRACKIO_DIR", str(out / "trackio"))  # for the readers below
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    # A fresh process: Trackio fixes its directory when it is first imported.
+    done = subprocess.run([sys.executable, "-m", "opd_lab", "--data-dir", str(tmp_path / "home"), "export",
+                           "opd-finished", "--to", "mlflow,trackio", "--dir", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    expected = _numbers(load_metrics(run_dir))
+
+    from mlflow.tracking import MlflowClient
+    from trackio.sqlite_storage import SQLiteStorage
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("opd-lab").experiment_id])
+    assert run.data.params["method"] == "opd" and run.data.params["steps"] == "12"
+    for key in {key for values in expected.values() for key in values}:
+        logged = {metric.step: metric.value for metric in client.get_metric_history(run.info.run_id, key)}
+        assert logged == {step: values[key] for step, values in expected.items() if key in values}, key
+    assert len(client.list_artifacts(run.info.run_id, "samples")) == 3
+
+    logged = {}
+    for row in SQLiteStorage.get_logs("opd-lab", "opd-finished"):
+        logged.setdefault(row["step"], {}).update(
+            {key: value for key, value in row.items() if isinstance(value, float) or key in expected.get(row["step"], {})})
+    for step, values in expected.items():
+        assert {key: logged[step][key] for key in values} == values, step
+    assert SQLiteStorage.get_run_config("opd-lab", "opd-finished")["method"] == "opd"
