@@ -53,6 +53,9 @@ PROJECT = "opd-lab"
 class Tracker(Protocol):
     """One tracker's view of one run; every method may raise (RunTrackers drops it then)."""
 
+    log_dir: Path
+    """Where it writes."""
+
     def log_metrics(self, row: dict) -> None:
         """A metrics.jsonl row: `row["step"]` and its namespaced numbers."""
 
@@ -139,10 +142,12 @@ SAMPLE_COLUMNS = ["step", "index", "prompt", "completion", "reward", "correct", 
 
 def samples_markdown(samples: list[dict]) -> str:
     """The samples of one step as a Markdown table (TensorBoard's text plugin renders it)."""
-    cells = lambda values: "| " + " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in values) + " |"
-    lines = [cells(SAMPLE_COLUMNS), cells(["---"] * len(SAMPLE_COLUMNS))]
-    lines += [cells(row) for row in sample_table_rows(samples)]
-    return "\n".join(lines)
+
+    def cells(values) -> str:
+        return "| " + " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in values) + " |"
+
+    rows = [SAMPLE_COLUMNS, ["---"] * len(SAMPLE_COLUMNS), *sample_table_rows(samples)]
+    return "\n".join(cells(row) for row in rows)
 
 
 class TensorBoardTracker:
@@ -341,7 +346,7 @@ def export_run(run_dir: str | Path, names: tuple[str, ...], directory: Path | No
     samples_by_step: dict[int, list[dict]] = {}
     for sample in load_samples(run_dir):
         samples_by_step.setdefault(sample["step"], []).append(sample)
-    where = {name: Path(getattr(tracker, "log_dir", tracking_dir(config))) for name, tracker in trackers.trackers.items()}
+    where = {name: tracker.log_dir for name, tracker in trackers.trackers.items()}
     for row in load_metrics(run_dir):
         trackers.log_metrics(row)
         trackers.log_samples(row["step"], samples_by_step.pop(row["step"], []))
