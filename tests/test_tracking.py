@@ -233,3 +233,16 @@ def test_export_to_mlflow_and_trackio_reads_back_the_same_values(tmp_path, monke
     for step, values in expected.items():
         assert {key: logged[step][key] for key in values} == values, step
     assert SQLiteStorage.get_run_config("opd-lab", "opd-finished")["method"] == "opd"
+
+
+def test_a_tracker_that_fails_to_start_in_the_training_process_only_warns(lab_home, tmp_path, monkeypatch):
+    def cannot_start(self, run_id, config, directory):
+        raise ConnectionError("service did not answer")
+
+    monkeypatch.setattr(tracking.TensorBoardTracker, "__init__", cannot_start)
+    run_dir = train(RunConfig(**TINY_RUN, report_to="tensorboard", report_dir=str(tmp_path)), progress=False)
+    assert load_status(run_dir)["state"] == "finished"
+    assert [row["step"] for row in load_metrics(run_dir)] == [0, 1, 2, 3]
+    log = log_tail(run_dir, lines=200)
+    assert "warning: tracker tensorboard could not start and is off for this run" in log
+    assert "service did not answer" in log
