@@ -9,7 +9,8 @@ launches through `opd_lab.runs` (a detached process, no shell).
 `trust_remote_code` is not in the form: only the `--trust-remote-code` flag of
 `opd-lab app` can allow a model's own Python code to run. Nor is `teacher_server`: a
 browser must not make the app send requests to any address it names (a teacher server
-is for `opd-lab train/launch` on the command line). Nor is `fsdp`: the app launches
+is for `opd-lab train/launch` on the command line), nor `report_dir`: a browser must
+not make the app write files where it names (`report_to` writes under the data dir). Nor is `fsdp`: the app launches
 runs on one process, where sharding has no effect (`opd-lab launch --processes N --fsdp`).
 """
 
@@ -31,7 +32,7 @@ from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
 from opd_lab.lab import built_lab_tasks
 
-BROWSER_LOCKED = ("trust_remote_code", "teacher_server")
+BROWSER_LOCKED = ("trust_remote_code", "teacher_server", "report_dir")
 MULTI_PROCESS_ONLY = ("fsdp",)
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED + MULTI_PROCESS_ONLY]
 FIELD_NAMES = [spec.name for spec in FORM_FIELDS]

@@ -5,11 +5,13 @@
     opd-lab train [CONFIG] [--method opd ...]        train in the foreground
     opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
     opd-lab launch [CONFIG] [--processes N] [...]    start a detached run, print its id
-    opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab compare [--scenario baseline] [--quick]  RL vs SFT vs OPD, several seeds, a verdict
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
+    opd-lab delete RUN                               remove a run that is not running
+    opd-lab export RUN --to tensorboard [--dir D]    a finished run into an experiment tracker
     opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
 
 The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
@@ -20,6 +22,11 @@ traceback is in its log.txt. `--data-dir` (or `$OPD_LAB_HOME`) picks where the l
 and the runs live. The library never imports the app: the `opd-lab` console script is
 `app.cli.main`, which calls `main` here with the `app` subcommand as an extra
 `Command`; `python -m opd_lab` (what launched runs execute) has no `app` subcommand.
+
+The command line answers at once: this module imports no torch, transformers or
+gradio, and `--help`, `runs`, `stop`, `delete` and the refusals of bad flags never load
+them (each command's handler imports what it needs; tests/test_cli_startup.py checks
+it). Every command silences third-party progress bars (`opd_lab.quiet`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from opd_lab.compare import VARIANTS
-from opd_lab.config import ConfigError, RunConfig, command_line, config_fields, flag_of
+from opd_lab.quiet import silence_third_party
+from opd_lab.config import TRACKERS, ConfigError, RunConfig, command_line, config_fields, flag_of
 from opd_lab.recipes import RECIPES, SETTINGS
 from opd_lab.scenarios import SCENARIOS, get_scenario
 from opd_lab.tasks import DEFAULT_TASK
@@ -106,7 +114,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
             sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
 
     compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
-    compare.add_argument("--scenario", required=True, choices=list(SCENARIOS))
+    compare.add_argument("--scenario", default="baseline", choices=list(SCENARIOS), help="default: baseline")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
@@ -134,6 +142,13 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
                         "(default: <data dir>/recipes/<recipe>-<setting>-<time>)")
 
     commands.add_parser("runs", help="list runs")
+    delete = commands.add_parser("delete", help="remove a run's folder (refused while it runs)")
+    delete.add_argument("run", help="run id (see opd-lab runs)")
+    export = commands.add_parser("export", help="a run's config, metrics and samples into an experiment tracker")
+    export.add_argument("run", help="run id (see opd-lab runs)")
+    export.add_argument("--to", required=True, metavar="TRACKER",
+                        help=f"comma-separated: {', '.join(TRACKERS)} (pip install 'opd-lab[track]')")
+    export.add_argument("--dir", help="where the tracker writes (default: <data dir>/tracking)")
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("run", help="run id (see opd-lab runs)")
@@ -150,14 +165,14 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
 
 
 def _eval(args) -> None:
-    from opd_lab.eval import evaluate
-    from opd_lab.models import load_model
-    from opd_lab.tasks import get_task
-
     if args.count < 1:
         raise ConfigError(f"--count: must be at least 1 (got {args.count})")
     if args.samples < 0:
         raise ConfigError(f"--samples: must not be negative (got {args.samples})")
+    from opd_lab.eval import evaluate
+    from opd_lab.models import load_model
+    from opd_lab.tasks import get_task
+
     spec, role = args.model, "student"
     if spec in ("lab-teacher", "lab-student"):
         spec, role = "lab", spec.split("-")[1]
@@ -172,14 +187,14 @@ def _eval(args) -> None:
 
 def _preflight(args) -> int:
     """`opd-lab preflight`: print the pair's measurements and verdict; 3 for no-go, else 0."""
+    for flag, value in (("--problems", args.problems), ("--top-k", args.top_k)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1 (got {value})")
     import json
 
     from opd_lab.models import pick_device
     from opd_lab.pair_check import format_report, judge, measure_pair, report_dict, task_of_specs
 
-    for flag, value in (("--problems", args.problems), ("--top-k", args.top_k)):
-        if value < 1:
-            raise ConfigError(f"{flag}: must be at least 1 (got {value})")
     task = args.task or task_of_specs(args.teacher, args.student)
     measurements = measure_pair(args.teacher, args.student, task, problems=args.problems, top_k=args.top_k,
                                 seed=args.seed, device=pick_device("auto"))
@@ -207,6 +222,7 @@ def error_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
     args = build_parser(extra_commands).parse_args(argv)
+    silence_third_party()
     try:
         if args.data_dir:
             os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
@@ -255,6 +271,7 @@ def _dispatch(args) -> int | None:
     elif args.command == "preflight":
         return _preflight(args)
     elif args.command == "train":
+        config = None if args.run_dir else config_from_args(args)  # a bad flag is refused before torch loads
         from opd_lab import distributed, ownership
         from opd_lab.preflight import check_run_inputs
 
@@ -265,7 +282,6 @@ def _dispatch(args) -> int | None:
             return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)]
                                       + (["--no-progress"] if args.no_progress else []), owner)
         if args.processes is not None and not args.run_dir:  # start the processes; rank 0 of them creates the run
-            config = config_from_args(args)
             return _accelerate_launch(args.processes, shlex.split(command_line(config.to_dict(), "train"))[1:])
         world = distributed.current()
         owner = None
@@ -277,7 +293,7 @@ def _dispatch(args) -> int | None:
                 owner = ownership.receive(run_dir, os.environ[ownership.HANDOVER_VAR])
         else:  # rank 0 creates the run folder, owned from its first instant; the others are told where
             if world.is_main:
-                run_dir, owner = ownership.create_owned_run(check_run_inputs(config_from_args(args)))
+                run_dir, owner = ownership.create_owned_run(check_run_inputs(config))
                 print(f"run {run_dir.name} in {run_dir}")
             run_dir = Path(world.broadcast(str(run_dir) if world.is_main else None))
         return _train_here(run_dir, owner, progress=not args.no_progress and world.is_main)
@@ -288,6 +304,22 @@ def _dispatch(args) -> int | None:
         print(runs.format_runs(runs.list_runs()))
     elif args.command == "stop":
         print(runs.request_stop(run_folder.run_path(args.run)))
+    elif args.command == "delete":
+        run_dir = run_folder.run_path(args.run)
+        runs.delete_run(run_dir)
+        print(f"deleted {run_dir.name}")
+    elif args.command == "export":
+        from opd_lab.tracking import export_run
+
+        try:
+            names = RunConfig(report_to=args.to).trackers()
+        except ConfigError as error:  # the field's message, under the flag's name
+            raise ConfigError(f"--to:{str(error).split(':', 1)[1]}") from None
+        if not names:
+            raise ConfigError(f"--to: name a tracker: {', '.join(TRACKERS)}")
+        written = export_run(run_folder.run_path(args.run), names, Path(args.dir).expanduser() if args.dir else None)
+        for name, folder in written.items():
+            print(f"{name}: {folder}")
     elif args.command == "resume":
         run_dir = run_folder.run_path(args.run)
         if args.foreground and args.processes is not None:

@@ -38,6 +38,8 @@ FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
+# Experiment trackers a run can stream to (opd_lab/tracking.py); each is an optional extra.
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 # RL's group-normalized advantage compares several samples of one prompt.
 RL_SAMPLES_PER_PROMPT = 4
 # One naming rule for run names and run ids: ASCII letters and digits first, then also
@@ -120,6 +122,11 @@ class RunConfig:
                         "student's weights; the teacher stays whole on every process. No effect on one process "
                         "(opd_lab/sharding.py).")
     trust_remote_code: bool = _field(False, "Allow models that ship their own Python code (only for models you trust).")
+    report_to: str = _field("", f"Experiment trackers that receive each metrics row as it is written, the config as "
+                            f"hyperparameters and the logged samples, comma-separated: {', '.join(TRACKERS)} "
+                            "(pip install 'opd-lab[track]'); all of them write offline files. Empty: none.")
+    report_dir: str = _field("", "Where the trackers write: TensorBoard event files, the W&B offline run, Trackio's "
+                             "database, the MLflow file store (empty: <data dir>/tracking).")
 
     def __post_init__(self):
         for spec in dataclasses.fields(self):
@@ -168,6 +175,9 @@ class RunConfig:
         for name in ("teacher", "student"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{name}: must name a model ('lab', a path, or a hub id)")
+        unknown = [name for name in self.trackers() if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; use {', '.join(TRACKERS)} (comma-separated)")
         if self.teacher_top_k < 1:
             raise ConfigError(f"teacher_top_k: must be at least 1 (got {self.teacher_top_k})")
         if self.teacher_server:
@@ -249,6 +259,8 @@ class RunConfig:
             spec = getattr(self, role)
             if model_spec.parse(spec).is_local and Path(spec).expanduser().exists():
                 changes[role] = str(Path(spec).expanduser().resolve())
+        if self.report_dir:
+            changes["report_dir"] = str(Path(self.report_dir).expanduser().resolve())
         return self.with_overrides(**changes) if changes else self
 
     def run_name(self) -> str:
@@ -260,6 +272,11 @@ class RunConfig:
             return self.name
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.task).stem).strip(".-_")[:40] or "task"
         return f"{self.method}-{stem}".replace("..", ".")
+
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers of `report_to`, in order, without repeats: "wandb, tensorboard" -> ("wandb", "tensorboard")."""
+        names = (name.strip().lower() for name in self.report_to.split(","))
+        return tuple(dict.fromkeys(name for name in names if name and name != "none"))
 
     def resolved_max_new_tokens(self, task_max_new_tokens: int) -> int:
         return self.max_new_tokens or task_max_new_tokens

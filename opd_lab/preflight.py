@@ -8,6 +8,8 @@ all of these pass:
 - paths: a task file and local model folders become absolute, since a launched run
   works in its own folder (`RunConfig.with_absolute_paths`);
 - the data dir: it can be created and written;
+- the experiment trackers of `report_to`: installed, and their directory writable
+  (`tracking.check_trackers`);
 - the task: it loads (a task file must be UTF-8; errors name the file and the line);
 - the models: both tokenizers and configs load (a missing path, an unreachable hub
   id, a corrupt config) and the tokenizers match;
@@ -28,6 +30,7 @@ from __future__ import annotations
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.models import check_pair_compatible, context_length, load_tokenizer
 from opd_lab.paths import check_writable, runs_dir
+from opd_lab.tracking import check_trackers
 from opd_lab.tasks import JsonlTask, Task, get_task
 
 # Built-in tasks generate prompts; this many of them are measured.
@@ -39,12 +42,14 @@ def check_run_inputs(config: RunConfig) -> RunConfig:
 
     Raises:
         DataDirError: the data dir cannot be written.
+        ConfigError: a tracker of `report_to` is not installed or cannot write its directory.
         ValueError: the task cannot be loaded (naming the file and line).
         ModelLoadError: a model cannot be loaded, or the two tokenizers differ.
         ConfigError: a prompt is too long for the models' context.
     """
     config = config.with_absolute_paths()
     check_writable(runs_dir())
+    check_trackers(config)
     task = get_task(config.task, regex=config.task_regex or None)
     tokenizers = [load_tokenizer(getattr(config, role), role, config.task, config.trust_remote_code)
                   for role in ("teacher", "student")]

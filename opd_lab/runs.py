@@ -37,7 +37,6 @@ from pathlib import Path
 from opd_lab import ownership
 from opd_lab.config import RunConfig
 from opd_lab.paths import child_environment, data_dir, runs_dir
-from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, RunError, UnreadableFile, ask_to_stop, clear_stop, load_status, run_folders,
                                 run_row, stop_asked, update_status)
 
@@ -271,6 +270,8 @@ def start_runs(configs: list[RunConfig], processes: int = 1) -> list[tuple[Path,
         ConfigError, ModelLoadError, RunError: a bad input, or a run limit that leaves
             no room for all of them; no folder is left behind and nothing is started.
     """
+    from opd_lab.preflight import check_run_inputs  # loads models (torch); listing runs does not
+
     _check_processes(processes)
     limit = max_active_runs()
     configs = [check_run_inputs(config) for config in configs]
@@ -318,6 +319,8 @@ def submit_run(config: RunConfig) -> tuple[Path, int | None]:
         ConfigError, ModelLoadError: a bad input (`preflight.check_run_inputs`);
             nothing is created.
     """
+    from opd_lab.preflight import check_run_inputs  # loads models (torch); listing runs does not
+
     limit = max_active_runs()
     config = check_run_inputs(config)
     with _launch_lock():

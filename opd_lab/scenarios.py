@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from opd_lab.lab import TINY_RECIPE, LabRecipe
+if TYPE_CHECKING:  # opd_lab.lab imports torch; the CLI lists scenarios without it
+    from opd_lab.lab import LabRecipe
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Scenario:
 
     def recipe(self, quick: bool = False) -> LabRecipe:
         """The lab recipe; `quick` makes tiny models in seconds (for tests and CI)."""
+        from opd_lab.lab import TINY_RECIPE, LabRecipe
+
         changes = {**self.recipe_changes, **(TINY_RECIPE if quick else {})}
         return LabRecipe(name=self.name + ("-quick" if quick else ""), **changes)
 

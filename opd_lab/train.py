@@ -29,6 +29,7 @@ from opd_lab.preflight import check_run_inputs
 from opd_lab.files import append_jsonl, read_jsonl, truncate_jsonl
 from opd_lab.run_folder import (METRICS_FILE, SAMPLES_FILE, RunError, append_log, clear_stop, load_config, load_status,
                                 stop_asked, update_status)
+from opd_lab.tracking import RunTrackers
 from opd_lab.trainer import NonFiniteLoss, StepResult, Trainer
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
@@ -76,6 +77,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         update_status(run_dir, state="running", message="loading models", started_at=time.time(),
                       pid=identity[0], pid_started=identity[1])
     trainer = None
+    trackers = RunTrackers({})
     try:
         identities = world.gather(identity)
         if main:  # what a resume starts again by default (runs.resume)
@@ -84,6 +86,8 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         if world.any(stop_asked(run_dir)):  # stopped while queued: never start
             return _stopped(run_dir, load_status(run_dir).get("step", 0), "before it started") if main else "stopped"
         config = RunConfig.from_dict(load_config(run_dir))
+        if main and config.trackers():  # report_to: the trackers see each row as it is written
+            trackers = RunTrackers.open(config, run_dir.name, warn=lambda text: append_log(run_dir, f"warning: {text}"))
         trainer = Trainer(config, run_dir, world)
         state = _restore(trainer, run_dir, world)
         trainer.begin(state)
@@ -101,9 +105,11 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
                 update_status(run_dir, message="evaluating the starting student")
             start = trainer.evaluate()
             if main:
-                append_jsonl(run_dir / METRICS_FILE, [{"step": 0, "progress/samples": 0, "progress/tokens": 0,
-                                                       "perf/wall_s": 0.0, **FlopsCounter().as_metrics(), **start}])
-        return _loop(trainer, run_dir, stop_requested, progress)
+                row = {"step": 0, "progress/samples": 0, "progress/tokens": 0, "perf/wall_s": 0.0,
+                       **FlopsCounter().as_metrics(), **start}
+                append_jsonl(run_dir / METRICS_FILE, [row])
+                trackers.log_metrics(row)
+        return _loop(trainer, run_dir, stop_requested, progress, trackers)
     except KeyboardInterrupt:  # the second Ctrl-C
         if not main:
             raise
@@ -124,6 +130,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         _record_failure(run_dir, state="failed", step=step, message=message, trace=traceback.format_exc())
         return "failed"
     finally:
+        trackers.close()
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
 
@@ -219,7 +226,7 @@ def training_line(metrics: dict, total_steps: int, steps_per_s: float) -> str:
     return "  ".join(parts)
 
 
-def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool) -> str:
+def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool, trackers: RunTrackers) -> str:
     """Step until done, stopped or at the target accuracy. In a data-parallel run every
     process runs this loop and they agree on when to stop (`World.any`); rank 0 alone
     evaluates and writes."""
@@ -245,7 +252,7 @@ def _loop(trainer: Trainer, run_dir: Path, stop_requested: dict, progress: bool)
         # The step's rows first, then its checkpoint: a crash between the two leaves rows
         # that a resume drops, never a checkpoint without its rows.
         if main:
-            _write_rows(run_dir, result)
+            _write_rows(run_dir, result, trackers)
         # A stop asked for during this step is saved by the check at the top of the loop.
         if step % config.checkpoint_every == 0 or step == config.steps or reached:
             _save_checkpoint(trainer, run_dir)
@@ -273,11 +280,13 @@ def _unsaved(trainer: Trainer, run_dir: Path) -> bool:
     return bool(trainer.step_done) and (latest is None or checkpoints.step_of(latest) != trainer.step_done)
 
 
-def _write_rows(run_dir: Path, result: StepResult) -> None:
-    """Rank 0's rows of a step: its metrics and logged samples."""
+def _write_rows(run_dir: Path, result: StepResult, trackers: RunTrackers) -> None:
+    """Rank 0's rows of a step: its metrics and logged samples, then the same to the trackers."""
     append_jsonl(run_dir / METRICS_FILE, [result.metrics])
     if result.logged:
         append_jsonl(run_dir / SAMPLES_FILE, result.logged)
+    trackers.log_metrics(result.metrics)
+    trackers.log_samples(result.metrics["step"], result.logged)
 
 
 def _write_progress(trainer: Trainer, run_dir: Path, metrics: dict, started_wall: float, first_step: int) -> None:

@@ -1,4 +1,8 @@
-"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build)."""
+"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build).
+
+Also one line at the end of a session whose browser tests were skipped, saying how to
+enable them (they need Chromium, which only root can install).
+"""
 
 from __future__ import annotations
 
@@ -73,3 +77,14 @@ def pytest_collection_modifyitems(items):
         if (item.get_closest_marker("browser") or item.get_closest_marker("soak")
                 or set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
+
+
+BROWSER_SKIP_LINE = ("{count} browser tests skipped: they drive Chromium at /usr/bin/chromium; enable them with "
+                     "`sudo apt-get install -y chromium chromium-driver` (or set OPD_LAB_CHROMIUM to a Chromium binary)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the skipped browser tests once, with the command that enables them."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if "browser" in report.keywords]
+    if skipped:
+        terminalreporter.write_line(BROWSER_SKIP_LINE.format(count=len(skipped)))

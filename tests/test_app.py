@@ -66,9 +66,12 @@ def test_form_has_every_config_field_but_the_locked_ones():
     from opd_lab.config import RunConfig
 
     names = [spec.name for spec in dataclasses.fields(RunConfig)]
-    assert FIELD_NAMES == [name for name in names if name not in ("trust_remote_code", "teacher_server", "fsdp")]
+    assert FIELD_NAMES == [name for name in names
+                           if name not in ("trust_remote_code", "teacher_server", "report_dir", "fsdp")]
     # A browser cannot point the app at a teacher server: the form has no such field.
     assert config_from_form(_form()).teacher_server == ""
+    # Nor choose where the server writes tracker files (report_to writes under the data dir).
+    assert "report_to" in FIELD_NAMES and config_from_form(_form()).report_dir == ""
     # Runs launched from the app have one process, where sharding means nothing.
     assert config_from_form(_form()).fsdp is False
 

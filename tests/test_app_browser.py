@@ -1,6 +1,6 @@
 """The app in a real browser: launch a run, follow it, stop it, inspect its tokens.
 
-Drives Chromium (the Debian package at /usr/bin/chromium, never a downloaded one)
+Drives Chromium (the Debian package at /usr/bin/chromium, or $OPD_LAB_CHROMIUM; never a downloaded one)
 through Playwright against the app served on a free port, on the tiny lab. Every tab
 is screenshot into $OPD_LAB_SCREENSHOTS (or the test's tmp_path) for a person to look at.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("OPD_LAB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium "
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Chromium at {CHROMIUM} "
                                                      "(apt-get install -y chromium chromium-driver)"),
 ]
 
