@@ -141,6 +141,9 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
             sub.add_argument("--processes", type=int, default=None, metavar="N",
                              help="continue on N data-parallel processes (default: as many as it last used)")
+            sub.add_argument("--from-scratch", action="store_true",
+                             help="restart from step 0 (a run none of whose checkpoints loads); its old metrics, "
+                                  "samples and checkpoints are kept aside in the run folder, not deleted")
 
     for command in extra_commands:
         sub = commands.add_parser(command.name, help=command.help)
@@ -292,10 +295,10 @@ def _dispatch(args) -> int | None:
         run_dir = run_folder.run_path(args.run)
         if args.foreground and args.processes is not None:
             return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)],
-                                      runs.take_for_foreground(run_dir))  # refuses a running or finished run
+                                      runs.take_for_foreground(run_dir, args.from_scratch))  # refuses a running run
         if args.foreground:
-            return _train_here(run_dir, runs.take_for_foreground(run_dir), progress=True)
-        pid = runs.resume(run_dir, processes=args.processes)
+            return _train_here(run_dir, runs.take_for_foreground(run_dir, args.from_scratch), progress=True)
+        pid = runs.resume(run_dir, processes=args.processes, from_scratch=args.from_scratch)
         print(f"resumed {run_dir.name} (pid {pid})")
     return None
 

@@ -135,6 +135,32 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
     write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
 
 
+HISTORY_PREFIX = "previous-"
+
+
+def set_aside_history(run_dir: str | os.PathLike) -> Path:
+    """Move the run's metrics, samples and checkpoints into a new folder `previous-<time>/`
+    of the run (a restart from step 0 keeps what came before, never deletes it); returns it.
+
+    The caller owns the run (`opd_lab.ownership`).
+    """
+    run_dir = Path(run_dir)
+    aside = run_dir / f"{HISTORY_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in range(1000):
+        candidate = aside.with_name(aside.name + (f"-{suffix}" if suffix else ""))
+        try:
+            candidate.mkdir()
+            aside = candidate
+            break
+        except FileExistsError:
+            continue
+    for name in (METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    fsync_directory(run_dir)
+    return aside
+
+
 def load_config(run_dir: str | os.PathLike) -> dict:
     """The run's config as a plain dict."""
     return read_json(Path(run_dir).expanduser() / CONFIG_FILE, default={})

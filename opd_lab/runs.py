@@ -39,7 +39,7 @@ from opd_lab.config import RunConfig
 from opd_lab.paths import child_environment, data_dir, runs_dir
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
-                                update_status)
+                                set_aside_history, update_status)
 
 ACTIVE_STATES = ("queued", "running")
 WAITING = "waiting"  # in the queue for a free place under the run limit; no process yet
@@ -176,9 +176,10 @@ def launch(run_dir: str | Path, limit: int | None = None, processes: int = 1) ->
 
 
 def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, only_waiting: bool = False,
-                     processes: int | None = 1) -> int:
+                     processes: int | None = 1, from_scratch: bool = False) -> int:
     """Own the run, check the limit, and spawn it; `processes=None` keeps the number the
-    run last trained on (status.json's "processes", else 1)."""
+    run last trained on (status.json's "processes", else 1). `from_scratch`: its metrics,
+    samples and checkpoints are moved aside first (`run_folder.set_aside_history`)."""
     if processes is not None:
         _check_processes(processes)
     limit = max_active_runs() if limit is None else limit
@@ -191,6 +192,8 @@ def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, on
                 raise RunError(f"run {run_dir.name} is no longer waiting")
             check_capacity(1, limit, exclude=run_dir)
             (run_dir / STOP_FILE).unlink(missing_ok=True)
+            if from_scratch:
+                _restart_from_scratch(run_dir)
             if processes is None:
                 processes = int((load_status(run_dir) or {}).get("processes") or 1)
             return _spawn(run_dir, owner, limit, processes)
@@ -369,18 +372,28 @@ def request_stop(run_dir: str | Path) -> str:
     return f"stop requested for {run_dir.name}"
 
 
-def resume(run_dir: str | Path, processes: int | None = None) -> int:
+def resume(run_dir: str | Path, processes: int | None = None, from_scratch: bool = False) -> int:
     """Relaunch a stopped or failed run from its last checkpoint, on `processes`
     processes (default: as many as it last trained on); returns the pid.
+
+    A run none of whose checkpoints loads is refused by the training process (its
+    status says so); `from_scratch=True` restarts it from step 0, its old metrics,
+    samples and checkpoints moved aside into `previous-<time>/`, never deleted.
 
     Raises:
         RunError: the run is running (another process owns it), has finished, or the
             run limit is reached.
     """
-    return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes)
+    return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes,
+                            from_scratch=from_scratch)
 
 
-def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
+def _restart_from_scratch(run_dir: Path) -> None:
+    aside = set_aside_history(run_dir)
+    update_status(run_dir, step=0, message=f"restarting from step 0; the earlier rows are in {aside.name}/")
+
+
+def take_for_foreground(run_dir: str | Path, from_scratch: bool = False) -> ownership.RunOwner:
     """Own a stopped or failed run to continue it in this process (`resume --foreground`).
 
     Raises:
@@ -392,6 +405,8 @@ def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
         owner.release()
         raise RunError(f"run {run_dir.name} has finished all its steps")
     (run_dir / STOP_FILE).unlink(missing_ok=True)
+    if from_scratch:
+        _restart_from_scratch(run_dir)
     return owner
 
 

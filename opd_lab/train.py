@@ -27,7 +27,7 @@ from opd_lab.flops import FlopsCounter
 from opd_lab.ownership import RunOwner
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, STOP_FILE, RunError, append_jsonl,
-                                load_config, load_status, read_jsonl, truncate_jsonl, update_status)
+                                load_config, load_status, read_jsonl, set_aside_history, truncate_jsonl, update_status)
 from opd_lab.trainer import NonFiniteLoss, StepResult, Trainer
 
 # log.txt gets a training line every this many steps, after the first step and at each evaluation.
@@ -85,6 +85,8 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         config = RunConfig.from_dict(load_config(run_dir))
         trainer = Trainer(config, run_dir, world)
         state = _restore(trainer, run_dir, world)
+        if main and state is None:
+            _keep_rows_of_a_restart(run_dir)
         trainer.begin(state)
         if main and sharding.is_sharded(trainer.student):
             local, whole = sharding.weight_bytes(trainer.student)
@@ -138,6 +140,14 @@ def _restore(trainer: Trainer, run_dir: Path, world: World) -> dict | None:
     if not world.is_main and step is not None:
         state = checkpoints.restore(checkpoints.checkpoint_path(run_dir, step), trainer.student, trainer.lora)
     return state
+
+
+def _keep_rows_of_a_restart(run_dir: Path) -> None:
+    """A run with no checkpoint on disk starts at step 0; metric or sample rows it wrote
+    before (it died before its first checkpoint) are moved aside, never deleted."""
+    if any(row.get("step", 0) > 0 for row in read_jsonl(run_dir / METRICS_FILE)):
+        aside = set_aside_history(run_dir)
+        _log(run_dir, f"no checkpoint to continue from: starting at step 0; the earlier rows are kept in {aside.name}/")
 
 
 def _install_stop_handlers(stop_requested: dict) -> dict:

@@ -1,0 +1,128 @@
+"""Nothing lost (issue 24): a checkpoint that fails to load for a passing reason is never
+set aside, set-aside checkpoints are tried again, a run never restarts from step 0
+unless asked, and a full disk leaves no partial files and a run that reads `failed`."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+
+from opd_lab import checkpoints, run_folder, runs
+from opd_lab.config import RunConfig
+from opd_lab.run_folder import load_metrics, load_status, read_jsonl
+from opd_lab.train import run_training
+
+SMALL = dict(batch_size=4, eval_every=1000, eval_count=8, sample_every=1, samples_to_log=1, max_new_tokens=8)
+
+
+@pytest.fixture()
+def home(lab_home, tmp_path, monkeypatch):
+    """A data dir of its own sharing the session's tiny lab."""
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
+    monkeypatch.setenv("OPD_LAB_HOME", str(root))
+    yield root
+    for run_dir in run_folder.run_folders():  # leave no training process behind
+        pid = (load_status(run_dir) or {}).get("pid") if (run_dir / "status.json").exists() else None
+        if pid and runs._active(run_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _steps(run_dir) -> list[int]:
+    return [row["step"] for row in load_metrics(run_dir)]
+
+
+def _trained(steps: int, **changes) -> Path:
+    """A run trained to `steps` then marked stopped, its config asking for `steps + 2`."""
+    run_dir = run_folder.create_run(RunConfig(steps=steps, **{**SMALL, **changes}))
+    assert run_training(run_dir, progress=False) == "finished"
+    config = json.loads((run_dir / "config.json").read_text())
+    config["steps"] = steps + 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    run_folder.update_status(run_dir, state="stopped", total_steps=steps + 2)
+    return run_dir
+
+
+def _names(run_dir) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+
+
+def test_corruption_is_only_a_file_that_cannot_be_deserialized():
+    assert checkpoints.is_corruption(pickle.UnpicklingError("invalid load key"))
+    assert checkpoints.is_corruption(EOFError("Ran out of input"))
+    assert checkpoints.is_corruption(FileNotFoundError(errno.ENOENT, "missing"))
+    assert checkpoints.is_corruption(RuntimeError("PytorchStreamReader failed reading zip archive"))
+    assert not checkpoints.is_corruption(MemoryError())
+    assert not checkpoints.is_corruption(OSError(errno.EIO, "Input/output error"))
+    assert not checkpoints.is_corruption(PermissionError(errno.EACCES, "Permission denied"))
+    assert not checkpoints.is_corruption(RuntimeError("CUDA error: an illegal memory access"))
+
+
+def test_out_of_memory_while_restoring_renames_nothing_and_a_later_resume_continues(home, monkeypatch):
+    run_dir = _trained(3, checkpoint_every=1, keep_checkpoints=5)
+    before = _names(run_dir)
+    assert before == ["step_000001", "step_000002", "step_000003"]
+    rows, samples = _steps(run_dir), len(read_jsonl(run_dir / "samples.jsonl"))
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("simulated: cannot allocate the checkpoint")
+
+    real_restore = checkpoints.restore
+    monkeypatch.setattr(checkpoints, "restore", out_of_memory)
+    assert run_training(run_dir, progress=False) == "failed"
+    assert "MemoryError" in load_status(run_dir)["message"]
+    assert _names(run_dir) == before  # nothing set aside
+    assert _steps(run_dir) == rows and len(read_jsonl(run_dir / "samples.jsonl")) == samples
+
+    monkeypatch.setattr(checkpoints, "restore", real_restore)
+    assert run_training(run_dir, progress=False) == "finished"
+    assert _steps(run_dir) == [0, 1, 2, 3, 4, 5]  # continued from step 3, not from 0
+
+
+def test_set_aside_checkpoints_are_tried_again_and_get_their_name_back(home):
+    run_dir = _trained(2, checkpoint_every=1, keep_checkpoints=5)
+    root = run_dir / "checkpoints"
+    for name in ("step_000001", "step_000002"):  # what a transient failure did before this fix
+        os.replace(root / name, root / f"corrupt-{name}")
+    assert run_training(run_dir, progress=False) == "finished"
+    assert _steps(run_dir) == [0, 1, 2, 3, 4]
+    assert "step_000002" in _names(run_dir) and "loads now" in run_folder.log_tail(run_dir)
+
+
+def test_a_second_resume_refuses_to_restart_until_asked_and_keeps_the_old_rows(home):
+    run_dir = _trained(3, checkpoint_every=3)
+    only = checkpoints.latest(run_dir)
+    (only / checkpoints.STATE_FILE).write_bytes(b"not a checkpoint")
+    rows = _steps(run_dir)
+    old_samples = read_jsonl(run_dir / "samples.jsonl")
+    for attempt in range(2):  # the first resume and the second one refuse alike
+        assert run_training(run_dir, progress=False) == "failed", attempt
+        assert "--from-scratch" in load_status(run_dir)["message"]
+        assert _steps(run_dir) == rows and read_jsonl(run_dir / "samples.jsonl") == old_samples
+
+    owner = runs.take_for_foreground(run_dir, from_scratch=True)
+    assert run_training(run_dir, progress=False, owner=owner) == "finished"
+    assert _steps(run_dir) == [0, 1, 2, 3, 4, 5]
+    aside = [p for p in run_dir.iterdir() if p.name.startswith(run_folder.HISTORY_PREFIX)]
+    assert len(aside) == 1
+    assert [row["step"] for row in read_jsonl(aside[0] / "metrics.jsonl")] == rows
+    assert read_jsonl(aside[0] / "samples.jsonl") == old_samples
+    assert (aside[0] / "checkpoints" / "corrupt-step_000003").is_dir()
+
+
+def test_rows_of_a_run_that_died_before_its_first_checkpoint_are_kept_aside(home):
+    run_dir = _trained(2, checkpoint_every=1000)
+    # the last step is always checkpointed: remove it to model a run that died before its first one
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    assert run_training(run_dir, progress=False) == "finished"
+    aside = [p for p in run_dir.iterdir() if p.name.startswith(run_folder.HISTORY_PREFIX)]
+    assert len(aside) == 1 and [r["step"] for r in read_jsonl(aside[0] / "metrics.jsonl")] == [0, 1, 2]
