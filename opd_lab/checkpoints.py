@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from opd_lab.models import check_pair_compatible, load_model
+from opd_lab.paths import is_disk_full
 from opd_lab.run_folder import CHECKPOINTS_DIR, RunError, fsync_directory, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
@@ -87,7 +88,7 @@ def save(run_dir: str | Path, step: int, student, tokenizer, trainer_state: dict
         fsync_directory(partial)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)  # a full disk must not stay full of half a checkpoint
-        if is_write_failure(error):
+        if is_disk_full(error):
             raise OSError(errno.ENOSPC, f"could not write the checkpoint of step {step} ({error})",
                           str(partial)) from error
         raise
@@ -127,14 +128,6 @@ def prune(run_dir: str | Path, keep_last: int, accuracy_by_step: dict[int, float
     for checkpoint in removed:
         shutil.rmtree(checkpoint, ignore_errors=True)
     return removed
-
-
-def is_write_failure(error: BaseException) -> bool:
-    """Whether `error` says a file could not be written for lack of space: ENOSPC or EDQUOT,
-    or torch's own wording for a failed write (`torch.save` raises a RuntimeError)."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(error, RuntimeError) and "file write failed" in str(error)
 
 
 def is_corruption(error: BaseException) -> bool:

@@ -203,6 +203,10 @@ def error_line(error: BaseException) -> str:
         >>> error_line(ConfigError("steps: must be at least 1 (got 0)"))
         'steps: must be at least 1 (got 0)'
     """
+    from opd_lab.paths import disk_full_line, is_disk_full
+
+    if is_disk_full(error):
+        return disk_full_line(error)
     lines = str(error).strip().splitlines()
     text = " ".join(line.strip() for line in lines[:1]) or type(error).__name__
     return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"

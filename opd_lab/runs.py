@@ -84,9 +84,19 @@ def status_of(run_dir: str | Path) -> dict:
             if status.get("state") in ACTIVE_STATES:
                 message = ("the training process ended unexpectedly; resume to continue from the last checkpoint"
                            if status.get("pid") else "the run never started; resume to start it")
-                status = update_status(run_dir, state="failed", pid=None, message=message)
-    except (RunError, OSError):  # someone owns it now (a launch), or the folder is read-only
+                try:
+                    status = update_status(run_dir, state="failed", pid=None, message=message)
+                except OSError as error:  # a full disk: say what it is, even though the file keeps "running"
+                    status = {**status, "state": "failed", "pid": None, "eta_s": None,
+                              "message": f"the training process ended and its status cannot be written "
+                                         f"(disk full in {data_dir()}?): {error.strerror or error}"}
+    except RunError:  # someone owns it now (a launch)
         pass
+    except OSError as error:  # no lock can be taken either: the folder is read-only or the disk is full
+        if not ownership.is_owned(run_dir):
+            status = {**status, "state": "failed", "pid": None, "eta_s": None,
+                      "message": f"the training process ended and its folder cannot be written "
+                                 f"(disk full in {data_dir()}?): {error.strerror or error}"}
     return status
 
 

@@ -25,6 +25,7 @@ from opd_lab.config import RunConfig
 from opd_lab.distributed import World
 from opd_lab.flops import FlopsCounter
 from opd_lab.ownership import RunOwner
+from opd_lab.paths import disk_full_line, is_disk_full
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, METRICS_FILE, SAMPLES_FILE, STOP_FILE, RunError, append_jsonl,
                                 load_config, load_status, read_jsonl, set_aside_history, truncate_jsonl, update_status)
@@ -117,6 +118,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
         error = distributed.lost_peer(error, world) or error
         message = (str(error) if isinstance(error, (NonFiniteLoss, distributed.PeerLost))
+                   else disk_full_line(error) if is_disk_full(error)
                    else f"{type(error).__name__}: {error}")
         if not main:  # rank 0 writes the folder; this process's traceback goes to the launcher's output
             print(f"opd-lab: rank {world.rank}: {message}\n{traceback.format_exc()}", file=sys.stderr)
@@ -185,7 +187,8 @@ def _record_failure(run_dir: Path, state: str, step: int, message: str, trace: s
             _log(run_dir, trace)
         update_status(run_dir, state=state, message=message, step=step, pid=None)
     except OSError as error:
-        print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error})",
+        hint = f"; {disk_full_line(error)}" if is_disk_full(error) else ""
+        print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error}{hint})",
               file=sys.stderr)
 
 

@@ -126,3 +126,84 @@ def test_rows_of_a_run_that_died_before_its_first_checkpoint_are_kept_aside(home
     assert run_training(run_dir, progress=False) == "finished"
     aside = [p for p in run_dir.iterdir() if p.name.startswith(run_folder.HISTORY_PREFIX)]
     assert len(aside) == 1 and [r["step"] for r in read_jsonl(aside[0] / "metrics.jsonl")] == [0, 1, 2]
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+@pytest.fixture()
+def small_disk(lab_home, tmp_path, monkeypatch):
+    """A data dir on its own 4 MiB tmpfs (needs root, as in CI's container), sharing the tiny lab."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); needs root")
+    try:
+        (mount / "lab").symlink_to(Path(lab_home[0]) / "lab")
+        monkeypatch.setenv("OPD_LAB_HOME", str(mount))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Write a file in `folder` until its filesystem has no byte left."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 16, 1 << 10, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_save_on_a_full_disk_leaves_no_partial_files_and_the_run_reads_failed(small_disk, monkeypatch):
+    from opd_lab import train
+
+    run_dir = run_folder.create_run(RunConfig(steps=4, checkpoint_every=2, **SMALL))
+    real_save = train._save_checkpoint
+    calls = []
+
+    def save_on_a_full_disk(trainer, folder):
+        calls.append(trainer.step_done)
+        if len(calls) == 2:  # the first save fits; before the second the disk fills up
+            _fill(small_disk)
+        return real_save(trainer, folder)
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_on_a_full_disk)
+    assert run_training(run_dir, progress=False) == "failed"
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".partial")]
+    assert leftovers == []
+    assert [p.name for p in checkpoints.checkpoint_dirs(run_dir)] == ["step_000002"]
+    assert load_status(run_dir)["state"] == "running"  # what the full disk left in status.json
+    status = runs.status_of(run_dir)
+    assert status["state"] == "failed" and str(small_disk) in status["message"] and "disk full" in status["message"]
+    assert runs.format_runs(runs.list_runs()).count("failed") == 1
+
+
+def test_launching_onto_a_full_disk_is_one_line_naming_the_data_dir_and_leaves_no_folder(small_disk, capsys):
+    from opd_lab.cli import main
+
+    (small_disk / "runs").mkdir()
+    _fill(small_disk)
+    assert main(["launch", "--steps", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "no space left in the data dir" in err[0] and str(small_disk) in err[0], err
+    assert list((small_disk / "runs").iterdir()) == []
+
+
+def test_an_interrupt_while_a_run_folder_is_made_removes_it(home, monkeypatch):
+    from opd_lab import ownership
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ownership, "write_new_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ownership.create_owned_run(RunConfig(steps=2))
+    assert list(runs.runs_dir().iterdir()) == []
