@@ -114,6 +114,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare.add_argument("--prompt-pool", type=int, default=None,
                          help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
     compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
+    compare.add_argument("--launched-by", help=argparse.SUPPRESS)  # the app's user who started it
 
     preflight = commands.add_parser(
         "preflight", help="will OPD work for this pair? measured in about a minute (exit 0: go or caution, 3: no-go)")
@@ -250,8 +251,11 @@ def _dispatch(args) -> int | None:
         settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
                                    variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                                    prompt_pool=args.prompt_pool)
-        folder = run_compare(settings, out=args.out)
+        folder = run_compare(settings, out=args.out, launched_by=args.launched_by)
         print(f"report: {folder / 'report.md'}")
+        stopped = run_folder.read_json(folder / "stopped.json", default={}) or {}
+        if stopped.get("stopped"):  # 128 + the signal's number, as a shell reports it
+            return 130 if stopped["stopped"] == "Ctrl-C" else 143 if stopped["stopped"] == "SIGTERM" else 1
     elif args.command == "recipe":
         from opd_lab.recipes import run_recipe
 

@@ -29,17 +29,14 @@ import contextlib
 import fcntl
 import os
 import shutil
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
-from opd_lab import ownership
+from opd_lab import launcher, ownership
 from opd_lab.config import RunConfig
 from opd_lab.paths import child_environment, data_dir, runs_dir
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
-                                set_aside_history, update_status)
+                                record_launcher, set_aside_history, update_status)
 
 ACTIVE_STATES = ("queued", "running")
 WAITING = "waiting"  # in the queue for a free place under the run limit; no process yet
@@ -48,8 +45,8 @@ MAX_RUNS_VAR = "OPD_LAB_MAX_RUNS"
 LAUNCH_LOCK_FILE = ".launch.lock"
 
 __all__ = ["ACTIVE_STATES", "WAITING", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs",
-           "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
-           "start_run", "start_runs", "start_waiting", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
+           "is_active", "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
+           "start_if_room", "start_run", "start_runs", "start_waiting", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
 
 
 def _owner_alive(run_dir: Path, status: dict) -> bool:
@@ -107,6 +104,11 @@ def _active(run_dir: Path) -> bool:
     except UnreadableFile:
         status = {}
     return _owner_alive(run_dir, status)
+
+
+def is_active(run_dir: str | Path) -> bool:
+    """Whether a process trains (or is starting) the run."""
+    return _active(Path(run_dir))
 
 
 def active_runs() -> list[Path]:
@@ -239,28 +241,27 @@ def _take_or_refuse(run_dir: Path) -> ownership.RunOwner:
         raise refusal from None
 
 
-def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int = 1) -> int:
+def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int = 1,
+           die_with_parent: bool = False, threads: int | None = None) -> int:
     """Start the training process, handing it `owner`'s lock (the caller then releases its handle).
 
     With several processes, the process started here starts them (`accelerate launch`)
     and passes the lock on to their rank 0 (`ownership.LockHandover`), so the run has
     one owner from this instant to its end. A run counts once under the run limit; its
-    processes share the run's threads.
+    processes share the run's threads. `die_with_parent`: a comparison's run, stopped
+    (with a checkpoint) when the comparison's process dies (`opd_lab.launcher`).
     """
-    env = child_environment()
-    env.setdefault("OMP_NUM_THREADS", str(max(1, threads_per_run(limit) // processes)))
+    # a user's own OMP_NUM_THREADS wins over the share of the cores
+    env = {"OMP_NUM_THREADS": str(threads) if threads is not None else
+           os.environ.get("OMP_NUM_THREADS") or str(max(1, threads_per_run(limit) // processes))}
     update_status(run_dir, state="queued", pid=None, message="starting", processes=processes)
-    with (run_dir / LOG_FILE).open("a") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress",
-             "--owner-fd", str(owner.fd), *(["--processes", str(processes)] if processes > 1 else [])],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(owner.fd,),
-            start_new_session=True, env=env, cwd=str(run_dir),
-        )
-    update_status(run_dir, pid=process.pid, pid_started=ownership.process_start_time(process.pid))
-    # Reap the child when it exits so it never lingers as a zombie of this process.
-    threading.Thread(target=process.wait, daemon=True).start()
-    return process.pid
+    launched, _ = launcher.start(
+        ["train", "--run-dir", str(run_dir), "--no-progress", "--owner-fd", str(owner.fd),
+         *(["--processes", str(processes)] if processes > 1 else [])],
+        log=run_dir / LOG_FILE, cwd=run_dir, env=env, pass_fds=(owner.fd,),
+        detached=not die_with_parent, die_with_parent=die_with_parent)
+    update_status(run_dir, pid=launched.pid, pid_started=launched.started)
+    return launched.pid
 
 
 def start_run(config: RunConfig, processes: int = 1) -> tuple[Path, int]:
@@ -340,6 +341,32 @@ def submit_run(config: RunConfig) -> tuple[Path, int | None]:
                 return run_dir, _spawn(run_dir, owner, limit)
             update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit")
             return run_dir, None
+
+
+def start_if_room(config: RunConfig, limit: int | None = None, die_with_parent: bool = False,
+                  threads: int | None = None, launched_by: str | None = None) -> Path | None:
+    """Create and start a run of `config` when the run limit has room and nobody waits
+    in line; its folder, or None (nothing created) when it must wait. A program that
+    trains many runs (`opd-lab compare`) calls it until it answers, so its runs queue
+    behind everyone's.
+
+    Args:
+        die_with_parent, threads: see `_spawn`.
+        launched_by: the user recorded as the run's launcher (`run_folder.record_launcher`).
+    Raises:
+        ConfigError, ModelLoadError: a bad input; nothing is created.
+    """
+    limit = max_active_runs() if limit is None else limit
+    config = check_run_inputs(config)
+    with _launch_lock():
+        if waiting_runs() or running_count() >= limit:
+            return None
+        run_dir, owner = ownership.create_owned_run(config)
+        with owner:
+            if launched_by:
+                record_launcher(run_dir, launched_by)
+            _spawn(run_dir, owner, limit, die_with_parent=die_with_parent, threads=threads)
+        return run_dir
 
 
 def start_waiting(limit: int | None = None) -> list[tuple[Path, int]]:
