@@ -29,11 +29,12 @@ import contextlib
 import fcntl
 import os
 import shutil
+import time
 from pathlib import Path
 
 from opd_lab import launcher, ownership
 from opd_lab.config import RunConfig
-from opd_lab.paths import child_environment, data_dir, runs_dir
+from opd_lab.paths import data_dir, runs_dir
 from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import (LOG_FILE, STOP_FILE, RunError, UnreadableFile, load_status, run_folders, run_row,
                                 record_launcher, set_aside_history, update_status)
@@ -46,7 +47,7 @@ LAUNCH_LOCK_FILE = ".launch.lock"
 
 __all__ = ["ACTIVE_STATES", "WAITING", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs",
            "is_active", "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
-           "start_if_room", "start_run", "start_runs", "start_waiting", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
+           "start_if_room", "start_run", "start_runs", "start_waiting", "submit_resume", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
 
 
 def _owner_alive(run_dir: Path, status: dict) -> bool:
@@ -314,8 +315,8 @@ def waiting_runs() -> list[Path]:
             status = load_status(folder) or {}
         except UnreadableFile:
             continue
-        if status.get("state") == WAITING:
-            waiting.append((status.get("created_at", 0), folder.name, folder))
+        if status.get("state") == WAITING:  # in line since it was queued (a resume queues again)
+            waiting.append((status.get("queued_at", status.get("created_at", 0)), folder.name, folder))
     return [folder for *_, folder in sorted(waiting)]
 
 
@@ -339,7 +340,8 @@ def submit_run(config: RunConfig) -> tuple[Path, int | None]:
         with owner:
             if not waiting_runs() and running_count(exclude=run_dir) < limit:
                 return run_dir, _spawn(run_dir, owner, limit)
-            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit")
+            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit",
+                          queued_at=time.time())
             return run_dir, None
 
 
@@ -423,6 +425,30 @@ def resume(run_dir: str | Path, processes: int | None = None, from_scratch: bool
     """
     return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes,
                             from_scratch=from_scratch)
+
+
+def submit_resume(run_dir: str | Path) -> int | None:
+    """Resume a stopped or failed run now if the run limit has room and nobody waits,
+    else put it in line like a new run (`submit_run`): its pid, or None when it waits.
+
+    Raises:
+        RunError: the run is running (another process owns it) or has finished.
+    """
+    run_dir = Path(run_dir)
+    limit = max_active_runs()
+    with _launch_lock():
+        owner = _take_or_refuse(run_dir)
+        try:
+            if _state(run_dir) == "finished":
+                raise RunError(f"run {run_dir.name} has finished all its steps")
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            if not waiting_runs() and running_count(exclude=run_dir) < limit:
+                return _spawn(run_dir, owner, limit)
+            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit",
+                          queued_at=time.time())
+            return None
+        finally:
+            owner.release()
 
 
 def _restart_from_scratch(run_dir: Path) -> None:
