@@ -14,6 +14,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 from pathlib import Path
@@ -53,6 +54,9 @@ def check_port(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((host, port))
     except OSError as error:
+        if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(f"--host {host}: not an address of this machine ({error.strerror or error}); "
+                             "use 127.0.0.1, 0.0.0.0 (every address) or one of this machine's addresses") from None
         raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
                          "pick another port with --port") from None
 

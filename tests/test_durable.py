@@ -207,3 +207,50 @@ def test_an_interrupt_while_a_run_folder_is_made_removes_it(home, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ownership.create_owned_run(RunConfig(steps=2))
     assert list(runs.runs_dir().iterdir()) == []
+
+
+# --- smaller hardening -------------------------------------------------------------------------
+
+def _rows(path: Path, key: str, count: int = 30) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", key: str(2 * i)}) + "\n" for i in range(count)))
+    return path
+
+
+def test_the_lab_hint_for_a_task_file_says_what_to_do_and_creates_nothing(home, tmp_path, monkeypatch, capsys):
+    from opd_lab.cli import main
+
+    (tmp_path / "in").mkdir()
+    task = _rows(tmp_path / "in" / "my.jsonl", "answer")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "in/my.jsonl", "--steps", "2"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "built for the built-in tasks only" in line and "--teacher and --student" in line
+    assert "lab build --task" not in line
+    assert main(["lab", "build", "--task", "in/my.jsonl"]) == 2
+    assert "built-in tasks only" in capsys.readouterr().err
+    assert sorted(p.name for p in (home / "lab").iterdir()) == sorted(
+        p.name for p in Path(os.path.realpath(home / "lab")).iterdir())  # nothing new in the lab folder
+    assert not (home / "lab" / "in").exists() and not (tmp_path / "lab").exists() and task.exists()
+
+
+def test_an_rl_run_on_rows_without_answers_is_refused_and_a_partial_file_warned(home, tmp_path, capsys):
+    from opd_lab.config import ConfigError
+    from opd_lab.preflight import check_run_inputs
+
+    misspelled = _rows(tmp_path / "misspelled.jsonl", "anwser")
+    pair = dict(teacher="lab:addition", student="lab:addition")
+    with pytest.raises(ConfigError, match='no row has an "answer".*anwser.*reward 0'):
+        check_run_inputs(RunConfig(method="rl", samples_per_prompt=4, task=str(misspelled), **pair))
+    check_run_inputs(RunConfig(method="opd", task=str(misspelled), **pair))  # OPD needs no answers
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(_rows(tmp_path / "a.jsonl", "answer").read_text()
+                       + json.dumps({"prompt": "99+99=", "anwser": "198"}) + "\n")
+    check_run_inputs(RunConfig(method="rl", samples_per_prompt=4, task=str(partial), **pair))
+    assert "1 of 31 rows have no" in capsys.readouterr().err
+
+
+def test_a_host_that_is_not_this_machines_is_named_as_the_problem():
+    from app.cli import check_port
+
+    with pytest.raises(ValueError, match="--host 10.255.255.1: not an address of this machine"):
+        check_port("10.255.255.1", 7860)
