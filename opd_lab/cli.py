@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -213,8 +214,17 @@ def error_line(error: BaseException) -> str:
     return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
 
 
-def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
+def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = (),
+         early_sigterm: list | None = None) -> int:
+    """Run one `opd-lab` command; its exit status.
+
+    Args:
+        early_sigterm: filled by a SIGTERM handler installed before the imports
+            (`python -m opd_lab`); see `_obey_early_sigterm`.
+    """
     args = build_parser(extra_commands).parse_args(argv)
+    if early_sigterm is not None and _obey_early_sigterm(args, early_sigterm):
+        return 128 + signal.SIGTERM
     try:
         if args.data_dir:
             os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
@@ -228,6 +238,25 @@ def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) 
         hint = "" if user_error or args.debug else " (run with --debug to see the traceback)"
         print(f"opd-lab: error: {error_line(error)}{hint}", file=sys.stderr)
         return 2 if user_error else 1
+
+
+def _obey_early_sigterm(args, received: list) -> bool:
+    """Hand SIGTERM back to its normal handling; whether the command must end now.
+
+    A run's training process (`train --run-dir`) turns SIGTERM into its folder's STOP
+    file until the training loop's own handler takes over, so a stop asked while it
+    starts is a stop (state `stopped`), whatever instant it came. Any other command
+    gets the default action back, and ends now if a SIGTERM already came.
+    """
+    run_dir = getattr(args, "run_dir", None) if args.command == "train" else None
+    if run_dir:
+        stop_file = Path(run_dir) / "STOP"
+        signal.signal(signal.SIGTERM, lambda *_: stop_file.touch())
+        if received:
+            stop_file.touch()
+        return False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return bool(received)
 
 
 def _dispatch(args) -> int | None:

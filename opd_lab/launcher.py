@@ -106,7 +106,10 @@ def _libc():
 
 def _die_with(parent: int, libc) -> None:
     """In the child, before exec: ask for SIGTERM when the parent dies, and exit at once
-    if it already has (the request would then never fire)."""
+    if it already has (the request would then never fire). SIGTERM stays blocked (the
+    mask survives exec) until `python -m opd_lab` has its handler (`opd_lab.__main__`),
+    so one that comes while Python starts is held, not fatal."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     if libc is not None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:

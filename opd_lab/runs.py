@@ -359,6 +359,8 @@ def start_if_room(config: RunConfig, limit: int | None = None, die_with_parent: 
         ConfigError, ModelLoadError: a bad input; nothing is created.
     """
     limit = max_active_runs() if limit is None else limit
+    if waiting_runs() or running_count() >= limit:  # asked every half second while it waits: no checks then
+        return None
     config = check_run_inputs(config)
     with _launch_lock():
         if waiting_runs() or running_count() >= limit:

@@ -86,6 +86,8 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
         config = RunConfig.from_dict(load_config(run_dir))
         trainer = Trainer(config, run_dir, world)
         state = _restore(trainer, run_dir, world)
+        if world.any(stop_requested["flag"] or (run_dir / STOP_FILE).exists()):  # asked while it loaded
+            return _stopped(run_dir, trainer.step_done, "before it started") if main else "stopped"
         if main and state is None:
             _keep_rows_of_a_restart(run_dir)
         trainer.begin(state)

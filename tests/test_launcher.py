@@ -120,6 +120,25 @@ def _training_pids(home: Path) -> list[int]:
     return alive
 
 
+def test_a_killed_comparison_leaves_no_run_training(home):
+    """`kill -9` of `opd-lab compare`: no handler runs, yet its runs stop (with a checkpoint)."""
+    command = [sys.executable, "-m", "opd_lab", "compare", "--scenario", "baseline", "--quick", "--seeds", "1",
+               "--out", str(home / "report")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    compare = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: any(runs.is_active(f) and load_status(f).get("pid") for f in run_folder.run_folders()),
+                    timeout=240, interval=0.1)
+    compare.kill()
+    compare.wait()
+    # no handler of the comparison runs: each run stops by itself, after loading its models at worst
+    assert wait_for(lambda: not _training_pids(home), timeout=30, interval=0.1)
+    states = {f.name: runs.status_of(f) for f in run_folder.run_folders()}
+    started = [status for status in states.values() if status.get("pid_started")]
+    assert started and all(status["state"] in ("finished", "stopped") for status in started), states
+    # a run the comparison was creating at the kill never had a process: it says so
+    assert all("never started" in status["message"] for status in states.values() if not status.get("pid_started"))
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 def test_a_signalled_comparison_stops_its_runs_and_reports_what_finished(home, how):
     out = home / "report"
