@@ -31,15 +31,12 @@ import dataclasses
 import json
 import shutil
 import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from opd_lab import launcher, report, runs
+from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
 from opd_lab.compare import arm_overrides
 from opd_lab.config import RunConfig
 from opd_lab.paths import data_dir
@@ -48,7 +45,6 @@ from opd_lab.scenarios import Scenario, get_scenario
 
 REPORT_FILE = "report.json"
 STOPPED_FILE = "stopped.json"  # a comparison stopped before its end: what finished (no verdict)
-POLL_S = 0.5  # how often the comparison looks at its runs
 SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
 BASE_ARMS = ("rl", "sft", "opd")
 # --quick: tiny models (the scenario's recipe with TINY_RECIPE) and budgets, for CI and notebooks.
@@ -113,92 +109,6 @@ def _config(scenario: Scenario, lab: str, arm: str, seed: int, learning_rate: fl
                      stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool))
 
 
-class CompareStopped(Exception):
-    """Raised by the signal handler while no run trains (building the lab, evaluating it)."""
-
-
-class StopRequest:
-    """Set by SIGTERM or a Ctrl-C (or a failed run): start nothing more, stop the runs
-    training now with a checkpoint. `reason` is None until then. While `interruptible`
-    (no run is training: the lab is being built or evaluated) a signal raises
-    `CompareStopped` at once instead of waiting for the phase to end."""
-
-    def __init__(self):
-        self.reason: str | None = None
-        self.interruptible = False
-
-    def ask(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-
-def _stop_on_signals(stop: StopRequest) -> dict:
-    """SIGTERM and a first Ctrl-C ask the comparison to stop; a second Ctrl-C aborts at
-    once (its runs, told by the kernel that their parent died, still save a checkpoint).
-    Returns the previous handlers (none outside the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def on_signal(number, _frame):
-        if number == signal.SIGINT and stop.reason:
-            raise KeyboardInterrupt
-        stop.ask("Ctrl-C" if number == signal.SIGINT else "SIGTERM")
-        if stop.interruptible:
-            raise CompareStopped(stop.reason)
-        print(f"\nopd-lab compare: {stop.reason}: starting no more runs, stopping the current ones with a "
-              "checkpoint, then writing the report of what finished", file=sys.stderr)
-
-    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
-    for number in previous:
-        signal.signal(number, on_signal)
-    return previous
-
-
-def _train_all(configs: list[RunConfig], workers: int, description: str, stop: StopRequest,
-               launched_by: str | None = None, progress_print=print) -> list[Path | None]:
-    """Train `configs`, at most `workers` at once and never past the run limit; returns
-    their run folders in order (None for a run never started because of a stop).
-
-    Each run is launched like any other (`runs.start_if_room`): it waits while the
-    limit is full or other runs wait before it, and this loop serves the queue
-    (`runs.start_waiting`) so waiting runs start even without an app. When `stop` is
-    asked, no run starts any more and the running ones are stopped with a checkpoint.
-    """
-    results: list[Path | None] = [None] * len(configs)
-    pending = list(range(len(configs)))
-    training: dict[int, Path] = {}
-    told_waiting = stopping = False
-    bar = tqdm(total=len(configs), desc=description, unit="run")
-    try:
-        while pending or training:
-            if stop.reason and not stopping:
-                stopping = True
-                pending.clear()
-                for run_dir in training.values():
-                    runs.request_stop(run_dir)
-            for index, run_dir in list(training.items()):
-                if not runs.is_active(run_dir):
-                    results[index] = training.pop(index)
-                    bar.update(1)
-                    state = runs.status_of(run_dir).get("state")
-                    if state == "failed":
-                        stop.ask(f"run {run_dir.name} failed: {runs.status_of(run_dir).get('message')}")
-            runs.start_waiting()
-            while pending and len(training) < workers and not stopping:
-                started = runs.start_if_room(configs[pending[0]], die_with_parent=True, threads=1,
-                                             launched_by=launched_by)
-                if started is None:
-                    if not told_waiting:
-                        progress_print("waiting for a free place under the run limit (other runs are training "
-                                       "or waiting before this comparison's)")
-                        told_waiting = True
-                    break
-                training[pending.pop(0)] = started
-            time.sleep(POLL_S)
-    finally:
-        bar.close()
-    return results
-
-
 def _mean_accuracy(rows: list[dict]) -> float:
     """The sweep's score: mean held-out accuracy over the evaluations after step 0."""
     values = [row[report.ACCURACY] for row in rows if row.get("step", 0) > 0 and report.ACCURACY in row]
@@ -242,7 +152,7 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     run's launcher (so they may stop its runs).
     """
     stop = StopRequest()
-    previous = _stop_on_signals(stop)
+    previous = stop_on_signals(stop)
     try:
         return _run_compare(settings, out, progress_print, launched_by, stop)
     finally:
@@ -261,10 +171,10 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
     stop.interruptible = True
     try:
         if stop.reason:  # asked before the handlers could interrupt anything
-            raise CompareStopped(stop.reason)
+            raise BatchStopped(stop.reason)
         lab_summary = build_lab(recipe, progress_print=progress_print)
         reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
-    except CompareStopped:
+    except BatchStopped:
         out.mkdir(parents=True, exist_ok=True)
         return _write_stopped(out, settings, stop.reason, [], progress_print)
     finally:
@@ -277,7 +187,7 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
     sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
                              f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
-    sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep", stop, launched_by, progress_print)
+    sweep_dirs = train_all(sweep_configs, settings.workers, "learning-rate sweep", stop, launched_by, progress_print)
     if stop.reason:
         return _write_stopped(out, settings, stop.reason, sweep_dirs, progress_print)
     sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
@@ -290,7 +200,7 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
     configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
                        f"cmp-{settings.label}-{arm}-s{seed}", stop_at=stop_at)
                for arm in settings.arms for seed in range(settings.seeds)]
-    run_dirs = _train_all(configs, settings.workers, "comparison runs", stop, launched_by, progress_print)
+    run_dirs = train_all(configs, settings.workers, "comparison runs", stop, launched_by, progress_print)
     if stop.reason:
         return _write_stopped(out, settings, stop.reason, sweep_dirs + run_dirs, progress_print)
 

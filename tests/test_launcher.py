@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from opd_lab import experiment, launcher, ownership, run_folder, runs
+from opd_lab import experiment, launcher, ownership, run_batch, run_folder, runs
 from opd_lab.config import RunConfig
 from opd_lab.run_folder import load_status
 from waiting import wait_for
@@ -85,7 +85,7 @@ def test_a_worker_dies_with_its_parent(home, tmp_path):
 def test_a_comparison_at_the_run_limit_waits_in_line(home, monkeypatch):
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
     other, owner = ownership.create_owned_run(RunConfig(steps=2, name="someone-else"))  # holds the only place
-    stop = experiment.StopRequest()
+    stop = run_batch.StopRequest()
     said = []
     config = RunConfig(steps=2, name="cmp-wait", **SMALL)
 
@@ -93,7 +93,7 @@ def test_a_comparison_at_the_run_limit_waits_in_line(home, monkeypatch):
 
     results = {}
     thread = threading.Thread(target=lambda: results.update(
-        dirs=experiment._train_all([config], 2, "test", stop, launched_by="ana", progress_print=said.append)))
+        dirs=run_batch.train_all([config], 2, "test", stop, launched_by="ana", progress_print=said.append)))
     thread.start()
     try:
         assert wait_for(lambda: said, timeout=60, interval=0.1)
