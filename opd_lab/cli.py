@@ -136,6 +136,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
                         "(default: <data dir>/recipes/<recipe>-<setting>-<time>)")
 
     commands.add_parser("runs", help="list runs")
+    commands.add_parser("batch-worker", help=argparse.SUPPRESS)  # trains runs handed over by opd_lab.run_batch
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("run", help="run id (see opd-lab runs)")
@@ -326,6 +327,10 @@ def _dispatch(args) -> int | None:
         print(run_dir.name)
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))
+    elif args.command == "batch-worker":
+        from opd_lab.run_batch import serve_worker
+
+        serve_worker()
     elif args.command == "stop":
         print(runs.request_stop(run_folder.run_path(args.run)))
     elif args.command == "resume":

@@ -71,7 +71,7 @@ class Launched:
 
 def start(module_args: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None,
           pass_fds: tuple[int, ...] = (), detached: bool = True, die_with_parent: bool = False,
-          reap: bool = True) -> tuple[Launched, subprocess.Popen]:
+          reap: bool = True, stdin_pipe: bool = False) -> tuple[Launched, subprocess.Popen]:
     """Start `python -m opd_lab <module_args>` with stdout and stderr appended to `log`.
 
     Args:
@@ -81,6 +81,7 @@ def start(module_args: list[str], log: Path, *, cwd: Path | None = None, env: di
         die_with_parent: the child gets SIGTERM when this process dies (Linux); a
             training process takes that as "stop with a checkpoint".
         reap: a thread waits for the child (no zombie); False when the caller polls it.
+        stdin_pipe: the child reads its stdin from `Popen.stdin` (a worker's orders), else nothing.
     Returns:
         `(Launched, Popen)`.
     """
@@ -90,7 +91,7 @@ def start(module_args: list[str], log: Path, *, cwd: Path | None = None, env: di
     with open(log, "a") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "opd_lab", *module_args], stdout=handle, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=detached, env=environment,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=detached, env=environment,
             cwd=str(cwd) if cwd else None,
             preexec_fn=(lambda: _die_with(parent, libc)) if die_with_parent else None)
     launched = Launched(process.pid, ownership.process_start_time(process.pid))

@@ -47,7 +47,7 @@ LAUNCH_LOCK_FILE = ".launch.lock"
 
 __all__ = ["ACTIVE_STATES", "WAITING", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs",
            "is_active", "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
-           "start_if_room", "start_run", "start_runs", "start_waiting", "submit_resume", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
+           "claim_if_room", "start_run", "start_runs", "start_waiting", "submit_resume", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
 
 
 def _owner_alive(run_dir: Path, status: dict) -> bool:
@@ -242,25 +242,21 @@ def _take_or_refuse(run_dir: Path) -> ownership.RunOwner:
         raise refusal from None
 
 
-def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int = 1,
-           die_with_parent: bool = False, threads: int | None = None) -> int:
+def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int = 1) -> int:
     """Start the training process, handing it `owner`'s lock (the caller then releases its handle).
 
     With several processes, the process started here starts them (`accelerate launch`)
     and passes the lock on to their rank 0 (`ownership.LockHandover`), so the run has
     one owner from this instant to its end. A run counts once under the run limit; its
-    processes share the run's threads. `die_with_parent`: a comparison's run, stopped
-    (with a checkpoint) when the comparison's process dies (`opd_lab.launcher`).
+    processes share the run's threads.
     """
     # a user's own OMP_NUM_THREADS wins over the share of the cores
-    env = {"OMP_NUM_THREADS": str(threads) if threads is not None else
-           os.environ.get("OMP_NUM_THREADS") or str(max(1, threads_per_run(limit) // processes))}
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, threads_per_run(limit) // processes))}
     update_status(run_dir, state="queued", pid=None, message="starting", processes=processes)
     launched, _ = launcher.start(
         ["train", "--run-dir", str(run_dir), "--no-progress", "--owner-fd", str(owner.fd),
          *(["--processes", str(processes)] if processes > 1 else [])],
-        log=run_dir / LOG_FILE, cwd=run_dir, env=env, pass_fds=(owner.fd,),
-        detached=not die_with_parent, die_with_parent=die_with_parent)
+        log=run_dir / LOG_FILE, cwd=run_dir, env=env, pass_fds=(owner.fd,))
     update_status(run_dir, pid=launched.pid, pid_started=launched.started)
     return launched.pid
 
@@ -345,15 +341,15 @@ def submit_run(config: RunConfig) -> tuple[Path, int | None]:
             return run_dir, None
 
 
-def start_if_room(config: RunConfig, limit: int | None = None, die_with_parent: bool = False,
-                  threads: int | None = None, launched_by: str | None = None) -> Path | None:
-    """Create and start a run of `config` when the run limit has room and nobody waits
-    in line; its folder, or None (nothing created) when it must wait. A program that
-    trains many runs (`opd-lab compare`) calls it until it answers, so its runs queue
-    behind everyone's.
+def claim_if_room(config: RunConfig, limit: int | None = None,
+                  launched_by: str | None = None) -> tuple[Path, ownership.RunOwner] | None:
+    """Create a run of `config`, owned by this process, when the run limit has room and
+    nobody waits in line: `(folder, owner)` for the caller to hand to its training
+    process, or None (nothing created) when it must wait. A program that trains many
+    runs (`opd_lab.run_batch`) asks until it answers, so its runs queue behind everyone's;
+    the run counts under the limit from this instant, since its lock is held.
 
     Args:
-        die_with_parent, threads: see `_spawn`.
         launched_by: the user recorded as the run's launcher (`run_folder.record_launcher`).
     Raises:
         ConfigError, ModelLoadError: a bad input; nothing is created.
@@ -366,11 +362,9 @@ def start_if_room(config: RunConfig, limit: int | None = None, die_with_parent: 
         if waiting_runs() or running_count() >= limit:
             return None
         run_dir, owner = ownership.create_owned_run(config)
-        with owner:
-            if launched_by:
-                record_launcher(run_dir, launched_by)
-            _spawn(run_dir, owner, limit, die_with_parent=die_with_parent, threads=threads)
-        return run_dir
+        if launched_by:
+            record_launcher(run_dir, launched_by)
+        return run_dir, owner
 
 
 def start_waiting(limit: int | None = None) -> list[tuple[Path, int]]:
