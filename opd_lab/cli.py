@@ -136,7 +136,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
                         "(default: <data dir>/recipes/<recipe>-<setting>-<time>)")
 
     commands.add_parser("runs", help="list runs")
-    commands.add_parser("batch-worker", help=argparse.SUPPRESS)  # trains runs handed over by opd_lab.run_batch
+    commands.add_parser("batch-worker", help="(internal) trains the runs opd-lab compare hands it, one after another")
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("run", help="run id (see opd-lab runs)")
