@@ -12,12 +12,15 @@ import gradio as gr
 import pandas as pd
 
 from app import report_panel
-from app.state import error_text, run_dir_of, run_ids
+from app.inputs import hide_paths
+from app.state import error_text, forget_runs_list, run_dir_of, run_ids
 from app.users import record
 from opd_lab import plots, run_comparison, runs
+from opd_lab.cli import error_line
 from opd_lab.compare import method_configs
-from opd_lab.config import RL_SAMPLES_PER_PROMPT, ConfigError, RunConfig
+from opd_lab.config import RL_SAMPLES_PER_PROMPT, RunConfig
 from opd_lab.lab import lab_summary_of
+from opd_lab.preflight import check_run_inputs
 from opd_lab.run_folder import load_config
 
 X_CHOICES = list(plots.X_AXES)
@@ -88,27 +91,34 @@ def any_active(selected: list[str]) -> bool:
 
 
 def launch_three(steps, batch_size, request: gr.Request | None = None) -> tuple[str, list[str]]:
-    """Create and launch the RL/SFT/OPD trio: `(message, run ids)`; all three or none."""
+    """Create the RL/SFT/OPD trio and launch each run, or queue it at the run limit
+    (`runs.submit_run`, like the Launch tab): `(message, run ids)`. A bad input
+    creates none of them."""
     try:
-        configs = method_configs(int(steps or 0), int(batch_size or 0))
-    except (ConfigError, ValueError) as error:
-        return f"**Not launched.** {error}", []
-    try:
-        started = runs.start_runs(configs)
-    except runs.RunError as error:
-        return f"**Not launched.** {error}", []
-    for run_dir, _ in started:
+        configs = [check_run_inputs(config) for config in method_configs(int(steps or 0), int(batch_size or 0))]
+    except (ValueError, OSError) as error:
+        return f"**Not launched.** {hide_paths(error_line(error))}", []
+    submitted = []
+    for config in configs:
+        run_dir, pid = runs.submit_run(config)
         record(run_dir, request)
-    launched = [run_dir.name for run_dir, _ in started]
-    return (f"Launched {', '.join(f'**{run}**' for run in launched)}: {steps} steps each, "
-            f"{batch_size} sampled sequences per step. They are selected above; the chart fills in "
-            "as they evaluate."), launched
+        submitted.append((run_dir.name, pid))
+    forget_runs_list()
+    positions = runs.queue_positions()
+    waiting = [f"**{run}** (#{positions.get(run, '?')} in line)" for run, pid in submitted if pid is None]
+    started = [f"**{run}**" for run, pid in submitted if pid is not None]
+    text = f"{steps} steps each, {batch_size} sampled sequences per step. "
+    if started:
+        text += f"Launched {', '.join(started)}. "
+    if waiting:
+        text += f"At the run limit, so queued: {', '.join(waiting)}; each starts by itself when a place frees. "
+    return text + "They are selected above; the chart fills in as they evaluate.", [run for run, _ in submitted]
 
 
-def build() -> dict:
+def build(instructor: str | None = None) -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker."""
     with gr.Accordion("RL vs SFT vs OPD on a lab scenario: several seeds and a verdict", open=True):
-        report_picker, report_outputs = report_panel.build()
+        report_picker, report_outputs = report_panel.build(instructor)
     gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
         chosen = gr.Dropdown(run_ids(), value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs",

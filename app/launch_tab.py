@@ -6,6 +6,12 @@ booleans, a number box for ints and floats, a text box otherwise) with the field
 equivalent `opd-lab launch ...` command, saves and loads YAML/JSON configs, and
 launches through `opd_lab.runs` (a detached process, no shell).
 
+The task and model fields offer choices, never paths (`app.inputs`): the built-in tasks
+and the instructor's task files, the built labs and the runs' checkpoints; anything else
+is refused with one answer, whether or not such a file exists, and no message shows a
+server path. A config is saved and loaded as text (copy it, paste it), so the app takes
+no uploaded file and hands out no server file.
+
 `trust_remote_code` is not in the form: only the `--trust-remote-code` flag of
 `opd-lab app` can allow a model's own Python code to run. Nor is `teacher_server`: a
 browser must not make the app send requests to any address it names (a teacher server
@@ -18,18 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import yaml
 
 from app import recipe_panel
+from app.inputs import browser_fields, hide_paths, model_choices, task_choices
 from app.state import forget_runs_list
 from app.users import record
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
-from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields
+from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields, parse_config_text
 from opd_lab.lab import built_lab_tasks
 
 BROWSER_LOCKED = ("trust_remote_code", "teacher_server", "report_dir")
@@ -65,12 +70,13 @@ def form_dict(values) -> dict:
 
 
 def config_from_form(values, trust_remote_code: bool = False) -> RunConfig:
-    """The validated config of the form's values; raises ConfigError naming the bad field."""
+    """The validated config of the form's values, its task and models the server's names
+    for the browser's choices (`app.inputs`); raises ConfigError naming the bad field."""
     data = form_dict(values)
     missing = [name for name, value in zip(FIELD_NAMES, values) if value is None]
     if missing:
         raise ConfigError(f"{missing[0]}: enter a value")
-    return RunConfig.from_dict({**data, "trust_remote_code": trust_remote_code})
+    return RunConfig.from_dict({**browser_fields(data), "trust_remote_code": trust_remote_code})
 
 
 def preview_command(values, trust_remote_code: bool = False) -> str:
@@ -105,7 +111,7 @@ def _preflight_problem(teacher: str, student: str, task: str, task_regex: str, t
         preflight.check_run_inputs(RunConfig(teacher=teacher, student=student, task=task, task_regex=task_regex,
                                              trust_remote_code=trust_remote_code))
     except Exception as error:  # noqa: BLE001 - shown as the one line a launch would print
-        return error_line(error)
+        return hide_paths(error_line(error))
     return ""
 
 
@@ -126,7 +132,7 @@ def launch_run(values, trust_remote_code: bool = False, request: gr.Request | No
     try:
         run_dir, pid = runs.submit_run(config_from_form(values, trust_remote_code))
     except Exception as error:  # noqa: BLE001 - the form shows every error as one line
-        return f"**Not launched.** {error_line(error)}", ""
+        return f"**Not launched.** {hide_paths(error_line(error))}", ""
     record(run_dir, request)
     forget_runs_list()
     if pid is None:
@@ -134,37 +140,43 @@ def launch_run(values, trust_remote_code: bool = False, request: gr.Request | No
         return (f"Queued **{run_dir.name}**: {runs.max_active_runs()} runs are training (the limit), so it is "
                 f"**#{position} in line** and starts by itself when a place frees. Follow it in the **Runs** tab."), \
             run_dir.name
-    return (f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab; "
-            f"its folder is `{run_dir}`."), run_dir.name
+    return f"Launched **{run_dir.name}** (process {pid}). Follow it in the **Runs** tab.", run_dir.name
 
 
-def save_config(values, trust_remote_code: bool = False) -> tuple[str | None, str]:
-    """Write the form as a YAML file to download: `(path or None, message)`."""
+MAX_CONFIG_CHARS = 64_000  # a pasted config longer than this is refused on the server
+
+
+def config_text(values, trust_remote_code: bool = False) -> tuple[str, str]:
+    """The form as YAML text to copy: `(text or "", message)`."""
     try:
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
-        return None, f"**Not saved.** {error}"
-    path = Path(tempfile.mkdtemp(prefix="opd-lab-config-")) / f"{config.run_name()}.yaml"
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return str(path), f"Saved `{path.name}`: use it with `opd-lab launch {path.name}` or load it here."
+        return "", f"**Not saved.** {error}"
+    chosen = {name: value for name, value in form_dict(values).items() if name in ("task", "teacher", "student")}
+    return (yaml.safe_dump({**config.to_dict(), **chosen}, sort_keys=False),  # the choices' names, not paths
+            f"Copy the YAML below into a file (e.g. `{config.run_name()}.yaml`): `opd-lab launch FILE` runs it, "
+            "and pasting it here loads it.")
 
 
-def load_config_file(path: str | None) -> tuple[list, str]:
-    """Form values from an uploaded YAML/JSON config: `(values, message)`.
+def load_config_text(text: str | None) -> tuple[list, str]:
+    """Form values from a pasted YAML or JSON config: `(values, message)`.
 
     On an error the values are None (the form is left as it is).
     """
-    if not path:
-        return [None] * len(FORM_FIELDS), ""
+    nothing = [None] * len(FORM_FIELDS)
+    if not text or not text.strip():
+        return nothing, "**Not loaded.** Paste a YAML or JSON config first."
+    if len(text) > MAX_CONFIG_CHARS:
+        return nothing, f"**Not loaded.** A config is at most {MAX_CONFIG_CHARS:,} characters."
     try:
-        config = RunConfig.from_file(path)
+        config = RunConfig.from_dict(parse_config_text(text, "the pasted config"))
     except ConfigError as error:
-        return [None] * len(FORM_FIELDS), f"**Not loaded.** {error}"
+        return nothing, f"**Not loaded.** {error}"
     note = ""
     if config.trust_remote_code:
-        note = (" The file sets `trust_remote_code: true`, which the app ignores: only "
+        note = (" It sets `trust_remote_code: true`, which the app ignores: only "
                 "`opd-lab app --trust-remote-code` can allow it.")
-    return [getattr(config, name) for name in FIELD_NAMES], f"Loaded `{Path(path).name}`.{note}"
+    return [getattr(config, name) for name in FIELD_NAMES], f"Loaded.{note}"
 
 
 def field_label(name: str) -> str:
@@ -177,11 +189,17 @@ def field_label(name: str) -> str:
     return LABELS.get(name, name.replace("_", " ").capitalize())
 
 
+CHOSEN_FIELDS = {"task": task_choices, "teacher": model_choices, "student": model_choices}
+
+
 def _component(spec: dataclasses.Field):
     # The config field's own name comes second, for YAML files and the command line.
     label, choices = field_label(spec.name), spec.metadata.get("choices")
     info = f"{spec.metadata['help']} [{spec.name}]"
     key = f"field-{spec.name}"
+    if spec.name in CHOSEN_FIELDS:  # a choice, not a path (`app.inputs`); the server checks it again
+        return gr.Dropdown(CHOSEN_FIELDS[spec.name](), value=spec.default, label=label, info=info, elem_id=key,
+                           allow_custom_value=True)
     if choices:
         return gr.Dropdown(list(choices), value=spec.default, label=label, info=info, elem_id=key)
     if spec.type == "bool":
@@ -210,9 +228,10 @@ def build(trust_remote_code: bool = False) -> dict:
     with gr.Row():
         preset = gr.Dropdown([DEFAULTS_PRESET, *PRESETS], value=DEFAULTS_PRESET, label="Preset",
                              info="Fill the form with a starting point (then change anything).", scale=2)
-        load_button = gr.UploadButton("Load config (YAML/JSON)", file_types=[".yaml", ".yml", ".json"],
-                                      file_count="single", scale=1)
-        save_button = gr.Button("Save config as YAML", scale=1)
+        save_button = gr.Button("Show config as YAML", scale=1)
+    with gr.Accordion("Load a config (paste YAML or JSON)", open=False, elem_id="load-config"):
+        pasted = gr.Textbox(label="Config", lines=6, max_length=MAX_CONFIG_CHARS, elem_id="pasted-config")
+        load_button = gr.Button("Load into the form", size="sm")
     main = [spec for spec in FORM_FIELDS if spec.name in MAIN_FIELDS]
     more = [spec for spec in FORM_FIELDS if spec.name not in MAIN_FIELDS]
     components = _grid(main)
@@ -228,7 +247,8 @@ def build(trust_remote_code: bool = False) -> dict:
         launch_button = gr.Button("Launch", variant="primary", elem_id="launch-button", scale=1)
         run_id = gr.Textbox(label="Launched run", interactive=False, elem_id="launched-run", scale=2)
     message = gr.Markdown(elem_id="launch-message")
-    saved = gr.File(label="Config to download", visible=False, interactive=False)
+    saved = gr.Code(label="This config as YAML", language="yaml", visible=False, interactive=False,
+                    buttons=["copy"])
     recipe_panel.build()
 
     def on_preview(*values):
@@ -238,12 +258,12 @@ def build(trust_remote_code: bool = False) -> dict:
         return launch_run(values, trust_remote_code, request)
 
     def on_save(*values):
-        path, text = save_config(values, trust_remote_code)
-        return gr.update(value=path, visible=path is not None), text
+        text, note = config_text(values, trust_remote_code)
+        return gr.update(value=text, visible=bool(text)), note
 
-    def on_load(file):
-        values, text = load_config_file(file)
-        return [gr.skip() if value is None else value for value in values] + [text]
+    def on_load(text):
+        values, note = load_config_text(text)
+        return [gr.skip() if value is None else value for value in values] + [note]
 
     gr.on([c.change for c in form], on_preview, inputs=form, outputs=[command, form_check], api_name="preview",
           show_progress="hidden")
@@ -251,5 +271,5 @@ def build(trust_remote_code: bool = False) -> dict:
     gr.on([c.input for c in form], lambda: "", outputs=message, api_visibility="private", show_progress="hidden")
     launch_button.click(on_launch, inputs=form, outputs=[message, run_id], api_name="launch")
     save_button.click(on_save, inputs=form, outputs=[saved, message], api_visibility="private")
-    load_button.upload(on_load, inputs=load_button, outputs=[*form, message], api_visibility="private")
+    load_button.click(on_load, inputs=pasted, outputs=[*form, message], api_visibility="private")
     return {"launched": run_id}

@@ -53,7 +53,7 @@ def start(name: str, setting: str) -> tuple[str, str]:
     except (ValueError, OSError) as error:
         return f"**Not started:** {error_line(error)}", recipes_table()
     return (f"Started `{folder.name}`. Its training stages appear in the **Runs** tab as they start; "
-            f"its log is `{folder / 'recipe.log'}`."), recipes_table()
+            "its log is `recipe.log` in its folder."), recipes_table()
 
 
 def build() -> None:

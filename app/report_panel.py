@@ -14,6 +14,7 @@ import json
 import gradio as gr
 import pandas as pd
 
+from app.users import refusal, user_of
 from opd_lab import experiment
 from opd_lab.plots_compare import seed_band_figure
 from opd_lab.scenarios import SCENARIOS
@@ -58,22 +59,41 @@ def report_view(name: str | None):
     return text, gr.update(value=figure, visible=figure is not None), table
 
 
-def start(scenario: str, quick: bool):
-    """Start a comparison in the background; returns a status line."""
+def start(scenario: str, quick: bool, request: gr.Request | None = None):
+    """Start a comparison in the background for the request's user; returns a status line.
+
+    Its runs queue under the run limit like anyone's, recorded as that user's."""
     try:
-        log = experiment.start_compare(scenario, quick=bool(quick))
+        experiment.start_compare(scenario, quick=bool(quick), user=user_of(request))
     except (RuntimeError, ValueError) as error:
         return f"**Not started.** {error}"
-    return (f"Started `opd-lab compare --scenario {scenario}{' --quick' if quick else ''}` in the background "
-            f"(log: `{log}`). Press **Refresh** when it is done.")
+    return (f"Started `opd-lab compare --scenario {scenario}{' --quick' if quick else ''}` in the background. "
+            "Its runs train in turn with everyone's: at the run limit they wait in line. "
+            "Press **Refresh** when it is done.")
+
+
+def stop(request: gr.Request | None = None, instructor: str | None = None) -> str:
+    """Stop the running comparison (its launcher or the instructor): its runs stop with a
+    checkpoint and it reports what finished."""
+    running = experiment.running_compare()
+    if running is None:
+        return "No comparison is running."
+    reason = refusal(running.get("user"), user_of(request), instructor)
+    if reason:
+        return "**Not stopped.** " + reason.replace("this run", "this comparison").replace("stop, resume or delete", "stop")
+    return experiment.stop_compare().capitalize() + "."
 
 
 def status() -> str:
-    return "A comparison is running." if experiment.compare_running() else "No comparison is running."
+    running = experiment.running_compare()
+    if running is None:
+        return "No comparison is running."
+    user = running.get("user")
+    return f"A comparison is running (started by {user})." if user else "A comparison is running."
 
 
-def build() -> None:
-    """The panel's widgets and events (inside the Compare tab)."""
+def build(instructor: str | None = None) -> None:
+    """The panel's widgets and events (inside the Compare tab); `instructor` may stop any comparison."""
     names = report_names()
     with gr.Row():
         picker = gr.Dropdown(names, value=names[0] if names else None, label="Comparison report", scale=4,
@@ -87,6 +107,7 @@ def build() -> None:
         scenario = gr.Dropdown(list(SCENARIOS), value=next(iter(SCENARIOS)), label="Scenario", scale=2)
         quick = gr.Checkbox(value=True, label="quick (tiny models, about a minute)", scale=2)
         run = gr.Button("Run a comparison", variant="primary", scale=1)
+        stop_button = gr.Button("Stop the comparison", scale=1, elem_id="stop-compare")
     running = gr.Markdown(status())
 
     def on_refresh(current):
@@ -97,4 +118,9 @@ def build() -> None:
     picker.change(report_view, inputs=picker, outputs=[verdict, figure, table], api_name="report")
     refresh.click(on_refresh, inputs=picker, outputs=[picker, running], api_visibility="private")
     run.click(start, inputs=[scenario, quick], outputs=running, api_name="start_compare")
+
+    def on_stop(request: gr.Request):
+        return stop(request, instructor)
+
+    stop_button.click(on_stop, outputs=running, api_name="stop_compare")
     return picker, (verdict, figure, table)

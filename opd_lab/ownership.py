@@ -221,8 +221,15 @@ def create_owned_run(config: RunConfig) -> tuple[Path, RunOwner]:
     """A new run folder of `config` and this process's hold on it, taken before any file
     is written, so no listing ever sees the new run without an owner."""
     folder = new_run_dir(config)
-    owner = take(folder, wait_s=0)
-    write_new_run(folder, config)
+    owner = None
+    try:
+        owner = take(folder, wait_s=0)
+        write_new_run(folder, config)
+    except BaseException:  # a full disk, Ctrl-C: no half-made folder stays behind
+        shutil.rmtree(folder, ignore_errors=True)
+        if owner is not None:
+            owner.release()
+        raise
     return folder, owner
 
 

@@ -7,6 +7,7 @@ set). The CLI's `--data-dir` flag sets `OPD_LAB_HOME` for the process and its ch
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -75,3 +76,28 @@ def child_environment() -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, ENV_VAR: str(data_dir()), "PYTHONPATH": python_path}
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says a file could not be written for lack of space: ENOSPC or
+    EDQUOT, or torch's own wording for a failed write (`torch.save` raises a RuntimeError)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and "file write failed" in str(error)
+
+
+def disk_full_line(error: BaseException | None = None) -> str:
+    """The one line that names the data dir when its disk is full.
+
+    Example:
+        >>> "no space left" in disk_full_line(OSError(28, "No space left on device"))
+        True
+    """
+    where = f" (writing {error.filename})" if isinstance(error, OSError) and error.filename else ""
+    root = Path(os.environ[ENV_VAR]).expanduser() if os.environ.get(ENV_VAR) else None
+    try:
+        root = root or data_dir()
+    except DataDirError:
+        pass
+    return (f"no space left in the data dir {root}{where}: free some space there (delete old runs) "
+            f"or choose another with --data-dir or ${ENV_VAR}")

@@ -51,6 +51,7 @@ def check_run_inputs(config: RunConfig) -> RunConfig:
     check_writable(runs_dir())
     check_trackers(config)
     task = get_task(config.task, regex=config.task_regex or None)
+    check_rewards_possible(config, task)
     tokenizers = [load_tokenizer(getattr(config, role), role, config.task, config.trust_remote_code)
                   for role in ("teacher", "student")]
     check_pair_compatible(*tokenizers)
@@ -60,6 +61,32 @@ def check_run_inputs(config: RunConfig) -> RunConfig:
     if known:
         check_prompt_lengths(task, tokenizers[1], min(known), config.resolved_max_new_tokens(task.max_new_tokens))
     return config
+
+
+def check_rewards_possible(config: RunConfig, task: Task, warn=None) -> None:
+    """Refuse a run that learns from rewards (RL, or a reward weight) on a task file none
+    of whose rows can be verified (no "answer", no "checks"): every reward would be 0 and
+    it would learn nothing. Warn (on stderr) when only some rows lack one.
+
+    Raises:
+        ConfigError: naming the file, the keys its rows do have, and what to do.
+    """
+    import sys
+
+    if not isinstance(task, JsonlTask) or (config.method != "rl" and not config.reward_coef):
+        return
+    problems = {p.prompt: p for p in task.train_split + task.eval_split}.values()  # a small file's eval rows repeat
+    unverifiable = [p for p in problems if not p.checks and p.prompt in task.unanswered]
+    who = "RL" if config.method == "rl" else f"reward_coef={config.reward_coef:g}"
+    if len(unverifiable) == len(problems):
+        keys = ", ".join(sorted(task.keys_seen)) or "none"
+        raise ConfigError(f"task: {task.path}: no row has an \"answer\" or \"checks\" (the keys found: {keys}), "
+                          f"so {who} would get reward 0 on every sample; name the answer key \"answer\", "
+                          "or use OPD, which needs no answers")
+    if unverifiable:
+        (warn or (lambda text: print(text, file=sys.stderr)))(
+            f"opd-lab: warning: task {task.path.name}: {len(unverifiable)} of {len(problems)} rows have no "
+            f"\"answer\" or \"checks\"; {who} gets reward 0 on them")
 
 
 def check_prompt_lengths(task: Task, tokenizer, context: int, max_new_tokens: int) -> None:

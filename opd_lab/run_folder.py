@@ -74,6 +74,32 @@ def _read_json(path: Path, default: Any = None) -> Any:
         raise UnreadableFile(str(error)) from None
 
 
+HISTORY_PREFIX = "previous-"
+
+
+def set_aside_history(run_dir: str | os.PathLike) -> Path:
+    """Move the run's metrics, samples and checkpoints into a new folder `previous-<time>/`
+    of the run (a restart from step 0 keeps what came before, never deletes it); returns it.
+
+    The caller owns the run (`opd_lab.ownership`).
+    """
+    run_dir = Path(run_dir)
+    aside = run_dir / f"{HISTORY_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in range(1000):
+        candidate = aside.with_name(aside.name + (f"-{suffix}" if suffix else ""))
+        try:
+            candidate.mkdir()
+            aside = candidate
+            break
+        except FileExistsError:
+            continue
+    for name in (METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    files.fsync_directory(run_dir)
+    return aside
+
+
 def load_config(run_dir: str | os.PathLike) -> dict:
     """The run's config as a plain dict."""
     return _read_json(Path(run_dir).expanduser() / CONFIG_FILE, default={})

@@ -29,16 +29,14 @@ import contextlib
 import fcntl
 import os
 import shutil
-import subprocess
-import sys
-import threading
+import time
 from pathlib import Path
 
-from opd_lab import ownership
+from opd_lab import launcher, ownership
 from opd_lab.config import RunConfig
-from opd_lab.paths import child_environment, data_dir, runs_dir
+from opd_lab.paths import data_dir, runs_dir
 from opd_lab.run_folder import (LOG_FILE, RunError, UnreadableFile, ask_to_stop, clear_stop, load_status, run_folders,
-                                run_row, stop_asked, update_status)
+                                record_launcher, run_row, set_aside_history, stop_asked, update_status)
 
 ACTIVE_STATES = ("queued", "running")
 WAITING = "waiting"  # in the queue for a free place under the run limit; no process yet
@@ -47,8 +45,8 @@ MAX_RUNS_VAR = "OPD_LAB_MAX_RUNS"
 LAUNCH_LOCK_FILE = ".launch.lock"
 
 __all__ = ["ACTIVE_STATES", "WAITING", "RunError", "active_runs", "check_capacity", "delete_run", "format_runs",
-           "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
-           "start_run", "start_runs", "start_waiting", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
+           "is_active", "launch", "list_runs", "max_active_runs", "queue_positions", "request_stop", "resume", "running_count",
+           "claim_if_room", "start_run", "start_runs", "start_waiting", "submit_resume", "status_of", "submit_run", "threads_per_run", "waiting_runs"]
 
 
 def _owner_alive(run_dir: Path, status: dict) -> bool:
@@ -83,9 +81,19 @@ def status_of(run_dir: str | Path) -> dict:
             if status.get("state") in ACTIVE_STATES:
                 message = ("the training process ended unexpectedly; resume to continue from the last checkpoint"
                            if status.get("pid") else "the run never started; resume to start it")
-                status = update_status(run_dir, state="failed", pid=None, message=message)
-    except (RunError, OSError):  # someone owns it now (a launch), or the folder is read-only
+                try:
+                    status = update_status(run_dir, state="failed", pid=None, message=message)
+                except OSError as error:  # a full disk: say what it is, even though the file keeps "running"
+                    status = {**status, "state": "failed", "pid": None, "eta_s": None,
+                              "message": f"the training process ended and its status cannot be written "
+                                         f"(disk full in {data_dir()}?): {error.strerror or error}"}
+    except RunError:  # someone owns it now (a launch)
         pass
+    except OSError as error:  # no lock can be taken either: the folder is read-only or the disk is full
+        if not ownership.is_owned(run_dir):
+            status = {**status, "state": "failed", "pid": None, "eta_s": None,
+                      "message": f"the training process ended and its folder cannot be written "
+                                 f"(disk full in {data_dir()}?): {error.strerror or error}"}
     return status
 
 
@@ -96,6 +104,11 @@ def _active(run_dir: Path) -> bool:
     except UnreadableFile:
         status = {}
     return _owner_alive(run_dir, status)
+
+
+def is_active(run_dir: str | Path) -> bool:
+    """Whether a process trains (or is starting) the run."""
+    return _active(Path(run_dir))
 
 
 def active_runs() -> list[Path]:
@@ -175,9 +188,10 @@ def launch(run_dir: str | Path, limit: int | None = None, processes: int = 1) ->
 
 
 def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, only_waiting: bool = False,
-                     processes: int | None = 1) -> int:
+                     processes: int | None = 1, from_scratch: bool = False) -> int:
     """Own the run, check the limit, and spawn it; `processes=None` keeps the number the
-    run last trained on (status.json's "processes", else 1)."""
+    run last trained on (status.json's "processes", else 1). `from_scratch`: its metrics,
+    samples and checkpoints are moved aside first (`run_folder.set_aside_history`)."""
     if processes is not None:
         _check_processes(processes)
     limit = max_active_runs() if limit is None else limit
@@ -190,6 +204,8 @@ def _launch_existing(run_dir: Path, limit: int | None, refuse_finished: bool, on
                 raise RunError(f"run {run_dir.name} is no longer waiting")
             check_capacity(1, limit, exclude=run_dir)
             clear_stop(run_dir)
+            if from_scratch:
+                _restart_from_scratch(run_dir)
             if processes is None:
                 processes = int((load_status(run_dir) or {}).get("processes") or 1)
             return _spawn(run_dir, owner, limit, processes)
@@ -233,20 +249,15 @@ def _spawn(run_dir: Path, owner: ownership.RunOwner, limit: int, processes: int 
     one owner from this instant to its end. A run counts once under the run limit; its
     processes share the run's threads.
     """
-    env = child_environment()
-    env.setdefault("OMP_NUM_THREADS", str(max(1, threads_per_run(limit) // processes)))
+    # a user's own OMP_NUM_THREADS wins over the share of the cores
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, threads_per_run(limit) // processes))}
     update_status(run_dir, state="queued", pid=None, message="starting", processes=processes)
-    with (run_dir / LOG_FILE).open("a") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "opd_lab", "train", "--run-dir", str(run_dir), "--no-progress",
-             "--owner-fd", str(owner.fd), *(["--processes", str(processes)] if processes > 1 else [])],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(owner.fd,),
-            start_new_session=True, env=env, cwd=str(run_dir),
-        )
-    update_status(run_dir, pid=process.pid, pid_started=ownership.process_start_time(process.pid))
-    # Reap the child when it exits so it never lingers as a zombie of this process.
-    threading.Thread(target=process.wait, daemon=True).start()
-    return process.pid
+    launched, _ = launcher.start(
+        ["train", "--run-dir", str(run_dir), "--no-progress", "--owner-fd", str(owner.fd),
+         *(["--processes", str(processes)] if processes > 1 else [])],
+        log=run_dir / LOG_FILE, cwd=run_dir, env=env, pass_fds=(owner.fd,))
+    update_status(run_dir, pid=launched.pid, pid_started=launched.started)
+    return launched.pid
 
 
 def start_run(config: RunConfig, processes: int = 1) -> tuple[Path, int]:
@@ -301,8 +312,8 @@ def waiting_runs() -> list[Path]:
             status = load_status(folder) or {}
         except UnreadableFile:
             continue
-        if status.get("state") == WAITING:
-            waiting.append((status.get("created_at", 0), folder.name, folder))
+        if status.get("state") == WAITING:  # in line since it was queued (a resume queues again)
+            waiting.append((status.get("queued_at", status.get("created_at", 0)), folder.name, folder))
     return [folder for *_, folder in sorted(waiting)]
 
 
@@ -328,8 +339,37 @@ def submit_run(config: RunConfig) -> tuple[Path, int | None]:
         with owner:
             if not waiting_runs() and running_count(exclude=run_dir) < limit:
                 return run_dir, _spawn(run_dir, owner, limit)
-            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit")
+            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit",
+                          queued_at=time.time())
             return run_dir, None
+
+
+def claim_if_room(config: RunConfig, limit: int | None = None,
+                  launched_by: str | None = None) -> tuple[Path, ownership.RunOwner] | None:
+    """Create a run of `config`, owned by this process, when the run limit has room and
+    nobody waits in line: `(folder, owner)` for the caller to hand to its training
+    process, or None (nothing created) when it must wait. A program that trains many
+    runs (`opd_lab.run_batch`) asks until it answers, so its runs queue behind everyone's;
+    the run counts under the limit from this instant, since its lock is held.
+
+    Args:
+        launched_by: the user recorded as the run's launcher (`run_folder.record_launcher`).
+    Raises:
+        ConfigError, ModelLoadError: a bad input; nothing is created.
+    """
+    limit = max_active_runs() if limit is None else limit
+    if waiting_runs() or running_count() >= limit:  # asked every half second while it waits: no checks then
+        return None
+    from opd_lab.preflight import check_run_inputs  # loads models (torch); listing runs does not
+
+    config = check_run_inputs(config)
+    with _launch_lock():
+        if waiting_runs() or running_count() >= limit:
+            return None
+        run_dir, owner = ownership.create_owned_run(config)
+        if launched_by:
+            record_launcher(run_dir, launched_by)
+        return run_dir, owner
 
 
 def start_waiting(limit: int | None = None) -> list[tuple[Path, int]]:
@@ -372,18 +412,52 @@ def request_stop(run_dir: str | Path) -> str:
     return f"stop requested for {run_dir.name}"
 
 
-def resume(run_dir: str | Path, processes: int | None = None) -> int:
+def resume(run_dir: str | Path, processes: int | None = None, from_scratch: bool = False) -> int:
     """Relaunch a stopped or failed run from its last checkpoint, on `processes`
     processes (default: as many as it last trained on); returns the pid.
+
+    A run none of whose checkpoints loads is refused by the training process (its
+    status says so); `from_scratch=True` restarts it from step 0, its old metrics,
+    samples and checkpoints moved aside into `previous-<time>/`, never deleted.
 
     Raises:
         RunError: the run is running (another process owns it), has finished, or the
             run limit is reached.
     """
-    return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes)
+    return _launch_existing(Path(run_dir), None, refuse_finished=True, processes=processes,
+                            from_scratch=from_scratch)
 
 
-def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
+def submit_resume(run_dir: str | Path) -> int | None:
+    """Resume a stopped or failed run now if the run limit has room and nobody waits,
+    else put it in line like a new run (`submit_run`): its pid, or None when it waits.
+
+    Raises:
+        RunError: the run is running (another process owns it) or has finished.
+    """
+    run_dir = Path(run_dir)
+    limit = max_active_runs()
+    with _launch_lock():
+        owner = _take_or_refuse(run_dir)
+        try:
+            if _state(run_dir) == "finished":
+                raise RunError(f"run {run_dir.name} has finished all its steps")
+            clear_stop(run_dir)
+            if not waiting_runs() and running_count(exclude=run_dir) < limit:
+                return _spawn(run_dir, owner, limit)
+            update_status(run_dir, state=WAITING, message="waiting for a free place under the run limit",
+                          queued_at=time.time())
+            return None
+        finally:
+            owner.release()
+
+
+def _restart_from_scratch(run_dir: Path) -> None:
+    aside = set_aside_history(run_dir)
+    update_status(run_dir, step=0, message=f"restarting from step 0; the earlier rows are in {aside.name}/")
+
+
+def take_for_foreground(run_dir: str | Path, from_scratch: bool = False) -> ownership.RunOwner:
     """Own a stopped or failed run to continue it in this process (`resume --foreground`).
 
     Raises:
@@ -395,6 +469,8 @@ def take_for_foreground(run_dir: str | Path) -> ownership.RunOwner:
         owner.release()
         raise RunError(f"run {run_dir.name} has finished all its steps")
     clear_stop(run_dir)
+    if from_scratch:
+        _restart_from_scratch(run_dir)
     return owner
 
 

@@ -25,10 +25,11 @@ from opd_lab.config import RunConfig
 from opd_lab.distributed import World
 from opd_lab.flops import FlopsCounter
 from opd_lab.ownership import RunOwner
+from opd_lab.paths import disk_full_line, is_disk_full
 from opd_lab.preflight import check_run_inputs
 from opd_lab.files import append_jsonl, read_jsonl, truncate_jsonl
 from opd_lab.run_folder import (METRICS_FILE, SAMPLES_FILE, RunError, append_log, clear_stop, load_config, load_status,
-                                stop_asked, update_status)
+                                set_aside_history, stop_asked, update_status)
 from opd_lab.tracking import RunTrackers
 from opd_lab.trainer import NonFiniteLoss, StepResult, Trainer
 
@@ -90,6 +91,10 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
             trackers = RunTrackers.open(config, run_dir.name, warn=lambda text: append_log(run_dir, f"warning: {text}"))
         trainer = Trainer(config, run_dir, world)
         state = _restore(trainer, run_dir, world)
+        if world.any(stop_requested["flag"] or stop_asked(run_dir)):  # asked while it loaded
+            return _stopped(run_dir, trainer.step_done, "before it started") if main else "stopped"
+        if main and state is None:
+            _keep_rows_of_a_restart(run_dir)
         trainer.begin(state)
         if main and sharding.is_sharded(trainer.student):
             local, whole = sharding.weight_bytes(trainer.student)
@@ -122,6 +127,7 @@ def _run_owned(run_dir: Path, progress: bool, world: World) -> str:
     except Exception as error:  # noqa: BLE001 - every failure must reach status.json
         error = distributed.lost_peer(error, world) or error
         message = (str(error) if isinstance(error, (NonFiniteLoss, distributed.PeerLost))
+                   else disk_full_line(error) if is_disk_full(error)
                    else f"{type(error).__name__}: {error}")
         if not main:  # rank 0 writes the folder; this process's traceback goes to the launcher's output
             print(f"opd-lab: rank {world.rank}: {message}\n{traceback.format_exc()}", file=sys.stderr)
@@ -146,6 +152,14 @@ def _restore(trainer: Trainer, run_dir: Path, world: World) -> dict | None:
     if not world.is_main and step is not None:
         state = checkpoints.restore(checkpoints.checkpoint_path(run_dir, step), trainer.student, trainer.lora)
     return state
+
+
+def _keep_rows_of_a_restart(run_dir: Path) -> None:
+    """A run with no checkpoint on disk starts at step 0; metric or sample rows it wrote
+    before (it died before its first checkpoint) are moved aside, never deleted."""
+    if any(row.get("step", 0) > 0 for row in read_jsonl(run_dir / METRICS_FILE)):
+        aside = set_aside_history(run_dir)
+        append_log(run_dir, f"no checkpoint to continue from: starting at step 0; the earlier rows are kept in {aside.name}/")
 
 
 def _install_stop_handlers(stop_requested: dict) -> dict:
@@ -178,7 +192,8 @@ def _record_failure(run_dir: Path, state: str, step: int, message: str, trace: s
             append_log(run_dir, trace)
         update_status(run_dir, state=state, message=message, step=step, pid=None)
     except OSError as error:
-        print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error})",
+        hint = f"; {disk_full_line(error)}" if is_disk_full(error) else ""
+        print(f"opd-lab: run {run_dir.name} {state}: {message} (and its folder could not be written: {error}{hint})",
               file=sys.stderr)
 
 

@@ -84,7 +84,9 @@ def test_built_form_widgets_follow_field_types(lab_home):
     assert isinstance(by_id["field-method"], gr.Dropdown)
     assert isinstance(by_id["field-steps"], gr.Number) and by_id["field-steps"].precision == 0
     assert isinstance(by_id["field-learning_rate"], gr.Number)
-    assert isinstance(by_id["field-teacher"], gr.Textbox)
+    assert isinstance(by_id["field-teacher"], gr.Dropdown)  # choices, not paths (app.inputs)
+    assert "lab:addition" in [value for _, value in by_id["field-teacher"].choices]
+    assert isinstance(by_id["field-name"], gr.Textbox)
     assert "field-trust_remote_code" not in by_id
     assert "Optimizer steps." in by_id["field-steps"].info
 
@@ -155,23 +157,23 @@ def test_presets_fill_the_form():
         RunConfig.from_dict(dict(zip(FIELD_NAMES, preset_values(preset))))
 
 
-def test_config_saves_and_loads_back_without_trust_remote_code(tmp_path):
-    from app.launch_tab import FIELD_NAMES, load_config_file, save_config
+def test_config_shows_as_yaml_and_loads_back_from_pasted_text_without_trust_remote_code():
+    from app.launch_tab import FIELD_NAMES, MAX_CONFIG_CHARS, config_text, load_config_text
 
-    path, message = save_config(_form(method="sft", steps=7, name="saved"))
-    assert path.endswith("saved.yaml") and "Saved" in message
-    values, message = load_config_file(path)
+    text, message = config_text(_form(method="sft", steps=7, name="saved"))
+    assert "steps: 7" in text and "saved.yaml" in message
+    values, message = load_config_text(text)
     assert dict(zip(FIELD_NAMES, values))["steps"] == 7 and "Loaded" in message
 
-    risky = tmp_path / "risky.json"
-    risky.write_text('{"method": "opd", "trust_remote_code": true, "steps": 3}')
-    values, message = load_config_file(str(risky))
+    values, message = load_config_text('{"method": "opd", "trust_remote_code": true, "steps": 3}')
     assert "trust_remote_code" not in FIELD_NAMES and "ignores" in message
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("steps: 0\n")
-    values, message = load_config_file(str(bad))
+    values, message = load_config_text("steps: 0\n")
     assert values == [None] * len(FIELD_NAMES) and "steps" in message
-    assert save_config(_form(steps=0))[0] is None
+    values, message = load_config_text("steps: 3\nsteps: 4\n")
+    assert values == [None] * len(FIELD_NAMES) and "appears twice" in message
+    values, message = load_config_text("x" * (MAX_CONFIG_CHARS + 1))
+    assert values == [None] * len(FIELD_NAMES) and "at most" in message
+    assert config_text(_form(steps=0))[0] == ""
 
 
 # --- Runs ---------------------------------------------------------------------------
@@ -268,14 +270,28 @@ def test_three_methods_share_the_budget():
             method_configs(steps=12, sequences_per_step=bad)
 
 
-def test_three_methods_refused_beyond_the_run_limit(runs_root, monkeypatch):
+def test_the_trio_launches_at_max_runs_2_through_the_queue(runs_root, monkeypatch):
     from app.compare_tab import launch_three
+    from opd_lab import runs
 
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "2")
-    before = _folders(runs_root)
     message, launched = launch_three(4, 8)
-    assert launched == [] and "limit is 2" in message
-    assert _folders(runs_root) == before
+    assert len(launched) == 3, message
+    states = {run: runs.status_of(runs.runs_dir() / run)["state"] for run in launched}
+    assert sorted(states.values()) == ["queued", "queued", "waiting"] or list(states.values()).count("waiting") == 1
+    assert "#1 in line" in message
+    for server_word in ("--max-runs", "OPD_LAB_MAX_RUNS", str(runs.runs_dir()), "stop one"):
+        assert server_word not in message
+
+    def all_finished():
+        runs.start_waiting()  # what the app's queue thread does every 2 s
+        return all(runs.status_of(runs.runs_dir() / run)["state"] == "finished" for run in launched)
+
+    deadline = time.monotonic() + 300
+    while not all_finished():
+        assert time.monotonic() < deadline, {run: runs.status_of(runs.runs_dir() / run) for run in launched}
+        assert runs.running_count() <= 2
+        time.sleep(0.5)
 
 
 # --- Inspect ------------------------------------------------------------------------
@@ -570,7 +586,7 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
     app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
     assert built == ["addition"]
     assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7999
-    assert launched["auth"] == [("me", "pw")] and launched["trust"] is True and launched["queue"] is True
+    assert launched["auth"].__self__.passwords == {"me": "pw"} and launched["trust"] is True and launched["queue"] is True
     assert "instructor" in launched["auth_message"] and launched["instructor"] == "me"
     assert os.environ["OPD_LAB_MAX_RUNS"] == "5"
     built.clear()

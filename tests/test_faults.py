@@ -293,13 +293,16 @@ def test_relative_paths_are_made_absolute_at_launch(home, tmp_path, monkeypatch)
     assert wait_for(lambda: _state(run_dir) == "finished", interval=0.1), (runs.status_of(run_dir), run_folder.log_tail(run_dir))
 
 
-def test_the_launch_form_shows_the_cli_line(home):
+def test_the_launch_form_refuses_a_model_path_with_one_line_whether_or_not_it_exists(home):
     from app.launch_tab import FORM_FIELDS, launch_run
 
-    values = [{"teacher": "/no/such/model"}.get(spec.name, spec.default) for spec in FORM_FIELDS]
-    message, run_id = launch_run(values)
-    assert run_id == "" and "model path not found: /no/such/model" in message
-    assert run_folder.run_folders() == []
+    answers = set()
+    for path in ("/no/such/model", str(home / "lab" / "addition" / "teacher")):  # missing, then a real model
+        values = [{"teacher": path}.get(spec.name, spec.default) for spec in FORM_FIELDS]
+        message, run_id = launch_run(values)
+        assert run_id == "" and "choose one of the models listed" in message and path not in message
+        answers.add(message)
+    assert len(answers) == 1 and run_folder.run_folders() == []
 
 
 # --- names ---------------------------------------------------------------------------------

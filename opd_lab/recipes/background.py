@@ -13,16 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-from opd_lab import ownership
-from opd_lab.paths import child_environment, data_dir
+from opd_lab import launcher
+from opd_lab.paths import data_dir
 from opd_lab.recipes import STATE_FILE, load_recipe
-from opd_lab.files import read_json, write_json_atomic
+from opd_lab.files import read_json
 
 LOG_FILE = "recipe.log"
 PROCESS_FILE = "process.json"
@@ -41,15 +38,9 @@ def start_recipe(name: str, setting: str = "auto") -> Path:
     recipe = load_recipe(name, setting)
     folder = recipes_dir() / f"{recipe.name}-{recipe.setting}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=False)
-    env = child_environment()
-    with (folder / LOG_FILE).open("a") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "opd_lab", "recipe", str(recipe.path), "--setting", recipe.setting,
-             "--out", str(folder)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    write_json_atomic(folder / PROCESS_FILE, {"pid": process.pid,
-                                              "started": ownership.process_start_time(process.pid)})
-    threading.Thread(target=process.wait, daemon=True).start()  # reap it: no zombie
+    started, _ = launcher.start(["recipe", str(recipe.path), "--setting", recipe.setting, "--out", str(folder)],
+                                log=folder / LOG_FILE)
+    launcher.record(folder / PROCESS_FILE, started)
     return folder
 
 
@@ -58,10 +49,10 @@ def describe(folder: str | Path) -> dict:
     (`running`, `finished`, or `stopped` when its process is gone before the end)."""
     folder = Path(folder)
     data = read_json(folder / STATE_FILE, default={}) or {}
-    process = read_json(folder / PROCESS_FILE, default={}) or {}
+    process = launcher.recorded(folder / PROCESS_FILE)
     if data.get("finished"):
         state = "finished"
-    elif ownership.process_alive(process.get("pid"), process.get("started")):
+    elif process is not None and process.alive():
         state = "running"
     else:
         state = "stopped"

@@ -47,7 +47,7 @@ class JsonlTask(Task):
             self.pattern = re.compile(regex) if regex else None
         except re.error as error:
             raise ValueError(f"invalid verifier regex {regex!r}: {error}") from None
-        problems, self.line_of, self.unanswered = self._read(self.path)
+        problems, self.line_of, self.unanswered, self.keys_seen = self._read(self.path)
         verifiable = [bool(p.checks) or p.prompt not in self.unanswered for p in problems]
         if not any(verifiable):  # a prompts-only file: hold out among all rows
             verifiable = [True] * len(problems)
@@ -60,9 +60,10 @@ class JsonlTask(Task):
             self.eval_split = [p for p, v in zip(problems, verifiable) if v]
 
     @staticmethod
-    def _read(path: Path) -> tuple[list[Problem], dict[str, int], set[str]]:
-        """The file's problems, the line each prompt first appears on, and the prompts given no answer."""
-        problems, line_of, unanswered = [], {}, set()
+    def _read(path: Path) -> tuple[list[Problem], dict[str, int], set[str], set[str]]:
+        """The file's problems, the line each prompt first appears on, the prompts given no
+        answer, and every key the rows use (a misspelled "answer" shows there)."""
+        problems, line_of, unanswered, keys = [], {}, set(), set()
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 where = f"{path}, line {number}"
@@ -88,6 +89,7 @@ class JsonlTask(Task):
                             validate_check(check)
                         except ValueError as error:
                             raise ValueError(f"{where}: {error}") from None
+                keys.update(row)
                 if row.get("answer") is None:
                     unanswered.add(row["prompt"])
                 reference = row.get("reference")
@@ -98,7 +100,7 @@ class JsonlTask(Task):
                 line_of.setdefault(row["prompt"], number)
         if not problems:
             raise ValueError(f"{path}: the file has no rows")
-        return problems, line_of, unanswered
+        return problems, line_of, unanswered, keys
 
     def train_problems(self, count: int, rng: random.Random) -> list[Problem]:
         return [rng.choice(self.train_split) for _ in range(count)]
