@@ -25,11 +25,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.playground_tab import (CHECKPOINT_PREFIX, COLOR_CHOICES, DEFAULT_COLOR, color_legend, pen_choices, pen_panel,
-                                red_pen, scale_of)
+from app.playground_tab import (CHECKPOINT_PREFIX, COLOR_CHOICES, DEFAULT_COLOR, clear_pen, color_legend, pen_choices,
+                                pen_panel, red_pen, scale_of)
 from app.state import error_text, run_dir_of, run_ids
 from opd_lab import plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
+from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.run_folder import load_samples, sample_steps
 
 INTRO = ("**See what the teacher thinks of each token.** Pick a run, a logged step and one of its "
@@ -209,7 +210,7 @@ def build(trust_remote_code: bool = False) -> dict:
         side_view = gr.HTML(elem_id="inspect-side-view", padding=True)
     heatmap = gr.Plot(label="All samples of this step", elem_id="kl-heatmap")
     with gr.Row():
-        smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="smoothing of the batch KL (EMA)",
+        smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing of the batch KL (EMA)",
                               elem_id="inspect-smoothing", scale=3)
         log_y = gr.Checkbox(False, label="log y", scale=1)
     over_training = gr.Plot(label="KL over training", elem_id="kl-over-training")
@@ -275,4 +276,6 @@ def build(trust_remote_code: bool = False) -> dict:
                         api_visibility="private")
     pen.click(on_pen, inputs=[run, step, sample, pen_position, pen_text, color, locked],
               outputs=[pen_view, pen_result], api_name="inspect_red_pen")
+    gr.on([run.change, step.change, sample.change], clear_pen,
+          outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private")
     return {"run": run, "other_run": other_run}

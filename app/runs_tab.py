@@ -9,10 +9,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
+from gradio.components.plot import PlotData
+
+from app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
+                       run_dir_of, shared)
 from app.users import check_may_act
 from opd_lab import plots, runs
-from opd_lab.lab import lab_summary
+from opd_lab.plot_style import DEFAULT_SMOOTHING
+from opd_lab.lab import lab_of_run, lab_summary
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
                                 log_tail)
 from opd_lab.trainer import PHASES
@@ -99,23 +103,57 @@ def phase_split(run_dir) -> str:
 
 def metric_choices(run_id: str) -> list[str]:
     try:
-        return plots.available_metrics([run_dir_of(run_id)])
+        run_dir = run_dir_of(run_id)
     except runs.RunError:
         return []
+    return shared(("metric choices", str(run_dir), file_stamp(run_dir / METRICS_FILE)),
+                  lambda: plots.available_metrics([run_dir]))
 
 
 def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = False):
-    """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run."""
+    """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run.
+
+    The figures are built once per change of the run's metrics file and shared by every
+    viewer (`app.state.shared`), already serialized for the browser (`gr.Plot` sends them as
+    they are).
+    """
     run_dir = run_dir_of(run_id)
+    metric = metric or DEFAULT_METRIC
+    smoothing = min(max(float(smoothing or 0.0), 0.0), 0.99)
+    stamp = file_stamp(run_dir / METRICS_FILE)
+    accuracy = shared(("accuracy", str(run_dir), stamp, file_stamp(run_dir / "config.json")),
+                      lambda: _serialized(_accuracy_figure(run_dir)))
+    other = shared(("metric", str(run_dir), stamp, metric, smoothing, bool(log_y)),
+                   lambda: _serialized(plots.training_curves([run_dir], metric, smoothing=smoothing,
+                                                             log_y=bool(log_y))))
+    return accuracy, other, log_tail(run_dir)
+
+
+def _accuracy_figure(run_dir):
     accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
-    summary = lab_summary(str(load_config(run_dir).get("task")))
+    summary = lab_summary(lab_of_run(load_config(run_dir)))
     if summary is not None and accuracy.data:
         accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
                            annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",
                            annotation_position="bottom right")
-    other = plots.training_curves([run_dir], metric or DEFAULT_METRIC,
-                                  smoothing=min(max(float(smoothing or 0.0), 0.0), 0.99), log_y=bool(log_y))
-    return accuracy, other, log_tail(run_dir)
+    return accuracy
+
+
+def _serialized(figure) -> PlotData:
+    return PlotData(type="plotly", plot=figure.to_json())
+
+
+def run_view(run_id: str, metric: str = DEFAULT_METRIC, smoothing: float = DEFAULT_SMOOTHING,
+             log_y: bool = False) -> dict:
+    """What one refresh of the Runs tab shows for a run, as data: `{"summary", "accuracy", "metric",
+    "log"}` (the figures as plotly JSON). The `/run_view` endpoint, for scripts and the classroom
+    bench (`bench/bench_app_viewers.py`); it goes through the same shared figures as the tab.
+    """
+    try:
+        accuracy, other, text = run_figures(run_id, metric, smoothing, log_y)
+    except runs.RunError as error:
+        return {"summary": error_text(error), "accuracy": None, "metric": None, "log": ""}
+    return {"summary": run_summary(run_id), "accuracy": accuracy.plot, "metric": other.plot, "log": text}
 
 
 def _signature(run_id: str, metric: str):
@@ -124,9 +162,7 @@ def _signature(run_id: str, metric: str):
         run_dir = run_dir_of(run_id)
     except runs.RunError:
         return None
-    stamps = tuple((run_dir / name).stat().st_mtime_ns if (run_dir / name).exists() else 0
-                   for name in (METRICS_FILE, LOG_FILE, STATUS_FILE))
-    return (run_id, metric, stamps)
+    return (run_id, metric, tuple(file_stamp(run_dir / name) for name in (METRICS_FILE, LOG_FILE, STATUS_FILE)))
 
 
 def stop_run(run_id: str, request: gr.Request | None = None, instructor: str | None = None) -> str:
@@ -193,7 +229,7 @@ def build(instructor: str | None = None) -> dict:
             with gr.Row():
                 metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
                                      scale=2)
-                smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="smoothing (EMA)", scale=2,
+                smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA)", scale=2,
                                       elem_id="runs-smoothing")
                 log_y = gr.Checkbox(False, label="log y", scale=1)
             metric_plot = gr.Plot(label="Metric", elem_id="run-metric-plot")
@@ -263,4 +299,5 @@ def build(instructor: str | None = None) -> dict:
     resume.click(on_resume, inputs=selected, outputs=action, api_name="resume").then(**redraw)
     delete.click(on_delete, inputs=[selected, sure], outputs=action, api_name="delete").then(
         lambda: False, outputs=sure, api_visibility="private").then(**redraw)
+    gr.api(run_view, api_name="run_view")
     return {"selected": selected, "load": redraw}

@@ -97,6 +97,46 @@ def _serve_queue(interval_s: float, stop: threading.Event) -> None:
         stop.wait(interval_s)
 
 
+# Figures of a run, shared by every viewer: built once per run, view settings and change of its files.
+FIGURE_CACHE_SIZE = 64
+_figures: OrderedDict = OrderedDict()
+_figures_lock = threading.Lock()
+
+
+def file_stamp(path: Path) -> tuple:
+    """What tells a changed file apart: (inode, size, mtime in ns); () for a missing file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def shared(key, build: Callable):
+    """`build()`, computed once per `key` for every viewer and kept while it is among the
+    FIGURE_CACHE_SIZE most recently asked for.
+
+    A key must name all the build depends on, file stamps included (`file_stamp`): 30
+    viewers of one training run then cost one build per change of its metrics file, not
+    30 per refresh. Viewers arriving together wait for the one build.
+    """
+    with _figures_lock:
+        if key in _figures:
+            _figures.move_to_end(key)
+            return _figures[key]
+        value = build()
+        _figures[key] = value
+        while len(_figures) > FIGURE_CACHE_SIZE:
+            _figures.popitem(last=False)
+        return value
+
+
+def forget_figures() -> None:
+    """Drop every shared figure (tests)."""
+    with _figures_lock:
+        _figures.clear()
+
+
 def checkpoint_of(run_id: str, name: str) -> Path:
     """The checkpoint folder `name` (e.g. "step_000050") of a run, validated."""
     run_dir = run_dir_of(run_id)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from opd_lab.jsonl_follow import followed_rows
 from opd_lab.config import RUN_ID_MAX_LENGTH, RunConfig, run_id_problem
 from opd_lab.paths import runs_dir
 
@@ -158,8 +159,13 @@ def load_status(run_dir: str | os.PathLike) -> dict:
 
 
 def load_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All metric rows of a run, in step order."""
-    rows = read_jsonl(Path(run_dir).expanduser() / METRICS_FILE)
+    """All metric rows of a run, in step order.
+
+    Read incrementally (`opd_lab.jsonl_follow`): a second call parses only the rows
+    appended since the first, so polling a training run costs the new rows, not the file.
+    The rows are shared between callers: read them, do not mutate them.
+    """
+    rows = followed_rows(Path(run_dir).expanduser() / METRICS_FILE)
     return sorted(rows, key=lambda row: row.get("step", 0))
 
 
