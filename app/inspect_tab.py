@@ -31,7 +31,8 @@ from app.state import error_text, run_dir_of, run_ids
 from opd_lab import plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
 from opd_lab.plot_style import DEFAULT_SMOOTHING
-from opd_lab.run_folder import load_samples, sample_steps
+from opd_lab.run_folder import load_config, load_samples, sample_steps
+from opd_lab.trainer import written_by
 
 INTRO = ("**See what the teacher thinks of each token.** Pick a run, a logged step and one of its "
          "samples: red tokens are the ones the teacher would not have written. Hover a token for the "
@@ -71,7 +72,8 @@ def token_view(run_id: str, step, index, color_by: str = DEFAULT_COLOR, locked: 
         return error_text(error)
     except (TypeError, ValueError, IndexError):
         return "Choose a logged step and a sample."
-    title = f"{run_id}, step {step}, {sample_label(sample)}"
+    writer = WRITERS.get(writer_of(run_id, sample))
+    title = f"{run_id}, step {step}, {sample_label(sample)}" + (f" ({writer})" if writer else "")
     return tokenview.render_tokens(sample.get("tokens", []), prompt=sample.get("prompt"), color_by=color_by,
                                    title=title, vmax=scale_of(locked))
 
@@ -119,9 +121,28 @@ def side_by_side(run_id: str, step, index, other_run: str, other_step, color_by:
         _column_title(other_run, other_step, other), prompt=prompt, color_by=color_by, vmax=scale_of(locked))
 
 
+WRITERS = {"teacher": "written by the teacher; SFT trained on it",
+           "reference": "the task's worked solution; SFT trained on it"}
+
+
+def writer_of(run_id: str, sample: dict) -> str:
+    """Who wrote a logged completion ("student", "teacher", "reference"): the sample's own
+    `written_by`, else (runs logged before it existed) inferred from the run's method."""
+    if sample.get("written_by") in ("student", "teacher", "reference"):
+        return sample["written_by"]
+    try:
+        config = load_config(run_dir_of(run_id))
+    except runs.RunError:
+        return "student"
+    return written_by(str(config.get("method")), str(config.get("sft_source", "teacher")))
+
+
 def _column_title(run_id: str, step, sample: dict) -> str:
+    """A side-by-side column's title; an SFT sample says it is the teacher's (or the reference's)
+    text the student trained on, never the student's own answer."""
     verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
-    return f"{run_id} at step {step} {verdict}".strip()
+    writer = WRITERS.get(writer_of(run_id, sample))
+    return f"{run_id} at step {step}" + (f" ({writer})" if writer else "") + (f" {verdict}" if verdict else "")
 
 
 def pen_student(run_dir: Path, step: int) -> tuple[Path, str]:

@@ -53,6 +53,21 @@ PHASES = ("sampling", "teacher", "student", "optimizer")
 ROW_MEAN_METRICS = ("train/reward", "train/accuracy", "train/completion_len", "train/zero_advantage_fraction")
 
 
+
+def written_by(method: str, sft_source: str) -> str:
+    """Who wrote a logged sample's completion: "student" (OPD, RL), "teacher" (SFT on teacher
+    samples) or "reference" (SFT on the task's worked solutions). An SFT sample is the data the
+    student trained on, not the student's own answer.
+
+    Example:
+        >>> written_by("opd", "teacher"), written_by("sft", "teacher_dataset"), written_by("sft", "reference")
+        ('student', 'teacher', 'reference')
+    """
+    if method != "sft":
+        return "student"
+    return "reference" if sft_source == "reference" else "teacher"
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops without saving the bad weights."""
 
@@ -464,7 +479,8 @@ class Trainer:
                                 scores.logits_BLV if scores else None, rows=rows,
                                 teacher_top=scores if scores and scores.logits_BLV is None else None)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
-                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
+                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row],
+                 "written_by": written_by(self.config.method, self.config.sft_source)}
                 for row in rows]
 
     def evaluate(self) -> dict:

@@ -309,7 +309,8 @@ def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_r
                                          "tokens": make_tokens(3)}])
     view = inspect_tab.side_by_side("side-opd", 10, 1, "side-sft", 20)
     assert view.count('class="tvcol"') == 2 and "side-opd at step 10 ✗ wrong" in view
-    assert "side-sft at step 20 ✗ wrong" in view  # the other run's sample of the same index
+    # The other run's sample of the same index; an SFT sample is the teacher's text it trained on.
+    assert "side-sft at step 20 (written by the teacher; SFT trained on it) ✗ wrong" in view
     assert view.count('class="tvt"') == 9 + 9  # both columns: the second samples have 12 - 3 tokens
     missing = inspect_tab.side_by_side("side-opd", 10, 0, "side-sft", 15)
     assert missing == ("<p>The prompt <code>347+285=</code> was not logged in <b>side-sft</b> at step 15 "
@@ -648,7 +649,7 @@ def test_red_pen_rewrites_from_the_corrected_token(lab_home):
     html, verdict = playground_tab.red_pen("lab:addition", "1+2=", records, 6, "9")
     assert "Red pen:** token 6 `0` → `9`" in verdict and "1+2+0=9" in verdict
     assert "after the red pen" in html and html.count('class="tvcols"') == 1
-    assert "Against the teacher's answer" in verdict or "cannot be said" in verdict
+    assert "Against the true answer **3**: before, right (3); after, **wrong**" in verdict  # 1+2, not the teacher's guess
     _, error = playground_tab.red_pen("lab:addition", "1+2=", records, 99, "9")
     assert error.startswith("**Error:**")
     _, error = playground_tab.red_pen("lab:addition", "1+2=", [], 0, "9")
