@@ -299,5 +299,5 @@ def build(instructor: str | None = None) -> dict:
     resume.click(on_resume, inputs=selected, outputs=action, api_name="resume").then(**redraw)
     delete.click(on_delete, inputs=[selected, sure], outputs=action, api_name="delete").then(
         lambda: False, outputs=sure, api_visibility="private").then(**redraw)
-    gr.api(run_view, api_name="run_view")
+    gr.api(run_view, api_name="run_view", queue=False)  # like the tick: no queue in front of a read
     return {"selected": selected, "load": redraw}
