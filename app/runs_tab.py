@@ -13,7 +13,7 @@ from gradio.components.plot import PlotData
 
 from app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
                        run_dir_of, shared)
-from app.users import check_may_act
+from app.users import check_may_act, user_of
 from opd_lab import plots, runs
 from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.lab import lab_of_run, lab_summary
@@ -21,7 +21,7 @@ from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, 
                                 log_tail)
 from opd_lab.trainer import PHASES
 
-TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
+TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message", "owner"]
 REFRESH_SECONDS = 2.0
 ACCURACY_METRIC = "eval/accuracy"
 DEFAULT_METRIC = "train/loss"
@@ -44,20 +44,28 @@ def progress_bar(step, total, width: int = 10) -> str:
     return "▰" * filled + "▱" * (width - filled) + f" {step}/{total}"
 
 
+# What an attendee reads for a state: a run whose process is starting is "starting", and only a
+# run in line for a place is "waiting" (the library calls the first "queued").
+STATE_WORDS = {"queued": "starting"}
+
+
 def state_text(run: dict) -> str:
-    """The state column: "waiting (#2 in line)" for a queued run."""
+    """The state column: "waiting (#2 in line)" for a run in line, "starting" for one being started."""
     position = run.get("queue_position")
-    return f"{run['state']} (#{position} in line)" if position else run["state"]
+    state = STATE_WORDS.get(run["state"], run["state"])
+    return f"{state} (#{position} in line)" if position else state
 
 
-def run_rows() -> list[list]:
-    """One table row per run, newest first (see TABLE_HEADERS)."""
+def run_rows(mine_of: str | None = None) -> list[list]:
+    """One table row per run, newest first (see TABLE_HEADERS); with `mine_of`, only that user's runs."""
     rows = []
     for run in list_runs():
+        if mine_of is not None and run.get("owner") != mine_of:
+            continue
         eta = format_duration(run["eta_s"]) if run["state"] == "running" else "-"
         rows.append([run["id"], run["method"] or "?", run["task"] or "?", state_text(run),
                      progress_bar(run["step"], run["total_steps"]), eta, format_accuracy(run["accuracy"]),
-                     run["message"]])
+                     run["message"], run.get("owner") or "-"])
     return rows
 
 
@@ -215,6 +223,8 @@ def build(instructor: str | None = None) -> dict:
         ids = [row[0] for row in run_rows()]
         selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", scale=3, elem_id="runs-selected",
                                allow_custom_value=True)
+        mine = gr.Checkbox(False, label="only my runs", scale=1, elem_id="runs-mine",
+                           info="with a login: the runs you launched")
         refresh = gr.Button("Refresh", scale=1)
     summary = gr.Markdown(elem_id="run-summary")
     with gr.Row():
@@ -238,10 +248,10 @@ def build(instructor: str | None = None) -> dict:
     memory = gr.State({"ids": ids, "rows": None, "signature": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def show(run_id, metric_name, smoothing_value, log_value, state, force=False):
+    def show(run_id, metric_name, smoothing_value, log_value, state, only_mine=False, request=None, force=False):
         """Outputs: table, picker, summary, accuracy plot, metric picker, metric plot, log, state."""
         state = dict(state or {})
-        current = run_rows()
+        current = run_rows(mine_of=(user_of(request) or "") if only_mine else None)
         current_ids = [row[0] for row in current]
         if run_id not in current_ids:
             run_id = current_ids[0] if current_ids else None
@@ -270,20 +280,20 @@ def build(instructor: str | None = None) -> dict:
 
     outputs = [table, selected, summary, accuracy_plot, metric, metric_plot, log, memory]
 
-    def on_tick(run_id, metric_name, smoothing_value, log_value, state):
-        return show(run_id, metric_name, smoothing_value, log_value, state)
+    def on_tick(run_id, metric_name, smoothing_value, log_value, state, only_mine, request: gr.Request):
+        return show(run_id, metric_name, smoothing_value, log_value, state, only_mine, request)
 
-    def on_select(run_id, metric_name, smoothing_value, log_value, state):
-        return show(run_id, metric_name, smoothing_value, log_value, state, force=True)
+    def on_select(run_id, metric_name, smoothing_value, log_value, state, only_mine, request: gr.Request):
+        return show(run_id, metric_name, smoothing_value, log_value, state, only_mine, request, force=True)
 
     def on_row(evt: gr.SelectData):
         row = evt.row_value
         return row[0] if row else gr.skip()
 
-    inputs = [selected, metric, smoothing, log_y, memory]
+    inputs = [selected, metric, smoothing, log_y, memory, mine]
     redraw = dict(fn=on_select, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private")
     timer.tick(on_tick, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private", queue=False)
-    gr.on([selected.input, metric.input, smoothing.release, log_y.input], **redraw)
+    gr.on([selected.input, metric.input, smoothing.release, log_y.input, mine.input], **redraw)
     table.select(on_row, outputs=selected, api_visibility="private").then(**redraw)
     refresh.click(run_table, outputs=table, api_name="list_runs").then(**redraw)
     def on_stop(run_id, request: gr.Request):

@@ -39,16 +39,25 @@ _runs_list_lock = threading.Lock()
 def list_runs() -> list[dict]:
     """`runs.list_runs()`, shared by all viewers for up to RUNS_LIST_MAX_AGE_S seconds.
 
-    Each row also has its place in the queue, `queue_position` (None unless it waits).
+    Each row also has its place in the queue, `queue_position` (None unless it waits), and
+    `owner`, the user who launched it (None without a login, or for a run from the CLI).
     """
     folder = runs.runs_dir()
     key = (str(folder), folder.stat().st_mtime_ns)  # a run created or deleted is listed at once
     with _runs_list_lock:  # viewers arriving together wait for one scan instead of each scanning
         if key != _runs_list["key"] or time.monotonic() - _runs_list["at"] > RUNS_LIST_MAX_AGE_S:
             positions = runs.queue_positions()
-            _runs_list["rows"] = [{**row, "queue_position": positions.get(row["id"])} for row in runs.list_runs()]
+            _runs_list["rows"] = [{**row, "queue_position": positions.get(row["id"]), "owner": _owner(row)}
+                                  for row in runs.list_runs()]
             _runs_list["at"], _runs_list["key"] = time.monotonic(), key
         return _runs_list["rows"]
+
+
+def _owner(row: dict) -> str | None:
+    try:
+        return run_folder.launcher_of(row["path"])
+    except runs.RunError:  # an unreadable launched_by.json: listed without an owner
+        return None
 
 
 def forget_runs_list() -> None:

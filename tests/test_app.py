@@ -181,8 +181,24 @@ def test_run_table_has_one_row_per_run(runs_root):
     rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
     assert rows["table-demo"] == {"run": "table-demo", "method": "rl", "task": "addition", "state": "finished",
                                   "step": "▰▰▰▰▰▰▰▰▰▰ 20/20", "ETA": "-", "accuracy": "80.0%",
-                                  "message": "finished"}
+                                  "message": "finished", "owner": "-"}
     assert "**finished**" in run_summary("table-demo")
+
+
+def test_run_table_names_owners_filters_mine_and_says_starting(runs_root):
+    from app.runs_tab import TABLE_HEADERS, run_rows, state_text
+    from app.state import forget_runs_list
+    from opd_lab.run_folder import record_launcher
+
+    record_launcher(make_run(runs_root, "owned-by-ana"), "ana")
+    record_launcher(make_run(runs_root, "owned-by-ben"), "ben")
+    forget_runs_list()
+    rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
+    assert rows["owned-by-ana"]["owner"] == "ana" and rows["owned-by-ben"]["owner"] == "ben"
+    assert [row[0] for row in run_rows(mine_of="ana")] == ["owned-by-ana"]
+    assert run_rows(mine_of="") == []  # without a login nobody owns a run
+    assert state_text({"state": "queued"}) == "starting"  # the process is starting; only the line "waits"
+    assert state_text({"state": "waiting", "queue_position": 2}) == "waiting (#2 in line)"
 
 
 @pytest.mark.parametrize("bad_id", ["../../etc", "..", "/etc/passwd", "a/../../b", "", "runs/../x"])
