@@ -9,6 +9,7 @@ a new app instance shows it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -702,3 +703,21 @@ def test_run_summary_shows_where_the_step_time_went(runs_root):
                                            "perf/time_student": 0.4, "perf/time_optimizer": 0.1}])
     assert phase_split(run_dir) == "step time: sampling 30% · teacher 20% · student 40% · optimizer 10%"
     assert "step time: sampling 30%" in run_summary("split-demo")
+
+
+def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_root, monkeypatch):
+    """A classroom of viewers of one training run costs one figure build per new metrics row, not one per viewer."""
+    from app import runs_tab
+    from opd_lab import plots
+    from opd_lab.run_folder import METRICS_FILE, append_jsonl
+
+    run_dir = make_run(runs_root, "watched-by-30", steps=20)
+    builds = []
+    real = plots.training_curves
+    monkeypatch.setattr(runs_tab.plots, "training_curves", lambda *a, **k: builds.append(a) or real(*a, **k))
+    first = [runs_tab.run_figures("watched-by-30", "train/loss", 0.6) for _ in range(30)]  # 30 viewers, one tick
+    assert len(builds) == 2 and all(figures[0] is first[0][0] for figures in first)  # accuracy + metric, shared
+    append_jsonl(run_dir / METRICS_FILE, [{"step": 21, "train/loss": 0.01, "eval/accuracy": 0.9}])
+    again = runs_tab.run_view("watched-by-30", "train/loss", 0.6, False)
+    assert len(builds) == 4 and '"y":[' in again["metric"].replace(" ", "") and "watched-by-30" in again["summary"]
+    assert json.loads(again["accuracy"])["data"][0]["y"][-1] == 0.9  # the new evaluation is drawn
