@@ -101,3 +101,8 @@ def test_dashed_and_broken_labs_are_listed_never_raised(tmp_path, monkeypatch):
     assert "not valid JSON" in labs["corrupt"].problem
     assert lab_of_run({"task": "addition", "teacher": "lab:baseline-quick"}) == "baseline-quick"
     assert lab_of_run({"task": "addition", "teacher": "lab"}) == "addition"
+    from opd_lab.config import RunConfig
+    from opd_lab.preflight import check_run_inputs
+
+    checked = check_run_inputs(RunConfig(teacher="lab:baseline-quick", student="lab:baseline-quick"))
+    assert checked.teacher == "lab:baseline-quick"  # preflight takes a dashed lab as it is
