@@ -114,7 +114,7 @@ def metric_choices(run_id: str) -> list[str]:
         run_dir = run_dir_of(run_id)
     except runs.RunError:
         return []
-    return shared(("metric choices", str(run_dir), file_stamp(run_dir / METRICS_FILE)),
+    return shared(("metric choices", str(run_dir)), file_stamp(run_dir / METRICS_FILE),
                   lambda: plots.available_metrics([run_dir]))
 
 
@@ -129,9 +129,9 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
     metric = metric or DEFAULT_METRIC
     smoothing = min(max(float(smoothing or 0.0), 0.0), 0.99)
     stamp = file_stamp(run_dir / METRICS_FILE)
-    accuracy = shared(("accuracy", str(run_dir), stamp, file_stamp(run_dir / "config.json")),
+    accuracy = shared(("accuracy", str(run_dir)), (stamp, file_stamp(run_dir / "config.json")),
                       lambda: _serialized(_accuracy_figure(run_dir)))
-    other = shared(("metric", str(run_dir), stamp, metric, smoothing, bool(log_y)),
+    other = shared(("metric", str(run_dir), metric, smoothing, bool(log_y)), stamp,
                    lambda: _serialized(plots.training_curves([run_dir], metric, smoothing=smoothing,
                                                              log_y=bool(log_y))))
     return accuracy, other, log_tail(run_dir)
@@ -153,15 +153,18 @@ def _serialized(figure) -> PlotData:
 
 def run_view(run_id: str, metric: str = DEFAULT_METRIC, smoothing: float = DEFAULT_SMOOTHING,
              log_y: bool = False) -> dict:
-    """What one refresh of the Runs tab shows for a run, as data: `{"summary", "accuracy", "metric",
-    "log"}` (the figures as plotly JSON). The `/run_view` endpoint, for scripts and the classroom
-    bench (`bench/bench_app_viewers.py`); it goes through the same shared figures as the tab.
+    """What one refresh of the Runs tab shows for a run, as data: `{"table", "summary", "accuracy",
+    "metric", "log"}` (the table's rows, the figures as plotly JSON). The `/run_view` endpoint, for
+    scripts and the classroom bench (`bench/bench_app_viewers.py`); it goes through the same shared
+    runs list and figures as the tab's timer.
     """
+    table = run_rows()
     try:
         accuracy, other, text = run_figures(run_id, metric, smoothing, log_y)
     except runs.RunError as error:
-        return {"summary": error_text(error), "accuracy": None, "metric": None, "log": ""}
-    return {"summary": run_summary(run_id), "accuracy": accuracy.plot, "metric": other.plot, "log": text}
+        return {"table": table, "summary": error_text(error), "accuracy": None, "metric": None, "log": ""}
+    return {"table": table, "summary": run_summary(run_id), "accuracy": accuracy.plot, "metric": other.plot,
+            "log": text}
 
 
 def _signature(run_id: str, metric: str):

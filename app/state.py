@@ -108,7 +108,10 @@ def _serve_queue(interval_s: float, stop: threading.Event) -> None:
 
 # Figures of a run, shared by every viewer: built once per run, view settings and change of its files.
 FIGURE_CACHE_SIZE = 64
-_figures: OrderedDict = OrderedDict()
+# A training run changes its metrics every step (several times a second); its figures are
+# rebuilt at most this often, so 30 viewers and a fast run cost one build a second, not one per step.
+FIGURE_MIN_AGE_S = 1.0
+_figures: OrderedDict = OrderedDict()  # key -> (stamp, built at, value)
 _figures_lock = threading.Lock()
 
 
@@ -121,20 +124,23 @@ def file_stamp(path: Path) -> tuple:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def shared(key, build: Callable):
-    """`build()`, computed once per `key` for every viewer and kept while it is among the
-    FIGURE_CACHE_SIZE most recently asked for.
+def shared(key, stamp, build: Callable, min_age_s: float | None = None):
+    """`build()`, shared by every viewer asking for `key`, built again only when `stamp` (what it is
+    built from, e.g. `file_stamp`s) changed and the last build is at least `min_age_s` old.
 
-    A key must name all the build depends on, file stamps included (`file_stamp`): 30
-    viewers of one training run then cost one build per change of its metrics file, not
-    30 per refresh. Viewers arriving together wait for the one build.
+    30 viewers of one training run then cost one build per change of its metrics file
+    (at most one a second), not 30 per refresh. Viewers arriving together wait for the one
+    build. The FIGURE_CACHE_SIZE most recently asked keys are kept.
     """
+    min_age_s = FIGURE_MIN_AGE_S if min_age_s is None else min_age_s
     with _figures_lock:
-        if key in _figures:
+        entry = _figures.get(key)
+        if entry is not None and (entry[0] == stamp or time.monotonic() - entry[1] < min_age_s):
             _figures.move_to_end(key)
-            return _figures[key]
+            return entry[2]
         value = build()
-        _figures[key] = value
+        _figures[key] = (stamp, time.monotonic(), value)
+        _figures.move_to_end(key)
         while len(_figures) > FIGURE_CACHE_SIZE:
             _figures.popitem(last=False)
         return value

@@ -707,7 +707,7 @@ def test_run_summary_shows_where_the_step_time_went(runs_root):
 
 def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_root, monkeypatch):
     """A classroom of viewers of one training run costs one figure build per new metrics row, not one per viewer."""
-    from app import runs_tab
+    from app import runs_tab, state
     from opd_lab import plots
     from opd_lab.run_folder import METRICS_FILE, append_jsonl
 
@@ -718,6 +718,10 @@ def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_ro
     first = [runs_tab.run_figures("watched-by-30", "train/loss", 0.6) for _ in range(30)]  # 30 viewers, one tick
     assert len(builds) == 2 and all(figures[0] is first[0][0] for figures in first)  # accuracy + metric, shared
     append_jsonl(run_dir / METRICS_FILE, [{"step": 21, "train/loss": 0.01, "eval/accuracy": 0.9}])
+    runs_tab.run_figures("watched-by-30", "train/loss", 0.6)
+    assert len(builds) == 2  # changed within FIGURE_MIN_AGE_S of the last build: still shown as built
+    monkeypatch.setattr(state, "FIGURE_MIN_AGE_S", 0.0)
     again = runs_tab.run_view("watched-by-30", "train/loss", 0.6, False)
     assert len(builds) == 4 and '"y":[' in again["metric"].replace(" ", "") and "watched-by-30" in again["summary"]
+    assert "watched-by-30" in [row[0] for row in again["table"]]
     assert json.loads(again["accuracy"])["data"][0]["y"][-1] == 0.9  # the new evaluation is drawn
