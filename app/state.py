@@ -109,8 +109,9 @@ def _serve_queue(interval_s: float, stop: threading.Event) -> None:
 # Figures of a run, shared by every viewer: built once per run, view settings and change of its files.
 FIGURE_CACHE_SIZE = 64
 # A training run changes its metrics every step (several times a second); its figures are
-# rebuilt at most this often, so 30 viewers and a fast run cost one build a second, not one per step.
-FIGURE_MIN_AGE_S = 1.0
+# rebuilt at most this often (the Runs tab's refresh period), so 30 viewers of a fast run cost
+# one build per refresh period, not one per step and viewer. A figure is at most this stale.
+FIGURE_MIN_AGE_S = 2.0
 _figures: OrderedDict = OrderedDict()  # key -> (stamp, built at, value)
 _figures_lock = threading.Lock()
 
@@ -129,7 +130,7 @@ def shared(key, stamp, build: Callable, min_age_s: float | None = None):
     built from, e.g. `file_stamp`s) changed and the last build is at least `min_age_s` old.
 
     30 viewers of one training run then cost one build per change of its metrics file
-    (at most one a second), not 30 per refresh. Viewers arriving together wait for the one
+    (at most one per FIGURE_MIN_AGE_S), not 30 per refresh. Viewers arriving together wait for the one
     build. The FIGURE_CACHE_SIZE most recently asked keys are kept.
     """
     min_age_s = FIGURE_MIN_AGE_S if min_age_s is None else min_age_s
