@@ -68,6 +68,8 @@ def test_red_pen_on_the_trained_lab_in_the_playground_and_inspect(trained_page, 
     token = page.locator(f"#playground-view .tvt[data-i='{position}']")
     expect(token).to_be_visible()
     token.click()
+    page.mouse.move(0, 0)  # no hover now: a tap (phones have no hover) keeps the card open
+    expect(token.locator(".tvc")).to_be_visible()
     expect(page.locator("#pen-position input")).to_have_value(str(position))
     expect(page.locator("#pen-choice input")).not_to_have_value("")
     page.click("#pen-rewrite")
