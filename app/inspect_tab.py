@@ -297,6 +297,7 @@ def build(trust_remote_code: bool = False) -> dict:
                         api_visibility="private")
     pen.click(on_pen, inputs=[run, step, sample, pen_position, pen_text, color, locked],
               outputs=[pen_view, pen_result], api_name="inspect_red_pen")
-    gr.on([run.change, step.change, sample.change], clear_pen,
-          outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private")
+    # Cleared when the user moves to another sample, before it arrives (a clear after it could race a click).
+    gr.on([run.input, step.input, sample.input, previous.click, following.click], clear_pen,
+          outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private", queue=False)
     return {"run": run, "other_run": other_run}

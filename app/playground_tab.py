@@ -307,7 +307,9 @@ def build(trust_remote_code: bool = False) -> dict:
     gr.on([color.input, locked.input], on_color, inputs=[color, locked, shown], outputs=view,
           api_visibility="private")
     pen_position.change(on_position, inputs=[pen_position, shown], outputs=pen_text, api_visibility="private")
-    shown.change(clear_pen, outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private")
+    # Cleared when the user asks for a new sample, before it arrives (a clear after it could race a click).
+    gr.on([ask.click, judge.click], clear_pen, outputs=[pen_position, pen_text, pen_result, pen_view],
+          api_visibility="private", queue=False)
     pen.click(on_pen, inputs=[model, shown, pen_position, pen_text, color, locked], outputs=[pen_view, pen_result],
               api_name="red_pen")
     return {"model": model}
