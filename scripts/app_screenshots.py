@@ -37,7 +37,7 @@ def prepare() -> tuple[str, str]:
     for method in ("opd", "sft"):
         if not any(run.startswith(f"shots-{method}-") for run in run_ids()):
             config = RunConfig(name=f"shots-{method}", method=method, steps=12, batch_size=4, eval_every=4,
-                               eval_count=16, sample_every=4, checkpoint_every=4, learning_rate=0.001)
+                               eval_count=64, sample_every=4, checkpoint_every=4)
             run_training(run_folder.create_run(config), progress=False)
     from app.state import forget_runs_list
 
