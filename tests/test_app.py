@@ -725,3 +725,34 @@ def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_ro
     assert len(builds) == 4 and '"y":[' in again["metric"].replace(" ", "") and "watched-by-30" in again["summary"]
     assert "watched-by-30" in [row[0] for row in again["table"]]
     assert json.loads(again["accuracy"])["data"][0]["y"][-1] == 0.9  # the new evaluation is drawn
+
+
+def test_the_compare_chart_redraws_once_more_after_a_run_ends(runs_root):
+    """The chart follows the runs' files, not their state: the last evaluation lands after the last step."""
+    from app.compare_tab import refresh_signature
+    from opd_lab.run_folder import METRICS_FILE, append_jsonl, update_status
+
+    run_dir = make_run(runs_root, "ending-run", steps=10)
+    update_status(run_dir, state="running")
+    drawn = refresh_signature(["ending-run"])
+    assert refresh_signature(["ending-run"]) == drawn  # nothing new: no redraw
+    update_status(run_dir, state="finished")
+    after_end = refresh_signature(["ending-run"])
+    assert after_end != drawn
+    append_jsonl(run_dir / METRICS_FILE, [{"step": 10, "eval/accuracy": 0.9}])  # the final evaluation, written last
+    assert refresh_signature(["ending-run"]) != after_end
+
+
+def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root):
+    """Runs on `lab:baseline-quick` are measured against that lab's teacher, not the task's default lab."""
+    from app import compare_tab
+    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, lab_summary
+
+    build_lab(LabRecipe(name="baseline-quick", **TINY_RECIPE), progress_print=lambda *_: None)
+    run_dir = make_run(runs_root, "on-a-dashed-lab", steps=10)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "teacher": "lab:baseline-quick",
+                                                     "student": "lab:baseline-quick"}))
+    base, teacher, note = compare_tab._lab_accuracies([run_dir])
+    summary = lab_summary("baseline-quick")
+    assert (base, teacher, note) == (summary["student"]["accuracy"], summary["teacher"]["accuracy"], "")
