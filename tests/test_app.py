@@ -743,7 +743,7 @@ def test_the_compare_chart_redraws_once_more_after_a_run_ends(runs_root):
     assert refresh_signature(["ending-run"]) != after_end
 
 
-def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root):
+def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root, monkeypatch):
     """Runs on `lab:baseline-quick` are measured against that lab's teacher, not the task's default lab."""
     from app import compare_tab
     from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, lab_summary
@@ -753,6 +753,9 @@ def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root):
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "teacher": "lab:baseline-quick",
                                                      "student": "lab:baseline-quick"}))
+    asked = []
+    monkeypatch.setattr(compare_tab, "lab_summary", lambda name: asked.append(name) or lab_summary(name))
     base, teacher, note = compare_tab._lab_accuracies([run_dir])
+    assert asked == ["baseline-quick"]
     summary = lab_summary("baseline-quick")
     assert (base, teacher, note) == (summary["student"]["accuracy"], summary["teacher"]["accuracy"], "")
