@@ -13,15 +13,16 @@ import pandas as pd
 
 from app import report_panel
 from app.inputs import hide_paths
-from app.state import error_text, forget_runs_list, run_dir_of, run_ids
+from app.state import error_text, file_stamp, forget_runs_list, run_dir_of, run_ids
 from app.users import record
-from opd_lab import plots, run_comparison, runs
+from opd_lab import plots, report, run_comparison, runs
 from opd_lab.cli import error_line
 from opd_lab.compare import method_configs
 from opd_lab.config import RL_SAMPLES_PER_PROMPT, RunConfig
 from opd_lab.lab import lab_summary_of
+from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.preflight import check_run_inputs
-from opd_lab.run_folder import load_config
+from opd_lab.run_folder import METRICS_FILE, STATUS_FILE, load_config
 
 X_CHOICES = list(plots.X_AXES)
 DEFAULT_METRIC = "eval/accuracy"
@@ -73,21 +74,27 @@ def comparison(selected: list[str], x: str, metric: str, smoothing: float = 0.0,
     if teacher is None:
         return figure, empty_table, note
     found = run_comparison.compare_runs(run_dirs, base, teacher)
-    note = (f"### Verdict\n{found['verdict']['sentence']}\n\n*The gap runs from the base student's "
-            f"{base:.1%} to the lab teacher's {teacher:.1%} held-out accuracy. FLOPs count sampling, teacher "
-            "scoring and training; \"> x\" is the whole budget of a run that did not get there.*")
+    note = (f"### Verdict\n{found['verdict']['sentence']}\n\n*{report.GAP_DEFINITION} Here it runs from the base "
+            f"student's {base:.1%} to the lab teacher's {teacher:.1%}. FLOPs count sampling, teacher scoring and "
+            "training; \"> x\" is the whole budget of a run that did not get there.*")
     return figure, pd.DataFrame(found["rows"], columns=found["headers"]), note
 
 
-def any_active(selected: list[str]) -> bool:
-    """Whether a chosen run is queued or training (then the chart refreshes by itself)."""
+def refresh_signature(selected: list[str]) -> tuple:
+    """What the chart of `selected` is drawn from: each run's metrics and status file stamps.
+
+    The chart redraws when this changes, so it follows a training run and draws once more
+    after the run ends (its last evaluation and final state land after the last step).
+    """
+    stamps = []
     for run_id in selected or []:
         try:
-            if runs.status_of(run_dir_of(run_id)).get("state") in runs.ACTIVE_STATES:
-                return True
+            run_dir = run_dir_of(run_id)
         except runs.RunError:
+            stamps.append((run_id,))
             continue
-    return False
+        stamps.append((run_id, file_stamp(run_dir / METRICS_FILE), file_stamp(run_dir / STATUS_FILE)))
+    return tuple(stamps)
 
 
 def launch_three(steps, batch_size, request: gr.Request | None = None) -> tuple[str, list[str]]:
@@ -127,7 +134,7 @@ def build(instructor: str | None = None) -> dict:
         metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
                              scale=2)
     with gr.Row():
-        smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="smoothing (EMA; the raw curve stays faint)",
+        smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA; the raw curve stays faint)",
                               scale=3, elem_id="compare-smoothing")
         log_y = gr.Checkbox(False, label="log y axis", scale=1)
         update = gr.Button("Update", variant="primary", scale=1)
@@ -160,16 +167,19 @@ def build(instructor: str | None = None) -> dict:
         picker = gr.update(choices=run_ids(), value=ids) if ids else gr.skip()
         return text, picker
 
-    def on_tick(selected, x_value, metric_value, smoothing_value, log_value):
-        if not any_active(selected):
-            return gr.skip(), gr.skip(), gr.skip()
-        return comparison(selected, x_value, metric_value, smoothing_value, log_value)
+    drawn = gr.State(None)  # the chosen runs' files when the chart was last drawn
+
+    def on_tick(selected, x_value, metric_value, smoothing_value, log_value, last):
+        signature = refresh_signature(selected)
+        if signature == last:
+            return gr.skip(), gr.skip(), gr.skip(), last
+        return (*comparison(selected, x_value, metric_value, smoothing_value, log_value), signature)
 
     inputs = [chosen, x, metric, smoothing, log_y]
     update.click(comparison, inputs=inputs, outputs=[figure, table, note], api_name="compare")
     gr.on([chosen.change, x.input, metric.input, smoothing.release, log_y.input], comparison, inputs=inputs,
           outputs=[figure, table, note], api_visibility="private")
-    timer.tick(on_tick, inputs=inputs, outputs=[figure, table, note], show_progress="hidden",
+    timer.tick(on_tick, inputs=[*inputs, drawn], outputs=[figure, table, note, drawn], show_progress="hidden",
                api_visibility="private")
     chosen.change(on_metrics, inputs=chosen, outputs=metric, api_visibility="private")
     start.click(on_three, inputs=[steps, batch], outputs=[launched, chosen], api_name="launch_three")

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, color_legend, pen_choices, pen_panel, red_pen,
+from app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, clear_pen, color_legend, pen_choices, pen_panel, red_pen,
                                 scale_of)
 from app.state import error_text, run_dir_of, run_ids
 from opd_lab import model_spec, plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
-from opd_lab.run_folder import load_samples, sample_steps
+from opd_lab.plot_style import DEFAULT_SMOOTHING
+from opd_lab.run_folder import load_config, load_samples, sample_steps, written_by
 
 INTRO = ("**See what the teacher thinks of each token.** Pick a run, a logged step and one of its "
          "samples: red tokens are the ones the teacher would not have written. Hover a token for the "
@@ -70,7 +71,8 @@ def token_view(run_id: str, step, index, color_by: str = DEFAULT_COLOR, locked: 
         return error_text(error)
     except (TypeError, ValueError, IndexError):
         return "Choose a logged step and a sample."
-    title = f"{run_id}, step {step}, {sample_label(sample)}"
+    writer = WRITERS.get(writer_of(run_id, sample))
+    title = f"{run_id}, step {step}, {sample_label(sample)}" + (f" ({writer})" if writer else "")
     return tokenview.render_tokens(sample.get("tokens", []), prompt=sample.get("prompt"), color_by=color_by,
                                    title=title, vmax=scale_of(locked))
 
@@ -118,9 +120,28 @@ def side_by_side(run_id: str, step, index, other_run: str, other_step, color_by:
         _column_title(other_run, other_step, other), prompt=prompt, color_by=color_by, vmax=scale_of(locked))
 
 
+WRITERS = {"teacher": "written by the teacher; SFT trained on it",
+           "reference": "the task's worked solution; SFT trained on it"}
+
+
+def writer_of(run_id: str, sample: dict) -> str:
+    """Who wrote a logged completion ("student", "teacher", "reference"): the sample's own
+    `written_by`, else (runs logged before it existed) inferred from the run's method."""
+    if sample.get("written_by") in ("student", "teacher", "reference"):
+        return sample["written_by"]
+    try:
+        config = load_config(run_dir_of(run_id))
+    except runs.RunError:
+        return "student"
+    return written_by(str(config.get("method")), str(config.get("sft_source", "teacher")))
+
+
 def _column_title(run_id: str, step, sample: dict) -> str:
+    """A side-by-side column's title; an SFT sample says it is the teacher's (or the reference's)
+    text the student trained on, never the student's own answer."""
     verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
-    return f"{run_id} at step {step} {verdict}".strip()
+    writer = WRITERS.get(writer_of(run_id, sample))
+    return f"{run_id} at step {step}" + (f" ({writer})" if writer else "") + (f" {verdict}" if verdict else "")
 
 
 def pen_student(run_dir: Path, step: int) -> tuple[Path, str]:
@@ -209,7 +230,7 @@ def build(trust_remote_code: bool = False) -> dict:
         side_view = gr.HTML(elem_id="inspect-side-view", padding=True)
     heatmap = gr.Plot(label="All samples of this step", elem_id="kl-heatmap")
     with gr.Row():
-        smoothing = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="smoothing of the batch KL (EMA)",
+        smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing of the batch KL (EMA)",
                               elem_id="inspect-smoothing", scale=3)
         log_y = gr.Checkbox(False, label="log y", scale=1)
     over_training = gr.Plot(label="KL over training", elem_id="kl-over-training")
@@ -275,4 +296,7 @@ def build(trust_remote_code: bool = False) -> dict:
                         api_visibility="private")
     pen.click(on_pen, inputs=[run, step, sample, pen_position, pen_text, color, locked],
               outputs=[pen_view, pen_result], api_name="inspect_red_pen")
+    # Cleared when the user moves to another sample, before it arrives (a clear after it could race a click).
+    gr.on([run.input, step.input, sample.input, previous.click, following.click], clear_pen,
+          outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private", queue=False)
     return {"run": run, "other_run": other_run}

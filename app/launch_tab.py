@@ -35,7 +35,7 @@ from app.users import record
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields, parse_config_text
-from opd_lab.lab import built_lab_tasks
+from opd_lab.lab import built_lab_names
 
 BROWSER_LOCKED = ("trust_remote_code", "teacher_server", "report_dir")
 MULTI_PROCESS_ONLY = ("fsdp",)
@@ -100,7 +100,7 @@ def check_form(values, trust_remote_code: bool = False) -> str:
     except ConfigError as error:
         return f"**Fix this before launching:** {error}"
     problem = _preflight_problem(config.teacher, config.student, config.task, config.task_regex,
-                                 config.trust_remote_code, tuple(built_lab_tasks()))
+                                 config.trust_remote_code, tuple(built_lab_names()))
     return f"**Fix this before launching:** {problem}" if problem else "Ready: press **Launch**."
 
 

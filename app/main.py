@@ -34,7 +34,7 @@ from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
 from app.page_script import PAGE_SCRIPT, remember
 from app.security import MAX_UPLOAD_BYTES, LoginGuard, UploadGuard
 from app.state import run_ids, start_queue_worker
-from opd_lab.lab import built_lab_tasks, lab_summary
+from opd_lab.lab import built_labs, lab_summary
 from opd_lab.paths import data_dir
 from opd_lab.tasks import DEFAULT_TASK
 
@@ -43,23 +43,23 @@ TAB_IDS = ("launch", "runs", "compare", "inspect", "playground")
 
 
 def header() -> str:
-    """The page's first lines: what the app is, where its data lives, and the lab's state."""
+    """The page's first lines: what the app is, and the labs in the data dir.
+
+    Every lab folder is listed: a lab that cannot be used (a half-built or corrupt one)
+    with a one-line reason, never an error. Server paths are not shown to attendees.
+    """
     lines = [f"# {TITLE}",
              "A **student** model samples answers, a stronger **teacher** scores every token, and the "
              "student learns from the per-token reverse KL. Launch runs (OPD, and SFT and RL to compare), "
              "follow them, and look at what the teacher says about each token.",
              ""]
-    labs = []
-    for task in built_lab_tasks():
-        summary = lab_summary(task)
-        if summary is None:  # a name lab_summary does not read (e.g. "baseline-quick"): issue 20 fixes the rule
-            continue
-        labs.append(f"**{task}** (teacher {summary['teacher']['accuracy']:.0%}, base student "
-                    f"{summary['student']['accuracy']:.0%} held-out accuracy)")
-    if labs:  # no server path: attendees read this header too
-        lines.append(f"Built labs: {', '.join(labs)}.")
+    labs = built_labs()
+    if labs:
+        described = [f"**{lab.name}**{lab.describe()[len(lab.name):]}" for lab in labs]
+        lines.append(f"Labs (held-out accuracy): {'; '.join(described)}.")
     else:
-        lines.append("No lab is built yet: run `opd-lab lab build` (about 2 minutes) before launching runs on the lab.")
+        lines.append("No lab is built yet: run `opd-lab lab build` (about 2 minutes) before launching runs on "
+                     "the lab.")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """The app's one page script: what pure HTML cannot do, run once when the page loads.
 
+* A tap on a token opens its card (phones have no hover; a second tap closes it).
 * Hover cards stay inside the viewport: a token view's card (`opd_lab.tokenview`) is
   placed below its token, or above it near the bottom of the window, and shifted left
   near the right edge (the view itself stays script-free, for notebooks and saved pages).
@@ -17,8 +18,8 @@
 import json
 
 NARROW_PX = 640  # phones, and narrow windows
-# Runs table columns (app.runs_tab.TABLE_HEADERS, 0-based) hidden on narrow screens: method, task, ETA, message.
-HIDDEN_WHEN_NARROW = (1, 2, 5, 7)
+# Runs table columns (app.runs_tab.TABLE_HEADERS, 0-based) hidden on narrow screens: method, task, ETA, message, owner.
+HIDDEN_WHEN_NARROW = (1, 2, 5, 7, 8)
 # The widths of the columns left (run, state, step, accuracy), in % of the table.
 NARROW_WIDTHS = {0: 31, 3: 23, 4: 26, 6: 20}
 
@@ -44,7 +45,16 @@ def _narrow_table_css(table_id: str) -> str:
 STACKED_WHEN_NARROW = ("token-view", "inspect-legend", "playground-view", "playground-legend", "playground-model",
                        "playground-color")
 
-PAGE_CSS = (_narrow_table_css("runs-table")
+# Compare's table on a phone: the run id (the label says the run) goes, and the table scrolls
+# sideways instead of squeezing every cost column out of sight behind the run names.
+COMPARE_NARROW_CSS = (f"@media (max-width: {NARROW_PX}px) {{\n"
+                      "  #compare-table [data-col='1'], #compare-table th:nth-child(2) { display: none !important; }\n"
+                      "  #compare-table .table-wrap, #compare-table .table-container { overflow-x: auto !important; }\n"
+                      "  #compare-table table { table-layout: auto !important; min-width: 720px; }\n"
+                      "  #compare-table [data-col='0'], #compare-table th:nth-child(1) { max-width: 30vw; }\n"
+                      "  #compare-table th, #compare-table [role=gridcell] { font-size: 12px; }\n}")
+
+PAGE_CSS = (_narrow_table_css("runs-table") + "\n" + COMPARE_NARROW_CSS
             + f"\n@media (max-width: {NARROW_PX}px) {{ "
             + ", ".join(f"#{element}" for element in STACKED_WHEN_NARROW)
             + " { min-width: 100% !important; } }")
@@ -71,8 +81,7 @@ PAGE_SCRIPT = r"""
     };
     open();
   } else ready();
-  document.addEventListener("mouseover", (event) => {
-    const token = event.target.closest ? event.target.closest(".tvt") : null;
+  const place = (token) => {
     const card = token ? token.querySelector(":scope > .tvc") : null;
     if (!card) return;
     card.style.position = "fixed";
@@ -85,6 +94,15 @@ PAGE_SCRIPT = r"""
     const left = Math.max(margin, Math.min(box.left, window.innerWidth - size.width - margin));
     card.style.top = top + "px";
     card.style.left = left + "px";
+  };
+  document.addEventListener("mouseover", (event) => place(event.target.closest ? event.target.closest(".tvt") : null));
+  // A tap (phones have no hover) opens the token's card, and closes the one open before.
+  document.addEventListener("click", (event) => {
+    const token = event.target.closest ? event.target.closest(".tvt") : null;
+    document.querySelectorAll(".tvt.tvopen").forEach((open) => { if (open !== token) open.classList.remove("tvopen"); });
+    if (!token) return;
+    token.classList.toggle("tvopen");
+    place(token);
   });
   document.addEventListener("click", (event) => {
     const token = event.target.closest ? event.target.closest(".tvt[data-i]") : null;

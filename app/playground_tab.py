@@ -16,12 +16,11 @@ from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
 from opd_lab import feedback, model_spec, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.lab import built_lab_tasks, lab_summary
+from opd_lab.lab import built_labs
 from opd_lab.models import ModelLoadError, load_pair
+from opd_lab.paths import lab_dir
 from opd_lab.run_folder import load_config
-from opd_lab.generation import generate
 from opd_lab.tasks import DEFAULT_TASK, get_task
-from opd_lab.tasks.base import Problem
 
 STUDENT_TITLE = "the student's answer"
 EDITED_TITLE = "this completion, as the teacher sees it"
@@ -49,7 +48,8 @@ def scale_of(locked: bool) -> float | None:
 
 def model_choices() -> list[tuple[str, str]]:
     """(label, value) of every student the playground can load: lab base students, then checkpoints."""
-    choices = [(f"base student of the {task} lab", model_spec.lab_spec(task)) for task in built_lab_tasks()]
+    choices = [(f"base student of the {lab.name} lab" + ("" if lab.task == lab.name else f" ({lab.task})"),
+                model_spec.lab_spec(lab.name)) for lab in built_labs() if lab.summary is not None]
     for run_id in run_ids():
         try:
             run_dir = run_dir_of(run_id)
@@ -74,13 +74,14 @@ def resolve_choice(choice: str, trust_remote_code: bool = False) -> dict:
     except model_spec.SpecError as error:
         raise runs.RunError(str(error)) from None
     if parsed.is_lab and parsed.lab:
-        lab = parsed.lab
-        if lab not in built_lab_tasks():
-            raise runs.RunError(f"no built lab {lab!r} (build one with `opd-lab lab build`)")
-        task = (lab_summary(lab) or {}).get("task", lab)
-        return {"task": task, "task_regex": "", "checkpoint": None, "config": None, "lab": choice,
+        name = parsed.lab
+        lab = next((lab for lab in built_labs() if lab.name == name and lab.summary is not None), None)
+        if lab is None:
+            raise runs.RunError(f"no built lab named {name!r} (build one with `opd-lab lab build`)")
+        return {"task": lab.task, "lab": lab.name, "task_regex": "", "checkpoint": None, "config": None,
                 "trust_remote_code": trust_remote_code,
-                "description": f"Student: the base student of the {lab} lab. Teacher: the {lab} lab's teacher."}
+                "description": f"Student: the base student of the {lab.name} lab. Teacher: that lab's teacher "
+                               f"(task {lab.task})."}
     if parsed.kind == model_spec.CHECKPOINT and parsed.checkpoint:
         run_id, name = parsed.run_id, parsed.checkpoint
         checkpoint = checkpoint_of(run_id, name)
@@ -99,8 +100,9 @@ def load_models(resolved: dict):
     """(teacher, student, tokenizer) of a resolved choice, from the cache when possible."""
     task, trust, checkpoint = resolved["task"], resolved["trust_remote_code"], resolved["checkpoint"]
     if checkpoint is None:
-        lab = resolved["lab"]
-        return CACHE.get((lab, task, trust), lambda: _eval_mode(*load_pair(lab, lab, task, trust_remote_code=trust)))
+        spec = model_spec.lab_spec(resolved["lab"])
+        # Keyed by the lab's folder: a data dir switched under a running process (tests) never serves old models.
+        return CACHE.get(("lab", str(lab_dir(resolved["lab"])), trust), lambda: _eval_mode(*load_pair(spec, spec, task, trust_remote_code=trust)))
     return CACHE.get(("checkpoint", str(checkpoint), trust), lambda: load_with_teacher(checkpoint, resolved["config"]))
 
 
@@ -174,7 +176,8 @@ def red_pen(choice: str, prompt: str, records: list[dict], position, replacement
     """Replace token `position` by `replacement`, let the student finish: `(side-by-side HTML, verdict)`.
 
     The verdict compares the final answers of the old and the new completion with the
-    teacher's own greedy answer to the prompt (the Playground has no answer key).
+    prompt's true answer (`Task.problem_for`); for a prompt whose answer the task does not
+    know (one typed by hand, a task file without answers), it says so and gives none.
     """
     try:
         resolved = resolve_choice(choice, trust_remote_code)
@@ -183,15 +186,15 @@ def red_pen(choice: str, prompt: str, records: list[dict], position, replacement
         if not replacement:
             raise runs.RunError("choose what the red pen writes")
         position = int(position)
+        if not 0 <= position < len(records):
+            raise runs.RunError(f"token {position} is not in this completion (0 to {len(records) - 1})")
         task = get_task(resolved["task"], resolved["task_regex"] or None)
         teacher, student, tokenizer = load_models(resolved)
         old = "".join(str(record.get("text", "")) for record in records if record.get("token_id") != tokenizer.eos_token_id)
         new, new_records = feedback.rewrite_from(teacher, student, tokenizer, prompt, records, position, replacement,
                                                  max_new_tokens=task.max_new_tokens)
-        reference = generate(teacher, tokenizer, [prompt], task.max_new_tokens, greedy=True).completions[0]
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return "", error_text(error)
-    key = task.verify(Problem(prompt, ""), reference).parsed
     written = str(records[position].get("text", ""))
     vmax = scale_of(locked) or tokenview.default_vmax([records, new_records], color_by)
     view = tokenview.render_side_by_side(records, new_records, _title("before", records),
@@ -200,15 +203,27 @@ def red_pen(choice: str, prompt: str, records: list[dict], position, replacement
                                          prompt=prompt, color_by=color_by if color_by in tokenview.COLOR_KINDS
                                          else DEFAULT_COLOR, vmax=vmax)
     verdict = [f"**Red pen:** token {position} `{written}` → `{replacement}`; the student wrote the rest: `{new}`."]
-    if key is None:
-        verdict.append("The teacher gives no parseable answer to this prompt, so right or wrong cannot be said.")
-    else:
-        before, after = task.verify(Problem(prompt, key), old), task.verify(Problem(prompt, key), new)
-        words = {True: "right", False: "wrong"}
-        verdict.append(f"Against the teacher's answer **{key}**: before, {words[before.correct]} "
-                       f"({before.parsed or 'no answer'}); after, **{words[after.correct]}** "
-                       f"({after.parsed or 'no answer'}).")
+    verdict.append(pen_verdict(task, prompt, old, new))
     return view, "  \n".join(verdict)
+
+
+def pen_verdict(task, prompt: str, old: str, new: str) -> str:
+    """One sentence: the old and the new completion checked against the prompt's true answer.
+
+    Example:
+        >>> from opd_lab.tasks import get_task
+        >>> pen_verdict(get_task("addition"), "347+285=", "7+5+0=12;4+8+1=13;3+2+1=06;632", "7+5+0=12;631")
+        'Against the true answer **632**: before, right (632); after, **wrong** (631).'
+    """
+    problem = task.problem_for(prompt)
+    if problem is None:
+        return (f"The task {task.name} does not know the answer to this prompt, so the red pen does not say "
+                "right or wrong.")
+    before, after = task.verify(problem, old), task.verify(problem, new)
+    words = {True: "right", False: "wrong"}
+    answer = problem.answer if len(problem.answer) <= 60 else problem.answer[:57] + "..."
+    return (f"Against the true answer **{answer}**: before, {words[before.correct]} ({before.parsed or 'no answer'}); "
+            f"after, **{words[after.correct]}** ({after.parsed or 'no answer'}).")
 
 
 PEN_HELP = ("**Red pen.** Click a token above (or type its number), choose what to write instead "
@@ -230,6 +245,12 @@ def pen_panel(prefix: str = "", help_text: str = PEN_HELP) -> tuple:
     result = gr.Markdown(elem_id=f"{prefix}pen-result")
     view = gr.HTML(elem_id=f"{prefix}pen-view", padding=True)
     return position, replacement, button, result, view
+
+
+def clear_pen():
+    """The red pen's widgets emptied: a new sample on screen makes the old token and verdict meaningless.
+    Outputs: position box, replacement picker, verdict, before/after view."""
+    return "", gr.update(choices=[], value=None), "", ""
 
 
 def build(trust_remote_code: bool = False) -> dict:
@@ -288,6 +309,9 @@ def build(trust_remote_code: bool = False) -> dict:
     gr.on([color.input, locked.input], on_color, inputs=[color, locked, shown], outputs=view,
           api_visibility="private")
     pen_position.change(on_position, inputs=[pen_position, shown], outputs=pen_text, api_visibility="private")
+    # Cleared when the user asks for a new sample, before it arrives (a clear after it could race a click).
+    gr.on([ask.click, judge.click], clear_pen, outputs=[pen_position, pen_text, pen_result, pen_view],
+          api_visibility="private", queue=False)
     pen.click(on_pen, inputs=[model, shown, pen_position, pen_text, color, locked], outputs=[pen_view, pen_result],
               api_name="red_pen")
     return {"model": model}

@@ -15,7 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from app.users import refusal, user_of
-from opd_lab import experiment
+from opd_lab import experiment, report
+from opd_lab.claims import ROOT
 from opd_lab.plots_compare import seed_band_figure
 from opd_lab.scenarios import SCENARIOS
 
@@ -47,10 +48,29 @@ def show_report(name: str | None):
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
             f"{data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%}; each method's learning rate "
             f"from the same sweep ({', '.join(f'{arm} {lr:g}' for arm, lr in data['learning_rates'].items())}).*")
+    text += f"\n\n*{report.GAP_DEFINITION}*"
     if folder is None:
         text += ("\n\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped, so "
-                 "there is no figure: run the comparison to get one.*")
+                 "there is no figure: run the comparison to get one. Why it came out this way: "
+                 "**Why the measured verdicts came out as they did**, below.*")
     return text, seed_band_figure(folder) if folder else None, pd.DataFrame(experiment.target_rows(data))
+
+
+NOTES_FILE = ROOT / "docs" / "claims-notes.md"
+NOTES_SECTION = "## What the numbers say, and the likely causes"
+
+
+def verdict_notes() -> str:
+    """The measured reports' explanations (docs/claims-notes.md, its section on causes), shown in the
+    app so the reasons travel with the verdicts; a line saying where they are when the docs are not here."""
+    try:
+        text = NOTES_FILE.read_text(encoding="utf-8")
+    except OSError:
+        return "The explanations are in docs/claims-notes.md of the opd-lab repository."
+    if NOTES_SECTION not in text:
+        return text
+    section = text[text.index(NOTES_SECTION) + len(NOTES_SECTION):]
+    return section.split("\n## ", 1)[0].strip()
 
 
 def report_view(name: str | None):
@@ -109,6 +129,8 @@ def build(instructor: str | None = None) -> None:
         run = gr.Button("Run a comparison", variant="primary", scale=1)
         stop_button = gr.Button("Stop the comparison", scale=1, elem_id="stop-compare")
     running = gr.Markdown(status())
+    with gr.Accordion("Why the measured verdicts came out as they did", open=False, elem_id="report-why"):
+        gr.Markdown(verdict_notes())
 
     def on_refresh(current):
         choices = report_names()

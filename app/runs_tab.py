@@ -9,14 +9,18 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
-from app.users import check_may_act
+from gradio.components.plot import PlotData
+
+from app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
+                       run_dir_of, shared)
+from app.users import check_may_act, user_of
 from opd_lab import plots, runs
+from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.lab import lab_summary_of
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, PHASES, STATUS_FILE, launcher_of, load_config,
                                 load_metrics, log_tail)
 
-TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
+TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message", "owner"]
 REFRESH_SECONDS = 2.0
 ACCURACY_METRIC = "eval/accuracy"
 DEFAULT_METRIC = "train/loss"
@@ -39,20 +43,28 @@ def progress_bar(step, total, width: int = 10) -> str:
     return "▰" * filled + "▱" * (width - filled) + f" {step}/{total}"
 
 
+# What an attendee reads for a state: a run whose process is starting is "starting", and only a
+# run in line for a place is "waiting" (the library calls the first "queued").
+STATE_WORDS = {"queued": "starting"}
+
+
 def state_text(run: dict) -> str:
-    """The state column: "waiting (#2 in line)" for a queued run."""
+    """The state column: "waiting (#2 in line)" for a run in line, "starting" for one being started."""
     position = run.get("queue_position")
-    return f"{run['state']} (#{position} in line)" if position else run["state"]
+    state = STATE_WORDS.get(run["state"], run["state"])
+    return f"{state} (#{position} in line)" if position else state
 
 
-def run_rows() -> list[list]:
-    """One table row per run, newest first (see TABLE_HEADERS)."""
+def run_rows(mine_of: str | None = None) -> list[list]:
+    """One table row per run, newest first (see TABLE_HEADERS); with `mine_of`, only that user's runs."""
     rows = []
     for run in list_runs():
+        if mine_of is not None and run.get("owner") != mine_of:
+            continue
         eta = format_duration(run["eta_s"]) if run["state"] == "running" else "-"
         rows.append([run["id"], run["method"] or "?", run["task"] or "?", state_text(run),
                      progress_bar(run["step"], run["total_steps"]), eta, format_accuracy(run["accuracy"]),
-                     run["message"]])
+                     run["message"], run.get("owner") or "-"])
     return rows
 
 
@@ -98,14 +110,33 @@ def phase_split(run_dir) -> str:
 
 def metric_choices(run_id: str) -> list[str]:
     try:
-        return plots.available_metrics([run_dir_of(run_id)])
+        run_dir = run_dir_of(run_id)
     except runs.RunError:
         return []
+    return shared(("metric choices", str(run_dir)), file_stamp(run_dir / METRICS_FILE),
+                  lambda: plots.available_metrics([run_dir]))
 
 
 def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = False):
-    """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run."""
+    """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run.
+
+    The figures are built once per change of the run's metrics file and shared by every
+    viewer (`app.state.shared`), already serialized for the browser (`gr.Plot` sends them as
+    they are).
+    """
     run_dir = run_dir_of(run_id)
+    metric = metric or DEFAULT_METRIC
+    smoothing = min(max(float(smoothing or 0.0), 0.0), 0.99)
+    stamp = file_stamp(run_dir / METRICS_FILE)
+    accuracy = shared(("accuracy", str(run_dir)), (stamp, file_stamp(run_dir / "config.json")),
+                      lambda: _serialized(_accuracy_figure(run_dir)))
+    other = shared(("metric", str(run_dir), metric, smoothing, bool(log_y)), stamp,
+                   lambda: _serialized(plots.training_curves([run_dir], metric, smoothing=smoothing,
+                                                             log_y=bool(log_y))))
+    return accuracy, other, log_tail(run_dir)
+
+
+def _accuracy_figure(run_dir):
     accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
     config = load_config(run_dir)
     summary = lab_summary_of(str(config.get("teacher", "lab")), str(config.get("task")))  # the run's own teacher
@@ -113,9 +144,27 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
         accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
                            annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",
                            annotation_position="bottom right")
-    other = plots.training_curves([run_dir], metric or DEFAULT_METRIC,
-                                  smoothing=min(max(float(smoothing or 0.0), 0.0), 0.99), log_y=bool(log_y))
-    return accuracy, other, log_tail(run_dir)
+    return accuracy
+
+
+def _serialized(figure) -> PlotData:
+    return PlotData(type="plotly", plot=figure.to_json())
+
+
+def run_view(run_id: str, metric: str = DEFAULT_METRIC, smoothing: float = DEFAULT_SMOOTHING,
+             log_y: bool = False) -> dict:
+    """What one refresh of the Runs tab shows for a run, as data: `{"table", "summary", "accuracy",
+    "metric", "log"}` (the table's rows, the figures as plotly JSON). The `/run_view` endpoint, for
+    scripts and the classroom bench (`bench/bench_app_viewers.py`); it goes through the same shared
+    runs list and figures as the tab's timer.
+    """
+    table = run_rows()
+    try:
+        accuracy, other, text = run_figures(run_id, metric, smoothing, log_y)
+    except runs.RunError as error:
+        return {"table": table, "summary": error_text(error), "accuracy": None, "metric": None, "log": ""}
+    return {"table": table, "summary": run_summary(run_id), "accuracy": accuracy.plot, "metric": other.plot,
+            "log": text}
 
 
 def _signature(run_id: str, metric: str):
@@ -124,9 +173,7 @@ def _signature(run_id: str, metric: str):
         run_dir = run_dir_of(run_id)
     except runs.RunError:
         return None
-    stamps = tuple((run_dir / name).stat().st_mtime_ns if (run_dir / name).exists() else 0
-                   for name in (METRICS_FILE, LOG_FILE, STATUS_FILE))
-    return (run_id, metric, stamps)
+    return (run_id, metric, tuple(file_stamp(run_dir / name) for name in (METRICS_FILE, LOG_FILE, STATUS_FILE)))
 
 
 def stop_run(run_id: str, request: gr.Request | None = None, instructor: str | None = None) -> str:
@@ -183,6 +230,8 @@ def build(instructor: str | None = None) -> dict:
         ids = [row[0] for row in run_rows()]
         selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", scale=3, elem_id="runs-selected",
                                allow_custom_value=True)
+        mine = gr.Checkbox(False, label="only my runs", scale=1, elem_id="runs-mine",
+                           info="with a login: the runs you launched")
         refresh = gr.Button("Refresh", scale=1)
     summary = gr.Markdown(elem_id="run-summary")
     with gr.Row():
@@ -197,7 +246,7 @@ def build(instructor: str | None = None) -> dict:
             with gr.Row():
                 metric = gr.Dropdown([DEFAULT_METRIC], value=DEFAULT_METRIC, label="Metric", allow_custom_value=True,
                                      scale=2)
-                smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="smoothing (EMA)", scale=2,
+                smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA)", scale=2,
                                       elem_id="runs-smoothing")
                 log_y = gr.Checkbox(False, label="log y", scale=1)
             metric_plot = gr.Plot(label="Metric", elem_id="run-metric-plot")
@@ -206,10 +255,10 @@ def build(instructor: str | None = None) -> dict:
     memory = gr.State({"ids": ids, "rows": None, "signature": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def show(run_id, metric_name, smoothing_value, log_value, state, force=False):
+    def show(run_id, metric_name, smoothing_value, log_value, state, only_mine=False, request=None, force=False):
         """Outputs: table, picker, summary, accuracy plot, metric picker, metric plot, log, state."""
         state = dict(state or {})
-        current = run_rows()
+        current = run_rows(mine_of=(user_of(request) or "") if only_mine else None)
         current_ids = [row[0] for row in current]
         if run_id not in current_ids:
             run_id = current_ids[0] if current_ids else None
@@ -238,20 +287,20 @@ def build(instructor: str | None = None) -> dict:
 
     outputs = [table, selected, summary, accuracy_plot, metric, metric_plot, log, memory]
 
-    def on_tick(run_id, metric_name, smoothing_value, log_value, state):
-        return show(run_id, metric_name, smoothing_value, log_value, state)
+    def on_tick(run_id, metric_name, smoothing_value, log_value, state, only_mine, request: gr.Request):
+        return show(run_id, metric_name, smoothing_value, log_value, state, only_mine, request)
 
-    def on_select(run_id, metric_name, smoothing_value, log_value, state):
-        return show(run_id, metric_name, smoothing_value, log_value, state, force=True)
+    def on_select(run_id, metric_name, smoothing_value, log_value, state, only_mine, request: gr.Request):
+        return show(run_id, metric_name, smoothing_value, log_value, state, only_mine, request, force=True)
 
     def on_row(evt: gr.SelectData):
         row = evt.row_value
         return row[0] if row else gr.skip()
 
-    inputs = [selected, metric, smoothing, log_y, memory]
+    inputs = [selected, metric, smoothing, log_y, memory, mine]
     redraw = dict(fn=on_select, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private")
     timer.tick(on_tick, inputs=inputs, outputs=outputs, show_progress="hidden", api_visibility="private", queue=False)
-    gr.on([selected.input, metric.input, smoothing.release, log_y.input], **redraw)
+    gr.on([selected.input, metric.input, smoothing.release, log_y.input, mine.input], **redraw)
     table.select(on_row, outputs=selected, api_visibility="private").then(**redraw)
     refresh.click(run_table, outputs=table, api_name="list_runs").then(**redraw)
     def on_stop(run_id, request: gr.Request):
@@ -267,4 +316,5 @@ def build(instructor: str | None = None) -> dict:
     resume.click(on_resume, inputs=selected, outputs=action, api_name="resume").then(**redraw)
     delete.click(on_delete, inputs=[selected, sure], outputs=action, api_name="delete").then(
         lambda: False, outputs=sure, api_visibility="private").then(**redraw)
+    gr.api(run_view, api_name="run_view", queue=False)  # like the tick: no queue in front of a read
     return {"selected": selected, "load": redraw}

@@ -39,16 +39,25 @@ _runs_list_lock = threading.Lock()
 def list_runs() -> list[dict]:
     """`runs.list_runs()`, shared by all viewers for up to RUNS_LIST_MAX_AGE_S seconds.
 
-    Each row also has its place in the queue, `queue_position` (None unless it waits).
+    Each row also has its place in the queue, `queue_position` (None unless it waits), and
+    `owner`, the user who launched it (None without a login, or for a run from the CLI).
     """
     folder = runs.runs_dir()
     key = (str(folder), folder.stat().st_mtime_ns)  # a run created or deleted is listed at once
     with _runs_list_lock:  # viewers arriving together wait for one scan instead of each scanning
         if key != _runs_list["key"] or time.monotonic() - _runs_list["at"] > RUNS_LIST_MAX_AGE_S:
             positions = runs.queue_positions()
-            _runs_list["rows"] = [{**row, "queue_position": positions.get(row["id"])} for row in runs.list_runs()]
+            _runs_list["rows"] = [{**row, "queue_position": positions.get(row["id"]), "owner": _owner(row)}
+                                  for row in runs.list_runs()]
             _runs_list["at"], _runs_list["key"] = time.monotonic(), key
         return _runs_list["rows"]
+
+
+def _owner(row: dict) -> str | None:
+    try:
+        return run_folder.launcher_of(row["path"])
+    except runs.RunError:  # an unreadable launched_by.json: listed without an owner
+        return None
 
 
 def forget_runs_list() -> None:
@@ -95,6 +104,53 @@ def _serve_queue(interval_s: float, stop: threading.Event) -> None:
         except Exception:  # noqa: BLE001 - a bad folder must not stop the queue; the next pass retries
             pass
         stop.wait(interval_s)
+
+
+# Figures of a run, shared by every viewer: built once per run, view settings and change of its files.
+FIGURE_CACHE_SIZE = 64
+# A training run changes its metrics every step (several times a second); its figures are
+# rebuilt at most this often (the Runs tab's refresh period), so 30 viewers of a fast run cost
+# one build per refresh period, not one per step and viewer. A figure is at most this stale.
+FIGURE_MIN_AGE_S = 2.0
+_figures: OrderedDict = OrderedDict()  # key -> (stamp, built at, value)
+_figures_lock = threading.Lock()
+
+
+def file_stamp(path: Path) -> tuple:
+    """What tells a changed file apart: (inode, size, mtime in ns); () for a missing file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def shared(key, stamp, build: Callable, min_age_s: float | None = None):
+    """`build()`, shared by every viewer asking for `key`, built again only when `stamp` (what it is
+    built from, e.g. `file_stamp`s) changed and the last build is at least `min_age_s` old.
+
+    30 viewers of one training run then cost one build per change of its metrics file
+    (at most one per FIGURE_MIN_AGE_S), not 30 per refresh. Viewers arriving together wait for the one
+    build. The FIGURE_CACHE_SIZE most recently asked keys are kept.
+    """
+    min_age_s = FIGURE_MIN_AGE_S if min_age_s is None else min_age_s
+    with _figures_lock:
+        entry = _figures.get(key)
+        if entry is not None and (entry[0] == stamp or time.monotonic() - entry[1] < min_age_s):
+            _figures.move_to_end(key)
+            return entry[2]
+        value = build()
+        _figures[key] = (stamp, time.monotonic(), value)
+        _figures.move_to_end(key)
+        while len(_figures) > FIGURE_CACHE_SIZE:
+            _figures.popitem(last=False)
+        return value
+
+
+def forget_figures() -> None:
+    """Drop every shared figure (tests)."""
+    with _figures_lock:
+        _figures.clear()
 
 
 def checkpoint_of(run_id: str, name: str) -> Path:

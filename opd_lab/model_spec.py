@@ -51,6 +51,22 @@ class SpecError(ValueError):
     """A spec that breaks the grammar (e.g. `run:` without a run id); the message says how to write it."""
 
 
+# The one naming rule for labs: what `lab build --task` and `--scenario` (quick or not) make,
+# what `lab:NAME` specs, the app's header, Playground and Compare accept. A letter or digit,
+# then letters, digits, '.', '_' or '-' (so never '..', a '/' or a hidden folder).
+LAB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_lab_name(name) -> bool:
+    """Whether `name` can name a lab folder (see LAB_NAME_PATTERN).
+
+    Example:
+        >>> is_lab_name("baseline-quick"), is_lab_name("addition"), is_lab_name("../etc")
+        (True, True, False)
+    """
+    return isinstance(name, str) and LAB_NAME_PATTERN.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed spec: its `kind` (see the module's table) and the parts the kind has."""
@@ -92,7 +108,10 @@ def parse(spec: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError("a model spec cannot be empty: use lab, lab:NAME, smollm2, run:ID, a path or a hub id")
     if spec == "lab" or spec.startswith(LAB_PREFIX):
-        return ModelSpec(spec, LAB, lab=spec[len(LAB_PREFIX):])
+        name = spec[len(LAB_PREFIX):]
+        if name and not is_lab_name(name):
+            raise SpecError(f"{spec!r}: not a lab name (a letter or digit, then letters, digits, '.', '_' or '-')")
+        return ModelSpec(spec, LAB, lab=name)
     if spec == "smollm2":
         return ModelSpec(spec, SMOLLM2)
     if spec.startswith(RUN_PREFIX):

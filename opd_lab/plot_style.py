@@ -40,3 +40,8 @@ def method_name(method: str) -> str:
 
 def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, OTHER_COLOR)
+
+
+# The smoothing (EMA factor) every chart of the app starts with, the same in every tab;
+# the raw curve stays drawn faintly under the smoothed one.
+DEFAULT_SMOOTHING = 0.6

@@ -9,7 +9,10 @@ teacher's accuracy.
 
 For each arm (a method, or a variant such as OPD with the exact KL) and each gap
 fraction, the cost to reach the target is the cost at the first evaluation at or
-above it: optimizer steps, sampled sequences, FLOPs and wall time. Over seeds the
+above it **that the next evaluation confirms** (also at or above it; the run's last
+evaluation has none to confirm it and counts as it is): optimizer steps, sampled
+sequences, FLOPs and wall time. One lucky evaluation on a few hundred problems does not
+reach a target. Over seeds the
 report gives the median, counting a seed that never reached the target as infinitely
 expensive, so a median is finite only when most seeds got there; where it is not,
 the cost at the end of the budget is a lower bound ("more than").
@@ -63,9 +66,12 @@ def _costs(row: dict) -> dict:
 
 
 def cost_to_reach(rows: list[dict], target: float) -> dict | None:
-    """The costs at the first evaluation whose accuracy is at least `target`, or None."""
-    for row in _evaluations(rows):
-        if row[ACCURACY] >= target - 1e-9:  # 0.5 + 0.6 * 0.5 = 0.7999999999999999 is reached by 0.8
+    """The costs at the first evaluation whose accuracy is at least `target` and stays
+    there at the next evaluation (the last evaluation counts as it is), or None."""
+    evaluations = _evaluations(rows)
+    reached = [row[ACCURACY] >= target - 1e-9 for row in evaluations]  # 0.5 + 0.6 * 0.5 = 0.7999999999999999
+    for index, row in enumerate(evaluations):
+        if reached[index] and (index + 1 == len(evaluations) or reached[index + 1]):
             return _costs(row)
     return None
 
@@ -146,17 +152,62 @@ def format_ratio(found: dict) -> str:
     return f"{prefix}{found['value']:.1f}x"
 
 
-def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budget_steps: int | None = None) -> dict:
+# Costs within this factor of each other are "about the same": a ratio is never printed as "1.0x less".
+SAME_COST = 1.05
+GAP_DEFINITION = ("The gap is the teacher's held-out accuracy minus the base student's; closing 80% of it means "
+                  "reaching base + 0.8 × (teacher − base), held at the next evaluation too.")
+
+
+def standard_error(accuracy: float, eval_count: int) -> float:
+    """The standard error of an accuracy measured on `eval_count` problems (binomial).
+
+    Example:
+        >>> round(standard_error(0.75, 200), 4)
+        0.0306
+    """
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(eval_count, 1))
+
+
+def is_tie(first: float, second: float, eval_count: int | None) -> bool:
+    """Whether two accuracies on `eval_count` problems each are within two standard errors of
+    their difference (so the evaluation cannot tell them apart); never a tie without a count."""
+    if not eval_count:
+        return False
+    spread = math.hypot(standard_error(first, eval_count), standard_error(second, eval_count))
+    return abs(first - second) <= 2 * spread
+
+
+def _cost_phrase(summaries: dict, arm: str, winner: str, fraction: float, cost: str, noun: str) -> str | None:
+    """How `arm` compares with `winner` on `cost`, in words that never claim what was not measured;
+    None when `arm`'s whole budget was smaller than the winner's cost (it never had the chance)."""
+    found = ratio(summaries, arm, winner, fraction, cost)
+    name = arm_label(arm)
+    if found["value"] is None:
+        return f"{name} did not get there"
+    if found["bound"] == ">" and found["value"] <= 1:
+        return None
+    if found["value"] < SAME_COST and found["bound"] == "=":
+        return f"about as much {noun} as {name}"
+    return f"{format_ratio(found)} less than {name}"
+
+
+def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budget_steps: int | None = None,
+            eval_count: int | None = None) -> dict:
     """A one-sentence verdict, and the facts it rests on, computed from `summaries`.
 
     The level is the largest gap fraction that some arm reached (median over seeds).
-    The winner is the arm with the least median compute (FLOPs) at that level; the
-    sentence gives its compute ratio against every other arm, then the seed's step
-    claim: gradient steps of OPD against RL, whichever was fewer.
+    The winner is the arm with the least median compute (FLOPs) at that level, crowned
+    only when every arm that did not get there spent more than the winner's cost (an arm
+    whose whole budget was smaller never had the chance: the sentence says so and names no
+    winner). Ratios are never printed as "x less" with x <= 1: costs within SAME_COST are
+    "about as much". Then the seed's step claim: gradient steps of OPD against RL. With
+    `eval_count` (problems per evaluation), final accuracies within two standard errors of
+    each other are called a tie, and a winner that ended clearly below another arm is
+    said to have.
 
     Returns:
         `{"sentence", "level", "winner", "steps_winner"}` (level/winner None when no arm
-        closed even the smallest fraction).
+        closed even the smallest fraction, or when the comparison is open).
     """
     arms = ordered_arms(summaries)
     seeds = max(s["seeds"] for s in summaries.values())
@@ -168,19 +219,43 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
     level = next((f for f in fractions if any(_target(summaries[a], f)["flops"]["median"] is not None for a in arms)),
                  None)
     tail = f" (median of {seeds} seeds)." if seeds != 1 else " (one seed)."
+    finals = {a: summaries[a]["final_accuracy"]["median"] for a in arms}
     if level is None:
-        best = max(arms, key=lambda a: summaries[a]["final_accuracy"]["median"])
+        best = max(arms, key=lambda a: finals[a])
         within = f" within {budget_steps} steps" if budget_steps else ""
-        return {"sentence": f"No method closed {min(fractions):.0%} of the gap to the teacher{within}; the best final "
-                            f"accuracy was {arm_label(best)}'s {summaries[best]['final_accuracy']['median']:.1%}" + tail,
-                "level": None, "winner": None, "steps_winner": None}
+        tied = [a for a in arms if a != best and is_tie(finals[best], finals[a], eval_count)]
+        if tied:
+            names = " and ".join(arm_label(a) for a in [best, *tied])
+            best_text = (f"the final accuracies of {names} ({', '.join(f'{finals[a]:.1%}' for a in [best, *tied])}) "
+                         f"are within two standard errors: a tie")
+        else:
+            best_text = f"the best final accuracy was {arm_label(best)}'s {finals[best]:.1%}"
+        return {"sentence": f"No method closed {min(fractions):.0%} of the gap to the teacher{within}; {best_text}"
+                            + tail, "level": None, "winner": None, "steps_winner": None}
     reached = [a for a in arms if _target(summaries[a], level)["flops"]["median"] is not None]
-    winner = min(reached, key=lambda a: _target(summaries[a], level)["flops"]["median"])
-    others = [a for a in arms if a != winner]
-    compute = ", ".join(f"{format_ratio(ratio(summaries, a, winner, level, 'flops'))} less than {arm_label(a)}"
-                        for a in others)
-    sentence = f"{arm_label(winner)} closed {level:.0%} of the gap to the teacher with the least compute"
-    sentence += f" ({compute})" if others else ""
+    fastest = min(reached, key=lambda a: _target(summaries[a], level)["flops"]["median"])
+    others = [a for a in arms if a != fastest]
+    phrases = {a: _cost_phrase(summaries, a, fastest, level, "flops", "compute") for a in others}
+    unmeasured = [a for a in others if phrases[a] is None]
+    compared = [phrases[a] for a in others if phrases[a] is not None]
+    if unmeasured:
+        winner = None
+        names = " and ".join(arm_label(a) for a in unmeasured)
+        sentence = (f"{arm_label(fastest)} closed {level:.0%} of the gap to the teacher"
+                    + (f" with the least compute of the methods that got there ({', '.join(compared)})"
+                       if compared else "")
+                    + f"; {names} stopped on a smaller budget than that without getting there, so no method is "
+                      f"named the cheapest")
+    else:
+        winner = fastest
+        sentence = f"{arm_label(winner)} closed {level:.0%} of the gap to the teacher with the least compute"
+        sentence += f" ({', '.join(compared)})" if compared else ""
+    if eval_count:
+        ahead = [a for a in others if finals[a] > finals[fastest] and not is_tie(finals[a], finals[fastest], eval_count)]
+        if ahead:
+            leader = max(ahead, key=lambda a: finals[a])
+            sentence += (f", but it ended below {arm_label(leader)} ({finals[fastest]:.1%} against "
+                         f"{finals[leader]:.1%} final accuracy)")
     steps_winner = None
     if "opd" in summaries and "rl" in summaries:
         # The seed's step claim, at the largest fraction OPD or RL reached (it may be below `level`).
@@ -189,11 +264,22 @@ def verdict(summaries: dict, base_accuracy: float, teacher_accuracy: float, budg
         where = "" if step_level in (None, level) else f" to close {step_level:.0%} of the gap"
         if step_level is None:
             sentence += f"; neither OPD nor RL closed {min(fractions):.0%} of the gap"
-        elif (found := ratio(summaries, "rl", "opd", step_level, "steps"))["bound"] in (">", "=") and found["value"] >= 1:
-            steps_winner = "opd"
-            sentence += f"; OPD needed {format_ratio(found)} fewer gradient steps than RL{where}"
         else:
-            steps_winner = "rl"
-            sentence += (f"; RL needed {format_ratio(ratio(summaries, 'opd', 'rl', step_level, 'steps'))} fewer "
-                         f"gradient steps than OPD{where}")
+            first = min(("opd", "rl"), key=lambda a: _steps_or_inf(summaries[a], step_level))
+            second = "rl" if first == "opd" else "opd"
+            found = ratio(summaries, second, first, step_level, "steps")
+            if found["bound"] == ">" and found["value"] <= 1:
+                sentence += (f"; {arm_label(first)} got there in {_target(summaries[first], step_level)['steps']['median']:.0f} "
+                             f"steps and {arm_label(second)} stopped sooner without getting there{where}")
+            elif found["bound"] == "=" and found["value"] < SAME_COST:
+                sentence += f"; OPD and RL needed about as many gradient steps{where}"
+            else:
+                steps_winner = first
+                sentence += (f"; {arm_label(first)} needed {format_ratio(found)} fewer gradient steps than "
+                             f"{arm_label(second)}{where}")
     return {"sentence": sentence + tail, "level": level, "winner": winner, "steps_winner": steps_winner}
+
+
+def _steps_or_inf(arm_summary: dict, fraction: float) -> float:
+    steps = _target(arm_summary, fraction)["steps"]["median"]
+    return math.inf if steps is None else steps

@@ -30,10 +30,30 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def comparable(value):
+    """A value as settings compare it: numbers by value (the form's `1` is the CLI's `1.0`),
+    containers element by element, booleans apart from numbers.
+
+    Example:
+        >>> comparable(1) == comparable(1.0), comparable(True) == comparable(1)
+        (True, False)
+    """
+    if isinstance(value, bool) or value is None:
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(comparable(item) for item in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(key), comparable(item)) for key, item in value.items())))
+    return ("text", str(value))
+
+
 def run_labels(configs: list[dict]) -> list[str]:
-    """A legend name per config: its method, then every field whose value differs between the configs."""
+    """A legend name per config: its method, then every field whose value differs between the configs
+    (compared by value: `1` and `1.0` are one value)."""
     fields = sorted({key for config in configs for key in config} - {"method", *UNLABELLED_FIELDS})
-    differing = [key for key in fields if len({repr(config.get(key)) for config in configs}) > 1]
+    differing = [key for key in fields if len({comparable(config.get(key)) for config in configs}) > 1]
     labels = []
     for config in configs:
         parts = [method_name(str(config.get("method", "?")))]
@@ -86,7 +106,9 @@ def compare_runs(run_dirs: list[str | os.PathLike], base_accuracy: float, teache
     if not summaries:
         return {"headers": headers, "rows": [], "labels": labels, "summaries": {},
                 "verdict": {"sentence": "No chosen run has an evaluation yet.", "level": None, "winner": None}}
-    found = report.verdict(summaries, base_accuracy, teacher_accuracy)
+    counts = {load_config(path).get("eval_count") for path in evaluated}
+    eval_count = counts.pop() if len(counts) == 1 and isinstance(next(iter(counts)), int) else None
+    found = report.verdict(summaries, base_accuracy, teacher_accuracy, eval_count=eval_count)
     sentence = found["sentence"].replace(" (median of 1 seeds).", ".")
     for label in summaries:  # report names arms by method; these arms are runs with labels
         sentence = sentence.replace(report.arm_label(label), label)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from opd_lab import files
+from opd_lab.jsonl_follow import followed_rows
 from opd_lab.config import RUN_ID_MAX_LENGTH, RunConfig, run_id_problem
 from opd_lab.files import read_json, read_jsonl, write_json_atomic
 from opd_lab.paths import runs_dir
@@ -123,8 +124,13 @@ def load_status(run_dir: str | os.PathLike) -> dict:
 
 
 def load_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All metric rows of a run, in step order."""
-    rows = read_jsonl(Path(run_dir).expanduser() / METRICS_FILE)
+    """All metric rows of a run, in step order.
+
+    Read incrementally (`opd_lab.jsonl_follow`): a second call parses only the rows
+    appended since the first, so polling a training run costs the new rows, not the file.
+    The rows are shared between callers: read them, do not mutate them.
+    """
+    rows = followed_rows(Path(run_dir).expanduser() / METRICS_FILE)
     return sorted(rows, key=lambda row: row.get("step", 0))
 
 
@@ -324,3 +330,17 @@ def last_accuracy(run_dir: str | os.PathLike) -> float | None:
     accuracy = evals[-1] if evals else None
     _ACCURACY_CACHE[path] = (stamp, accuracy)
     return accuracy
+
+
+def written_by(method: str, sft_source: str) -> str:
+    """Who wrote a logged sample's completion: "student" (OPD, RL), "teacher" (SFT on teacher
+    samples) or "reference" (SFT on the task's worked solutions). An SFT sample is the data the
+    student trained on, not the student's own answer.
+
+    Example:
+        >>> written_by("opd", "teacher"), written_by("sft", "teacher_dataset"), written_by("sft", "reference")
+        ('student', 'teacher', 'reference')
+    """
+    if method != "sft":
+        return "student"
+    return "reference" if sft_source == "reference" else "teacher"

@@ -185,7 +185,7 @@ color:#111;background:#fff;padding:8px 10px;border:1px solid #ddd;border-radius:
 .P .tvt{position:relative;padding:2px 0;border-radius:2px;cursor:default;unicode-bidi:isolate}
 .P .tvh,.P .tvp,.P .tvc>span{unicode-bidi:isolate}
 .P .tvt:hover{outline:1px solid #111}
-.P .tvt:hover>.tvc{display:block!important}
+.P .tvt:hover>.tvc,.P .tvt.tvopen>.tvc{display:block!important}
 .P .tvw{opacity:.55}
 .P .tvc{position:absolute;left:0;top:1.7em;z-index:1000;width:22em;background:#fff;color:#111;border:1px solid #999;
 border-radius:6px;box-shadow:0 3px 10px rgba(0,0,0,.25);padding:6px 8px;font-size:12px;line-height:1.5;white-space:normal;overflow-wrap:anywhere}

@@ -42,9 +42,10 @@ from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_f
 from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
                             pick_device, pick_dtype, wrap_lora)
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import PHASES, ROW_MEAN_METRICS, SFT_DATASET_FILE
+from opd_lab.run_folder import PHASES, ROW_MEAN_METRICS, SFT_DATASET_FILE, written_by
 from opd_lab.tasks import Problem, Verdict, get_task
 from opd_lab.teacher_scoring import InProcessTeacher, TeacherScores, VllmTeacher
+
 
 
 class NonFiniteLoss(RuntimeError):
@@ -458,7 +459,8 @@ class Trainer:
                                 scores.logits_BLV if scores else None, rows=rows,
                                 teacher_top=scores if scores and scores.logits_BLV is None else None)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
-                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row]}
+                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row],
+                 "written_by": written_by(self.config.method, self.config.sft_source)}
                 for row in rows]
 
     def evaluate(self) -> dict:

@@ -1,11 +1,12 @@
 """Screenshots of every tab of the app, at 1400x900 and at phone width (390x844).
 
-Builds the tiny test lab and two finished 12-step runs (OPD and SFT, one seed, so
-Inspect's side by side has the same prompts) in a fresh data folder, serves the app,
+Builds (or reuses) the real addition lab (`opd-lab lab build`: a trained teacher, so the
+red pen's verdict and the accuracies are real) and two finished 12-step runs (OPD and
+SFT, one seed, so Inspect's side by side has the same prompts), serves the app,
 and drives Debian's Chromium (/usr/bin/chromium) with Playwright. Desktop shots are
 one screen; phone shots are the whole page. PNGs are reduced to 128 colours.
 
-Run (about a minute on 2 cores):
+Run (about a minute on 2 cores once the lab is built):
     OMP_NUM_THREADS=1 OPD_LAB_HOME=/tmp/opd-lab-shots python scripts/app_screenshots.py docs/screenshots
 """
 
@@ -21,7 +22,7 @@ from app.main import build_app
 from app.state import run_ids
 from opd_lab import run_folder
 from opd_lab.config import RunConfig
-from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, lab_summary
+from opd_lab.lab import LabRecipe, build_lab
 from opd_lab.train import run_training
 from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, free_port
 
@@ -31,13 +32,12 @@ SCROLL_TO = {"compare": "#compare-runs", "inspect": "#inspect-run"}  # desktop: 
 
 
 def prepare() -> tuple[str, str]:
-    """The tiny lab and an OPD and an SFT run, unless they exist: `(opd run id, sft run id)`."""
-    if lab_summary("addition") is None:
-        build_lab(LabRecipe(**TINY_RECIPE), progress_print=lambda *_: None)
+    """The real lab and an OPD and an SFT run, unless they exist: `(opd run id, sft run id)`."""
+    build_lab(LabRecipe.for_task("addition"), progress_print=lambda *_: None)
     for method in ("opd", "sft"):
         if not any(run.startswith(f"shots-{method}-") for run in run_ids()):
             config = RunConfig(name=f"shots-{method}", method=method, steps=12, batch_size=4, eval_every=4,
-                               eval_count=16, sample_every=4, checkpoint_every=4, learning_rate=0.001)
+                               eval_count=64, sample_every=4, checkpoint_every=4)
             run_training(run_folder.create_run(config), progress=False)
     from app.state import forget_runs_list
 

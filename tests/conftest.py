@@ -1,4 +1,5 @@
-"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build).
+"""Shared fixtures: a private data directory with a tiny built-in lab (seconds to build), and
+one with a small *trained* lab (its teacher right on most problems), cached across test runs.
 
 Also one line at the end of a session whose browser tests were skipped, saying how to
 enable them (they need Chromium, which only root can install).
@@ -6,7 +7,11 @@ enable them (they need Chromium, which only root can install).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +30,98 @@ def lab_home(tmp_path_factory):
         os.environ.pop("OPD_LAB_HOME", None)
     else:
         os.environ["OPD_LAB_HOME"] = previous
+
+
+# Sources whose change makes a cached trained lab stale, with the recipe and torch's version:
+# the vocabulary and the task's text format. (Other code changes leave a trained lab a
+# trained lab; its accuracies are checked on every use.)
+TRAINED_LAB_SOURCES = ("opd_lab/tokenizer.py", "opd_lab/tasks/addition.py")
+
+
+def trained_lab_cache_root() -> Path:
+    """Where built trained labs are kept between test runs: `$OPD_LAB_TEST_CACHE`, else
+    `~/.cache/opd-lab-test-labs` (under `$XDG_CACHE_HOME` when set)."""
+    if os.environ.get("OPD_LAB_TEST_CACHE"):
+        return Path(os.environ["OPD_LAB_TEST_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "opd-lab-test-labs"
+
+
+def recipe_key(recipe) -> str:
+    """A short hash of what the trained lab depends on: its recipe, torch, and the building code."""
+    import torch
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(torch.__version__.encode())
+    for source in TRAINED_LAB_SOURCES:
+        digest.update((root / source).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _usable_lab(folder: Path, recipe) -> dict | None:
+    """The summary of a complete lab folder built from `recipe`, else None (missing, partial, stale)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("recipe") != json.loads(json.dumps(recipe.to_dict())):
+        return None
+    for role in ("teacher", "student"):
+        if not (folder / role / "config.json").is_file() or not any((folder / role).glob("model.safetensors*")):
+            return None
+    return summary
+
+
+def build_or_reuse_trained_lab(cache_root: Path) -> tuple[Path, dict]:
+    """The small trained addition lab's folder in `cache_root/<recipe hash>/`, built when missing.
+
+    `build_lab` writes to a staging folder under a lock and swaps it in when complete, so
+    a build killed halfway leaves no lab; a folder that is partial or from another recipe
+    anyway (an older build, a hand edit) is rebuilt from scratch.
+    """
+    from opd_lab.lab import SMALL_TRAINED_RECIPE, LabRecipe, build_lab
+
+    recipe = LabRecipe(**SMALL_TRAINED_RECIPE)
+    home = cache_root / recipe_key(recipe)
+    previous = os.environ.get("OPD_LAB_HOME")
+    os.environ["OPD_LAB_HOME"] = str(home)
+    try:
+        folder = home / "lab" / recipe.lab_name
+        summary = _usable_lab(folder, recipe)
+        if summary is None:
+            summary = build_lab(recipe, force=folder.exists(), progress_print=lambda *_: None)
+    finally:
+        if previous is None:
+            os.environ.pop("OPD_LAB_HOME", None)
+        else:
+            os.environ["OPD_LAB_HOME"] = previous
+    return folder, summary
+
+
+@pytest.fixture(scope="session")
+def trained_lab_home(tmp_path_factory):
+    """A data dir holding a small *trained* addition lab (teacher right on most held-out
+    problems, base student far weaker), for every path that depends on real answers.
+
+    The lab is built once per recipe and code version into a shared cache (see
+    `build_or_reuse_trained_lab`; about a minute on 2 cores) and copied into this
+    session's own data dir, so runs written by tests never touch the cache. Returns
+    `(home, summary)`; point OPD_LAB_HOME at `home` (the `trained_lab` fixture does).
+    """
+    folder, summary = build_or_reuse_trained_lab(trained_lab_cache_root())
+    home = tmp_path_factory.mktemp("opd-lab-trained-home")
+    shutil.copytree(folder, home / "lab" / folder.name)
+    assert summary["teacher"]["accuracy"] >= 0.85, f"the trained lab's teacher is too weak: {summary['teacher']}"
+    assert summary["student"]["accuracy"] <= summary["teacher"]["accuracy"] - 0.3, summary["student"]
+    return home, summary
+
+
+@pytest.fixture()
+def trained_lab(trained_lab_home, monkeypatch):
+    """OPD_LAB_HOME at the trained lab's data dir for one test; returns `(home, summary)`."""
+    home, summary = trained_lab_home
+    monkeypatch.setenv("OPD_LAB_HOME", str(home))
+    return home, summary
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ a new app instance shows it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -186,8 +187,24 @@ def test_run_table_has_one_row_per_run(runs_root):
     rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
     assert rows["table-demo"] == {"run": "table-demo", "method": "rl", "task": "addition", "state": "finished",
                                   "step": "▰▰▰▰▰▰▰▰▰▰ 20/20", "ETA": "-", "accuracy": "80.0%",
-                                  "message": "finished"}
+                                  "message": "finished", "owner": "-"}
     assert "**finished**" in run_summary("table-demo")
+
+
+def test_run_table_names_owners_filters_mine_and_says_starting(runs_root):
+    from app.runs_tab import TABLE_HEADERS, run_rows, state_text
+    from app.state import forget_runs_list
+    from opd_lab.run_folder import record_launcher
+
+    record_launcher(make_run(runs_root, "owned-by-ana"), "ana")
+    record_launcher(make_run(runs_root, "owned-by-ben"), "ben")
+    forget_runs_list()
+    rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
+    assert rows["owned-by-ana"]["owner"] == "ana" and rows["owned-by-ben"]["owner"] == "ben"
+    assert [row[0] for row in run_rows(mine_of="ana")] == ["owned-by-ana"]
+    assert run_rows(mine_of="") == []  # without a login nobody owns a run
+    assert state_text({"state": "queued"}) == "starting"  # the process is starting; only the line "waits"
+    assert state_text({"state": "waiting", "queue_position": 2}) == "waiting (#2 in line)"
 
 
 @pytest.mark.parametrize("bad_id", ["../../etc", "..", "/etc/passwd", "a/../../b", "", "runs/../x"])
@@ -329,7 +346,8 @@ def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_r
                                          "tokens": make_tokens(3)}])
     view = inspect_tab.side_by_side("side-opd", 10, 1, "side-sft", 20)
     assert view.count('class="tvcol"') == 2 and "side-opd at step 10 ✗ wrong" in view
-    assert "side-sft at step 20 ✗ wrong" in view  # the other run's sample of the same index
+    # The other run's sample of the same index; an SFT sample is the teacher's text it trained on.
+    assert "side-sft at step 20 (written by the teacher; SFT trained on it) ✗ wrong" in view
     assert view.count('class="tvt"') == 9 + 9  # both columns: the second samples have 12 - 3 tokens
     missing = inspect_tab.side_by_side("side-opd", 10, 0, "side-sft", 15)
     assert missing == ("<p>The prompt <code>347+285=</code> was not logged in <b>side-sft</b> at step 15 "
@@ -670,7 +688,7 @@ def test_red_pen_rewrites_from_the_corrected_token(lab_home):
     html, verdict = playground_tab.red_pen("lab:addition", "1+2=", records, 6, "9")
     assert "Red pen:** token 6 `0` → `9`" in verdict and "1+2+0=9" in verdict
     assert "after the red pen" in html and html.count('class="tvcols"') == 1
-    assert "Against the teacher's answer" in verdict or "cannot be said" in verdict
+    assert "Against the true answer **3**: before, right (3); after, **wrong**" in verdict  # 1+2, not the teacher's guess
     _, error = playground_tab.red_pen("lab:addition", "1+2=", records, 99, "9")
     assert error.startswith("**Error:**")
     _, error = playground_tab.red_pen("lab:addition", "1+2=", [], 0, "9")
@@ -733,7 +751,7 @@ def test_the_teacher_line_is_the_runs_own_teacher_for_a_named_lab(runs_root):
 
     def teacher_line(run_id):
         figure, _, _ = runs_tab.run_figures(run_id, "train/loss")
-        return [shape.y0 for shape in figure.layout.shapes]
+        return [shape["y0"] for shape in json.loads(figure.plot)["layout"].get("shapes", [])]
 
     assert teacher_line("named-lab-run") == [0.55]
     assert teacher_line("default-lab-run") == [default_teacher]
@@ -748,4 +766,62 @@ def test_a_teacher_that_is_not_a_lab_draws_no_line(runs_root, tmp_path):
 
     make_run(runs_root, "hub-teacher-run", teacher="HuggingFaceTB/SmolLM2-360M-Instruct")
     figure, _, _ = runs_tab.run_figures("hub-teacher-run", "train/loss")
-    assert figure.layout.shapes == ()
+    assert json.loads(figure.plot)["layout"].get("shapes", []) == []
+
+
+def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_root, monkeypatch):
+    """A classroom of viewers of one training run costs one figure build per new metrics row, not one per viewer."""
+    from app import runs_tab, state
+    from opd_lab import plots
+    from opd_lab.files import append_jsonl
+    from opd_lab.run_folder import METRICS_FILE
+
+    run_dir = make_run(runs_root, "watched-by-30", steps=20)
+    builds = []
+    real = plots.training_curves
+    monkeypatch.setattr(runs_tab.plots, "training_curves", lambda *a, **k: builds.append(a) or real(*a, **k))
+    first = [runs_tab.run_figures("watched-by-30", "train/loss", 0.6) for _ in range(30)]  # 30 viewers, one tick
+    assert len(builds) == 2 and all(figures[0] is first[0][0] for figures in first)  # accuracy + metric, shared
+    append_jsonl(run_dir / METRICS_FILE, [{"step": 21, "train/loss": 0.01, "eval/accuracy": 0.9}])
+    runs_tab.run_figures("watched-by-30", "train/loss", 0.6)
+    assert len(builds) == 2  # changed within FIGURE_MIN_AGE_S of the last build: still shown as built
+    monkeypatch.setattr(state, "FIGURE_MIN_AGE_S", 0.0)
+    again = runs_tab.run_view("watched-by-30", "train/loss", 0.6, False)
+    assert len(builds) == 4 and '"y":[' in again["metric"].replace(" ", "") and "watched-by-30" in again["summary"]
+    assert "watched-by-30" in [row[0] for row in again["table"]]
+    assert json.loads(again["accuracy"])["data"][0]["y"][-1] == 0.9  # the new evaluation is drawn
+
+
+def test_the_compare_chart_redraws_once_more_after_a_run_ends(runs_root):
+    """The chart follows the runs' files, not their state: the last evaluation lands after the last step."""
+    from app.compare_tab import refresh_signature
+    from opd_lab.files import append_jsonl
+    from opd_lab.run_folder import METRICS_FILE, update_status
+
+    run_dir = make_run(runs_root, "ending-run", steps=10)
+    update_status(run_dir, state="running")
+    drawn = refresh_signature(["ending-run"])
+    assert refresh_signature(["ending-run"]) == drawn  # nothing new: no redraw
+    update_status(run_dir, state="finished")
+    after_end = refresh_signature(["ending-run"])
+    assert after_end != drawn
+    append_jsonl(run_dir / METRICS_FILE, [{"step": 10, "eval/accuracy": 0.9}])  # the final evaluation, written last
+    assert refresh_signature(["ending-run"]) != after_end
+
+
+def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root, monkeypatch):
+    """Runs on `lab:baseline-quick` are measured against that lab's teacher, not the task's default lab."""
+    from app import compare_tab
+    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, lab_summary, lab_summary_of
+
+    build_lab(LabRecipe(name="baseline-quick", **TINY_RECIPE), progress_print=lambda *_: None)
+    run_dir = make_run(runs_root, "on-a-dashed-lab", steps=10)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "teacher": "lab:baseline-quick",
+                                                     "student": "lab:baseline-quick"}))
+    asked = []
+    monkeypatch.setattr(compare_tab, "lab_summary_of", lambda spec, task: asked.append(spec) or lab_summary_of(spec, task))
+    base, teacher, note = compare_tab._lab_accuracies([run_dir])
+    assert asked == ["lab:baseline-quick"]
+    summary = lab_summary("baseline-quick")
+    assert (base, teacher, note) == (summary["student"]["accuracy"], summary["teacher"]["accuracy"], "")

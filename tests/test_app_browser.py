@@ -140,13 +140,14 @@ def test_launch_follow_stop_and_inspect_a_run(page, screenshots, lab_home):
     # (The tiny lab's teacher is untrained, so this verdict may well be "no gap to close";
     # tests/test_app.py checks a verdict's winner against its table.)
     assert "closed" in verdict or "no gap to close" in verdict
-    # The smoothing slider draws the EMA over a faint raw curve: one more trace.
+    # The smoothing slider (on by default, as in every tab) draws the EMA over a faint raw curve;
+    # at 0 only the raw curve is left: one trace fewer.
     traces = page.locator("#compare-plot .scatterlayer .trace").count()
     slider = page.locator("#compare-smoothing input[type=number]")
-    slider.fill("0.9")
+    slider.fill("0")
     slider.press("Enter")
     page.locator("#compare-smoothing input[type=range]").dispatch_event("pointerup")
-    expect(page.locator("#compare-plot .scatterlayer .trace")).to_have_count(traces + 1)
+    expect(page.locator("#compare-plot .scatterlayer .trace")).to_have_count(traces - 1)
     page.wait_for_timeout(500)  # let the chart finish drawing before the screenshot
     page.screenshot(path=str(screenshots / "3-compare.png"), full_page=True)
 

@@ -65,3 +65,44 @@ def test_recipe_for_task_applies_the_task_adjustments_then_the_changes():
     assert LabRecipe.for_task("sorting", teacher_steps=30).teacher_steps == 30
     with pytest.raises(ValueError, match="unknown task"):
         LabRecipe.for_task("multiplication")
+
+
+def test_one_naming_rule_for_labs():
+    from opd_lab.lab import is_lab_name
+    from opd_lab.scenarios import SCENARIOS
+
+    for scenario in SCENARIOS.values():  # every name the CLI can make is a lab name
+        assert is_lab_name(scenario.recipe().lab_name) and is_lab_name(scenario.recipe(quick=True).lab_name)
+    for bad in ("", "../etc", ".hidden", "a/b", "x" * 65, None, "lab name"):
+        assert not is_lab_name(bad)
+    with pytest.raises(ValueError, match="cannot name a lab"):
+        LabRecipe(name="../up")
+
+
+def test_dashed_and_broken_labs_are_listed_never_raised(tmp_path, monkeypatch):
+    from opd_lab.lab import SUMMARY_FILE, built_lab_names, built_labs, lab_of_run, lab_summary
+
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
+    build_lab(LabRecipe(name="baseline-quick", **TINY_RECIPE), progress_print=lambda *_: None)
+    (tmp_path / "lab" / "half-built").mkdir()  # no summary: an interrupted copy
+    (tmp_path / "lab" / "corrupt").mkdir()
+    (tmp_path / "lab" / "corrupt" / SUMMARY_FILE).write_text("{not json")
+    (tmp_path / "lab" / "odd").mkdir()
+    (tmp_path / "lab" / "odd" / SUMMARY_FILE).write_text('{"task": "addition"}')
+    (tmp_path / "lab" / ".building-x-1").mkdir()  # a build in progress is not a lab
+    labs = {lab.name: lab for lab in built_labs()}
+    assert sorted(labs) == ["baseline-quick", "corrupt", "half-built", "odd"]
+    assert built_lab_names() == ["baseline-quick"]
+    assert labs["baseline-quick"].task == "addition" and lab_summary("baseline-quick")["task"] == "addition"
+    assert labs["baseline-quick"].describe().startswith("baseline-quick (addition): teacher ")
+    for name in ("corrupt", "half-built", "odd"):
+        line = labs[name].describe()
+        assert line.startswith(f"{name}: cannot be used (") and "\n" not in line and lab_summary(name) is None
+    assert "not valid JSON" in labs["corrupt"].problem
+    assert lab_of_run({"task": "addition", "teacher": "lab:baseline-quick"}) == "baseline-quick"
+    assert lab_of_run({"task": "addition", "teacher": "lab"}) == "addition"
+    from opd_lab.config import RunConfig
+    from opd_lab.preflight import check_run_inputs
+
+    checked = check_run_inputs(RunConfig(teacher="lab:baseline-quick", student="lab:baseline-quick"))
+    assert checked.teacher == "lab:baseline-quick"  # preflight takes a dashed lab as it is

@@ -8,6 +8,7 @@ lab in `OPD_LAB_HOME`. A cell that raises fails the test with the cell's traceba
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,24 @@ def test_runs_top_to_bottom(path, lab_home, tmp_path, monkeypatch):
     figures = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
                if "application/vnd.plotly.v1+json" in output.get("data", {})]
     assert figures, "every notebook shows at least one plotly figure"
+
+
+def test_an_executed_notebook_exports_to_html_with_its_figures(tmp_path, monkeypatch):
+    """Workshops share HTML exports: every figure must be drawn in them, offline, with plotly.js once."""
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("OPD_LAB_QUICK", "1")
+    path = next(path for path in NOTEBOOKS if path.name.startswith("01"))  # no lab needed: seconds
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    figures = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+               if "application/vnd.plotly.v1+json" in output.get("data", {})]
+    assert figures and all("text/html" in output["data"] for output in figures)  # the fallback travels along
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    assert html.count('class="plotly-graph-div"') == len(figures)
+    assert html.count("Plotly.newPlot(") >= len(figures)
+    assert html.count("* plotly.js v") == 1  # the library itself, embedded once
+    assert not re.search(r'<script[^>]*src="https?://cdn\.plot\.ly', html)  # nothing fetched from the network

@@ -78,7 +78,7 @@ def test_every_token_gets_a_coloured_span_and_a_hidden_card():
     spans = re.findall(r'<span class="tvt" style="background:(#[0-9a-f]{6})', view)
     assert spans == [color_for(token["advantage"], "advantage", 2.0) for token in tokens]
     assert view.count('<span class="tvc" style="display:none">') == 30
-    assert f".{prefix} .tvt:hover>.tvc{{display:block!important}}" in view  # the CSS-only hover
+    assert f".{prefix} .tvt:hover>.tvc,.{prefix} .tvt.tvopen>.tvc{{display:block!important}}" in view  # hover, or a tap (the page script)
     assert "teacher top-5" in view and "student top-5" in view
     assert "≤ −2" in view and "≥ +2" in view  # the legend's range
 

@@ -45,6 +45,22 @@ class AdditionTask(GeneratedTask):
         a, b = rng.randint(low, 10**self.digits - 1), rng.randint(low, 10**self.digits - 1)
         return Problem(prompt=f"{a}+{b}=", answer=str(a + b), reference=worked_solution(a, b, self.digits))
 
+    def problem_for(self, prompt: str) -> Problem | None:
+        """`"a+b="` with `a` and `b` of at most `digits` digits: the problem, with `a + b` as its answer.
+
+            >>> AdditionTask().problem_for("347+285=").answer
+            '632'
+            >>> AdditionTask().problem_for("what is 2+2?") is None
+            True
+        """
+        if not isinstance(prompt, str) or not prompt.endswith("="):
+            return None
+        terms = prompt[:-1].split("+")
+        if len(terms) != 2 or not all(t.isascii() and t.isdigit() and len(t) <= self.digits for t in terms):
+            return None
+        a, b = (int(t) for t in terms)
+        return Problem(prompt=prompt, answer=str(a + b), reference=worked_solution(a, b, self.digits))
+
     def verify(self, problem: Problem, completion: str) -> Verdict:
         final = completion.strip().rsplit(";", 1)[-1].strip()
         if ";" not in completion or not final.isdigit():

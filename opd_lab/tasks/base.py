@@ -71,6 +71,15 @@ class Task(ABC):
     def verify(self, problem: Problem, completion: str) -> Verdict:
         """Score `completion` (the model's text after the prompt, without special tokens)."""
 
+    def problem_for(self, prompt: str) -> Problem | None:
+        """The problem whose prompt is `prompt`, with its true answer, or None when the task
+        cannot know it (a prompt typed by hand that is not one of the task's).
+
+        Tools that judge an answer to a free prompt (the app's red pen) verify against
+        this, never against a model's answer. This default knows no prompt.
+        """
+        return None
+
 
 class GeneratedTask(Task):
     """A task whose problems come from a generator function of a `random.Random`."""
@@ -103,6 +112,17 @@ class GeneratedTask(Task):
         return self._draw(count, random.Random(10_000 + seed), held_out=True)
 
 
+class ListedTask(Task):
+    """A task whose problems are fixed lists (`train_split`, `eval_split`): a prompt's true
+    answer is the listed one."""
+
+    train_split: list[Problem]
+    eval_split: list[Problem]
+
+    def problem_for(self, prompt: str) -> Problem | None:
+        return next((problem for problem in self.eval_split + self.train_split if problem.prompt == prompt), None)
+
+
 class StringTransformTask(GeneratedTask):
     """Rewrite a random string of `alphabet` symbols; the reward is the exact match.
 
@@ -129,6 +149,22 @@ class StringTransformTask(GeneratedTask):
         text = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_length, self.max_length)))
         answer = self.transform(text)
         return Problem(prompt=f"{self.prefix}{text}=", answer=answer, reference=answer)
+
+    def problem_for(self, prompt: str) -> Problem | None:
+        """`prefix + text + "="` with `text` in the alphabet and within the lengths: its answer.
+
+        Example:
+            >>> from opd_lab.tasks import get_task
+            >>> get_task("sorting").problem_for("sort:cab=").answer  # doctest: +SKIP
+            'abc'
+        """
+        if not (isinstance(prompt, str) and prompt.startswith(self.prefix) and prompt.endswith("=")):
+            return None
+        text = prompt[len(self.prefix):-1]
+        if not self.min_length <= len(text) <= self.max_length or any(s not in self.alphabet for s in text):
+            return None
+        answer = self.transform(text)
+        return Problem(prompt=prompt, answer=answer, reference=answer)
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         text = completion.strip()

@@ -21,10 +21,10 @@ from __future__ import annotations
 import random
 
 from opd_lab.company import COMPANY, answer_appears, make_corpus
-from opd_lab.tasks.base import Problem, Task, Verdict
+from opd_lab.tasks.base import ListedTask, Problem, Verdict
 
 
-class CompanyTask(Task):
+class CompanyTask(ListedTask):
     """Questions (and, with `documents`, memos to recite) about the fictional company."""
 
     def __init__(self, documents: bool, seed: int = 0, facts: int = 40):

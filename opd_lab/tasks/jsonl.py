@@ -29,10 +29,10 @@ import re
 from pathlib import Path
 
 from opd_lab.instructions import score, validate_check
-from opd_lab.tasks.base import Problem, Task, Verdict, is_held_out
+from opd_lab.tasks.base import ListedTask, Problem, Verdict, is_held_out
 
 
-class JsonlTask(Task):
+class JsonlTask(ListedTask):
     """Problems read from a JSONL file, verified by exact match, a regex, or instruction checks."""
 
     def __init__(self, path: str | Path, regex: str | None = None, max_new_tokens: int = 128,
@@ -107,6 +107,13 @@ class JsonlTask(Task):
 
     def eval_problems(self, count: int, seed: int = 0) -> list[Problem]:
         return self.eval_split[:count]
+
+    def problem_for(self, prompt: str) -> Problem | None:
+        """The file's row of `prompt`, or None when it has neither an answer nor checks (nothing to verify)."""
+        problem = super().problem_for(prompt)
+        if problem is None or (problem.prompt in self.unanswered and not problem.checks):
+            return None
+        return problem
 
     def _answer_verdict(self, problem: Problem, completion: str) -> Verdict:
         if self.pattern is None:
