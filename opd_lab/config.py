@@ -190,7 +190,7 @@ class RunConfig:
                 if task not in tasks:
                     raise ConfigError(f"{name}: {task} is not a task of this run ({', '.join(tasks)}); "
                                       "add it to task_weights")
-                if name == "teacher_servers" and task not in self.teacher_map():
+                if name == "teacher_servers" and task not in parse_pairs(self.teachers, "teachers"):
                     raise ConfigError(f"teacher_servers: {task} has no teacher in `teachers`; the default teacher's "
                                       "server is teacher_server")
                 if name == "teacher_servers" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):

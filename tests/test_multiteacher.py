@@ -1,0 +1,251 @@
+"""Several teachers, one student: task mixing, routing each prompt to its task's teacher,
+per-teacher metrics, in process and through one fake vLLM server per teacher."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fake_vllm import serving
+from opd_lab import losses, teacher_routing
+from opd_lab.config import ConfigError, RunConfig
+from opd_lab.generation import generate
+from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
+from opd_lab.models import PairMismatchError, load_model
+from opd_lab.run_folder import load_metrics, load_samples, load_status
+from opd_lab.task_mix import TaskMixSource, batch_shares, interleave, per_task_means
+from opd_lab.tasks import get_task
+from opd_lab.teacher_routing import TeacherRouter, select_rows
+from opd_lab.teacher_scoring import InProcessTeacher, Teacher
+from opd_lab.tokenizer import build_char_tokenizer
+from opd_lab.train import train
+from opd_lab.trainer import Trainer
+
+TWO_TASKS = dict(task_weights="addition=0.5,sorting=0.5", teachers="addition=lab,sorting=lab:sorting")
+RUN = dict(method="opd", steps=2, batch_size=6, eval_count=8, eval_every=2, sample_every=1, samples_to_log=6,
+           max_new_tokens=12, learning_rate=1e-3, checkpoint_every=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def two_labs(lab_home):
+    """The session's tiny addition lab plus a tiny sorting lab (its teacher is `lab:sorting`)."""
+    build_lab(LabRecipe(task="sorting", **TINY_RECIPE), progress_print=lambda *_: None)
+    return lab_home
+
+
+# --- mixing tasks -------------------------------------------------------------------------
+
+
+def test_batch_shares_follow_the_weights_and_add_up():
+    assert batch_shares(6, {"a": 0.5, "b": 0.5}) == {"a": 3, "b": 3}
+    assert batch_shares(5, {"a": 1, "b": 1}) == {"a": 3, "b": 2}
+    assert batch_shares(10, {"a": 3, "b": 1, "c": 1}) == {"a": 6, "b": 2, "c": 2}
+    assert sum(batch_shares(7, {"a": 0.2, "b": 0.3, "c": 0.5}).values()) == 7
+    assert interleave({"a": [1, 2, 3, 4], "b": [5, 6]}) == [1, 5, 2, 3, 6, 4]
+
+
+def test_a_mixed_source_tags_each_problem_with_its_task_and_keeps_its_state():
+    tasks = {"addition": get_task("addition"), "sorting": get_task("sorting")}
+    source = TaskMixSource(tasks, {"addition": 3, "sorting": 1}, pool_size=0, seed=0)
+    batch = source.next_batch(8)
+    assert [p.task for p in batch].count("addition") == 6
+    assert all(p.prompt.startswith("sort") == (p.task == "sorting") for p in batch)
+    state = source.state()
+    following = source.next_batch(8)
+    again = TaskMixSource(tasks, {"addition": 3, "sorting": 1}, pool_size=0, seed=0)
+    again.load_state(state)
+    assert [p.prompt for p in again.next_batch(8)] == [p.prompt for p in following]
+    pooled = TaskMixSource(tasks, {"addition": 1, "sorting": 1}, pool_size=4, seed=0)
+    assert sorted(p.task for p in pooled.pool) == ["addition", "addition", "sorting", "sorting"]
+
+
+def test_per_task_means_weigh_rows_and_tokens():
+    metrics, weights = per_task_means(["a", "b", "a"], {"train/accuracy": torch.tensor([1.0, 1.0, 0.0]),
+                                                        "train/reverse_kl_sum": torch.tensor([3.0, 2.0, 1.0])},
+                                      row_tokens=torch.tensor([3.0, 4.0, 1.0]))
+    assert metrics == {"train/accuracy/a": 0.5, "train/reverse_kl/a": 1.0, "train/accuracy/b": 1.0,
+                       "train/reverse_kl/b": 0.5}
+    assert weights["train/accuracy/a"] == 2 and weights["train/reverse_kl/a"] == 4
+
+
+# --- the config -------------------------------------------------------------------------
+
+
+def test_teachers_and_task_weights_read_from_yaml_mappings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: opd\nteachers: {addition: lab:addition, sorting: lab:sorting}\n"
+                    "task_weights: {sorting: 0.25, addition: 0.75}\n")
+    config = RunConfig.from_file(path)
+    assert config.task == "sorting" and config.run_tasks() == ["sorting", "addition"]
+    assert config.teacher_map() == {"sorting": "lab:sorting", "addition": "lab:addition"}
+    assert config.task_weight_map() == {"sorting": 0.25, "addition": 0.75}
+    assert RunConfig.from_dict(config.to_dict()) == config
+    # A task without its own teacher gets `teacher`; a single-task run is unchanged.
+    assert RunConfig(task_weights="addition=1,sorting=1", teachers="sorting=lab:sorting",
+                     teacher="lab:x").teacher_map() == {"addition": "lab:x", "sorting": "lab:sorting"}
+    assert RunConfig().run_tasks() == ["addition"] and RunConfig().teacher_map() == {"addition": "lab"}
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"teachers": "sorting=lab:sorting"}, "teachers"),  # not a task of the run
+    ({"task_weights": "addition=1,sorting=0"}, "task_weights"),
+    ({"task_weights": "addition=1,nonsense=1"}, "task_weights"),
+    ({"task_weights": "sorting=1", "task": "addition"}, "task"),
+    ({"teachers": "addition"}, "teachers"),
+    ({"task_weights": "addition=1,sorting=1", "teachers": "sorting=lab:sorting", "teacher_servers": "addition=http://h:1"},
+     "teacher_servers"),
+])
+def test_bad_multi_teacher_settings_are_refused_naming_the_field(changes, field):
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        RunConfig(**changes)
+
+
+# --- routing ------------------------------------------------------------------------------
+
+
+def _mixed_rollouts(tokenizer, student):
+    prompts = ["347+285=", "sort:dcba=", "12+9=", "sort:zyx="]
+    return generate(student, tokenizer, prompts, 10, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_router_scores_each_row_with_its_own_teacher(two_labs):
+    addition, tokenizer = load_model("lab", "teacher", "addition")
+    sorting, _ = load_model("lab:sorting", "teacher")
+    student, _ = load_model("lab", "student", "addition")
+    rollouts = _mixed_rollouts(tokenizer, student)
+    tasks = ["addition", "sorting", "addition", "sorting"]
+    router = TeacherRouter({"addition": Teacher("lab", InProcessTeacher(addition), 1, addition),
+                            "sorting": Teacher("lab:sorting", InProcessTeacher(sorting), 1, sorting)})
+    scores = router.score(rollouts, tasks, top_k=2)
+    mask = rollouts.completion_mask_BL.bool()
+    for model, rows, other in ((addition, [0, 2], sorting), (sorting, [1, 3], addition)):
+        own = InProcessTeacher(model).score(select_rows(rollouts, rows), top_k=2)
+        wrong = InProcessTeacher(other).score(select_rows(rollouts, rows))
+        torch.testing.assert_close(scores.logprobs_BL[rows][mask[rows]], own.logprobs_BL[mask[rows]], atol=1e-5,
+                                   rtol=1e-5)
+        assert not torch.allclose(scores.logprobs_BL[rows][mask[rows]], wrong.logprobs_BL[mask[rows]], atol=1e-3)
+        assert torch.equal(scores.top_ids_BLK[rows][mask[rows]], own.top_ids_BLK[mask[rows]])
+        torch.testing.assert_close(scores.logits_BLV[rows], own.logits_BLV)
+
+
+def test_a_teacher_without_the_students_tokenizer_is_refused_naming_it(two_labs, tmp_path, monkeypatch):
+    _, tokenizer = load_model("lab:sorting", "teacher")
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(tmp_path / "odd")
+    model, _ = load_model("lab:sorting", "teacher")
+    model.save_pretrained(tmp_path / "odd")
+    config = RunConfig(**RUN | TWO_TASKS | {"teachers": f"sorting={tmp_path / 'odd'}"})
+    with pytest.raises(PairMismatchError, match=f"^teacher {tmp_path / 'odd'} \\(task sorting\\): .*tokenizers differ"):
+        Trainer(config, tmp_path / "run")
+
+
+# --- a run's advantages come from each prompt's own teacher -----------------------------------
+
+# Two fake teachers with known log-probs: fixed logits whatever the context.
+VOCAB = len(build_char_tokenizer())
+BIASES = {"addition": torch.zeros(VOCAB), "sorting": torch.linspace(-2.0, 2.0, VOCAB)}
+
+
+class FixedLogitsTeacher(torch.nn.Module):
+    """A 'teacher' whose next-token logits are `bias` at every position: log p(t) = log_softmax(bias)[t]."""
+
+    def __init__(self, bias):
+        super().__init__()
+        self.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0):
+        length = logits_to_keep or input_ids.shape[1]
+        return SimpleNamespace(logits=self.bias.expand(input_ids.shape[0], length, -1))
+
+
+def _advantages_of_one_step(config, run_dir, monkeypatch):
+    """One OPD step of `config`: its on-policy part, what `per_token_advantages` saw and
+    returned, and the step's result."""
+    seen, captured = {}, {}
+    original = losses.per_token_advantages
+
+    def spy(method, mask_BT, rewards_N, **kwargs):
+        advantages, metrics = original(method, mask_BT, rewards_N, **kwargs)
+        seen.update(kwargs, mask=mask_BT, advantages=advantages)
+        return advantages, metrics
+
+    monkeypatch.setattr(losses, "per_token_advantages", spy)
+    trainer = Trainer(config, run_dir)
+    trainer.begin(None)
+    original_part = trainer._on_policy_part
+
+    def part(*args, **kwargs):
+        captured["part"] = original_part(*args, **kwargs)
+        return captured["part"]
+
+    monkeypatch.setattr(trainer, "_on_policy_part", part)
+    result = trainer.step()
+    return captured["part"], seen, result
+
+
+@pytest.mark.parametrize("where", ["in_process", "teacher_servers"])
+def test_each_prompts_advantage_comes_from_its_own_teacher(two_labs, tmp_path, monkeypatch, where):
+    """With a fake teacher per task whose log-probs are known, every row's advantage is its
+    own teacher's log-prob minus the student's, in process and through one server per teacher."""
+    config = RunConfig(**RUN | TWO_TASKS | {"steps": 1})
+    expected = {task: torch.log_softmax(bias, -1) for task, bias in BIASES.items()}
+    if where == "in_process":
+        monkeypatch.setattr(teacher_routing, "load_teacher", lambda spec, task, *args, **kwargs: Teacher(
+            spec, InProcessTeacher(FixedLogitsTeacher(BIASES[task])), 1000))
+        part, seen, result = _advantages_of_one_step(config, tmp_path / "run", monkeypatch)
+    else:
+        _, tokenizer = load_model("lab", "teacher", "addition")
+        with serving(FixedLogitsTeacher(BIASES["addition"]), tokenizer) as add_url, \
+                serving(FixedLogitsTeacher(BIASES["sorting"]), tokenizer) as sort_url:
+            config = config.with_overrides(teacher_servers=f"addition={add_url},sorting={sort_url}")
+            part, seen, result = _advantages_of_one_step(config, tmp_path / "run", monkeypatch)
+    tasks, rollouts = part.tasks, part.rollouts
+    assert tasks.count("addition") == tasks.count("sorting") == 3
+    assert all(prompt.startswith("sort") == (task == "sorting") for prompt, task in zip(rollouts.prompts, tasks))
+    mask = seen["mask"].bool()
+    completion = rollouts.sequences_BS[:, rollouts.prompt_length :]
+    for row, task in enumerate(tasks):
+        live = mask[row]
+        want = expected[task][completion[row][live]]
+        torch.testing.assert_close(seen["teacher_logps_BT"][row][live].float(), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(seen["advantages"][row][live].float(),
+                                   want - seen["sampling_logps_BT"][row][live].float(), atol=1e-5, rtol=1e-5)
+    if where == "in_process":  # each teacher is charged for its own rows' tokens only
+        tokens = rollouts.attention_mask_BS.sum(dim=1)
+        for task in ("addition", "sorting"):
+            rows = torch.tensor([t == task for t in tasks])
+            assert result.metrics[f"perf/flops_teacher/{task}"] == 2 * 1000 * int(tokens[rows].sum())
+
+
+# --- a 2-teacher run ---------------------------------------------------------------------------
+
+
+def test_a_two_teacher_run_trains_on_a_mixed_batch_and_logs_per_teacher_metrics(two_labs):
+    run_dir = train(RunConfig(name="two-experts", **RUN | TWO_TASKS), progress=False)
+    assert load_status(run_dir)["state"] == "finished"
+    rows = load_metrics(run_dir)
+    for task in ("addition", "sorting"):
+        for key in ("train/accuracy", "train/reverse_kl", "train/reward", "perf/flops_teacher"):
+            assert f"{key}/{task}" in rows[1], key
+        assert f"eval/accuracy/{task}" in rows[0] and f"eval/accuracy/{task}" in rows[-1]
+    step = rows[1]
+    # The run's KL is the token-weighted mean of the two teachers' KLs, and its FLOPs their sum.
+    kls = [step["train/reverse_kl/addition"], step["train/reverse_kl/sorting"]]
+    assert min(kls) - 1e-6 <= step["train/reverse_kl"] <= max(kls) + 1e-6 and kls[0] != kls[1]
+    assert step["perf/flops_teacher"] == pytest.approx(step["perf/flops_teacher/addition"]
+                                                       + step["perf/flops_teacher/sorting"])
+    assert rows[-1]["eval/accuracy"] == pytest.approx(
+        (rows[-1]["eval/accuracy/addition"] + rows[-1]["eval/accuracy/sorting"]) / 2)
+    samples = load_samples(run_dir)
+    judged = {(s["task"], s["teacher"]) for s in samples}
+    assert judged == {("addition", "lab:addition"), ("sorting", "lab:sorting")}
+    assert all(s["prompt"].startswith("sort") == (s["task"] == "sorting") for s in samples)
+
+
+def test_sft_on_a_mixture_writes_each_tasks_samples_with_its_teacher(two_labs):
+    run_dir = train(RunConfig(name="two-experts-sft", **RUN | TWO_TASKS | {"method": "sft", "steps": 1,
+                                                                          "sample_every": 1}), progress=False)
+    rows = load_metrics(run_dir)
+    assert rows[1]["perf/flops_sampling"] == pytest.approx(rows[1]["perf/flops_teacher/addition"]
+                                                           + rows[1]["perf/flops_teacher/sorting"])
+    assert {s["teacher"] for s in load_samples(run_dir)} == {"lab:addition", "lab:sorting"}
