@@ -50,6 +50,13 @@ def sample_label(sample: dict) -> str:
     return f"#{sample.get('index', '?')} {sample.get('prompt', '')} {verdict}".strip()
 
 
+def judged_by(sample: dict) -> str:
+    """Which teacher scored a logged sample (runs with several teachers log it per sample)."""
+    if "teacher" not in sample:
+        return ""
+    return f", judged by teacher {sample['teacher']}" + (f" ({sample['task']})" if sample.get("task") else "")
+
+
 def sample_choices(run_id: str, step) -> list[tuple[str, int]]:
     """(label, index) of the samples logged at `step`."""
     try:
@@ -70,7 +77,7 @@ def token_view(run_id: str, step, index, color_by: str = DEFAULT_COLOR, locked: 
         return error_text(error)
     except (TypeError, ValueError, IndexError):
         return "Choose a logged step and a sample."
-    title = f"{run_id}, step {step}, {sample_label(sample)}"
+    title = f"{run_id}, step {step}, {sample_label(sample)}{judged_by(sample)}"
     return tokenview.render_tokens(sample.get("tokens", []), prompt=sample.get("prompt"), color_by=color_by,
                                    title=title, vmax=scale_of(locked))
 
@@ -120,7 +127,7 @@ def side_by_side(run_id: str, step, index, other_run: str, other_step, color_by:
 
 def _column_title(run_id: str, step, sample: dict) -> str:
     verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
-    return f"{run_id} at step {step} {verdict}".strip()
+    return f"{run_id} at step {step} {verdict}".strip() + judged_by(sample)
 
 
 def pen_student(run_dir: Path, step: int) -> tuple[Path, str]:

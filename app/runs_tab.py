@@ -12,6 +12,7 @@ import pandas as pd
 from app.state import error_text, forget_runs_list, format_accuracy, format_duration, list_runs, run_dir_of
 from app.users import check_may_act
 from opd_lab import plots, runs
+from opd_lab.config import ConfigError, RunConfig, parse_pairs
 from opd_lab.lab import lab_summary
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
                                 log_tail)
@@ -70,7 +71,7 @@ def run_summary(run_id: str) -> str:
     row = next((r for r in list_runs() if r["id"] == run_dir.name), None)
     if row is None:
         return error_text(f"no run named {run_id!r}")
-    parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{state_text(row)}**",
+    parts = [f"**{row['id']}**", f"{row['method']} on {teachers_text(run_dir) or row['task']}", f"**{state_text(row)}**",
              f"step {progress_bar(row['step'], row['total_steps'])}", f"accuracy {format_accuracy(row['accuracy'])}"]
     try:
         launcher = launcher_of(run_dir)
@@ -83,6 +84,20 @@ def run_summary(run_id: str) -> str:
     split = phase_split(run_dir)
     return (" · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
             + (f"  \n{split}" if split else ""))
+
+
+def teachers_text(run_dir) -> str:
+    """A multi-task run's tasks with their teachers, e.g. 'addition (teacher lab:addition) + sorting (...)';
+    '' for a run of one task."""
+    try:
+        config = RunConfig.from_dict(load_config(run_dir))
+    except (ConfigError, OSError, ValueError):
+        return ""
+    if not config.task_weights:
+        return ""
+    teachers = config.teacher_map()
+    return " + ".join(f"{task} (teacher {'lab:' + task if teachers[task] == 'lab' else teachers[task]})"
+                      for task in config.run_tasks())
 
 
 def phase_split(run_dir) -> str:
@@ -107,8 +122,12 @@ def metric_choices(run_id: str) -> list[str]:
 def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = False):
     """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run."""
     run_dir = run_dir_of(run_id)
-    accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
-    summary = lab_summary(str(load_config(run_dir).get("task")))
+    config = load_config(run_dir)
+    tasks = list(parse_pairs(config.get("task_weights", ""), "task_weights"))
+    if tasks:  # several tasks: each one's accuracy, each task's teacher in the summary line
+        accuracy, summary = plots.task_curves(run_dir, ACCURACY_METRIC, tasks), None
+    else:
+        accuracy, summary = plots.training_curves([run_dir], ACCURACY_METRIC), lab_summary(str(config.get("task")))
     if summary is not None and accuracy.data:
         accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
                            annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",

@@ -37,7 +37,7 @@ from opd_lab.compare import VARIANTS
 from opd_lab.config import ConfigError, RunConfig, command_line, config_fields, flag_of
 from opd_lab.recipes import RECIPES, SETTINGS
 from opd_lab.scenarios import SCENARIOS, get_scenario
-from opd_lab.tasks import DEFAULT_TASK
+from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,22 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
         if spec.type == "bool":
             group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif spec.name in REPEATABLE:
+            group.add_argument(flag, dest=spec.name, action="append", default=None, metavar=spec.type.upper(),
+                               help=f"{help_text}. Repeat it as {flag} {REPEATABLE[spec.name][1]} for several tasks.")
         else:
             group.add_argument(flag, dest=spec.name, default=None, metavar=spec.type.upper(),
                                choices=spec.metadata.get("choices"), help=help_text)
+
+
+# Flags that may be repeated as TASK=VALUE, filling a per-task field: --teacher addition=lab:addition
+# --teacher sorting=lab:sorting sets `teachers`; --task addition=0.5 --task sorting=0.5 sets `task_weights`.
+REPEATABLE = {"teacher": ("teachers", "TASK=SPEC"), "task": ("task_weights", "TASK=WEIGHT")}
+
+
+def _is_task_pair(value: str) -> bool:
+    task = value.partition("=")[0].strip()
+    return "=" in value and (task in BUILTIN_TASKS or task.endswith(".jsonl"))
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -68,8 +81,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     base = RunConfig.from_file(args.config).to_dict() if args.config else {}
     for spec in config_fields():
         value = getattr(args, spec.name, None)
+        if spec.name in REPEATABLE and value is not None:
+            plain = [item for item in value if not _is_task_pair(item)]
+            if len(plain) > 1:
+                raise ConfigError(f"{spec.name}: given {len(plain)} times; repeat it only as "
+                                  f"{flag_of(spec.name)} {REPEATABLE[spec.name][1]}")
+            pairs = [item for item in value if _is_task_pair(item)]
+            if pairs:
+                base[REPEATABLE[spec.name][0]] = ",".join(pairs)
+            value = plain[0] if plain else None
         if value is not None:
             base[spec.name] = value
+    if args.task and all(_is_task_pair(item) for item in args.task):
+        base.pop("task", None)  # --task TASK=WEIGHT only: the run's task is the mixture's first
     return RunConfig.from_dict(base)
 
 

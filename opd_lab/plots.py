@@ -175,7 +175,26 @@ def available_metrics(run_dirs) -> list[str]:
 
 
 def _y_format(metric: str) -> str:
-    return ".1%" if metric.endswith("accuracy") else ".4g"
+    return ".1%" if metric.endswith("accuracy") or "accuracy/" in metric else ".4g"
+
+
+def task_curves(run_dir, metric: str = "eval/accuracy", tasks: Sequence[str] = ()) -> go.Figure:
+    """A multi-task run's `metric` per task (`metric/TASK`, one curve each) beside its
+    weighted mean over the tasks (`metric`), against steps: each skill of a merged student.
+
+    Example:
+        >>> task_curves(run_dir, "eval/accuracy", ["addition", "sorting"])  # doctest: +SKIP
+    """
+    from opd_lab.task_mix import task_metric
+
+    fig = training_curves([run_dir], metric, labels=["weighted mean"])
+    rows = load_metrics(Path(run_dir))
+    for task in tasks:
+        xs, ys = metric_points(rows, "step", task_metric(metric, task))
+        hover = f"{task}<br>step=%{{x}}<br>{metric} %{{y:{_y_format(metric)}}}<extra></extra>"
+        fig.add_traces(curve_traces(xs, ys, task, None, 0.0, hover, dash="dot"))
+    fig.update_layout(title=f"{METRIC_TITLES.get(metric, metric)} per task")
+    return fig
 
 
 def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",

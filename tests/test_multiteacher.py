@@ -249,3 +249,65 @@ def test_sft_on_a_mixture_writes_each_tasks_samples_with_its_teacher(two_labs):
     assert rows[1]["perf/flops_sampling"] == pytest.approx(rows[1]["perf/flops_teacher/addition"]
                                                            + rows[1]["perf/flops_teacher/sorting"])
     assert {s["teacher"] for s in load_samples(run_dir)} == {"lab:addition", "lab:sorting"}
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_repeated_teacher_and_task_flags_fill_the_per_task_fields():
+    from opd_lab.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(
+        ["train", "--task", "sorting=1", "--task", "addition=3", "--teacher", "sorting=lab:sorting",
+         "--teacher", "lab:addition"]))
+    assert (config.task, config.task_weights, config.teacher) == ("sorting", "sorting=1,addition=3", "lab:addition")
+    assert config.teacher_map() == {"sorting": "lab:sorting", "addition": "lab:addition"}
+    single = config_from_args(parser.parse_args(["train", "--teacher", "lab:x", "--task", "sorting"]))
+    assert (single.teacher, single.task, single.teachers, single.task_weights) == ("lab:x", "sorting", "", "")
+    with pytest.raises(ConfigError, match="^teacher: given 2 times"):
+        config_from_args(parser.parse_args(["train", "--teacher", "a", "--teacher", "b"]))
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def _form(**changes) -> list:
+    from app.launch_tab import FORM_FIELDS
+
+    return [changes.pop(spec.name, spec.default) for spec in FORM_FIELDS]
+
+
+def test_the_launch_form_starts_a_two_teacher_run_and_the_views_show_each_teacher(two_labs):
+    pytest.importorskip("gradio")
+    from app.compare_tab import comparison
+    from app.inspect_tab import sample_choices, token_view
+    from app.launch_tab import check_form, launch_run
+    from app.runs_tab import metric_choices, run_figures, run_summary
+    from opd_lab.paths import runs_dir
+    from waiting import wait_for
+
+    form = _form(name="form-two-experts", task_weights="addition=0.5,sorting=0.5",
+                 teachers="addition=lab:addition,sorting=lab:sorting", steps=2, batch_size=4, eval_every=2,
+                 eval_count=8, sample_every=1, samples_to_log=4, max_new_tokens=12, checkpoint_every=2)
+    assert check_form(form).startswith("Ready")
+    assert "not built" in check_form(_form(task_weights="addition=1,sorting=1", teachers="sorting=lab:nowhere"))
+    message, run_id = launch_run(form)
+    assert run_id.startswith("form-two-experts"), message
+    run_dir = runs_dir() / run_id
+    assert wait_for(lambda: load_status(run_dir).get("state") in ("finished", "failed"), timeout=180)
+    assert load_status(run_dir)["state"] == "finished"
+    # Runs: the tasks with their teachers, one accuracy curve per task, per-teacher metrics to pick.
+    assert "addition (teacher lab:addition) + sorting (teacher lab:sorting)" in run_summary(run_id)
+    accuracy, _, _ = run_figures(run_id, "train/reverse_kl/sorting")
+    assert {trace.name for trace in accuracy.data} >= {"addition", "sorting"}
+    assert {"train/reverse_kl/addition", "eval/accuracy/sorting", "perf/flops_teacher/sorting"} <= set(
+        metric_choices(run_id))
+    # Compare: a per-teacher metric against FLOPs.
+    figure = comparison([run_id], "flops", "eval/accuracy/sorting")[0]
+    assert len(figure.data) == 1 and len(figure.data[0].y) == 2
+    # Inspect: which teacher judged each logged sample.
+    labels = [label for label, _ in sample_choices(run_id, 1)]
+    views = [token_view(run_id, 1, index) for index in range(len(labels))]
+    assert any("judged by teacher lab:sorting (sorting)" in view for view in views)
+    assert any("judged by teacher lab:addition (addition)" in view for view in views)
