@@ -6,6 +6,7 @@
     opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
     opd-lab launch [CONFIG] [--processes N] [...]    start a detached run, print its id
     opd-lab compare --scenario baseline [--quick]    RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab compare --scenario two-experts [--quick] several teachers, one student (opd_lab/two_experts.py)
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
@@ -130,7 +131,8 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
             sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
 
     compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
-    compare.add_argument("--scenario", required=True, choices=list(SCENARIOS))
+    compare.add_argument("--scenario", required=True, choices=list(SCENARIOS) + ["two-experts"],
+                         help="two-experts: multi-teacher OPD vs SFT, sequential OPD and RL (opd_lab/two_experts.py)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
@@ -261,6 +263,10 @@ def _dispatch(args) -> int | None:
         else:
             recipe = LabRecipe.for_task(args.task, seed=args.seed)
         print(format_summary(build_lab(recipe, force=args.force)))
+    elif args.command == "compare" and args.scenario == "two-experts":  # several teachers: its own study
+        from opd_lab.two_experts import TwoExpertsSettings, run_two_experts
+
+        run_two_experts(TwoExpertsSettings(quick=args.quick))
     elif args.command == "compare":
         from opd_lab.experiment import CompareSettings, run_compare
 

@@ -82,7 +82,7 @@ class RunConfig:
     teachers: str = _field("", "Several teachers, one per task: TASK=SPEC pairs, comma-separated (YAML or JSON: a mapping, `teachers: {addition: lab:addition, sorting: lab:sorting}`; command line: `--teacher TASK=SPEC`, repeated). Each prompt is scored (and, for SFT, answered) by its task's teacher; a task not named here gets `teacher`. All of them must share the student's tokenizer.")
     teacher_servers: str = _field("", "A vLLM server per teacher: TASK=URL pairs (a mapping in YAML), for the tasks named in `teachers`; such a task's teacher is scored by its own server, which serves that teacher's spec. `teacher_server` stays the server of `teacher`.")
     teacher_top_k: int = _field(20, "With teacher_server: the teacher's top-k tokens asked per position (the server's --max-logprobs must allow it); estimator=full folds both distributions onto them plus one tail bucket.")
-    task_weights: str = _field("", "Train on several tasks at once: TASK=WEIGHT pairs (YAML: a mapping; command line: `--task TASK=WEIGHT`, repeated); every batch holds the tasks in these proportions and every evaluation measures each of them (eval/accuracy is their weighted mean). Empty: `task` alone. `task` must be one of them (it names the 'lab' student and the run).")
+    task_weights: str = _field("", "Train on several tasks at once: TASK=WEIGHT pairs (YAML: a mapping; command line: `--task TASK=WEIGHT`, repeated); every batch holds the tasks in these proportions and every evaluation measures each of them (eval/accuracy is their weighted mean). A task of weight 0 is evaluated but never trained on. Empty: `task` alone. `task` must be one of them (it names the 'lab' student and the run).")
     student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
     steps: int = _field(150, "Optimizer steps.")
     batch_size: int = _field(32, "Prompts per step.")
@@ -178,10 +178,12 @@ class RunConfig:
         for task, weight in weights.items():
             _check_task_name(task, "task_weights")
             try:
-                if not float(weight) > 0 or not math.isfinite(float(weight)):
+                if not float(weight) >= 0 or not math.isfinite(float(weight)):
                     raise ValueError
             except ValueError:
-                raise ConfigError(f"task_weights: the weight of {task} must be a positive number (got {weight!r})") from None
+                raise ConfigError(f"task_weights: the weight of {task} must be a number >= 0 (got {weight!r})") from None
+        if weights and not sum(float(weight) for weight in weights.values()) > 0:
+            raise ConfigError("task_weights: at least one task needs a positive weight")
         if weights and self.task not in weights:
             raise ConfigError(f"task: must be one of the task_weights tasks ({', '.join(weights)}), got {self.task!r}")
         tasks = self.run_tasks()

@@ -46,11 +46,12 @@ def task_metric(key: str, task: str) -> str:
 def batch_shares(count: int, weights: dict[str, float]) -> dict[str, int]:
     """Split `count` rows among tasks in proportion to `weights` (largest remainder;
     ties go to the task named first). Every task with a positive weight gets its share,
-    which may be 0 for a small `count`."""
+    which may be 0 for a small `count`; a task of weight 0 gets none."""
     total = sum(weights.values())
     exact = {task: count * weight / total for task, weight in weights.items()}
     shares = {task: math.floor(value) for task, value in exact.items()}
-    order = sorted(exact, key=lambda task: (-(exact[task] - shares[task]), list(weights).index(task)))
+    order = sorted((task for task in exact if weights[task] > 0),  # a task of weight 0 is only evaluated
+                   key=lambda task: (-(exact[task] - shares[task]), list(weights).index(task)))
     for task in order[: count - sum(shares.values())]:
         shares[task] += 1
     return shares

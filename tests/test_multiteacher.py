@@ -41,6 +41,7 @@ def test_batch_shares_follow_the_weights_and_add_up():
     assert batch_shares(5, {"a": 1, "b": 1}) == {"a": 3, "b": 2}
     assert batch_shares(10, {"a": 3, "b": 1, "c": 1}) == {"a": 6, "b": 2, "c": 2}
     assert sum(batch_shares(7, {"a": 0.2, "b": 0.3, "c": 0.5}).values()) == 7
+    assert batch_shares(3, {"a": 1, "b": 0}) == {"a": 3, "b": 0}
     assert interleave({"a": [1, 2, 3, 4], "b": [5, 6]}) == [1, 5, 2, 3, 6, 4]
 
 
@@ -88,7 +89,8 @@ def test_teachers_and_task_weights_read_from_yaml_mappings(tmp_path):
 
 @pytest.mark.parametrize("changes, field", [
     ({"teachers": "sorting=lab:sorting"}, "teachers"),  # not a task of the run
-    ({"task_weights": "addition=1,sorting=0"}, "task_weights"),
+    ({"task_weights": "addition=0,sorting=0"}, "task_weights"),
+    ({"task_weights": "addition=1,sorting=-1"}, "task_weights"),
     ({"task_weights": "addition=1,nonsense=1"}, "task_weights"),
     ({"task_weights": "sorting=1", "task": "addition"}, "task"),
     ({"teachers": "addition"}, "teachers"),
