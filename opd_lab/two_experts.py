@@ -200,6 +200,24 @@ def report_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curves_figure(result: dict, x: str = "step"):
+    """Each arm's accuracy on each skill over `x` ("step" or "flops"): solid addition, dotted sorting."""
+    import plotly.graph_objects as go
+
+    from opd_lab.plot_style import method_color
+
+    methods = {"multi-teacher-opd": "opd", "sft-mixture": "sft", "sequential-opd": "opd", "rl-both": "rl"}
+    figure = go.Figure()
+    for arm, curve in result["curves"].items():
+        for task, dash in zip(TASKS, ("solid", "dot")):
+            figure.add_scatter(x=[p[x] for p in curve], y=[p[task] for p in curve], name=f"{arm}: {task}",
+                               mode="lines+markers", line=dict(color=None if arm == "sequential-opd"
+                                                               else method_color(methods[arm]), dash=dash))
+    figure.update_layout(title="two-experts: each skill's held-out greedy accuracy", xaxis_title=x,
+                         yaxis_title="accuracy", yaxis_tickformat=".0%", xaxis_type="log" if x == "flops" else None)
+    return figure
+
+
 def run_two_experts(settings: TwoExpertsSettings, progress_print=print) -> dict:
     """Build the scenario, run every arm, write the report; returns the report's dict."""
     started = time.perf_counter()
