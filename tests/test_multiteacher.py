@@ -11,7 +11,7 @@ from opd_lab import losses, teacher_routing
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.generation import generate
 from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
-from opd_lab.models import PairMismatchError, load_model
+from opd_lab.models import ModelLoadError, PairMismatchError, load_model
 from opd_lab.run_folder import load_metrics, load_samples, load_status
 from opd_lab.task_mix import TaskMixSource, batch_shares, interleave, per_task_means
 from opd_lab.tasks import get_task
@@ -313,3 +313,18 @@ def test_the_launch_form_starts_a_two_teacher_run_and_the_views_show_each_teache
     views = [token_view(run_id, 1, index) for index in range(len(labels))]
     assert any("judged by teacher lab:sorting (sorting)" in view for view in views)
     assert any("judged by teacher lab:addition (addition)" in view for view in views)
+
+
+def test_preflight_checks_every_teacher_and_names_the_mismatched_one(two_labs, tmp_path):
+    from opd_lab.preflight import check_run_inputs
+
+    check_run_inputs(RunConfig(**RUN | TWO_TASKS))  # both teachers share the student's tokenizer
+    _, tokenizer = load_model("lab:sorting", "teacher")
+    tokenizer.add_tokens(["<extra>"])
+    model, _ = load_model("lab:sorting", "teacher")
+    for save in (model, tokenizer):
+        save.save_pretrained(tmp_path / "odd")
+    with pytest.raises(PairMismatchError, match=r"^teacher .*odd \(task sorting\): .*tokenizers differ"):
+        check_run_inputs(RunConfig(**RUN | TWO_TASKS | {"teachers": f"addition=lab,sorting={tmp_path / 'odd'}"}))
+    with pytest.raises(ModelLoadError, match="the built-in lab 'nowhere' is not built"):
+        check_run_inputs(RunConfig(**RUN | TWO_TASKS | {"teachers": "sorting=lab:nowhere"}))
