@@ -42,3 +42,16 @@ def test_the_verdict_holds_only_when_sequential_training_forgot_and_opd_kept_bot
     assert not verdict({"multi-teacher-opd": kept, "sequential-opd": no_forgetting, **others}, {})["holds"]
     weak = curve([(0, 0.3, 0.3), (2, 0.3, 0.3), (4, 0.35, 0.3)])
     assert not verdict({"multi-teacher-opd": weak, "sequential-opd": forgot, **others}, {})["holds"]
+
+
+def test_a_two_experts_report_becomes_its_claims_row():
+    from opd_lab.claims import claim_rows
+
+    final = {arm: {"step": 4, "flops": 1e9, "addition": 0.9, "sorting": 0.8} for arm in ARMS}
+    data = {"settings": {"eval_count": 100, "steps": 4},
+            "verdict": {"final": final, "holds": False, "sentence": "sequential OPD kept addition"}}
+    row = next(row for row in claim_rows({"two-experts": data}) if row["claim"] == "merging-experts")
+    assert row["verdict"] == "does not hold" and row["scenario"] == "two-experts"
+    assert "sequential OPD kept addition" in row["measured"] and "rl-both addition 90.0%" in row["measured"]
+    untested = next(row for row in claim_rows({}) if row["claim"] == "merging-experts")
+    assert untested["verdict"] == "not tested"
