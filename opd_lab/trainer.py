@@ -478,8 +478,8 @@ class Trainer:
     def state(self) -> dict:
         """The trainer state a checkpoint keeps (a collective for a sharded student: every
         process calls it; its optimizer state is whole on rank 0 only)."""
-        return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen,
-                "tokens": self.tokens_seen, "flops": self.flops.as_metrics(), "teacher_flops": self.teachers.flops_by_task,
+        return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen, "tokens": self.tokens_seen,
+                "flops": self.flops.as_metrics(), "teacher_flops": dict(self.teachers.flops_by_task),
                 "optimizer": sharding.full_optimizer_state(self.student, self.optimizer), "prompt_rng": self.prompts.state(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 

@@ -328,3 +328,20 @@ def test_preflight_checks_every_teacher_and_names_the_mismatched_one(two_labs, t
         check_run_inputs(RunConfig(**RUN | TWO_TASKS | {"teachers": f"addition=lab,sorting={tmp_path / 'odd'}"}))
     with pytest.raises(ModelLoadError, match="the built-in lab 'nowhere' is not built"):
         check_run_inputs(RunConfig(**RUN | TWO_TASKS | {"teachers": "sorting=lab:nowhere"}))
+
+
+def test_a_two_teacher_trainer_resumes_its_prompts_and_per_teacher_flops(two_labs, tmp_path):
+    config = RunConfig(**RUN | TWO_TASKS | {"steps": 3})
+    first = Trainer(config, tmp_path / "a")
+    first.begin(None)
+    first.step()
+    state = first.state()
+    expected = first.step().metrics
+    resumed = Trainer(config, tmp_path / "b")
+    resumed.begin(state)
+    again = resumed.step().metrics
+    for task in ("addition", "sorting"):
+        assert again[f"perf/flops_teacher/{task}"] == expected[f"perf/flops_teacher/{task}"] > 0
+    # (The checkpoint's weights are not in the trainer state; the prompts and counters are.)
+    assert again["progress/samples"] == expected["progress/samples"]
+    assert resumed.prompts.state() == first.prompts.state()
