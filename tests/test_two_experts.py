@@ -4,7 +4,7 @@ and the report holds each skill's accuracy over steps and FLOPs with a verdict."
 import pytest
 
 from opd_lab.run_folder import load_config, load_metrics
-from opd_lab.two_experts import ARMS, TwoExpertsSettings, arm_curve, run_two_experts, verdict
+from opd_lab.two_experts import ARMS, TwoExpertsSettings, run_two_experts, verdict
 
 QUICK = TwoExpertsSettings(steps=2, batch_size=8, eval_every=1, eval_count=8, sampled_eval_count=4,
                            student_examples=16, student_steps=3, quick=True)
