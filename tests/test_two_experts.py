@@ -42,6 +42,11 @@ def test_the_verdict_holds_only_when_sequential_training_forgot_and_opd_kept_bot
     assert not verdict({"multi-teacher-opd": kept, "sequential-opd": no_forgetting, **others}, {})["holds"]
     weak = curve([(0, 0.3, 0.3), (2, 0.3, 0.3), (4, 0.35, 0.3)])
     assert not verdict({"multi-teacher-opd": weak, "sequential-opd": forgot, **others}, {})["holds"]
+    # Ending below its start on a skill is not keeping it, even when sequential OPD did worse.
+    lost = curve([(0, 0.3, 0.5), (2, 0.2, 0.4), (4, 0.25, 0.45)])
+    found = verdict({"multi-teacher-opd": lost, "sequential-opd": curve([(0, 0.3, 0.5), (2, 0.4, 0.2), (4, 0.0, 0.6)]),
+                     **others}, {})
+    assert not found["holds"] and not found["opd_kept_both"] and found["forgetting"] == pytest.approx(0.4)
 
 
 def test_a_two_experts_report_becomes_its_claims_row():
