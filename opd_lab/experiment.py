@@ -421,11 +421,12 @@ MEASURED_PREFIX = "measured: "
 
 
 def committed_reports() -> dict[str, Path]:
-    """The full reports committed with the repository (docs/results), by name; they have no runs."""
+    """The full compare reports committed with the repository (docs/results), by name; they have no runs.
+    (The two-experts study's report is not one: it has arms' curves, not method summaries.)"""
     if not RESULTS_DIR.is_dir():
         return {}
     return {path.stem: path for path in sorted(RESULTS_DIR.glob("*.json"))
-            if "verdict" in json.loads(path.read_text())}
+            if {"verdict", "summaries"} <= set(json.loads(path.read_text()))}
 
 
 def measured_report(scenario: str) -> tuple[dict | None, str]:
