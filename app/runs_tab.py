@@ -15,7 +15,7 @@ from opd_lab import plots, runs
 from opd_lab.config import ConfigError, RunConfig, parse_pairs
 from opd_lab.lab import lab_summary
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, STATUS_FILE, launcher_of, load_config, load_metrics,
-                                log_tail)
+                                log_tail, task_metric)
 from opd_lab.trainer import PHASES
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message"]
@@ -125,7 +125,8 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
     config = load_config(run_dir)
     tasks = list(parse_pairs(config.get("task_weights", ""), "task_weights"))
     if tasks:  # several tasks: each one's accuracy, each task's teacher in the summary line
-        accuracy, summary = plots.task_curves(run_dir, ACCURACY_METRIC, tasks), None
+        per_task = {task: task_metric(ACCURACY_METRIC, task) for task in tasks}
+        accuracy, summary = plots.task_curves(run_dir, ACCURACY_METRIC, per_task), None
     else:
         accuracy, summary = plots.training_curves([run_dir], ACCURACY_METRIC), lab_summary(str(config.get("task")))
     if summary is not None and accuracy.data:

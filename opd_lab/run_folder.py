@@ -330,3 +330,11 @@ def last_accuracy(run_dir: str | os.PathLike) -> float | None:
     accuracy = evals[-1] if evals else None
     _ACCURACY_CACHE[path] = (stamp, accuracy)
     return accuracy
+
+
+def task_metric(key: str, task: str) -> str:
+    """The metrics.jsonl key of `key` restricted to one task of a multi-task run:
+    "train/accuracy" -> "train/accuracy/addition". A task file is named by its stem
+    (`/data/qa.jsonl` -> "qa")."""
+    name = task.rsplit("/", 1)[-1].removesuffix(".jsonl")
+    return f"{key}/{name}"

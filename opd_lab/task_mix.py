@@ -9,7 +9,7 @@ module holds the two task-level pieces of it that do not touch a model:
   task first) and interleaved, so that the on-policy and teacher-written shares of a
   batch both hold every task. Each problem carries its task's name (`Problem.task`).
 - `per_task_means`: per-row values (accuracy, a row's KL and its tokens) averaged per
-  task, as the `KEY/TASK` metrics of metrics.jsonl (`task_metric`).
+  task, as the `KEY/TASK` metrics of metrics.jsonl (`run_folder.task_metric`).
 
 Example:
     >>> batch_shares(5, {"addition": 0.5, "sorting": 0.5})
@@ -29,18 +29,11 @@ import math
 import torch
 
 from opd_lab.prompt_source import PromptSource
+from opd_lab.run_folder import task_metric
 from opd_lab.tasks import Problem, Task
 
 # Seeds each task's own prompt stream apart from the others' (task i gets seed + i * this).
 TASK_SEED_STRIDE = 10_007
-
-
-def task_metric(key: str, task: str) -> str:
-    """The metrics.jsonl key of `key` restricted to one task: "train/accuracy" -> "train/accuracy/addition".
-
-    A task file is named by its stem (`/data/qa.jsonl` -> "qa")."""
-    name = task.rsplit("/", 1)[-1].removesuffix(".jsonl")
-    return f"{key}/{name}"
 
 
 def batch_shares(count: int, weights: dict[str, float]) -> dict[str, int]:

@@ -38,8 +38,8 @@ from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.models import load_model, load_tokenizer, pick_device, pick_dtype, wrap_lora
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import SFT_DATASET_FILE
-from opd_lab.task_mix import TaskMixSource, combine_task_metrics, per_task_metrics, task_metric
+from opd_lab.run_folder import SFT_DATASET_FILE, task_metric
+from opd_lab.task_mix import TaskMixSource, combine_task_metrics, per_task_metrics
 from opd_lab.tasks import Problem, Verdict, get_task
 from opd_lab.teacher_dataset import teacher_dataset
 from opd_lab.teacher_routing import TeacherRouter, token_kl

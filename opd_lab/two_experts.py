@@ -47,8 +47,7 @@ from opd_lab.eval import answer, evaluate
 from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, sft_train
 from opd_lab.models import build_lab_model, load_model
 from opd_lab.paths import data_dir, lab_dir
-from opd_lab.run_folder import load_metrics, write_json_atomic, write_text_atomic
-from opd_lab.task_mix import task_metric
+from opd_lab.run_folder import load_metrics, task_metric, write_json_atomic, write_text_atomic
 from opd_lab.tasks import get_task
 from opd_lab.tokenizer import build_char_tokenizer
 from opd_lab.train import train

@@ -1,6 +1,7 @@
 """Several teachers, one student: task mixing, routing each prompt to its task's teacher,
 per-teacher metrics, in process and through one fake vLLM server per teacher."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -27,10 +28,21 @@ RUN = dict(method="opd", steps=2, batch_size=6, eval_count=8, eval_every=2, samp
 
 
 @pytest.fixture(scope="module")
-def two_labs(lab_home):
-    """The session's tiny addition lab plus a tiny sorting lab (its teacher is `lab:sorting`)."""
-    build_lab(LabRecipe(task="sorting", **TINY_RECIPE), progress_print=lambda *_: None)
-    return lab_home
+def two_labs(lab_home, tmp_path_factory):
+    """A data dir of its own (the session's stays without a sorting lab) holding a tiny
+    addition lab and a tiny sorting lab (its teacher is `lab:sorting`)."""
+    yield from private_home_with_labs(tmp_path_factory.mktemp("two-labs-home"), ("addition", "sorting"))
+
+
+def private_home_with_labs(home, tasks):
+    previous = os.environ["OPD_LAB_HOME"]
+    os.environ["OPD_LAB_HOME"] = str(home)
+    try:
+        for task in tasks:
+            build_lab(LabRecipe(task=task, **TINY_RECIPE), progress_print=lambda *_: None)
+        yield home
+    finally:
+        os.environ["OPD_LAB_HOME"] = previous
 
 
 # --- mixing tasks -------------------------------------------------------------------------

@@ -10,7 +10,13 @@ QUICK = TwoExpertsSettings(steps=2, batch_size=8, eval_every=1, eval_count=8, sa
                            student_examples=16, student_steps=3, quick=True)
 
 
-def test_the_quick_two_experts_study_runs_every_arm_and_reports_a_verdict(lab_home):
+@pytest.fixture()
+def own_home(lab_home, tmp_path, monkeypatch):
+    """A data dir of its own: the study's labs and runs stay out of the session's."""
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path / "home"))
+
+
+def test_the_quick_two_experts_study_runs_every_arm_and_reports_a_verdict(own_home):
     result = run_two_experts(QUICK, progress_print=lambda *_: None)
     assert set(result["curves"]) == set(ARMS)
     for arm, curve in result["curves"].items():
