@@ -31,7 +31,7 @@ from pathlib import Path
 
 from opd_lab.checkpoints import checkpoint_dirs
 from opd_lab.config import ConfigError
-from opd_lab.lab import built_lab_tasks
+from opd_lab.lab import built_lab_names
 from opd_lab.paths import data_dir
 from opd_lab.run_folder import RunError, run_path
 from opd_lab.tasks import BUILTIN_TASKS
@@ -62,7 +62,7 @@ def task_choices() -> list[str]:
 
 def model_choices() -> list[str]:
     """Every model the app may launch: the named ones, the built labs, the runs' checkpoints."""
-    choices = [*NAMED_MODELS, *(f"lab:{name}" for name in built_lab_tasks())]
+    choices = [*NAMED_MODELS, *(f"lab:{name}" for name in built_lab_names())]
     runs_root = data_dir() / "runs"
     if runs_root.is_dir():
         for folder in sorted(runs_root.iterdir()):
@@ -99,7 +99,7 @@ def resolve_model(field: str, value: str) -> str:
     """
     if value in NAMED_MODELS:
         return value
-    if isinstance(value, str) and value.startswith("lab:") and value[len("lab:"):] in built_lab_tasks():
+    if isinstance(value, str) and value.startswith("lab:") and value[len("lab:"):] in built_lab_names():
         return value
     if isinstance(value, str) and value.startswith(RUN_PREFIX):
         run_id, _, name = value[len(RUN_PREFIX):].partition("/")
