@@ -51,6 +51,13 @@ def sample_label(sample: dict) -> str:
     return f"#{sample.get('index', '?')} {sample.get('prompt', '')} {verdict}".strip()
 
 
+def judged_by(sample: dict) -> str:
+    """Which teacher scored a logged sample (runs with several teachers log it per sample)."""
+    if "teacher" not in sample:
+        return ""
+    return f", judged by teacher {sample['teacher']}" + (f" ({sample['task']})" if sample.get("task") else "")
+
+
 def sample_choices(run_id: str, step) -> list[tuple[str, int]]:
     """(label, index) of the samples logged at `step`."""
     try:
@@ -72,7 +79,7 @@ def token_view(run_id: str, step, index, color_by: str = DEFAULT_COLOR, locked: 
     except (TypeError, ValueError, IndexError):
         return "Choose a logged step and a sample."
     writer = WRITERS.get(writer_of(run_id, sample))
-    title = f"{run_id}, step {step}, {sample_label(sample)}" + (f" ({writer})" if writer else "")
+    title = f"{run_id}, step {step}, {sample_label(sample)}" + (f" ({writer})" if writer else "") + judged_by(sample)
     return tokenview.render_tokens(sample.get("tokens", []), prompt=sample.get("prompt"), color_by=color_by,
                                    title=title, vmax=scale_of(locked))
 
@@ -141,7 +148,7 @@ def _column_title(run_id: str, step, sample: dict) -> str:
     text the student trained on, never the student's own answer."""
     verdict = {True: "✓ correct", False: "✗ wrong"}.get(sample.get("correct"), "")
     writer = WRITERS.get(writer_of(run_id, sample))
-    return f"{run_id} at step {step}" + (f" ({writer})" if writer else "") + (f" {verdict}" if verdict else "")
+    return f"{run_id} at step {step}" + (f" ({writer})" if writer else "") + (f" {verdict}" if verdict else "") + judged_by(sample)
 
 
 def pen_student(run_dir: Path, step: int) -> tuple[Path, str]:

@@ -37,16 +37,17 @@ from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields, parse_config_text
 from opd_lab.lab import built_lab_names
 
-BROWSER_LOCKED = ("trust_remote_code", "teacher_server", "report_dir")
+BROWSER_LOCKED = ("trust_remote_code", "teacher_server", "teacher_servers", "report_dir")
 MULTI_PROCESS_ONLY = ("fsdp",)
 FORM_FIELDS = [spec for spec in config_fields() if spec.name not in BROWSER_LOCKED + MULTI_PROCESS_ONLY]
 FIELD_NAMES = [spec.name for spec in FORM_FIELDS]
 # Shown first; every other field goes under "More settings", in declaration order.
-MAIN_FIELDS = ("name", "method", "task", "device", "teacher", "student", "steps", "batch_size",
-               "samples_per_prompt", "learning_rate", "temperature", "seed",
+MAIN_FIELDS = ("name", "method", "task", "device", "teacher", "student", "task_weights", "teachers", "steps",
+               "batch_size", "samples_per_prompt", "learning_rate", "temperature", "seed",
                "eval_every", "eval_count", "sample_every", "checkpoint_every")
 # Field labels a newcomer can read; any other field is its name in words ("batch_size" -> "Batch size").
 LABELS = {"name": "Run name", "task_regex": "Answer regex (.jsonl tasks)", "teacher": "Teacher model",
+          "task_weights": "Task mix (TASK=WEIGHT, ...)", "teachers": "Teachers per task (TASK=MODEL, ...)",
           "student": "Student model", "steps": "Training steps", "batch_size": "Prompts per step",
           "prompt_pool": "Prompt pool size", "samples_per_prompt": "Samples per prompt",
           "max_grad_norm": "Gradient clipping", "max_new_tokens": "Longest completion (tokens)",
@@ -99,8 +100,12 @@ def check_form(values, trust_remote_code: bool = False) -> str:
         config = config_from_form(values, trust_remote_code)
     except ConfigError as error:
         return f"**Fix this before launching:** {error}"
-    problem = _preflight_problem(config.teacher, config.student, config.task, config.task_regex,
-                                 config.trust_remote_code, tuple(built_lab_names()))
+    # Each task's teacher with the student, on that task (a bare 'lab' names each task's own lab).
+    student = f"lab:{config.task}" if config.student == "lab" and config.task_weights else config.student
+    problem = next(filter(None, (
+        _preflight_problem(f"lab:{task}" if teacher == "lab" and config.task_weights else teacher, student, task,
+                           config.task_regex, config.trust_remote_code, tuple(built_lab_names()))
+        for task, teacher in config.teacher_map().items())), "")
     return f"**Fix this before launching:** {problem}" if problem else "Ready: press **Launch**."
 
 

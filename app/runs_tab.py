@@ -17,8 +17,9 @@ from app.users import check_may_act, user_of
 from opd_lab import plots, runs
 from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.lab import lab_summary_of
+from opd_lab.config import ConfigError, RunConfig, parse_pairs
 from opd_lab.run_folder import (LOG_FILE, LOG_LINES, METRICS_FILE, PHASES, STATUS_FILE, launcher_of, load_config,
-                                load_metrics, log_tail)
+                                load_metrics, log_tail, task_metric)
 
 TABLE_HEADERS = ["run", "method", "task", "state", "step", "ETA", "accuracy", "message", "owner"]
 REFRESH_SECONDS = 2.0
@@ -81,7 +82,7 @@ def run_summary(run_id: str) -> str:
     row = next((r for r in list_runs() if r["id"] == run_dir.name), None)
     if row is None:
         return error_text(f"no run named {run_id!r}")
-    parts = [f"**{row['id']}**", f"{row['method']} on {row['task']}", f"**{state_text(row)}**",
+    parts = [f"**{row['id']}**", f"{row['method']} on {teachers_text(run_dir) or row['task']}", f"**{state_text(row)}**",
              f"step {progress_bar(row['step'], row['total_steps'])}", f"accuracy {format_accuracy(row['accuracy'])}"]
     try:
         launcher = launcher_of(run_dir)
@@ -94,6 +95,20 @@ def run_summary(run_id: str) -> str:
     split = phase_split(run_dir)
     return (" · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
             + (f"  \n{split}" if split else ""))
+
+
+def teachers_text(run_dir) -> str:
+    """A multi-task run's tasks with their teachers, e.g. 'addition (teacher lab:addition) + sorting (...)';
+    '' for a run of one task."""
+    try:
+        config = RunConfig.from_dict(load_config(run_dir))
+    except (ConfigError, OSError, ValueError):
+        return ""
+    if not config.task_weights:
+        return ""
+    teachers = config.teacher_map()
+    return " + ".join(f"{task} (teacher {'lab:' + task if teachers[task] == 'lab' else teachers[task]})"
+                      for task in config.run_tasks())
 
 
 def phase_split(run_dir) -> str:
@@ -137,9 +152,14 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
 
 
 def _accuracy_figure(run_dir):
-    accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
     config = load_config(run_dir)
-    summary = lab_summary_of(str(config.get("teacher", "lab")), str(config.get("task")))  # the run's own teacher
+    tasks = list(parse_pairs(config.get("task_weights", ""), "task_weights"))
+    if tasks:  # several tasks: each one's accuracy, each task's teacher in the summary line
+        per_task = {task: task_metric(ACCURACY_METRIC, task) for task in tasks}
+        accuracy, summary = plots.task_curves(run_dir, ACCURACY_METRIC, per_task), None
+    else:  # the run's own teacher's line
+        accuracy = plots.training_curves([run_dir], ACCURACY_METRIC)
+        summary = lab_summary_of(str(config.get("teacher", "lab")), str(config.get("task")))
     if summary is not None and accuracy.data:
         accuracy.add_hline(y=summary["teacher"]["accuracy"], line_dash="dash", line_color="#111",
                            annotation_text=f"teacher {summary['teacher']['accuracy']:.1%}",

@@ -142,6 +142,8 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
     smollm2 = results.get("recipes/smollm2-continual-learning")
     if smollm2:
         rows.append(smollm2_continual_row(smollm2))
+    if results.get("two-experts"):
+        rows.append(two_experts_row(results["two-experts"]))
     tested = {row["claim"] for row in rows}
     for claim in CLAIMS:
         if claim not in tested:
@@ -176,6 +178,17 @@ def smollm2_continual_row(data: dict) -> dict:
                         f"questions {facts['mix']:.1%}",
             "verdict": ("holds on SmolLM2 in the drift (the pass rates move by a prompt or two: too few to tell)"
                         if holds else "does not hold")}
+
+
+def two_experts_row(data: dict) -> dict:
+    """The claims row of `opd-lab compare --scenario two-experts` (its rule: `two_experts.verdict`)."""
+    final, settings = data["verdict"]["final"], data["settings"]
+    arms = "; ".join(f"{arm} addition {point['addition']:.1%}, sorting {point['sorting']:.1%}, {point['flops']:.1e} FLOPs"
+                     for arm, point in final.items())
+    return {"claim": "merging-experts", "scenario": "two-experts",
+            "measured": f"{data['verdict']['sentence']} (greedy, {settings['eval_count']} problems per task, "
+                        f"{settings['steps']} steps per arm; final: {arms})",
+            "verdict": "holds on the lab" if data["verdict"]["holds"] else "does not hold"}
 
 
 def load_results(folder: Path = MEASURED_RESULTS_DIR) -> dict[str, dict]:

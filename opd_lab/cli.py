@@ -6,6 +6,7 @@
     opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
     opd-lab launch [CONFIG] [--processes N] [...]    start a detached run, print its id
     opd-lab compare [--scenario baseline] [--quick]  RL vs SFT vs OPD, several seeds, a verdict
+    opd-lab compare --scenario two-experts [--quick] several teachers, one student (opd_lab/two_experts.py)
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
@@ -46,7 +47,7 @@ from opd_lab.quiet import silence_third_party
 from opd_lab.config import TRACKERS, ConfigError, RunConfig, command_line, config_fields, flag_of
 from opd_lab.recipes import RECIPES, SETTINGS
 from opd_lab.scenarios import SCENARIOS, get_scenario
-from opd_lab.tasks import DEFAULT_TASK
+from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,22 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
         if spec.type == "bool":
             group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif spec.name in REPEATABLE:
+            group.add_argument(flag, dest=spec.name, action="append", default=None, metavar=spec.type.upper(),
+                               help=f"{help_text}. Repeat it as {flag} {REPEATABLE[spec.name][1]} for several tasks.")
         else:
             group.add_argument(flag, dest=spec.name, default=None, metavar=spec.type.upper(),
                                choices=spec.metadata.get("choices"), help=help_text)
+
+
+# Flags that may be repeated as TASK=VALUE, filling a per-task field: --teacher addition=lab:addition
+# --teacher sorting=lab:sorting sets `teachers`; --task addition=0.5 --task sorting=0.5 sets `task_weights`.
+REPEATABLE = {"teacher": ("teachers", "TASK=SPEC"), "task": ("task_weights", "TASK=WEIGHT")}
+
+
+def _is_task_pair(value: str) -> bool:
+    task = value.partition("=")[0].strip()
+    return "=" in value and (task in BUILTIN_TASKS or task.endswith(".jsonl"))
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -77,8 +91,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     base = RunConfig.from_file(args.config).to_dict() if args.config else {}
     for spec in config_fields():
         value = getattr(args, spec.name, None)
+        if spec.name in REPEATABLE and value is not None:
+            plain = [item for item in value if not _is_task_pair(item)]
+            if len(plain) > 1:
+                raise ConfigError(f"{spec.name}: given {len(plain)} times; repeat it only as "
+                                  f"{flag_of(spec.name)} {REPEATABLE[spec.name][1]}")
+            pairs = [item for item in value if _is_task_pair(item)]
+            if pairs:
+                base[REPEATABLE[spec.name][0]] = ",".join(pairs)
+            value = plain[0] if plain else None
         if value is not None:
             base[spec.name] = value
+    if args.task and all(_is_task_pair(item) for item in args.task):
+        base.pop("task", None)  # --task TASK=WEIGHT only: the run's task is the mixture's first
     return RunConfig.from_dict(base)
 
 
@@ -115,7 +140,9 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
             sub.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
 
     compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
-    compare.add_argument("--scenario", default="baseline", choices=list(SCENARIOS), help="default: baseline")
+    compare.add_argument("--scenario", default="baseline", choices=list(SCENARIOS) + ["two-experts"],
+                         help="default: baseline; two-experts: multi-teacher OPD vs SFT, sequential OPD and RL "
+                              "(opd_lab/two_experts.py)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
@@ -291,6 +318,10 @@ def _dispatch(args) -> int | None:
         else:
             recipe = LabRecipe.for_task(args.task, seed=args.seed)
         print(format_summary(build_lab(recipe, force=args.force)))
+    elif args.command == "compare" and args.scenario == "two-experts":  # several teachers: its own study
+        from opd_lab.two_experts import TwoExpertsSettings, run_two_experts
+
+        run_two_experts(TwoExpertsSettings(quick=args.quick))
     elif args.command == "compare":
         from opd_lab.experiment import CompareSettings, run_compare
 

@@ -100,7 +100,10 @@ class RunConfig:
     task_regex: str = _field("", "For .jsonl tasks: a regex whose first group extracts the answer (default: exact match).")
     teacher: str = _field("lab", "Teacher model: 'lab', a local directory, a .gguf file, 'smollm2', or a hub id. With teacher_server, the model that server serves (its name there, and where the tokenizer comes from).")
     teacher_server: str = _field("", "Base URL of a vLLM server that serves the teacher (e.g. http://teacher-host:8000; `vllm serve MODEL --max-logprobs 20`). Empty: the teacher runs in this process. Set: the teacher's weights are not loaded; the server scores the student's samples at temperature 1 (OPD and the logged token views). estimator=full then trains on the top-k + tail-bucket reverse KL, a lower bound of the exact KL short by p_s(tail) * KL(p_s(.|tail) || p_t(.|tail)). Methods that need teacher samples are refused.")
+    teachers: str = _field("", "Several teachers, one per task: TASK=SPEC pairs, comma-separated (YAML or JSON: a mapping, `teachers: {addition: lab:addition, sorting: lab:sorting}`; command line: `--teacher TASK=SPEC`, repeated). Each prompt is scored (and, for SFT, answered) by its task's teacher; a task not named here gets `teacher`. All of them must share the student's tokenizer.")
+    teacher_servers: str = _field("", "A vLLM server per teacher: TASK=URL pairs (a mapping in YAML), for the tasks named in `teachers`; such a task's teacher is scored by its own server, which serves that teacher's spec. `teacher_server` stays the server of `teacher`.")
     teacher_top_k: int = _field(20, "With teacher_server: the teacher's top-k tokens asked per position (the server's --max-logprobs must allow it); estimator=full folds both distributions onto them plus one tail bucket.")
+    task_weights: str = _field("", "Train on several tasks at once: TASK=WEIGHT pairs (YAML: a mapping; command line: `--task TASK=WEIGHT`, repeated); every batch holds the tasks in these proportions and every evaluation measures each of them (eval/accuracy is their weighted mean). A task of weight 0 is evaluated but never trained on. Empty: `task` alone. `task` must be one of them (it names the 'lab' student and the run).")
     student: str = _field("lab", "Student model to train: 'lab' (the base student), a directory, a .gguf file, 'smollm2', or a hub id.")
     steps: int = _field(150, "Optimizer steps.")
     batch_size: int = _field(32, "Prompts per step.")
@@ -183,11 +186,7 @@ class RunConfig:
             raise ConfigError("sft_source: teacher_dataset is one teacher sample per prompt of a fixed pool; set prompt_pool too")
         if self.method == "opd" and self.estimator == "sampled" and self.divergence != "reverse_kl":
             raise ConfigError("divergence: the sampled estimator is reverse KL; use estimator=full for forward_kl or jsd")
-        if self.task.endswith(".jsonl") and not Path(self.task).expanduser().is_file():
-            raise ConfigError(f"task: file not found: {self.task}")
-        if not self.task.endswith(".jsonl"):
-            if self.task not in BUILTIN_TASKS:
-                raise ConfigError(f"task: unknown task {self.task!r}; use one of {', '.join(sorted(BUILTIN_TASKS))} or a .jsonl file")
+        _check_task_name(self.task, "task")
         if self.name and (problem := run_id_problem(self.name, RUN_NAME_MAX_LENGTH)):
             raise ConfigError(f"name: {problem} (got {self.name!r})")
         for name in ("teacher", "student"):
@@ -198,13 +197,40 @@ class RunConfig:
             raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; use {', '.join(TRACKERS)} (comma-separated)")
         if self.teacher_top_k < 1:
             raise ConfigError(f"teacher_top_k: must be at least 1 (got {self.teacher_top_k})")
-        if self.teacher_server:
+        self._check_task_mix()
+        if self.teacher_server or self.teacher_servers:
             self._check_teacher_server()
+
+    def _check_task_mix(self) -> None:
+        """The several-teachers fields: valid tasks, positive weights, teachers and servers of trained tasks."""
+        weights = parse_pairs(self.task_weights, "task_weights")
+        for task, weight in weights.items():
+            _check_task_name(task, "task_weights")
+            try:
+                if not float(weight) >= 0 or not math.isfinite(float(weight)):
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"task_weights: the weight of {task} must be a number >= 0 (got {weight!r})") from None
+        if weights and not sum(float(weight) for weight in weights.values()) > 0:
+            raise ConfigError("task_weights: at least one task needs a positive weight")
+        if weights and self.task not in weights:
+            raise ConfigError(f"task: must be one of the task_weights tasks ({', '.join(weights)}), got {self.task!r}")
+        tasks = self.run_tasks()
+        for name in ("teachers", "teacher_servers"):
+            for task, value in parse_pairs(getattr(self, name), name).items():
+                if task not in tasks:
+                    raise ConfigError(f"{name}: {task} is not a task of this run ({', '.join(tasks)}); "
+                                      "add it to task_weights")
+                if name == "teacher_servers" and task not in parse_pairs(self.teachers, "teachers"):
+                    raise ConfigError(f"teacher_servers: {task} has no teacher in `teachers`; the default teacher's "
+                                      "server is teacher_server")
+                if name == "teacher_servers" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+                    raise ConfigError(f"teacher_servers: expected a base URL for {task} (got {value!r})")
 
     def _check_teacher_server(self) -> None:
         """What a teacher known only by its scores can serve (`teacher_scoring.VllmTeacher`):
         log-probs and top-k of given tokens at temperature 1, never samples nor full logits."""
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.teacher_server):
+        if self.teacher_server and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.teacher_server):
             raise ConfigError(f"teacher_server: expected a base URL such as http://localhost:8000 "
                               f"(got {self.teacher_server!r})")
         if self.temperature != 1.0:
@@ -232,6 +258,12 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{unknown[0]}: not a config field (known: {', '.join(sorted(known))})")
+        data = dict(data)
+        for name in PAIR_FIELDS:  # a mapping (YAML, JSON, the app) is stored as "KEY=VALUE,..."
+            if isinstance(data.get(name), dict):
+                data[name] = format_pairs(data[name])
+        if data.get("task_weights") and "task" not in data:  # the run's task: the mixture's first
+            data["task"] = next(iter(parse_pairs(data["task_weights"], "task_weights")), DEFAULT_TASK)
         coerced = {}
         for spec in dataclasses.fields(cls):
             if spec.name in data:
@@ -265,11 +297,19 @@ class RunConfig:
         if self.task.endswith(".jsonl"):
             changes["task"] = str(Path(self.task).expanduser().resolve())
         for role in ("teacher", "student"):
-            spec = getattr(self, role)
-            if model_spec.parse(spec).is_local and Path(spec).expanduser().exists():
-                changes[role] = str(Path(spec).expanduser().resolve())
+            if _is_local_path(getattr(self, role)):
+                changes[role] = str(Path(getattr(self, role)).expanduser().resolve())
         if self.report_dir:
             changes["report_dir"] = str(Path(self.report_dir).expanduser().resolve())
+        for name in ("teachers", "task_weights"):
+            pairs = parse_pairs(getattr(self, name), name)
+            absolute = {str(Path(key).expanduser().resolve()) if key.endswith(".jsonl") else key:
+                        str(Path(value).expanduser().resolve()) if name == "teachers" and _is_local_path(value) else value
+                        for key, value in pairs.items()}
+            if absolute != pairs:
+                changes[name] = format_pairs(absolute)
+        if "task_weights" in changes and self.task.endswith(".jsonl"):
+            changes["task"] = str(Path(self.task).expanduser().resolve())
         return self.with_overrides(**changes) if changes else self
 
     def run_name(self) -> str:
@@ -279,7 +319,8 @@ class RunConfig:
         """
         if self.name:
             return self.name
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.task).stem).strip(".-_")[:40] or "task"
+        stem = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "-", Path(task).stem).strip(".-_")[:40] or "task"
+                        for task in self.run_tasks())[:80]
         return f"{self.method}-{stem}".replace("..", ".")
 
     def trackers(self) -> tuple[str, ...]:
@@ -287,11 +328,75 @@ class RunConfig:
         names = (name.strip().lower() for name in self.report_to.split(","))
         return tuple(dict.fromkeys(name for name in names if name and name != "none"))
 
+    def run_tasks(self) -> list[str]:
+        """The tasks this run trains on: `task_weights`' tasks, or `task` alone."""
+        return list(parse_pairs(self.task_weights, "task_weights")) or [self.task]
+
+    def task_weight_map(self) -> dict[str, float]:
+        """Each task's share of a batch (the weights as given; {task: 1.0} for one task)."""
+        return {task: float(weight) for task, weight in parse_pairs(self.task_weights, "task_weights").items()} or {
+            self.task: 1.0}
+
+    def teacher_map(self) -> dict[str, str]:
+        """The teacher spec of each task of the run: `teachers`' entry, else `teacher`."""
+        named = parse_pairs(self.teachers, "teachers")
+        return {task: named.get(task, self.teacher) for task in self.run_tasks()}
+
+    def server_map(self) -> dict[str, str]:
+        """The teacher server of each task ("": in process): `teacher_servers`' entry for a task
+        named in `teachers`, `teacher_server` for the others."""
+        named, servers = parse_pairs(self.teachers, "teachers"), parse_pairs(self.teacher_servers, "teacher_servers")
+        return {task: servers.get(task, "") if task in named else self.teacher_server for task in self.run_tasks()}
+
     def resolved_max_new_tokens(self, task_max_new_tokens: int) -> int:
         return self.max_new_tokens or task_max_new_tokens
 
     def uses_lora(self, student_is_lab: bool) -> bool:
         return self.finetune == "lora" or (self.finetune == "auto" and not student_is_lab)
+
+
+# The fields holding a mapping, written "KEY=VALUE,KEY=VALUE" (a mapping in YAML and JSON).
+PAIR_FIELDS = ("teachers", "teacher_servers", "task_weights")
+
+
+def parse_pairs(text: str, field_name: str) -> dict[str, str]:
+    """A "KEY=VALUE,KEY=VALUE" field as a dict, in its order.
+
+    Example:
+        >>> parse_pairs("addition=lab:addition, sorting=lab:sorting", "teachers")
+        {'addition': 'lab:addition', 'sorting': 'lab:sorting'}
+    """
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = (part.strip() for part in item.partition("="))
+        if not separator or not key or not value:
+            raise ConfigError(f"{field_name}: expected KEY=VALUE pairs separated by commas (got {item!r})")
+        if key in pairs:
+            raise ConfigError(f"{field_name}: {key} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def format_pairs(mapping: dict) -> str:
+    """The field text of a mapping: `{"addition": 0.5}` -> "addition=0.5"."""
+    return ",".join(f"{key}={value}" for key, value in mapping.items())
+
+
+def _is_local_path(spec: str) -> bool:
+    """Whether a model spec names a file or folder that exists here (`model_spec`'s grammar)."""
+    try:
+        return model_spec.parse(spec).is_local and Path(spec).expanduser().exists()
+    except model_spec.SpecError:
+        return False
+
+
+def _check_task_name(task: str, field_name: str) -> None:
+    if task.endswith(".jsonl"):
+        if not Path(task).expanduser().is_file():
+            raise ConfigError(f"{field_name}: file not found: {task}")
+    elif task not in BUILTIN_TASKS:
+        raise ConfigError(f"{field_name}: unknown task {task!r}; use one of {', '.join(sorted(BUILTIN_TASKS))} "
+                          "or a .jsonl file")
 
 
 def _coerce(spec: dataclasses.Field, value: Any) -> Any:

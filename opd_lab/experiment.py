@@ -489,7 +489,7 @@ def committed_reports() -> dict[str, Path]:
     if not MEASURED_RESULTS_DIR.is_dir():
         return {}
     return {path.stem: path for path in sorted(MEASURED_RESULTS_DIR.glob("*.json"))
-            if "verdict" in json.loads(path.read_text())}
+            if {"verdict", "summaries"} <= set(json.loads(path.read_text()))}  # not two-experts (arms' curves)
 
 
 def measured_report(scenario: str) -> tuple[dict | None, str]:

@@ -172,7 +172,25 @@ def available_metrics(run_dirs) -> list[str]:
 
 
 def _y_format(metric: str) -> str:
-    return ".1%" if metric.endswith("accuracy") else ".4g"
+    return ".1%" if metric.endswith("accuracy") or "accuracy/" in metric else ".4g"
+
+
+def task_curves(run_dir, metric: str = "eval/accuracy", per_task: dict[str, str] | None = None) -> go.Figure:
+    """A multi-task run's `metric` (the weighted mean over its tasks) beside each task's
+    own key (`per_task`: task -> key, e.g. "eval/accuracy/addition"), against steps: each
+    skill of a merged student.
+
+    Example:
+        >>> task_curves(run_dir, "eval/accuracy", {"addition": "eval/accuracy/addition"})  # doctest: +SKIP
+    """
+    fig = training_curves([run_dir], metric, labels=["weighted mean"])
+    rows = load_metrics(Path(run_dir))
+    for task, key in (per_task or {}).items():
+        xs, ys = metric_points(rows, "step", key)
+        hover = f"{task}<br>step=%{{x}}<br>{metric} %{{y:{_y_format(metric)}}}<extra></extra>"
+        fig.add_traces(curve_traces(xs, ys, task, None, 0.0, hover, dash="dot"))
+    fig.update_layout(title=f"{METRIC_TITLES.get(metric, metric)} per task")
+    return fig
 
 
 def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",

@@ -11,8 +11,9 @@ all of these pass:
 - the experiment trackers of `report_to`: installed, and their directory writable
   (`tracking.check_trackers`);
 - the task: it loads (a task file must be UTF-8; errors name the file and the line);
-- the models: both tokenizers and configs load (a missing path, an unreachable hub
-  id, a corrupt config) and the tokenizers match;
+- the models: the student's and every teacher's tokenizer and config load (a missing
+  path, an unreachable hub id, a corrupt config) and each teacher's tokenizer matches
+  the student's (in a run with several teachers, an error names the teacher and its task);
 - prompt lengths: every prompt plus `max_new_tokens` fits the models' context. A
   prompt that does not is refused, never silently truncated: a cut prompt asks
   another question.
@@ -28,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.models import check_pair_compatible, context_length, load_tokenizer
+from opd_lab.models import PairMismatchError, check_pair_compatible, context_length, load_tokenizer
 from opd_lab.paths import check_writable, runs_dir
 from opd_lab.tracking import check_trackers
 from opd_lab.tasks import JsonlTask, Task, get_task
@@ -50,16 +51,23 @@ def check_run_inputs(config: RunConfig) -> RunConfig:
     config = config.with_absolute_paths()
     check_writable(runs_dir())
     check_trackers(config)
-    task = get_task(config.task, regex=config.task_regex or None)
-    check_rewards_possible(config, task)
-    tokenizers = [load_tokenizer(getattr(config, role), role, config.task, config.trust_remote_code)
-                  for role in ("teacher", "student")]
-    check_pair_compatible(*tokenizers)
-    contexts = [context_length(getattr(config, role), role, config.task, config.trust_remote_code)
-                for role in ("teacher", "student")]
-    known = [length for length in contexts if length]
-    if known:
-        check_prompt_lengths(task, tokenizers[1], min(known), config.resolved_max_new_tokens(task.max_new_tokens))
+    student = None
+    for task_name, teacher in config.teacher_map().items():  # one task, or each of a mixture with its teacher
+        task = get_task(task_name, regex=config.task_regex or None)
+        check_rewards_possible(config, task)
+        teacher_tokenizer = load_tokenizer(teacher, "teacher", task_name, config.trust_remote_code)
+        student = student or load_tokenizer(config.student, "student", config.task, config.trust_remote_code)
+        try:
+            check_pair_compatible(teacher_tokenizer, student)
+        except PairMismatchError as error:
+            if len(config.run_tasks()) == 1:
+                raise
+            raise PairMismatchError(f"teacher {teacher} (task {task_name}): {error}") from None
+        known = [length for length in (context_length(teacher, "teacher", task_name, config.trust_remote_code),
+                                       context_length(config.student, "student", config.task,
+                                                      config.trust_remote_code)) if length]
+        if known:
+            check_prompt_lengths(task, student, min(known), config.resolved_max_new_tokens(task.max_new_tokens))
     return config
 
 

@@ -344,3 +344,11 @@ def written_by(method: str, sft_source: str) -> str:
     if method != "sft":
         return "student"
     return "reference" if sft_source == "reference" else "teacher"
+
+
+def task_metric(key: str, task: str) -> str:
+    """The metrics.jsonl key of `key` restricted to one task of a multi-task run:
+    "train/accuracy" -> "train/accuracy/addition". A task file is named by its stem
+    (`/data/qa.jsonl` -> "qa")."""
+    name = task.rsplit("/", 1)[-1].removesuffix(".jsonl")
+    return f"{key}/{name}"

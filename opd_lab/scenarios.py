@@ -70,6 +70,7 @@ CLAIMS = {
     "foundation": "OPD needs a student with the foundation (it refines, it does not teach from scratch)",
     "strong-teacher": "OPD needs a strong teacher; with a weak one, RL with a verifier may win",
     "continual-learning": "OPD from the model's earlier self recovers a forgotten skill",
+    "merging-experts": "OPD keeps two experts' skills where sequential training forgets",
 }
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (

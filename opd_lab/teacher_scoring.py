@@ -18,6 +18,9 @@ from a remote teacher, its top-k (`losses.topk_tail_reverse_kl`). Two implementa
 A remote teacher scores at temperature 1 (vLLM's prompt log-probs are those of the raw
 logits), so it serves runs sampled at temperature 1 only.
 
+`load_teacher` builds a run's teacher, in process or behind its server, after checking
+that it shares the student's tokenizer; `teacher_routing` puts one in front of each task.
+
 Example:
     >>> scorer = InProcessTeacher(teacher)  # doctest: +SKIP
     >>> scores = scorer.score(rollouts, top_k=5)  # doctest: +SKIP
@@ -32,8 +35,10 @@ from typing import Protocol
 
 import torch
 
+from opd_lab.flops import count_parameters
 from opd_lab.generation import Rollouts, completion_logits
 from opd_lab.losses import chunked_token_logprobs, tempered_log_softmax
+from opd_lab.models import PairMismatchError, check_pair_compatible, load_model, load_tokenizer, parameter_count
 
 
 @dataclass
@@ -140,3 +145,36 @@ def scores_from_vllm(response: dict, rollouts: Rollouts, top_k: int) -> TeacherS
     device = mask_BL.device
     return TeacherScores(logps_BL.to(device), top_ids_BLK.to(device) if top_k else None,
                          top_logps_BLK.to(device) if top_k else None)
+
+
+@dataclass
+class Teacher:
+    """A run's teacher: how to ask it (`scorer`), its size (for FLOPs), and its model when
+    it runs in this process (None behind a server, which cannot write samples here)."""
+
+    spec: str  # the model spec, as the config names it
+    scorer: TeacherScorer
+    params: int
+    model: torch.nn.Module | None = None
+    server: str = ""  # the vLLM server's base URL; "" in process
+
+
+def load_teacher(spec: str, task: str, student_tokenizer, device: torch.device, dtype: torch.dtype,
+                 server: str = "", trust_remote_code: bool = False) -> Teacher:
+    """The teacher `spec` for `task` (a bare 'lab' is that task's lab teacher), in process
+    (weights in `dtype`, eval mode, no gradients) or scored by `server`.
+
+    Raises:
+        PairMismatchError: its tokenizer or chat template differs from the student's; the
+            message names the teacher and its task.
+    """
+    try:
+        check_pair_compatible(load_tokenizer(spec, "teacher", task, trust_remote_code), student_tokenizer)
+    except PairMismatchError as error:
+        raise PairMismatchError(f"teacher {spec} (task {task}): {error}") from None
+    if server:  # its weights stay on the server; only its tokenizer and size are read here
+        return Teacher(spec, VllmTeacher(server, spec),
+                       parameter_count(spec, "teacher", task, trust_remote_code), None, server)
+    model, _ = load_model(spec, "teacher", task, device, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.eval().requires_grad_(False)
+    return Teacher(spec, InProcessTeacher(model), count_parameters(model), model)

@@ -22,29 +22,28 @@ resumes, failures) is `opd_lab.train`.
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from opd_lab import distributed, losses, model_spec, sharding
 from opd_lab.config import RunConfig
 from opd_lab.distributed import World
 from opd_lab.eval import evaluate
 from opd_lab.feedback import token_records
-from opd_lab.files import read_jsonl, write_text_atomic
 from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
-from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
-                            pick_device, pick_dtype, wrap_lora)
+from opd_lab.models import load_model, load_tokenizer, pick_device, pick_dtype, wrap_lora
 from opd_lab.prompt_source import PromptSource
-from opd_lab.run_folder import PHASES, ROW_MEAN_METRICS, SFT_DATASET_FILE, written_by
+from opd_lab.run_folder import PHASES, ROW_MEAN_METRICS, SFT_DATASET_FILE, task_metric, written_by
+from opd_lab.task_mix import TaskMixSource, combine_task_metrics, per_task_metrics
 from opd_lab.tasks import Problem, Verdict, get_task
-from opd_lab.teacher_scoring import InProcessTeacher, TeacherScores, VllmTeacher
+from opd_lab.teacher_dataset import teacher_dataset
+from opd_lab.teacher_routing import TeacherRouter, token_kl
+from opd_lab.teacher_scoring import TeacherScores
 
 
 
@@ -75,6 +74,8 @@ class BatchPart:
     student_logits_BLV: torch.Tensor
     teacher_scores: TeacherScores | None  # None when the teacher did not score this part
     verdicts: list[Verdict]
+    tasks: list[str]  # each row's task (its teacher and verifier)
+    weights: dict  # the rows or tokens behind each per-task metric (`task_mix.per_task_means`)
 
 
 def on_policy_count(config: RunConfig, batch_size: int) -> int:
@@ -96,41 +97,37 @@ class Trainer:
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.world.size > 1:
             self.device = torch.device("cuda", self.world.local_rank)
-        self.task = get_task(config.task, regex=config.task_regex or None)
-        self.max_new_tokens = config.resolved_max_new_tokens(self.task.max_new_tokens)
+        # The run's tasks (several in a multi-teacher run), each with its verifier.
+        self.tasks = {name: get_task(name, regex=config.task_regex or None) for name in config.run_tasks()}
+        self.task, self.multitask = self.tasks[config.task], len(self.tasks) > 1
+        self.max_new_tokens = max(config.resolved_max_new_tokens(t.max_new_tokens) for t in self.tasks.values())
         # bfloat16: the frozen teacher's weights are cast; the student keeps float32 weights
         # (AdamW, and LoRA's merge/unmerge for sampling, need them) and runs its forward
         # passes under autocast (`_student_precision`).
         self.dtype = pick_dtype(config.dtype, self.device)
-        if config.teacher_server:  # the teacher's weights stay on its server; only its tokenizer is needed here
-            self.teacher = None
-            check_pair_compatible(load_tokenizer(config.teacher, "teacher", config.task, config.trust_remote_code),
-                                  load_tokenizer(config.student, "student", config.task, config.trust_remote_code))
-            student, self.tokenizer = load_model(config.student, "student", config.task, self.device,
-                                                 trust_remote_code=config.trust_remote_code)
-            # The engine asks the teacher only through its scorer (teacher_scoring.TeacherScorer).
-            self.teacher_scorer = VllmTeacher(config.teacher_server, config.teacher)
-            self.teacher_params = parameter_count(config.teacher, "teacher", config.task,
-                                                  config.trust_remote_code)
-        else:
-            self.teacher, student, self.tokenizer = load_pair(
-                config.teacher, config.student, task=config.task, device=self.device,
-                trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
-            self.teacher_scorer = InProcessTeacher(self.teacher)
-            self.teacher_params = count_parameters(self.teacher)
+        # Each task's teacher, in process or behind its server; the engine asks them through the router.
+        student_tokenizer = load_tokenizer(config.student, "student", config.task, config.trust_remote_code)
+        self.teachers = TeacherRouter.load(config, student_tokenizer, self.device, self.dtype)
+        single = self.teachers.single  # the one teacher of a single-teacher run (None with several)
+        self.teacher, self.teacher_params = (single.model, single.params) if single else (None, 0)
+        student, self.tokenizer = load_model(config.student, "student", config.task, self.device,
+                                             trust_remote_code=config.trust_remote_code)
         self.lora = config.uses_lora(student_is_lab=model_spec.parse(config.student).is_lab)
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
         self.world.broadcast_parameters(self.student)  # one starting point, LoRA's random init included
         self.student_params = count_parameters(self.student)
         self.optimizer = self._new_optimizer()
-        self.prompts = PromptSource(self.task, config.prompt_pool, config.seed)
+        self.prompts = (TaskMixSource(self.tasks, config.task_weight_map(), config.prompt_pool, config.seed)
+                        if self.multitask else PromptSource(self.task, config.prompt_pool, config.seed))
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.flops = FlopsCounter()
         self.step_done, self.wall_s, self.samples_seen, self.tokens_seen = 0, 0.0, 0, 0
         self.phase_s = dict.fromkeys(PHASES, 0.0)
-        self.sft_dataset = (self._teacher_dataset() if config.method == "sft" and config.sft_source == "teacher_dataset"
-                            else None)
+        self.sft_dataset = (teacher_dataset(
+            run_dir / SFT_DATASET_FILE, self.teachers, self.prompts.pool, config.task, self.tokenizer,
+            self.max_new_tokens, config.temperature, config.seed, self.device, self.flops)
+            if config.method == "sft" and config.sft_source == "teacher_dataset" else None)
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         """AdamW over the trainable parameters: the fused one (one kernel over all of them)
@@ -173,31 +170,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.learning_rate * scale
 
-    def _teacher_dataset(self) -> dict[str, str]:
-        """One teacher sample per prompt of the pool, made once: the seed's off-policy distillation data.
-
-        The teacher samples at the run's temperature with its own seeded generator, so
-        the dataset is the same for every run with the same seed and pool. It is kept in
-        the run folder (`SFT_DATASET_FILE`) and reused on resume. Its sampling FLOPs are
-        charged once, here; a resumed run's counter, restored from its checkpoint,
-        already holds them.
-        """
-        path = self.run_dir / SFT_DATASET_FILE
-        rows = read_jsonl(path)
-        if not rows:
-            generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
-            prompts = sorted({p.prompt for p in self.prompts.pool})
-            for start in tqdm(range(0, len(prompts), 64), desc="teacher dataset", leave=False):
-                rollouts = generate(self.teacher, self.tokenizer, prompts[start : start + 64], self.max_new_tokens,
-                                    temperature=self.config.temperature, generator=generator)
-                tokens = rollouts.attention_mask_BS.sum(dim=1).tolist()
-                rows += [{"prompt": p, "completion": c, "tokens": int(n)}
-                         for p, c, n in zip(rollouts.prompts, rollouts.completions, tokens)]
-            write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
-        self.flops.add_sampling(self.teacher_params, sum(row["tokens"] for row in rows))
-        return {row["prompt"]: row["completion"] for row in rows}
-
-    def _row_seeds(self, rows: range, stream: str) -> list[int] | None:
+    def _row_seeds(self, rows: range | list[int], stream: str) -> list[int] | None:
         """Per-row sampling seeds in a launched run (`distributed.row_seeds`); None (the
         run's one generator) otherwise."""
         if not self.world.launched:
@@ -212,12 +185,23 @@ class Trainer:
         if self.config.method == "sft" and self.config.sft_source == "reference":
             return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems],
                                        [p.reference or p.answer for p in problems], device=self.device)
-        with self._timed("sampling"):
-            rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
-                                temperature=self.config.temperature, generator=self.generator,
-                                row_seeds=self._row_seeds(rows, "teacher"))
-        self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
-        return rollouts
+        tasks = self._tasks_of(problems)
+        completions = [""] * len(problems)
+        for teacher, group in self.teachers.groups(tasks):  # one group unless the tasks have several teachers
+            with self._timed("sampling"):
+                rollouts = generate(teacher.model, self.tokenizer, [problems[i].prompt for i in group],
+                                    self.max_new_tokens, temperature=self.config.temperature, generator=self.generator,
+                                    row_seeds=self._row_seeds([rows.start + i for i in group], "teacher"))
+            self.teachers.charge(self.flops, [tasks[i] for i in group], rollouts.attention_mask_BS, scoring=False)
+            for i, row in enumerate(group):
+                completions[row] = rollouts.completions[i]
+            if len(group) == len(problems):
+                return rollouts
+        return rollouts_from_texts(self.tokenizer, [p.prompt for p in problems], completions, device=self.device)
+
+    def _tasks_of(self, problems: list[Problem]) -> list[str]:
+        """The run task of each problem (its teacher and verifier)."""
+        return [p.task or self.config.task for p in problems]
 
     def _sample_student(self, prompts: list[str], rows: range) -> Rollouts:
         """The student's rollouts, sampled by the whole student (a sharded one is gathered
@@ -249,7 +233,8 @@ class Trainer:
             rollouts = self._sample_student([p.prompt for p in repeated], range(first_row, first_row + len(repeated)))
         tokens = int(rollouts.attention_mask_BS.sum())
         self.flops.add_sampling(self.student_params, tokens)
-        verdicts = [self.task.verify(p, c) for p, c in zip(repeated, rollouts.completions)]
+        tasks = self._tasks_of(repeated)
+        verdicts = [self.tasks[t].verify(p, c) for t, p, c in zip(tasks, repeated, rollouts.completions)]
         rewards = torch.tensor([v.reward for v in verdicts], device=self.device)
         mask = rollouts.completion_mask_BL
         sampling_logps = rollouts.completion_sampling_logprobs_BL
@@ -258,11 +243,11 @@ class Trainer:
         scores = None
         if config.method == "opd" or teacher_view:
             with self._timed("teacher"):
-                scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(
+                scores = self.teachers.score(rollouts, tasks, top_k=self._server_top_k(
                     teacher_view or (config.method == "opd" and config.estimator == "full")))
         teacher_logits = scores.logits_BLV if scores else None
         if config.method == "opd":
-            self.flops.add_teacher(self.teacher_params, tokens)
+            self.teachers.charge(self.flops, tasks, rollouts.attention_mask_BS, scoring=True)
         signal_metrics = {}  # metrics only one method has
         with self._timed("student"):
             with self._student_precision():
@@ -293,11 +278,10 @@ class Trainer:
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
                     reward_coef=config.reward_coef)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
-                reverse_kl = (None if teacher_logits is None else float(losses.masked_mean(
-                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, config.temperature), mask)))
-                if scores is not None and teacher_logits is None and scores.top_ids_BLK is not None:
-                    signal_metrics["reverse_kl_topk"] = self._topk_kl(
-                        losses.tempered_log_softmax(student_logits.detach(), config.temperature), scores, mask)
+                kl_name, kl_BL = token_kl(student_logits, scores, rollouts.temperature)
+                reverse_kl = float(losses.masked_mean(kl_BL, mask)) if kl_name == "reverse_kl" else None
+                if kl_name == "reverse_kl_topk":
+                    signal_metrics["reverse_kl_topk"] = float(losses.masked_mean(kl_BL, mask))
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
@@ -308,19 +292,24 @@ class Trainer:
         }
         metrics.update({f"train/{k}": v for k, v in extra.items() if k not in ("loss", "reverse_kl", "logprob_diff")})
         metrics.update({f"train/{k}": v for k, v in signal_metrics.items()})
-        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, scores, verdicts)
+        return self._part(loss, metrics, rollouts, student_logits, scores, verdicts, tasks)
+
+    def _part(self, loss, metrics: dict, rollouts: Rollouts, student_logits_BLV: torch.Tensor,
+              scores: TeacherScores | None, verdicts: list[Verdict], tasks: list[str]) -> BatchPart:
+        """The `BatchPart`; in a multi-task run its metrics gain each task's accuracy, reward
+        and KL (`train/accuracy/TASK`, ...: `task_mix.per_task_means`)."""
+        mask, weights = rollouts.completion_mask_BL, {}
+        if self.multitask:
+            task_metrics, weights = per_task_metrics(tasks, verdicts, mask, *token_kl(student_logits_BLV, scores,
+                                                                                       rollouts.temperature))
+            metrics.update(task_metrics)
+        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits_BLV, scores, verdicts, tasks, weights)
 
     def _server_top_k(self, wanted: bool) -> int:
-        """The top-k to ask the teacher for: a teacher server's `teacher_top_k` when `wanted`
-        (the top-k + tail KL, the token view's alternatives); 0 in process, whose scores
-        hold the whole distribution anyway."""
-        return self.config.teacher_top_k if wanted and self.teacher is None else 0
-
-    @staticmethod
-    def _topk_kl(student_logps_BLV: torch.Tensor, scores: TeacherScores, mask_BL: torch.Tensor) -> float:
-        """`train/reverse_kl_topk`: the top-k + tail lower bound of the reverse KL, for a teacher server."""
-        return float(losses.masked_mean(losses.topk_tail_reverse_kl(
-            student_logps_BLV.detach(), scores.top_ids_BLK, scores.top_logprobs_BLK), mask_BL))
+        """The top-k to ask the teachers for: `teacher_top_k` when `wanted` (the top-k + tail
+        KL, the token view's alternatives) and a teacher is a server; 0 when all run in
+        process, whose scores hold the whole distribution anyway."""
+        return self.config.teacher_top_k if wanted and self.teachers.any_server else 0
 
     def _off_policy_part(self, problems: list[Problem], teacher_view: bool, first_prompt: int = 0) -> BatchPart:
         """Cross-entropy on teacher-written completions; the teacher scores them only when
@@ -335,18 +324,14 @@ class Trainer:
             loss, _ = losses.cross_entropy_loss(
                 losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
-        scores = None
+        scores, tasks = None, self._tasks_of(problems)
         if teacher_view:
             with self._timed("teacher"):
-                scores = self.teacher_scorer.score(rollouts, top_k=self._server_top_k(True))
-                if scores.logits_BLV is not None:
-                    metrics["train/reverse_kl"] = float(losses.masked_mean(losses.chunked_reverse_kl(
-                        student_logits.detach(), scores.logits_BLV, rollouts.temperature), mask))
-                else:
-                    metrics["train/reverse_kl_topk"] = self._topk_kl(
-                        losses.tempered_log_softmax(student_logits.detach(), rollouts.temperature), scores, mask)
-        verdicts = [self.task.verify(p, c) for p, c in zip(problems, rollouts.completions)]
-        return BatchPart(loss, mask.sum(), metrics, rollouts, student_logits, scores, verdicts)
+                scores = self.teachers.score(rollouts, tasks, top_k=self._server_top_k(True))
+                kl_name, kl_BL = token_kl(student_logits, scores, rollouts.temperature)
+                metrics[f"train/{kl_name}"] = float(losses.masked_mean(kl_BL, mask))
+        verdicts = [self.tasks[t].verify(p, c) for t, p, c in zip(tasks, problems, rollouts.completions)]
+        return self._part(loss, metrics, rollouts, student_logits, scores, verdicts, tasks)
 
     def step(self) -> StepResult:
         """One optimizer update; returns its loss, its metrics row and any logged samples.
@@ -375,7 +360,7 @@ class Trainer:
         problems = self.prompts.next_batch(config.batch_size)
         on_count = on_policy_count(config, len(problems))
         logging = step % config.sample_every == 0 or step == config.steps
-        flops_before = self.flops.as_metrics()
+        flops_before, teacher_flops_before = self.flops.as_metrics(), dict(self.teachers.flops_by_task)
         # This process's contiguous share of each part (all of it in a one-process run).
         on_rows, off_rows = self.world.shard(on_count), self.world.shard(len(problems) - on_count)
         parts: list[BatchPart] = []
@@ -423,11 +408,15 @@ class Trainer:
         flop_keys = ("perf/flops_sampling", "perf/flops_teacher", "perf/flops_training")
         counts = self.world.sum(torch.tensor(
             [float(sum(len(part.rollouts.prompts) for part in parts)), float(token_counts.sum())]
-            + [flops_after[key] - flops_before[key] for key in flop_keys], dtype=torch.float64))
+            + [flops_after[key] - flops_before[key] for key in flop_keys]
+            + [self.teachers.flops_by_task[task] - teacher_flops_before[task] for task in self.tasks],
+            dtype=torch.float64))
         samples, completion_tokens = int(counts[0]), int(counts[1])
         if self.world.size > 1:
             self.flops = FlopsCounter.from_metrics(
-                {key: flops_before[key] + delta for key, delta in zip(flop_keys, counts[2:].tolist())})
+                {key: flops_before[key] + delta for key, delta in zip(flop_keys, counts[2:5].tolist())})
+            self.teachers.flops_by_task = {task: teacher_flops_before[task] + delta
+                                           for task, delta in zip(self.tasks, counts[5:].tolist())}
         elapsed = time.perf_counter() - started
         self.wall_s += elapsed
         self.samples_seen += samples
@@ -440,7 +429,7 @@ class Trainer:
             for key, value in part.metrics.items():
                 if key not in part_metrics:
                     part_metrics[key] = value
-                    part_weights[key] = rows if key in ROW_MEAN_METRICS else tokens
+                    part_weights[key] = part.weights.get(key, rows if key in ROW_MEAN_METRICS else tokens)
         metrics = {"step": step, "train/loss": loss_value.item(), "train/grad_norm": float(grad_norm),
                    "train/learning_rate": self.optimizer.param_groups[0]["lr"],
                    **self.world.mean_metrics(part_metrics, part_weights)}
@@ -448,6 +437,9 @@ class Trainer:
                         "perf/wall_s": self.wall_s, "perf/tokens_per_s": completion_tokens / max(elapsed, 1e-9),
                         **{f"perf/time_{phase}": seconds for phase, seconds in self.phase_s.items()},
                         **self.flops.as_metrics()})
+        if self.multitask:
+            metrics.update({task_metric("perf/flops_teacher", task): flops
+                            for task, flops in self.teachers.flops_by_task.items()})
         logged = self._log_samples(step, parts[0]) if logging and parts and self.world.is_main else []
         return StepResult(loss_value, metrics, logged)
 
@@ -459,7 +451,8 @@ class Trainer:
                                 scores.logits_BLV if scores else None, rows=rows,
                                 teacher_top=scores if scores and scores.logits_BLV is None else None)
         return [{"step": step, "index": row, "prompt": rollouts.prompts[row], "completion": rollouts.completions[row],
-                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "tokens": records[row],
+                 "reward": verdicts[row].reward, "correct": verdicts[row].correct, "task": part.tasks[row],
+                 "teacher": self.teachers.spec_of(part.tasks[row]), "tokens": records[row],
                  "written_by": written_by(self.config.method, self.config.sft_source)}
                 for row in rows]
 
@@ -467,18 +460,21 @@ class Trainer:
         """Held-out metrics (`eval/*`), measured by rank 0; the others return {} (they take
         part only to gather a sharded student). Every process calls it."""
         with sharding.gathered(self.student):
-            result = (evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count)
-                      if self.world.is_main else None)
+            results = ({name: evaluate(self.student, self.tokenizer, task, count=self.config.eval_count)
+                        for name, task in self.tasks.items()} if self.world.is_main else {})
         self.student.train()
-        return result.as_metrics() if result is not None else {}
+        if not self.multitask:
+            return next(iter(results.values())).as_metrics() if results else {}
+        return combine_task_metrics({name: result.as_metrics() for name, result in results.items()},
+                                    self.config.task_weight_map())
 
     # --- state --------------------------------------------------------------------
 
     def state(self) -> dict:
         """The trainer state a checkpoint keeps (a collective for a sharded student: every
         process calls it; its optimizer state is whole on rank 0 only)."""
-        return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen,
-                "tokens": self.tokens_seen, "flops": self.flops.as_metrics(),
+        return {"step": self.step_done, "wall_s": self.wall_s, "samples": self.samples_seen, "tokens": self.tokens_seen,
+                "flops": self.flops.as_metrics(), "teacher_flops": dict(self.teachers.flops_by_task),
                 "optimizer": sharding.full_optimizer_state(self.student, self.optimizer), "prompt_rng": self.prompts.state(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
@@ -486,6 +482,7 @@ class Trainer:
         self.step_done, self.wall_s = state["step"], state["wall_s"]
         self.samples_seen, self.tokens_seen = state["samples"], state["tokens"]
         self.flops = FlopsCounter.from_metrics(state["flops"])
+        self.teachers.flops_by_task.update(state.get("teacher_flops", {}))
         sharding.load_optimizer_state(self.student, self.optimizer, state["optimizer"])
         self.prompts.load_state(state["prompt_rng"])
         self.generator.set_state(state["generator"])

@@ -67,8 +67,8 @@ def test_form_has_every_config_field_but_the_locked_ones():
     from opd_lab.config import RunConfig
 
     names = [spec.name for spec in dataclasses.fields(RunConfig)]
-    assert FIELD_NAMES == [name for name in names
-                           if name not in ("trust_remote_code", "teacher_server", "report_dir", "fsdp")]
+    locked = ("trust_remote_code", "teacher_server", "teacher_servers", "report_dir", "fsdp")
+    assert FIELD_NAMES == [name for name in names if name not in locked]
     # A browser cannot point the app at a teacher server: the form has no such field.
     assert config_from_form(_form()).teacher_server == ""
     # Nor choose where the server writes tracker files (report_to writes under the data dir).

@@ -294,3 +294,38 @@ def test_the_runs_table_shows_state_step_and_accuracy_on_a_phone(page, screensho
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
     expect(row.locator("[data-col='7']")).to_be_hidden()  # the message is in the run's summary instead
     page.screenshot(path=str(screenshots / "10-runs-phone.png"), full_page=True)
+
+
+def test_the_launch_form_starts_a_two_teacher_run_and_inspect_names_each_teacher(page, screenshots, lab_home,
+                                                                                 tmp_path, monkeypatch):
+    """Several teachers from the browser: a task mix and a teacher per task, typed into the
+    Launch form; the Runs summary names each task's teacher and Inspect the sample's. (In a
+    data dir of its own, with both tiny labs: the session's has no sorting lab.)"""
+    from playwright.sync_api import expect
+
+    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
+
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path / "home"))
+    for task in ("addition", "sorting"):
+        build_lab(LabRecipe(task=task, **TINY_RECIPE), progress_print=lambda *_: None)
+    page.locator("#field-name input").fill("browser-experts")
+    page.locator("#field-task_weights input").fill("addition=0.5,sorting=0.5")
+    page.locator("#field-teachers input").fill("addition=lab:addition,sorting=lab:sorting")
+    for field, value in (("steps", 2), ("batch_size", 4), ("eval_every", 2), ("sample_every", 1),
+                         ("checkpoint_every", 2), ("eval_count", 8)):
+        _set_number(page, field, value)
+    expect(page.locator("#form-check")).to_contain_text("Ready", timeout=60_000)
+    expect(page.locator("#launch-command")).to_contain_text(
+        "--teachers addition=lab:addition,sorting=lab:sorting --task-weights addition=0.5,sorting=0.5")
+    page.screenshot(path=str(screenshots / "experts-1-launch.png"), full_page=True)
+    page.click("#launch-button")
+    expect(page.locator("#launched-run input, #launched-run textarea")).to_have_value(re.compile(r"^browser-experts-"))
+    run_id = page.locator("#launched-run input, #launched-run textarea").input_value()
+    summary = page.locator("#run-summary")
+    expect(summary).to_contain_text("finished", timeout=120_000)
+    expect(summary).to_contain_text("addition (teacher lab:addition) + sorting (teacher lab:sorting)")
+    page.screenshot(path=str(screenshots / "experts-2-runs.png"), full_page=True)
+    _open_tab(page, "Inspect")
+    _pick(page, "inspect-run", run_id)
+    expect(page.locator("#token-view")).to_contain_text(re.compile(r"judged by teacher lab:(addition|sorting)"))
+    page.screenshot(path=str(screenshots / "experts-3-inspect.png"), full_page=True)

@@ -31,6 +31,7 @@ class Problem:
     answer: str
     reference: str | None = None
     checks: tuple[dict, ...] = ()
+    task: str = ""  # in a multi-task run, the run task it was drawn for (its teacher and verifier)
 
 
 @dataclass(frozen=True)
