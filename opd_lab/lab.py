@@ -69,6 +69,18 @@ class LabRecipe:
     student_task: str = ""
     # The lab's name and folder: the scenario (see SCENARIOS), or the task when empty.
     name: str = ""
+    # Gates: each model trains its recipe's steps, then, while its accuracy on a validation
+    # set (held-out problems drawn with another seed than the reported evaluation) is below
+    # its gate, `gate_round_steps` more steps at a lower peak rate, up to its step cap. So a
+    # build whose float round-off (the torch thread count) made a slower start still ends
+    # at its gate instead of wherever the fixed step count left it.
+    teacher_gate: float = 0.98
+    teacher_max_steps: int = 4000
+    student_gate: float = 0.35  # the base student must have the foundation...
+    student_gate_max: float = 0.80  # ...and a gap left to close (checked and printed, not trained for)
+    student_max_steps: int = 1400
+    gate_round_steps: int = 400
+    gate_eval_count: int = 300
 
     def __post_init__(self):
         get_task(self.task)  # raises for an unknown task
@@ -79,6 +91,10 @@ class LabRecipe:
                 raise ValueError(f"LabRecipe.{name} must be at least 1")
         if self.student_steps < 0:  # 0: the base student is the untrained initialization
             raise ValueError("LabRecipe.student_steps must not be negative")
+        if self.teacher_max_steps < self.teacher_steps or self.student_max_steps < self.student_steps:
+            raise ValueError("LabRecipe: a step cap must be at least the recipe's steps")
+        if self.gate_round_steps < 1 or self.gate_eval_count < 1:
+            raise ValueError("LabRecipe.gate_round_steps and gate_eval_count must be at least 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,14 +115,17 @@ class LabRecipe:
 # (measured: sorting's teacher gets 79.0% after 1200 steps, 94.2% after 2400 and
 # 99.4% after 4000, with the base student at 64.0%; 170 s in all on 2 cores).
 TASK_RECIPES: dict[str, dict] = {
-    "sorting": {"teacher_steps": 4000},
+    "sorting": {"teacher_steps": 4000, "teacher_max_steps": 6000},
 }
 
 
-# A recipe small enough for unit tests (seconds): the models learn little.
+# A recipe small enough for unit tests (seconds): the models learn little, so its gates are
+# off (0 and 1) and its caps equal its steps: it trains exactly its steps, as before gates.
 TINY_RECIPE = dict(
     teacher_size=LabModelSize(32, 1, 2, 64), teacher_steps=30, student_size=LabModelSize(32, 1, 2, 64),
     student_examples=64, student_steps=5, eval_count=32,
+    teacher_gate=0.0, teacher_max_steps=30, student_gate=0.0, student_gate_max=1.0, student_max_steps=5,
+    gate_eval_count=16,
 )
 
 
@@ -195,7 +214,7 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            summary = _build(recipe, staging)
+            summary = _build(recipe, staging, progress_print)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(staging, folder)
@@ -204,16 +223,76 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
         return summary
 
 
-def _build(recipe: LabRecipe, folder) -> dict:
+# An extra round after a failed gate restarts the cosine schedule at this share of the recipe's peak rate.
+GATE_ROUND_RATE = 0.3
+
+
+def validation_accuracy(model, tokenizer, task, problems: list[Problem]) -> float:
+    """Greedy accuracy on `problems` (a gate's validation set)."""
+    records = answer(model, tokenizer, task, problems, greedy=True)
+    return sum(r["correct"] for r in records) / max(len(records), 1)
+
+
+def extend_to_gate(model, tokenizer, task, gate: float, steps_done: int, max_steps: int, round_steps: int,
+                   more_examples, validation: list[Problem], batch_size: int, learning_rate: float, seed: int,
+                   description: str, progress_print=print) -> dict:
+    """Train `model` (already trained `steps_done` steps) in rounds until it passes `gate`.
+
+    After each check whose validation accuracy is below `gate`, one more round of
+    `round_steps` steps (capped at `max_steps` in all) on `more_examples(round)`, with a
+    fresh cosine schedule peaking at `GATE_ROUND_RATE * learning_rate`. A gate of 0 or
+    less is off: no check, no extra step.
+
+    Returns:
+        `{"gate", "passed", "steps", "validation_accuracy", "checks"}`, `checks` being
+        `[steps so far, validation accuracy]` pairs, one per check.
+
+    Example:
+        >>> extend_to_gate(model, tok, task, 0.98, 1200, 2000, 400, more, problems, 32, 3e-3, 0, "teacher")
+        ... # doctest: +SKIP
+        {'gate': 0.98, 'passed': True, 'steps': 1600, 'validation_accuracy': 0.99, 'checks': [[1200, 0.84], [1600, 0.99]]}
+    """
+    if gate <= 0:
+        return {"gate": gate, "passed": True, "steps": steps_done, "validation_accuracy": None, "checks": []}
+    checks, round_index = [], 0
+    while True:
+        accuracy = validation_accuracy(model, tokenizer, task, validation)
+        checks.append([steps_done, accuracy])
+        progress_print(f"{description}: {accuracy:.1%} on {len(validation)} validation problems after "
+                       f"{steps_done} steps (gate {gate:.0%})")
+        if accuracy >= gate or steps_done >= max_steps:
+            break
+        steps = min(round_steps, max_steps - steps_done)
+        round_index += 1
+        sft_train(model, tokenizer, more_examples(round_index), steps, batch_size, GATE_ROUND_RATE * learning_rate,
+                  seed + round_index, f"{description} (gate round {round_index})")
+        steps_done += steps
+    return {"gate": gate, "passed": accuracy >= gate, "steps": steps_done, "validation_accuracy": accuracy,
+            "checks": checks}
+
+
+def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
     task = get_task(recipe.task)
     tokenizer = build_char_tokenizer()
     train_rng = random.Random(recipe.seed)
     started = time.perf_counter()
+    # The gates' validation set: held-out problems drawn with another seed than the reported evaluation's.
+    validation = task.eval_problems(recipe.gate_eval_count, seed=1)
 
     teacher = build_lab_model(recipe.teacher_size, tokenizer, seed=recipe.seed)
     teacher_examples = _reference_examples(task.train_problems(recipe.teacher_steps * recipe.teacher_batch_size, train_rng))
     sft_train(teacher, tokenizer, teacher_examples, recipe.teacher_steps, recipe.teacher_batch_size,
               recipe.teacher_learning_rate, recipe.seed, "teacher")
+
+    def more_teacher_examples(round_index: int) -> list[tuple[str, str]]:  # fresh problems, apart from train_rng
+        rng = random.Random(recipe.seed * 1000 + 100 + round_index)
+        return _reference_examples(task.train_problems(recipe.gate_round_steps * recipe.teacher_batch_size, rng))
+
+    teacher_gate = extend_to_gate(teacher, tokenizer, task, recipe.teacher_gate, recipe.teacher_steps,
+                                  recipe.teacher_max_steps, recipe.gate_round_steps, more_teacher_examples, validation,
+                                  recipe.teacher_batch_size, recipe.teacher_learning_rate, recipe.seed, "teacher",
+                                  progress_print)
+    teacher.eval()
     teacher_seconds = time.perf_counter() - started
     teacher_eval = evaluate(teacher, tokenizer, task, count=recipe.eval_count)
 
@@ -221,16 +300,34 @@ def _build(recipe: LabRecipe, folder) -> dict:
     student_problems = task.train_problems(recipe.student_examples, train_rng)
     if recipe.student_task:
         foundation = get_task(recipe.student_task)
+        student_examples = _reference_examples(foundation.train_problems(recipe.student_examples, train_rng))
         student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
-        sft_train(student, tokenizer, _reference_examples(foundation.train_problems(recipe.student_examples, train_rng)),
-                  recipe.student_steps, recipe.student_batch_size, recipe.student_learning_rate, recipe.seed + 1,
-                  "student")
+        sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
+                  recipe.student_learning_rate, recipe.seed + 1, "student")
         student.eval()
     else:
         student = make_student(teacher, tokenizer, task, student_problems, recipe.student_size, recipe.student_steps,
                                recipe.student_batch_size, recipe.student_learning_rate, seed=recipe.seed + 1)
+        student_examples = None
+    def more_student_examples(_round: int) -> list[tuple[str, str]]:
+        """Extra rounds reuse the student's examples (it sees `student_examples` solutions in all)."""
+        nonlocal student_examples
+        if student_examples is None:
+            student_examples = [(r["prompt"], r["completion"])
+                                for r in answer(teacher, tokenizer, task, student_problems, greedy=True)]
+        return student_examples
+
+    # An untrained student (student_steps 0) is the recipe's intent: no gate.
+    student_gate = extend_to_gate(student, tokenizer, task, recipe.student_gate if recipe.student_steps else 0.0,
+                                  recipe.student_steps, recipe.student_max_steps, recipe.gate_round_steps,
+                                  more_student_examples, validation, recipe.student_batch_size,
+                                  recipe.student_learning_rate, recipe.seed + 1, "student", progress_print)
+    student.eval()
     student_seconds = time.perf_counter() - student_started
     student_eval = evaluate(student, tokenizer, task, count=recipe.eval_count)
+    if student_gate["validation_accuracy"] is not None:
+        student_gate["below_max"] = student_gate["validation_accuracy"] <= recipe.student_gate_max
+        student_gate["passed"] = student_gate["passed"] and student_gate["below_max"]
 
     for role, model in (("teacher", teacher), ("student", student)):
         model.save_pretrained(folder / role)
@@ -241,11 +338,11 @@ def _build(recipe: LabRecipe, folder) -> dict:
         "lab": recipe.lab_name,
         "recipe": json.loads(json.dumps(recipe.to_dict())),
         "torch_threads": torch.get_num_threads(),
-        "teacher": {"parameters": count_parameters(teacher), "steps": recipe.teacher_steps,
-                    "accuracy": teacher_eval.accuracy, "seconds": round(teacher_seconds, 1)},
-        "student": {"parameters": count_parameters(student), "steps": recipe.student_steps,
+        "teacher": {"parameters": count_parameters(teacher), "steps": teacher_gate["steps"],
+                    "accuracy": teacher_eval.accuracy, "seconds": round(teacher_seconds, 1), "gate": teacher_gate},
+        "student": {"parameters": count_parameters(student), "steps": student_gate["steps"],
                     "examples": recipe.student_examples, "accuracy": student_eval.accuracy,
-                    "seconds": round(student_seconds, 1)},
+                    "seconds": round(student_seconds, 1), "gate": student_gate},
         "eval_count": recipe.eval_count,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
@@ -253,14 +350,31 @@ def _build(recipe: LabRecipe, folder) -> dict:
     return summary
 
 
+def gate_lines(summary: dict) -> list[str]:
+    """One line per model saying whether it passed its gate (labs built before gates have none)."""
+    lines = []
+    for role, label in (("teacher", "teacher"), ("student", "base student")):
+        gate = summary[role].get("gate")
+        if not gate or gate["validation_accuracy"] is None:
+            continue
+        bound = f">= {gate['gate']:.0%}"
+        if "below_max" in gate:
+            bound += f" and <= {summary['recipe']['student_gate_max']:.0%}"
+        lines.append(f"{label} gate ({bound} on {summary['recipe']['gate_eval_count']} validation problems): "
+                     f"{'passed' if gate['passed'] else 'FAILED'} at {gate['validation_accuracy']:.1%} after "
+                     f"{gate['steps']} steps")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
-    """A small text table of a lab summary."""
+    """A small text table of a lab summary, its gates and the torch threads it was built with."""
     lines = [f"Built-in lab: task {summary['task']} (held-out greedy accuracy on {summary['eval_count']} problems)",
              f"{'model':<14}{'parameters':>12}{'steps':>8}{'accuracy':>10}{'seconds':>9}"]
     for role, label in (("teacher", "teacher"), ("student", "base student")):
         row = summary[role]
         lines.append(f"{label:<14}{row['parameters']:>12,}{row['steps']:>8}{row['accuracy']:>10.1%}{row['seconds']:>9.1f}")
-    lines.append(f"total {summary['total_seconds']:.1f} s")
+    lines += gate_lines(summary)
+    lines.append(f"total {summary['total_seconds']:.1f} s on {summary.get('torch_threads', '?')} torch threads")
     return "\n".join(lines)
 
 
