@@ -187,6 +187,7 @@ def load_results(folder: Path = RESULTS) -> dict[str, dict]:
 
 
 def claims_table(rows: list[dict]) -> str:
+    """The table; its rows judge greedy accuracy unless their text names sampled accuracy."""
     lines = ["| claim | scenario | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {CLAIMS[r['claim']]} | `{r['scenario']}` | {r['measured']} | **{r['verdict']}** |" for r in rows]
     return "\n".join(lines)
@@ -202,8 +203,15 @@ def tally(rows: list[dict]) -> str:
 
 
 def verdict_lines(results: dict[str, dict]) -> list[str]:
-    return [f"- `{name}`: {data['verdict']['sentence']}" for name, data in results.items()
-            if "verdict" in data and not name.startswith("recipes/")]
+    """Each compare report's verdicts: on greedy accuracy, and on sampled accuracy where it has one."""
+    lines = []
+    for name, data in results.items():
+        if "verdict" not in data or name.startswith("recipes/"):
+            continue
+        lines.append(f"- `{name}` (greedy accuracy): {data['verdict']['sentence']}")
+        if data.get("sampled"):
+            lines.append(f"- `{name}` (sampled accuracy, temperature 1): {data['sampled']['verdict']['sentence']}")
+    return lines
 
 
 def main() -> None:

@@ -101,6 +101,9 @@ class RunConfig:
     lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
     eval_every: int = _field(25, "Evaluate held-out accuracy every N steps (and at the start and end).")
     eval_count: int = _field(200, "Held-out problems per evaluation.")
+    eval_samples: int = _field(4, "Each evaluation also samples this many completions per problem at temperature 1 "
+                               "and logs their mean accuracy as eval/sampled_accuracy, beside the greedy "
+                               "eval/accuracy (0: greedy only).")
     stop_at_accuracy: float = _field(0.0, "Finish early once held-out accuracy reaches this value (0: run all steps).")
     sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps. RL and SFT run the "
                                "teacher's forward only on these steps, for train/reverse_kl and the records "
@@ -136,7 +139,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool"):
+        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative (got {getattr(self, name)})")
         if not 0 < self.learning_rate < 1:

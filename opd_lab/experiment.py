@@ -45,6 +45,8 @@ SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
 BASE_ARMS = ("rl", "sft", "opd")
 # --quick: tiny models (the scenario's recipe with TINY_RECIPE) and budgets, for CI and notebooks.
 QUICK = dict(steps=4, batch_size=8, sweep_steps=2, eval_every=2, eval_count=16, learning_rates=(1e-3, 3e-3))
+# Samples per held-out problem behind sampled accuracy (temperature 1): the runs' RunConfig.eval_samples.
+EVAL_SAMPLES = RunConfig.__dataclass_fields__["eval_samples"].default
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,10 @@ def pick_learning_rates(sweep: list[dict]) -> dict[str, float]:
             for arm in arms}
 
 
-def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
-    """The teacher's and the base student's greedy accuracy on the runs' evaluation set."""
+def reference_accuracies(lab: str, task: str, eval_count: int, samples: int = 0) -> dict:
+    """The teacher's and the base student's greedy accuracy on the runs' evaluation set,
+    and with `samples` > 0 their sampled accuracy (`<role>_sampled`: the mean over that
+    many samples per problem at temperature 1, seed 0, as the runs' evaluations)."""
     from opd_lab.eval import evaluate
     from opd_lab.models import load_model
     from opd_lab.tasks import get_task
@@ -162,7 +166,10 @@ def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
     found = {}
     for role in ("teacher", "student"):
         model, tokenizer = load_model(f"lab:{lab}", role, task)
-        found[role] = evaluate(model.eval(), tokenizer, get_task(task), count=eval_count).accuracy
+        result = evaluate(model.eval(), tokenizer, get_task(task), count=eval_count, samples_per_problem=samples)
+        found[role] = result.accuracy
+        if samples:
+            found[f"{role}_sampled"] = result.sampled_accuracy
     return found
 
 
@@ -174,9 +181,12 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     scenario = settings.budget()
     recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
     lab_summary = build_lab(recipe, progress_print=progress_print)
-    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
+    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES)
     teacher, base = reference["teacher"], reference["student"]
-    progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems")
+    sampled_reference = {"teacher": reference["teacher_sampled"], "base": reference["student_sampled"]}
+    progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems "
+                   f"(greedy); sampled at temperature 1: teacher {sampled_reference['teacher']:.1%}, "
+                   f"base student {sampled_reference['base']:.1%}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(out) if out else reports_dir() / f"{settings.label}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -213,9 +223,10 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     # What was run is saved first, so that a failure while reporting loses nothing (see `refresh_report`).
     write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab_summary,
                                           "teacher_accuracy": teacher, "base_accuracy": base, "sweep": sweep,
-                                          "learning_rates": chosen, "runs": runs_by_arm})
+                                          "learning_rates": chosen, "runs": runs_by_arm,
+                                          "sampled_reference": sampled_reference})
     data = build_report(settings, scenario, lab_summary, teacher, base, sweep, chosen, runs_by_arm, out,
-                        seconds=time.time() - started)
+                        seconds=time.time() - started, sampled_reference=sampled_reference)
     write_report(out, data)
     progress_print(data["verdict"]["sentence"])
     return out
@@ -228,9 +239,17 @@ def _arm_of(config: RunConfig) -> str:
 
 
 def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
-                 sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float) -> dict:
-    """The report's data, every number computed from the runs' metrics in `out/runs`."""
+                 sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float,
+                 sampled_reference: dict | None = None) -> dict:
+    """The report's data, every number computed from the runs' metrics in `out/runs`.
+
+    `verdict` judges greedy accuracy; with `sampled_reference` (the teacher's and base
+    student's sampled accuracy) and runs that logged it, `sampled` holds the same
+    summaries and verdict judged on sampled accuracy at temperature 1.
+    """
     summaries, verdict = _judge(out, runs_by_arm, base, teacher, scenario.steps)
+    verdict["accuracy"] = report.ACCURACY_WORDS[report.ACCURACY]
+    sampled = _judge_sampled(out, runs_by_arm, sampled_reference, scenario.steps)
     return {
         "scenario": settings.scenario, "label": settings.label, "quick": settings.quick, "seeds": settings.seeds,
         "condition": scenario.condition, "claims": list(scenario.claims),
@@ -239,7 +258,7 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
                      "eval_every": scenario.eval_every, "eval_count": scenario.eval_count, "workers": settings.workers},
         "lab": lab_summary, "teacher_accuracy": teacher, "base_accuracy": base,
         "sweep": sweep, "learning_rates": chosen, "runs": runs_by_arm, "summaries": summaries,
-        "verdict": verdict,
+        "verdict": verdict, **({"sampled": sampled} if sampled else {}),
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -249,6 +268,22 @@ def _judge(folder: Path, runs_by_arm: dict, base: float, teacher: float, budget_
     summaries = {arm: report.summarize_arm([load_metrics(folder / "runs" / run["run"]) for run in runs], base, teacher)
                  for arm, runs in runs_by_arm.items()}
     return summaries, report.verdict(summaries, base, teacher, budget_steps=budget_steps)
+
+
+def _judge_sampled(folder: Path, runs_by_arm: dict, reference: dict | None, budget_steps: int) -> dict | None:
+    """The summaries and verdict on sampled accuracy, or None when the runs or the reference lack it."""
+    if not reference:
+        return None
+    runs = {arm: [load_metrics(folder / "runs" / run["run"]) for run in arm_runs] for arm, arm_runs in runs_by_arm.items()}
+    if not all(report.has_metric(rows, report.SAMPLED_ACCURACY) for rows in runs.values()):
+        return None
+    base, teacher = reference["base"], reference["teacher"]
+    summaries = {arm: report.summarize_arm(rows, base, teacher, metric=report.SAMPLED_ACCURACY)
+                 for arm, rows in runs.items()}
+    verdict = report.verdict(summaries, base, teacher, budget_steps=budget_steps)
+    verdict["accuracy"] = report.ACCURACY_WORDS[report.SAMPLED_ACCURACY]
+    return {"teacher_accuracy": teacher, "base_accuracy": base, "samples_per_problem": EVAL_SAMPLES,
+            "summaries": summaries, "verdict": verdict}
 
 
 def refresh_report(folder: str | Path) -> dict:
@@ -263,10 +298,16 @@ def refresh_report(folder: str | Path) -> dict:
         settings = CompareSettings(**{**data["settings_used"], "variants": tuple(data["settings_used"]["variants"])})
         data = build_report(settings, settings.budget(), data["lab"], data["teacher_accuracy"], data["base_accuracy"],
                             data["sweep"], data["learning_rates"], data["runs"], folder,
-                            seconds=data.get("seconds", float("nan")))
+                            seconds=data.get("seconds", float("nan")), sampled_reference=data.get("sampled_reference"))
     else:
         data["summaries"], data["verdict"] = _judge(folder, data["runs"], data["base_accuracy"],
                                                     data["teacher_accuracy"], data["settings"]["steps"])
+        data["verdict"]["accuracy"] = report.ACCURACY_WORDS[report.ACCURACY]
+        reference = data.get("sampled") and {"teacher": data["sampled"]["teacher_accuracy"],
+                                             "base": data["sampled"]["base_accuracy"]}
+        sampled = _judge_sampled(folder, data["runs"], reference, data["settings"]["steps"])
+        if sampled:
+            data["sampled"] = sampled
     write_report(folder, data)
     return data
 
@@ -341,12 +382,27 @@ def grid_edges(data: dict) -> dict[str, str]:
     return edges
 
 
+def sampled_lines(data: dict) -> list[str]:
+    """The report's lines on sampled accuracy (temperature 1): its verdict and each arm's final value."""
+    sampled = data.get("sampled")
+    if not sampled:
+        return []
+    finals = "; ".join(f"{report.arm_label(arm)} {s['final_accuracy']['median']:.1%} "
+                       f"({s['final_accuracy']['min']:.1%}-{s['final_accuracy']['max']:.1%})"
+                       for arm, s in ((a, sampled["summaries"][a]) for a in report.ordered_arms(sampled["summaries"])))
+    return [f"**Verdict (sampled accuracy, temperature 1, mean of {sampled['samples_per_problem']} samples per "
+            f"problem).** {sampled['verdict']['sentence']}", "",
+            f"Sampled accuracy: teacher {sampled['teacher_accuracy']:.1%}, base student {sampled['base_accuracy']:.1%}; "
+            f"final, median (range) over seeds: {finals}.", ""]
+
+
 def report_markdown(data: dict) -> str:
     """The report as Markdown: the scenario, the sweep, the table and the verdict."""
     rows = target_rows(data)
     headers = list(rows[0]) if rows else []
     lines = [f"# opd-lab compare: scenario `{data['scenario']}`{' (quick)' if data['quick'] else ''}", "",
-             f"**Verdict.** {data['verdict']['sentence']}", "",
+             f"**Verdict (greedy accuracy).** {data['verdict']['sentence']}", "",
+             *sampled_lines(data),
              f"Condition: {data['condition']}", "",
              f"Teacher {data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%} "
              f"(greedy, {data['settings']['eval_count']} held-out problems). Budget {data['settings']['steps']} steps "

@@ -471,8 +471,9 @@ class Trainer:
         """Held-out metrics (`eval/*`), measured by rank 0; the others return {} (they take
         part only to gather a sharded student). Every process calls it."""
         with sharding.gathered(self.student):
-            result = (evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count)
-                      if self.world.is_main else None)
+            result = (evaluate(self.student, self.tokenizer, self.task, count=self.config.eval_count,
+                               samples_per_problem=self.config.eval_samples, temperature=1.0,
+                               seed=self.config.seed) if self.world.is_main else None)
         self.student.train()
         return result.as_metrics() if result is not None else {}
 

@@ -228,3 +228,38 @@ def test_the_foundation_claim_needs_sft_to_learn_where_opd_does_not():
                            {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("foundation",))
     row = next(r for r in claim_rows({"no-foundation": nothing}) if r["claim"] == "foundation")
     assert row["verdict"].startswith("not shown")
+
+
+def test_sampled_verdict_is_judged_on_sampled_accuracy_and_says_so(tmp_path):
+    """Greedy and sampled accuracy can disagree: each verdict names the accuracy it judged."""
+    runs = {}
+    # Greedy: SFT reaches the teacher by step 10, OPD by step 40. Sampled (teacher 0.7, base 0.3):
+    # OPD reaches it by step 10, SFT never gets past 0.4.
+    greedy = {"sft": _rising(10), "opd": _rising(40)}
+    sampled = {"sft": {s: min(0.4, 0.3 + 0.01 * s) for s in range(0, 41, 5)},
+               "opd": {s: min(0.7, 0.3 + 0.04 * s) for s in range(0, 41, 5)}}
+    for arm in ("sft", "opd"):
+        make_run(tmp_path / "runs", f"cmp-{arm}", method=arm, steps=40, eval_accuracy=greedy[arm],
+                 eval_metrics={report.SAMPLED_ACCURACY: sampled[arm]})
+        runs[arm] = [{"seed": 0, "run": f"cmp-{arm}", "learning_rate": 1e-3}]
+    data = build_report(CompareSettings(scenario="baseline", seeds=1), get_scenario("baseline"), {}, TEACHER, BASE,
+                        sweep=[], chosen={"sft": 1e-3, "opd": 1e-3}, runs_by_arm=runs, out=tmp_path, seconds=1.0,
+                        sampled_reference={"teacher": 0.7, "base": 0.3})
+    assert data["verdict"]["winner"] == "sft" and data["verdict"]["accuracy"] == "greedy accuracy"
+    assert data["sampled"]["verdict"]["winner"] == "opd"
+    assert data["sampled"]["verdict"]["accuracy"].startswith("sampled accuracy")
+    assert data["sampled"]["summaries"]["sft"]["final_accuracy"]["median"] == pytest.approx(0.4)
+    write_report(tmp_path, data)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "**Verdict (greedy accuracy).** " + data["verdict"]["sentence"] in markdown
+    assert "**Verdict (sampled accuracy, temperature 1, mean of 4 samples per problem).** " in markdown
+    assert data["sampled"]["verdict"]["sentence"] in markdown
+    # Runs without sampled accuracy (older reports) get no sampled verdict.
+    old = build_report(CompareSettings(scenario="baseline", seeds=1), get_scenario("baseline"), {}, TEACHER, BASE,
+                       sweep=[], chosen={}, runs_by_arm={"sft": runs["sft"]}, out=tmp_path, seconds=1.0,
+                       sampled_reference=None)
+    assert "sampled" not in old
+
+
+def test_compare_reports_use_at_least_500_problems():
+    assert all(scenario.eval_count >= 500 for scenario in SCENARIOS.values())
