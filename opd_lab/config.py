@@ -34,7 +34,7 @@ METHODS = ("opd", "sft", "rl")
 ESTIMATORS = ("sampled", "full")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
-SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
+SFT_SOURCES = ("teacher", "teacher_greedy", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 # RL's group-normalized advantage compares several samples of one prompt.
@@ -95,7 +95,10 @@ class RunConfig:
     jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
     on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
     reward_coef: float = _field(0.0, "OPD only: weight of the task's reward added to each token's advantage.")
-    sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
+    sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_greedy: the teacher's greedy answers to fresh prompts (sequence-level KD); teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
+    teacher_noise: float = _field(0.0, "Mix uniform noise into the teacher: p = (1 - q) p_teacher + q / V per token, "
+                                  "with q this value (0: the clean teacher). Every use of the teacher sees it: OPD's "
+                                  "scores, SFT's samples (opd_lab/noisy_teacher.py). In-process teachers only.")
     finetune: str = _field("auto", "full or lora; auto is full for lab models and LoRA for real ones.", FINETUNE_MODES)
     lora_rank: int = _field(16, "LoRA rank.")
     lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
@@ -152,6 +155,8 @@ class RunConfig:
             raise ConfigError(f"stop_at_accuracy: must be in [0, 1] (got {self.stop_at_accuracy})")
         if not 0 <= self.on_policy_fraction <= 1:
             raise ConfigError(f"on_policy_fraction: must be in [0, 1] (got {self.on_policy_fraction})")
+        if not 0 <= self.teacher_noise < 1:
+            raise ConfigError(f"teacher_noise: must be in [0, 1) (got {self.teacher_noise})")
         if not 0 < self.jsd_beta < 1:
             raise ConfigError(f"jsd_beta: must be in (0, 1) (got {self.jsd_beta})")
         if self.method == "rl" and self.samples_per_prompt < 2:
@@ -187,6 +192,9 @@ class RunConfig:
         if self.method == "sft" and self.sft_source != "reference":
             raise ConfigError(f"sft_source: {self.sft_source} needs teacher samples, which a teacher server does not "
                               "write here; use sft_source=reference or the in-process teacher")
+        if self.teacher_noise:
+            raise ConfigError("teacher_noise: the noise is mixed into an in-process teacher's logits; a teacher "
+                              "server's scores are used as they come")
         if self.method == "opd" and self.on_policy_fraction < 1:
             raise ConfigError(f"on_policy_fraction: {self.on_policy_fraction} mixes in teacher samples, which a teacher "
                               "server does not write here; use 1 or the in-process teacher")

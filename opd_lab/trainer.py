@@ -40,6 +40,7 @@ from opd_lab.flops import FlopsCounter, count_parameters
 from opd_lab.generation import Rollouts, completion_logits, generate, rollouts_from_texts
 from opd_lab.models import (check_pair_compatible, load_model, load_pair, load_tokenizer, parameter_count,
                             pick_device, pick_dtype, wrap_lora)
+from opd_lab.noisy_teacher import NoisyTeacherModel
 from opd_lab.prompt_source import PromptSource
 from opd_lab.run_folder import SFT_DATASET_FILE, read_jsonl, write_text_atomic
 from opd_lab.tasks import Problem, Verdict, get_task
@@ -121,8 +122,10 @@ class Trainer:
             self.teacher, student, self.tokenizer = load_pair(
                 config.teacher, config.student, task=config.task, device=self.device,
                 trust_remote_code=config.trust_remote_code, teacher_dtype=self.dtype)
-            self.teacher_scorer = InProcessTeacher(self.teacher)
             self.teacher_params = count_parameters(self.teacher)
+            if config.teacher_noise:  # every use of the teacher below sees the noisy one
+                self.teacher = NoisyTeacherModel(self.teacher, config.teacher_noise)
+            self.teacher_scorer = InProcessTeacher(self.teacher)
         self.lora = config.uses_lora(student_is_lab=config.student.split(":")[0] == "lab")
         self.student = wrap_lora(student, config.lora_rank, config.lora_alpha) if self.lora else student
         self.student.train()
@@ -220,6 +223,7 @@ class Trainer:
         with self._timed("sampling"):
             rollouts = generate(self.teacher, self.tokenizer, [p.prompt for p in problems], self.max_new_tokens,
                                 temperature=self.config.temperature, generator=self.generator,
+                                greedy=self.config.method == "sft" and self.config.sft_source == "teacher_greedy",
                                 row_seeds=self._row_seeds(rows, "teacher"))
         self.flops.add_sampling(self.teacher_params, int(rollouts.attention_mask_BS.sum()))
         return rollouts
