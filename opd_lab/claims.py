@@ -129,6 +129,8 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
         rows.append({"claim": "mode-seeking", "scenario": data["scenario"],
                      "measured": f"final accuracy OPD {_final(data, 'opd')}, SFT {_final(data, 'sft')}",
                      "verdict": "see the report"})
+    for data in by_claim["noisy-teacher"]:
+        rows.append(noisy_teacher_row(data))
     continual = results.get("continual-learning")
     if continual:
         stages = continual["stages"]
@@ -149,6 +151,26 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
                          "measured": NOT_TESTED.get(claim, "no full report tests it yet"), "verdict": "not tested"})
     order = list(CLAIMS)
     return sorted(rows, key=lambda row: order.index(row["claim"]))
+
+
+def noisy_teacher_row(data: dict) -> dict:
+    """The noisy-teacher row, judged on sampled accuracy (temperature 1): it holds when OPD's
+    median final sampled accuracy is above both SFT on the noisy teacher's samples and the
+    noisy teacher's own sampled accuracy (the student beats the teacher it learned from)."""
+    sampled = data.get("sampled")
+    if not sampled or "noisy_teacher" not in sampled:
+        return {"claim": "noisy-teacher", "scenario": data.get("label", data["scenario"]),
+                "measured": "the report has no sampled accuracy", "verdict": "not tested"}
+    finals = {arm: s["final_accuracy"]["median"] for arm, s in sampled["summaries"].items()}
+    noisy = sampled["noisy_teacher"]
+    shown = ", ".join(f"{report.arm_label(arm)} {finals[arm]:.1%}" for arm in report.ordered_arms(finals))
+    holds = finals.get("opd", 0.0) > max(finals.get("sft", 1.0), noisy["sampled"])
+    return {"claim": "noisy-teacher", "scenario": data.get("label", data["scenario"]),
+            "measured": f"sampled accuracy (temperature 1, {sampled['samples_per_problem']} samples per problem), median "
+                        f"final of {data['seeds']} seeds: {shown}; noisy teacher (q = {noisy['noise']:g}) "
+                        f"{noisy['sampled']:.1%} sampled, {noisy['greedy']:.1%} greedy; clean teacher "
+                        f"{sampled['teacher_accuracy']:.1%} sampled",
+            "verdict": "holds on the lab" if holds else "does not hold"}
 
 
 def smollm2_continual_row(data: dict) -> dict:

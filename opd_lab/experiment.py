@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from opd_lab import report
-from opd_lab.compare import arm_overrides
+from opd_lab.compare import arm_of, arm_overrides
 from opd_lab.config import RunConfig
 from opd_lab.paths import data_dir
 from opd_lab.run_folder import load_metrics, read_json, write_json_atomic
@@ -75,7 +75,9 @@ class CompareSettings:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return BASE_ARMS + tuple(v for v in self.variants if v not in BASE_ARMS)
+        """The three methods, the scenario's own extra arms, then `variants`."""
+        extra = get_scenario(self.scenario).variants + self.variants
+        return BASE_ARMS + tuple(dict.fromkeys(v for v in extra if v not in BASE_ARMS))
 
     def budget(self) -> Scenario:
         """The scenario with the quick budgets applied when `quick`."""
@@ -104,7 +106,8 @@ def _config(scenario: Scenario, lab: str, arm: str, seed: int, learning_rate: fl
     return RunConfig(name=name, task=task, teacher=f"lab:{lab}", student=f"lab:{lab}", steps=steps,
                      learning_rate=learning_rate, warmup_steps=min(5, steps), seed=seed,
                      eval_every=scenario.eval_every, eval_count=scenario.eval_count, checkpoint_every=steps,
-                     stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool))
+                     stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool),
+                     **scenario.run_changes)
 
 
 def _train_in_worker(config: dict) -> str:
@@ -155,12 +158,15 @@ def pick_learning_rates(sweep: list[dict]) -> dict[str, float]:
             for arm in arms}
 
 
-def reference_accuracies(lab: str, task: str, eval_count: int, samples: int = 0) -> dict:
+def reference_accuracies(lab: str, task: str, eval_count: int, samples: int = 0, noise: float = 0.0) -> dict:
     """The teacher's and the base student's greedy accuracy on the runs' evaluation set,
     and with `samples` > 0 their sampled accuracy (`<role>_sampled`: the mean over that
-    many samples per problem at temperature 1, seed 0, as the runs' evaluations)."""
+    many samples per problem at temperature 1, seed 0, as the runs' evaluations). The
+    teacher is the clean one (the target); with `noise` > 0, `noisy_teacher` holds the
+    noisy teacher's `{"greedy", "sampled"}` accuracy too."""
     from opd_lab.eval import evaluate
     from opd_lab.models import load_model
+    from opd_lab.noisy_teacher import NoisyTeacherModel
     from opd_lab.tasks import get_task
 
     found = {}
@@ -170,6 +176,10 @@ def reference_accuracies(lab: str, task: str, eval_count: int, samples: int = 0)
         found[role] = result.accuracy
         if samples:
             found[f"{role}_sampled"] = result.sampled_accuracy
+        if role == "teacher" and noise:
+            noisy = evaluate(NoisyTeacherModel(model, noise).eval(), tokenizer, get_task(task), count=eval_count,
+                             samples_per_problem=max(samples, 1))
+            found["noisy_teacher"] = {"noise": noise, "greedy": noisy.accuracy, "sampled": noisy.sampled_accuracy}
     return found
 
 
@@ -181,9 +191,11 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     scenario = settings.budget()
     recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
     lab_summary = build_lab(recipe, progress_print=progress_print)
-    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES)
+    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES,
+                                     noise=scenario.run_changes.get("teacher_noise", 0.0))
     teacher, base = reference["teacher"], reference["student"]
-    sampled_reference = {"teacher": reference["teacher_sampled"], "base": reference["student_sampled"]}
+    sampled_reference = {"teacher": reference["teacher_sampled"], "base": reference["student_sampled"],
+                         **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {})}
     progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems "
                    f"(greedy); sampled at temperature 1: teacher {sampled_reference['teacher']:.1%}, "
                    f"base student {sampled_reference['base']:.1%}")
@@ -196,7 +208,7 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
                              f"sweep-{settings.label}-{arm}-lr{lr:g}")
                      for arm in settings.arms for lr in scenario.learning_rates]
     sweep_dirs = _train_all(sweep_configs, settings.workers, "learning-rate sweep")
-    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
+    sweep = [{"arm": arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
               "final_kl": _final_kl(rows), "run": d.name}
              for c, d in zip(sweep_configs, sweep_dirs) for rows in [load_metrics(d)]]
     chosen = pick_learning_rates(sweep)
@@ -219,7 +231,7 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     reported = moved[len(sweep_dirs):]
     runs_by_arm = {arm: [] for arm in settings.arms}
     for config, run_dir in zip(configs, reported):
-        runs_by_arm[_arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
+        runs_by_arm[arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
     # What was run is saved first, so that a failure while reporting loses nothing (see `refresh_report`).
     write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab_summary,
                                           "teacher_accuracy": teacher, "base_accuracy": base, "sweep": sweep,
@@ -232,10 +244,6 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
     return out
 
 
-def _arm_of(config: RunConfig) -> str:
-    if config.method == "opd" and config.estimator == "full":
-        return "opd-full"
-    return config.method
 
 
 def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
@@ -258,7 +266,7 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
                      "eval_every": scenario.eval_every, "eval_count": scenario.eval_count, "workers": settings.workers},
         "lab": lab_summary, "teacher_accuracy": teacher, "base_accuracy": base,
         "sweep": sweep, "learning_rates": chosen, "runs": runs_by_arm, "summaries": summaries,
-        "verdict": verdict, **({"sampled": sampled} if sampled else {}),
+        "verdict": verdict, **({"sampled": sampled, "sampled_reference": sampled_reference} if sampled else {}),
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -283,6 +291,7 @@ def _judge_sampled(folder: Path, runs_by_arm: dict, reference: dict | None, budg
     verdict = report.verdict(summaries, base, teacher, budget_steps=budget_steps)
     verdict["accuracy"] = report.ACCURACY_WORDS[report.SAMPLED_ACCURACY]
     return {"teacher_accuracy": teacher, "base_accuracy": base, "samples_per_problem": EVAL_SAMPLES,
+            **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {}),
             "summaries": summaries, "verdict": verdict}
 
 
@@ -303,9 +312,7 @@ def refresh_report(folder: str | Path) -> dict:
         data["summaries"], data["verdict"] = _judge(folder, data["runs"], data["base_accuracy"],
                                                     data["teacher_accuracy"], data["settings"]["steps"])
         data["verdict"]["accuracy"] = report.ACCURACY_WORDS[report.ACCURACY]
-        reference = data.get("sampled") and {"teacher": data["sampled"]["teacher_accuracy"],
-                                             "base": data["sampled"]["base_accuracy"]}
-        sampled = _judge_sampled(folder, data["runs"], reference, data["settings"]["steps"])
+        sampled = _judge_sampled(folder, data["runs"], data.get("sampled_reference"), data["settings"]["steps"])
         if sampled:
             data["sampled"] = sampled
     write_report(folder, data)
@@ -393,7 +400,9 @@ def sampled_lines(data: dict) -> list[str]:
     return [f"**Verdict (sampled accuracy, temperature 1, mean of {sampled['samples_per_problem']} samples per "
             f"problem).** {sampled['verdict']['sentence']}", "",
             f"Sampled accuracy: teacher {sampled['teacher_accuracy']:.1%}, base student {sampled['base_accuracy']:.1%}; "
-            f"final, median (range) over seeds: {finals}.", ""]
+            f"final, median (range) over seeds: {finals}."
+            + (f" The noisy teacher (q = {noisy['noise']:g}) the runs learned from: {noisy['sampled']:.1%} sampled, "
+               f"{noisy['greedy']:.1%} greedy." if (noisy := sampled.get("noisy_teacher")) else ""), ""]
 
 
 def report_markdown(data: dict) -> str:

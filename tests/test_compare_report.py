@@ -137,8 +137,8 @@ def test_quick_compare_end_to_end(lab_home, tmp_path):
 
 def test_every_scenario_has_a_valid_recipe_and_known_claims():
     for scenario in SCENARIOS.values():
-        assert scenario.recipe().lab_name == scenario.name
-        assert scenario.recipe(quick=True).lab_name == scenario.name + "-quick"
+        assert scenario.recipe().lab_name == (scenario.lab or scenario.name)
+        assert scenario.recipe(quick=True).lab_name == (scenario.lab or scenario.name) + "-quick"
         assert set(scenario.claims) <= set(report_claims())
 
 
@@ -263,3 +263,34 @@ def test_sampled_verdict_is_judged_on_sampled_accuracy_and_says_so(tmp_path):
 
 def test_compare_reports_use_at_least_500_problems():
     assert all(scenario.eval_count >= 500 for scenario in SCENARIOS.values())
+
+
+def test_noisy_teacher_scenario_runs_every_arm_against_the_noisy_teacher():
+    from opd_lab.experiment import _config
+
+    settings = CompareSettings(scenario="noisy-teacher", seeds=1)
+    assert settings.arms == ("rl", "sft", "opd", "sft-greedy")
+    scenario = settings.budget()
+    configs = {arm: _config(scenario, "baseline", arm, 0, 1e-4, 10, f"x-{arm}") for arm in settings.arms}
+    assert all(c.teacher_noise == 0.03 for c in configs.values())
+    assert configs["sft-greedy"].method == "sft" and configs["sft-greedy"].sft_source == "teacher_greedy"
+    assert configs["sft"].sft_source == "teacher"
+    from opd_lab.compare import arm_of
+
+    assert {arm: arm_of(c) for arm, c in configs.items()} == {arm: arm for arm in settings.arms}
+
+
+def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
+    from opd_lab.claims import noisy_teacher_row
+
+    def summary(final):
+        return {"seeds": 3, "final_accuracy": {"median": final, "min": final, "max": final}, "targets": []}
+
+    data = {"scenario": "noisy-teacher", "seeds": 3,
+            "sampled": {"samples_per_problem": 4, "teacher_accuracy": 0.98, "base_accuracy": 0.3,
+                        "noisy_teacher": {"noise": 0.03, "sampled": 0.40, "greedy": 0.99},
+                        "summaries": {"sft": summary(0.45), "opd": summary(0.60), "rl": summary(0.35)}}}
+    row = noisy_teacher_row(data)
+    assert row["verdict"] == "holds on the lab" and "OPD 60.0%" in row["measured"] and "40.0% sampled" in row["measured"]
+    data["sampled"]["summaries"]["opd"] = summary(0.42)  # above the noisy teacher, below SFT
+    assert noisy_teacher_row(data)["verdict"] == "does not hold"
