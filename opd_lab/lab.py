@@ -69,6 +69,9 @@ class LabRecipe:
     student_task: str = ""
     # The lab's name and folder: the scenario (see SCENARIOS), or the task when empty.
     name: str = ""
+    # Retry tasks only (opd_lab/tasks/retry.py): the share of the base student's examples written
+    # in the retry format (slips retracted with `!`, the slips masked), so it knows what `!` means.
+    student_retry_fraction: float = 0.0
     # Gates: each model trains its recipe's steps, then, while its accuracy on a validation
     # set (held-out problems drawn with another seed than the reported evaluation) is below
     # its gate, `gate_round_steps` more steps at a lower peak rate, up to its step cap. So a
@@ -93,6 +96,10 @@ class LabRecipe:
             raise ValueError("LabRecipe.student_steps must not be negative")
         if self.teacher_max_steps < self.teacher_steps or self.student_max_steps < self.student_steps:
             raise ValueError("LabRecipe: a step cap must be at least the recipe's steps")
+        if not 0 <= self.student_retry_fraction <= 1:
+            raise ValueError("LabRecipe.student_retry_fraction must be in [0, 1]")
+        if self.student_retry_fraction and not hasattr(get_task(self.task), "training_example"):
+            raise ValueError(f"LabRecipe.student_retry_fraction: {self.task} is not a retry task")
         if self.gate_round_steps < 1 or self.gate_eval_count < 1:
             raise ValueError("LabRecipe.gate_round_steps and gate_eval_count must be at least 1")
 
@@ -136,12 +143,29 @@ def _cosine_lr(step: int, total: int, peak: float, warmup: int = 20) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def sft_train(model, tokenizer, examples: list[tuple[str, str]], steps: int, batch_size: int,
+def trained_token_mask(rollouts, character_masks: list[list[int] | None]) -> torch.Tensor:
+    """`rollouts.target_mask_BT` with the loss switched off on characters whose mask is 0.
+
+    The lab's tokenizer has one token per character, so completion character j is
+    target column `prompt_length - 1 + j`; None keeps a row's whole completion (and EOS).
+    """
+    mask_BT = rollouts.target_mask_BT.clone()
+    start = rollouts.prompt_length - 1
+    for row, characters in enumerate(character_masks):
+        if characters is not None:
+            off = [start + j for j, keep in enumerate(characters) if not keep]
+            mask_BT[row, off] = 0.0
+    return mask_BT
+
+
+def sft_train(model, tokenizer, examples: list[tuple], steps: int, batch_size: int,
               learning_rate: float, seed: int, description: str) -> float:
     """Train `model` with cross-entropy on (prompt, completion) pairs; returns the last loss.
 
-    Batches are drawn from `examples` with a seeded RNG (with replacement), so a fixed
-    example set and step count make a fixed model.
+    An example may be `(prompt, completion, character_mask)`: the loss then skips the
+    completion's characters whose mask is 0 (the retry task's corrupted steps). Batches
+    are drawn from `examples` with a seeded RNG (with replacement), so a fixed example
+    set and step count make a fixed model.
     """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
@@ -152,9 +176,11 @@ def sft_train(model, tokenizer, examples: list[tuple[str, str]], steps: int, bat
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, steps, learning_rate)
         batch = [rng.choice(examples) for _ in range(batch_size)]
-        rollouts = rollouts_from_texts(tokenizer, [p for p, _ in batch], [c for _, c in batch])
+        rollouts = rollouts_from_texts(tokenizer, [example[0] for example in batch], [example[1] for example in batch])
+        mask_BT = (trained_token_mask(rollouts, [example[2] if len(example) > 2 else None for example in batch])
+                   if any(len(example) > 2 for example in batch) else rollouts.target_mask_BT)
         logits = forward_logits(model, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        loss, _ = cross_entropy_loss(target_logprobs(logits, rollouts), rollouts.target_mask_BT)
+        loss, _ = cross_entropy_loss(target_logprobs(logits, rollouts), mask_BT)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,10 +211,14 @@ def make_student(teacher, tokenizer, task, problems: list[Problem], size: LabMod
     return student.eval()
 
 
-def _reference_examples(problems: list[Problem]) -> list[tuple[str, str]]:
+def _reference_examples(problems: list[Problem], task=None, rng: random.Random | None = None) -> list[tuple]:
+    """(prompt, reference) pairs; for a retry task (one with `training_example`) the
+    references with retracted slips and their loss masks instead."""
     missing = [p.prompt for p in problems if p.reference is None]
     if missing:
         raise ValueError(f"the lab needs reference solutions; none for {missing[0]!r}")
+    if task is not None and hasattr(task, "training_example"):
+        return [task.training_example(p, rng) for p in problems]
     return [(p.prompt, p.reference) for p in problems]
 
 
@@ -271,6 +301,17 @@ def extend_to_gate(model, tokenizer, task, gate: float, steps_done: int, max_ste
             "checks": checks}
 
 
+def retry_student_examples(teacher, tokenizer, task, problems: list[Problem], fraction: float,
+                           seed: int) -> list[tuple]:
+    """The base student's examples on a retry task: the teacher's greedy solutions, with a
+    `fraction` of them replaced by references with retracted (and masked) slips."""
+    rng = random.Random(seed)
+    examples = [(r["prompt"], r["completion"]) for r in answer(teacher, tokenizer, task, problems, greedy=True)]
+    for index in rng.sample(range(len(problems)), round(fraction * len(problems))):
+        examples[index] = task.training_example(problems[index], rng, rate=0.5)
+    return examples
+
+
 def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
     task = get_task(recipe.task)
     tokenizer = build_char_tokenizer()
@@ -280,13 +321,15 @@ def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
     validation = task.eval_problems(recipe.gate_eval_count, seed=1)
 
     teacher = build_lab_model(recipe.teacher_size, tokenizer, seed=recipe.seed)
-    teacher_examples = _reference_examples(task.train_problems(recipe.teacher_steps * recipe.teacher_batch_size, train_rng))
+    teacher_examples = _reference_examples(task.train_problems(recipe.teacher_steps * recipe.teacher_batch_size,
+                                                               train_rng), task, random.Random(recipe.seed + 7))
     sft_train(teacher, tokenizer, teacher_examples, recipe.teacher_steps, recipe.teacher_batch_size,
               recipe.teacher_learning_rate, recipe.seed, "teacher")
 
     def more_teacher_examples(round_index: int) -> list[tuple[str, str]]:  # fresh problems, apart from train_rng
         rng = random.Random(recipe.seed * 1000 + 100 + round_index)
-        return _reference_examples(task.train_problems(recipe.gate_round_steps * recipe.teacher_batch_size, rng))
+        return _reference_examples(task.train_problems(recipe.gate_round_steps * recipe.teacher_batch_size, rng),
+                                   task, rng)
 
     teacher_gate = extend_to_gate(teacher, tokenizer, task, recipe.teacher_gate, recipe.teacher_steps,
                                   recipe.teacher_max_steps, recipe.gate_round_steps, more_teacher_examples, validation,
@@ -301,6 +344,13 @@ def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
     if recipe.student_task:
         foundation = get_task(recipe.student_task)
         student_examples = _reference_examples(foundation.train_problems(recipe.student_examples, train_rng))
+        student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
+        sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
+                  recipe.student_learning_rate, recipe.seed + 1, "student")
+        student.eval()
+    elif recipe.student_retry_fraction:
+        student_examples = retry_student_examples(teacher, tokenizer, task, student_problems,
+                                                  recipe.student_retry_fraction, recipe.seed + 2)
         student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
         sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
                   recipe.student_learning_rate, recipe.seed + 1, "student")
@@ -329,6 +379,12 @@ def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
         student_gate["below_max"] = student_gate["validation_accuracy"] <= recipe.student_gate_max
         student_gate["passed"] = student_gate["passed"] and student_gate["below_max"]
 
+    retry = None
+    if hasattr(task, "training_example"):
+        from opd_lab.retry_gates import retry_gates
+
+        retry = retry_gates(teacher, tokenizer, task, validation, seed=recipe.seed)
+
     for role, model in (("teacher", teacher), ("student", student)):
         model.save_pretrained(folder / role)
         tokenizer.save_pretrained(folder / role)
@@ -344,6 +400,7 @@ def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
                     "examples": recipe.student_examples, "accuracy": student_eval.accuracy,
                     "seconds": round(student_seconds, 1), "gate": student_gate},
         "eval_count": recipe.eval_count,
+        **({"retry_gates": retry} if retry else {}),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(folder / SUMMARY_FILE, summary)
@@ -374,6 +431,10 @@ def format_summary(summary: dict) -> str:
         row = summary[role]
         lines.append(f"{label:<14}{row['parameters']:>12,}{row['steps']:>8}{row['accuracy']:>10.1%}{row['seconds']:>9.1f}")
     lines += gate_lines(summary)
+    if summary.get("retry_gates"):
+        from opd_lab.retry_gates import format_retry_gates
+
+        lines += format_retry_gates(summary["retry_gates"])
     lines.append(f"total {summary['total_seconds']:.1f} s on {summary.get('torch_threads', '?')} torch threads")
     return "\n".join(lines)
 

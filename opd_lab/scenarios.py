@@ -73,6 +73,8 @@ CLAIMS = {
     "foundation": "OPD needs a student with the foundation (it refines, it does not teach from scratch)",
     "strong-teacher": "OPD needs a strong teacher; with a weak one, RL with a verifier may win",
     "continual-learning": "OPD from the model's earlier self recovers a forgotten skill",
+    "recovery": "Where slips can be undone, OPD teaches the student to recover from its own mistakes, which SFT on "
+                "the teacher's (almost slip-free) samples cannot (literature: DAgger; SCoRe)",
     "noisy-teacher": "With a noisy teacher, OPD (zero-forcing reverse KL) beats SFT on the teacher's samples at "
                      "temperature 1 (literature: Sriraman et al. 2026; GKD)",
 }
@@ -106,6 +108,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         lab="baseline",
         variants=("sft-greedy",),
         run_changes=dict(teacher_noise=0.03),
+    ),
+    Scenario(
+        name="retry",
+        condition="Recoverable slips: 3-digit addition with a retract token `!` (\"the step I just wrote is wrong; I "
+                  "redo it\"); only the final answer is verified. The teacher was trained on solutions in which 30% of "
+                  "the steps are first written wrong and retracted (the wrong copies masked out of the loss), so it "
+                  "retracts slips but rarely makes them; the base student saw 10% of its examples in that format.",
+        claims=("recovery",),
+        recipe_changes=dict(task="addition-retry", student_retry_fraction=0.1),
     ),
     Scenario(
         name="weak-teacher",

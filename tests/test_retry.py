@@ -76,3 +76,40 @@ def test_corrupted_steps_are_always_wrong_and_masked_out_of_the_training_text():
         kept = "".join(c for c, t in zip(text, trained) if t)
         assert kept.replace("!", "") == worked_solution(a, b, 3)  # only the corrupted steps are masked
         assert len(text) <= task.max_new_tokens
+
+
+def test_retry_gates_on_a_tiny_lab_and_masked_training(tmp_path, monkeypatch):
+    """The build measures and prints the four gates (a tiny teacher fails them: the numbers are still there)."""
+    import torch
+
+    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, format_summary, trained_token_mask
+    from opd_lab.generation import rollouts_from_texts
+    from opd_lab.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    rollouts = rollouts_from_texts(tokenizer, ["1+2=", "34+5="], ["ab!c", "xyz"])
+    mask = trained_token_mask(rollouts, [[0, 0, 1, 1], None])
+    start = rollouts.prompt_length - 1
+    assert mask[0, start : start + 5].tolist() == [0, 0, 1, 1, 1]  # a, b off; !, c and EOS on
+    assert torch.equal(mask[1], rollouts.target_mask_BT[1])
+
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
+    summary = build_lab(LabRecipe(task="addition-retry", name="retry-tiny", student_retry_fraction=0.5,
+                                  **TINY_RECIPE), progress_print=lambda *_: None)
+    gates = summary["retry_gates"]
+    assert set(gates) >= {"clean_accuracy", "p_retract_after_wrong", "p_retract_after_right", "sampled_retract_rate"}
+    assert all(0 <= gates[name]["value"] <= 1 for name in ("clean_accuracy", "p_retract_after_wrong"))
+    assert not gates["passed"]  # 30 steps of a 32-wide model cannot pass (a) clean accuracy >= 98%
+    text = format_summary(summary)
+    assert "(b) P(!) after a forced wrong step" in text and "FAILED" in text
+
+
+def test_step_prefixes_put_a_wrong_or_right_step_last():
+    from opd_lab.retry_gates import step_prefixes
+
+    rng = random.Random(0)
+    for _ in range(50):
+        right, wrong = step_prefixes(PROBLEM, 3, rng)
+        assert analyze(PROBLEM, right + ";0").wrong == 0
+        last = analyze(PROBLEM, wrong + ";0")
+        assert last.wrong == 1 and last.kept_wrong == 1
