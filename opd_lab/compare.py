@@ -49,6 +49,8 @@ def method_configs(steps: int, sequences_per_step: int, base: RunConfig | None =
 # Arms beyond the three methods that `opd-lab compare --variants` can add.
 VARIANTS: dict[str, dict] = {
     "opd-full": {"method": "opd", "estimator": "full"},  # the exact reverse KL over the vocabulary
+    "opd-clipped": {"method": "opd", "estimator": "clipped"},  # the sampled advantage clamped
+    "opd-topk": {"method": "opd", "estimator": "topk"},  # reverse KL over the student's top-k, renormalized
     "sft-greedy": {"method": "sft", "sft_source": "teacher_greedy"},  # sequence-level KD: the teacher's greedy answers
 }
 

@@ -31,7 +31,7 @@ import yaml
 from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 METHODS = ("opd", "sft", "rl")
-ESTIMATORS = ("sampled", "full")
+ESTIMATORS = ("sampled", "full", "clipped", "topk")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_greedy", "teacher_dataset", "reference")
@@ -90,7 +90,9 @@ class RunConfig:
     max_grad_norm: float = _field(1.0, "Gradient clipping norm.")
     temperature: float = _field(1.0, "Sampling temperature of the student's rollouts.")
     max_new_tokens: int = _field(0, "Longest completion in tokens; 0 uses the task's own limit.")
-    estimator: str = _field("sampled", "OPD signal. sampled: per-token advantage log p_teacher - log p_student on the sampled token, with a policy-gradient loss; full: exact divergence over the whole vocabulary.", ESTIMATORS)
+    estimator: str = _field("sampled", "OPD signal. sampled: per-token advantage log p_teacher - log p_student on the sampled token, with a policy-gradient loss; clipped: the same advantage clamped to [-advantage_clip, advantage_clip]; full: exact divergence over the whole vocabulary; topk: exact reverse KL over the student's estimator_top_k most likely tokens, both distributions renormalized there.", ESTIMATORS)
+    advantage_clip: float = _field(5.0, "estimator=clipped: the bound on each token's advantage (the sampled log-ratio is unbounded below).")
+    estimator_top_k: int = _field(8, "estimator=topk: the student's most likely tokens per position the reverse KL is taken over.")
     divergence: str = _field("reverse_kl", "Divergence for the full estimator (sampled is always reverse KL).", DIVERGENCES)
     jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
     on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
@@ -163,8 +165,13 @@ class RunConfig:
             raise ConfigError("samples_per_prompt: RL compares samples of the same prompt, so it needs at least 2")
         if self.method == "sft" and self.sft_source == "teacher_dataset" and not self.prompt_pool:
             raise ConfigError("sft_source: teacher_dataset is one teacher sample per prompt of a fixed pool; set prompt_pool too")
-        if self.method == "opd" and self.estimator == "sampled" and self.divergence != "reverse_kl":
-            raise ConfigError("divergence: the sampled estimator is reverse KL; use estimator=full for forward_kl or jsd")
+        if self.method == "opd" and self.estimator != "full" and self.divergence != "reverse_kl":
+            raise ConfigError(f"divergence: the {self.estimator} estimator is reverse KL; use estimator=full for "
+                              "forward_kl or jsd")
+        if not self.advantage_clip > 0:
+            raise ConfigError(f"advantage_clip: must be positive (got {self.advantage_clip})")
+        if self.estimator_top_k < 1:
+            raise ConfigError(f"estimator_top_k: must be at least 1 (got {self.estimator_top_k})")
         if self.task.endswith(".jsonl") and not Path(self.task).expanduser().is_file():
             raise ConfigError(f"task: file not found: {self.task}")
         if not self.task.endswith(".jsonl"):
@@ -192,6 +199,9 @@ class RunConfig:
         if self.method == "sft" and self.sft_source != "reference":
             raise ConfigError(f"sft_source: {self.sft_source} needs teacher samples, which a teacher server does not "
                               "write here; use sft_source=reference or the in-process teacher")
+        if self.method == "opd" and self.estimator == "topk":
+            raise ConfigError("estimator: topk needs the teacher's logits on the student's top-k tokens, which a "
+                              "teacher server does not return; use full (top-k + tail) or the in-process teacher")
         if self.teacher_noise:
             raise ConfigError("teacher_noise: the noise is mixed into an in-process teacher's logits; a teacher "
                               "server's scores are used as they come")

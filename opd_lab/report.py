@@ -36,7 +36,8 @@ ACCURACY_WORDS = {ACCURACY: "greedy accuracy", SAMPLED_ACCURACY: "sampled accura
 # cost name -> metrics key
 COSTS = {"steps": "step", "samples": "progress/samples", "flops": "perf/flops", "wall_s": "perf/wall_s"}
 COST_WORDS = {"steps": "fewer steps", "samples": "fewer samples", "flops": "less compute", "wall_s": "less time"}
-VARIANT_LABELS = {"opd-full": "OPD (exact KL)", "sft-greedy": "SFT (teacher's greedy answers)"}
+VARIANT_LABELS = {"opd-full": "OPD (exact KL)", "opd-clipped": "OPD (clipped advantage)",
+                  "opd-topk": "OPD (top-k renormalized KL)", "sft-greedy": "SFT (teacher's greedy answers)"}
 
 
 def arm_label(arm: str) -> str:
@@ -44,7 +45,7 @@ def arm_label(arm: str) -> str:
     return VARIANT_LABELS.get(arm) or method_name(arm)
 
 
-ARM_ORDER = ("rl", "sft", "sft-greedy", "opd", "opd-full")
+ARM_ORDER = ("rl", "sft", "sft-greedy", "opd", "opd-full", "opd-clipped", "opd-topk")
 
 
 def ordered_arms(arms) -> list[str]:

@@ -283,6 +283,16 @@ class Trainer:
                                                     mask)
                 reverse_kl = None
                 logps = losses.gather_tokens(student_logps_BLV.detach(), targets)
+            elif config.method == "opd" and config.estimator == "topk":
+                temperature = config.temperature
+                kl_BL = losses.topk_renormalized_reverse_kl(student_logits / temperature, teacher_logits / temperature,
+                                                            config.estimator_top_k)
+                loss = losses.masked_mean(kl_BL, mask)
+                extra = {"loss": loss.item(), "topk_reverse_kl": loss.item()}
+                reverse_kl = float(losses.masked_mean(
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, temperature), mask))
+                with torch.no_grad():
+                    logps = losses.token_logprobs(student_logits, targets, temperature)
             elif config.method == "opd" and config.estimator == "full":
                 temperature = config.temperature
                 loss, extra = losses.divergence_loss(
@@ -300,7 +310,8 @@ class Trainer:
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
-                    reward_coef=config.reward_coef)
+                    reward_coef=config.reward_coef,
+                    advantage_clip=config.advantage_clip if config.estimator == "clipped" else 0.0)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
                 reverse_kl = (None if teacher_logits is None else float(losses.masked_mean(
                     losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, config.temperature), mask)))
