@@ -89,8 +89,11 @@ def evaluate(model, tokenizer, task: Task, count: int = 200, samples_per_problem
     if samples_per_problem > 0:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         repeated = [p for p in problems for _ in range(samples_per_problem)]
+        # The k samples of a problem share a batch, and batches are k times larger (up to 256
+        # rows): the decode loop's per-step overhead is paid once for more rows.
         sampled = answer(model, tokenizer, task, repeated, greedy=False, temperature=temperature,
-                         batch_size=batch_size, generator=generator, progress=progress)
+                         batch_size=max(batch_size, min(256, batch_size * samples_per_problem)),
+                         generator=generator, progress=progress)
         correct = [r["correct"] for r in sampled]
         groups = [correct[i : i + samples_per_problem] for i in range(0, len(correct), samples_per_problem)]
         result.sampled_accuracy = sum(correct) / len(correct)

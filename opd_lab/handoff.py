@@ -191,7 +191,7 @@ def handoff_report(stage1: dict[int, list[dict]], stage2: dict[str, list[list[di
 
 def _ratio_text(value: float | None, what: str) -> str:
     if value is None:
-        return f"{what}: n/a (an arm did not reach the target)"
+        return f"{what}: n/a (an arm did not reach the target, or OPD reached it at no cost)"
     return f"{what}: {value:.2f}x"
 
 
@@ -208,6 +208,8 @@ def handoff_markdown(data: dict, scenario: str) -> str:
               f"{100 * fit['slope']:.1f} points per doubling). N* = {data['n_star']} "
               f"({data['start_accuracy']:.1%}); teacher {data['teacher_accuracy']:.1%}; target (half the remaining "
               f"gap) {data['target']:.1%}.", "",
+              *(["**The teacher is not ahead of N*: there is nothing to hand off.**", ""]
+                if data["teacher_accuracy"] <= data["start_accuracy"] else []),
               "## Stage 2: from N*'s checkpoint to the target (medians over seeds)", "",
               "| arm | seeds reached | steps | sequences | training FLOPs | all FLOPs |", "|---|---|---|---|---|---|"]
     for arm, cost in data["arms"].items():
