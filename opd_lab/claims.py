@@ -129,6 +129,8 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
         rows.append({"claim": "mode-seeking", "scenario": data["scenario"],
                      "measured": f"final accuracy OPD {_final(data, 'opd')}, SFT {_final(data, 'sft')}",
                      "verdict": "see the report"})
+    for data in by_claim["recovery"]:
+        rows.append(recovery_row(data))
     for data in by_claim["noisy-teacher"]:
         rows.append(noisy_teacher_row(data))
     continual = results.get("continual-learning")
@@ -151,6 +153,31 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
                          "measured": NOT_TESTED.get(claim, "no full report tests it yet"), "verdict": "not tested"})
     order = list(CLAIMS)
     return sorted(rows, key=lambda row: order.index(row["claim"]))
+
+
+def recovery_row(data: dict) -> dict:
+    """The retry scenario's row, judged on sampled accuracy (temperature 1): it holds when OPD
+    ends above SFT on fresh teacher samples in sampled accuracy and in recovery rate,
+    P(right answer | at least one wrong step), of the final evaluation's samples."""
+    sampled = data.get("sampled")
+    if not sampled or not sampled.get("statistics", {}).get("opd"):
+        return {"claim": "recovery", "scenario": data.get("label", data["scenario"]),
+                "measured": "the report has no sampled slip statistics", "verdict": "not tested"}
+    finals = {arm: s["final_accuracy"]["median"] for arm, s in sampled["summaries"].items()}
+    stats = sampled["statistics"]
+
+    def rate(arm: str, name: str) -> str:
+        value = stats.get(arm, {}).get(name)
+        return "n/a" if value is None else f"{value:.1%}"
+
+    shown = "; ".join(f"{report.arm_label(arm)} {finals[arm]:.1%} (recovery {rate(arm, 'recovery_rate')}, slips per "
+                      f"step {rate(arm, 'slip_rate')}, `!` precision {rate(arm, 'retract_precision')}, recall "
+                      f"{rate(arm, 'retract_recall')})" for arm in report.ordered_arms(finals))
+    opd_recovery, sft_recovery = (stats.get(arm, {}).get("recovery_rate", 0.0) for arm in ("opd", "sft"))
+    holds = finals.get("opd", 0.0) > finals.get("sft", 1.0) and opd_recovery > sft_recovery
+    return {"claim": "recovery", "scenario": data.get("label", data["scenario"]),
+            "measured": f"sampled accuracy (temperature 1), median final of {data['seeds']} seeds: {shown}",
+            "verdict": "holds on the lab" if holds else "does not hold"}
 
 
 def noisy_teacher_row(data: dict) -> dict:

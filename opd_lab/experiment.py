@@ -291,8 +291,25 @@ def _judge_sampled(folder: Path, runs_by_arm: dict, reference: dict | None, budg
     verdict = report.verdict(summaries, base, teacher, budget_steps=budget_steps)
     verdict["accuracy"] = report.ACCURACY_WORDS[report.SAMPLED_ACCURACY]
     return {"teacher_accuracy": teacher, "base_accuracy": base, "samples_per_problem": EVAL_SAMPLES,
+            "statistics": {arm: final_statistics(rows) for arm, rows in runs.items()},
             **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {}),
             "summaries": summaries, "verdict": verdict}
+
+
+def final_statistics(runs: list[list[dict]]) -> dict[str, float]:
+    """The median over seeds of each task statistic of the sampled completions at the last
+    evaluation that has it (`eval/sampled_<name>`, e.g. the retry task's recovery rate)."""
+    from statistics import median
+
+    names = sorted({key for rows in runs for row in rows for key in row
+                    if key.startswith("eval/sampled_") and key != report.SAMPLED_ACCURACY})
+    found = {}
+    for name in names:
+        last = [[row[name] for row in rows if name in row][-1:] for rows in runs]
+        values = [values[0] for values in last if values]
+        if values:
+            found[name.removeprefix("eval/sampled_")] = median(values)
+    return found
 
 
 def refresh_report(folder: str | Path) -> dict:

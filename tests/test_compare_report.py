@@ -294,3 +294,24 @@ def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
     assert row["verdict"] == "holds on the lab" and "OPD 60.0%" in row["measured"] and "40.0% sampled" in row["measured"]
     data["sampled"]["summaries"]["opd"] = summary(0.42)  # above the noisy teacher, below SFT
     assert noisy_teacher_row(data)["verdict"] == "does not hold"
+
+
+def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
+    from opd_lab.claims import recovery_row
+    from opd_lab.experiment import final_statistics
+
+    rows = [[{"step": 0, "eval/sampled_recovery_rate": 0.1}, {"step": 10, "eval/sampled_recovery_rate": 0.6,
+                                                               "eval/sampled_slip_rate": 0.02}],
+            [{"step": 10, "eval/sampled_recovery_rate": 0.4}], [{"step": 10}]]
+    assert final_statistics(rows) == {"recovery_rate": 0.5, "slip_rate": 0.02}
+
+    def summary(final):
+        return {"seeds": 3, "final_accuracy": {"median": final, "min": final, "max": final}, "targets": []}
+
+    data = {"scenario": "retry", "seeds": 3,
+            "sampled": {"summaries": {"sft": summary(0.7), "opd": summary(0.8)},
+                        "statistics": {"sft": {"recovery_rate": 0.05}, "opd": {"recovery_rate": 0.6}}}}
+    row = recovery_row(data)
+    assert row["verdict"] == "holds on the lab" and "recovery 60.0%" in row["measured"]
+    data["sampled"]["statistics"]["opd"]["recovery_rate"] = 0.01
+    assert recovery_row(data)["verdict"] == "does not hold"
