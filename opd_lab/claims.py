@@ -72,6 +72,12 @@ NOT_TESTED = {
                     "problems it was right on 85 of its 109 running-total answers but 11 of its 91 column answers, so "
                     "there was no strong multi-modal teacher to distill; notebook 1 shows mode-seeking on a Gaussian "
                     "mixture instead",
+    "recovery": "the `retry` scenario was built and dropped: its teacher passed clean accuracy (99.3%) but failed "
+                "three retry gates on 300 validation problems: P(!) after a forced wrong step 0.847 (gate >= 0.9), "
+                "after a right step 0.089 (gate <= 0.01), ! in 7.7% of its sampled steps (gate <= 2%); it caught "
+                "wrong carries and swapped digits (P(!) near 1) but only half of the sums off by one",
+    "noisy-teacher": "no full report yet; the noisy teacher's own sampled accuracy was measured: 73.2% / 40.2% / "
+                     "21.4% at q = 0.01 / 0.03 / 0.05 (greedy 100.0% at every q; 500 problems, 4 samples each)",
 }
 
 
