@@ -20,7 +20,7 @@ Example:
     >>> logits = torch.tensor([[[4.0, 0.0, 0.0, 0.0]]])
     >>> noisy = noisy_logprobs(logits, 0.2)
     >>> round(float(noisy.exp().sum()), 6), round(float(noisy.exp()[0, 0, 1]), 4)
-    (1.0, 0.0634)
+    (1.0, 0.0639)
 """
 
 from __future__ import annotations
@@ -73,3 +73,29 @@ class NoisyTeacherModel(torch.nn.Module):
         output = self.model(*args, **kwargs)
         output.logits = noisy_logprobs(output.logits, self.noise)
         return output
+
+
+def noise_statistics(student_logits_BLV: torch.Tensor, clean_teacher_logits_BLV: torch.Tensor,
+                     mask_BL: torch.Tensor, floor: float = 1e-3) -> dict[str, float]:
+    """How much of the noise a student learned, along its own completions.
+
+    Returns the means over masked positions of the student's entropy (nats) and of its
+    *noise mass*: the probability it gives to tokens the clean teacher gives less than
+    `floor` (tokens only the noise could have taught it).
+
+    Example:
+        >>> student = torch.log(torch.tensor([[[0.9, 0.1, 0.0 + 1e-9]]]))
+        >>> teacher = torch.log(torch.tensor([[[0.9999, 0.00005, 0.00005]]]))
+        >>> stats = noise_statistics(student, teacher, torch.ones(1, 1))
+        >>> round(stats["noise_mass"], 3), round(stats["entropy"], 3)
+        (0.1, 0.325)
+    """
+    student_BLV = torch.log_softmax(student_logits_BLV.float(), dim=-1)
+    teacher_BLV = torch.log_softmax(clean_teacher_logits_BLV.float(), dim=-1)
+    probabilities_BLV = student_BLV.exp()
+    entropy_BL = -(probabilities_BLV * student_BLV.clamp(min=-1e4)).sum(-1)
+    noise_BL = (probabilities_BLV * (teacher_BLV < math.log(floor))).sum(-1)
+    weights_BL = mask_BL.float()
+    count = weights_BL.sum().clamp(min=1)
+    return {"entropy": float((entropy_BL * weights_BL).sum() / count),
+            "noise_mass": float((noise_BL * weights_BL).sum() / count)}

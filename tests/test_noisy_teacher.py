@@ -51,3 +51,16 @@ def test_teacher_noise_is_validated():
         RunConfig(teacher_noise=1.0)
     with pytest.raises(ConfigError, match="teacher_noise"):
         RunConfig(teacher_noise=0.01, teacher_server="http://localhost:8000", teacher="x")
+
+
+def test_noise_statistics_count_the_mass_only_the_noise_could_teach():
+    from opd_lab.noisy_teacher import noise_statistics
+
+    teacher = torch.log(torch.tensor([[[0.998, 0.0015, 0.0005], [0.5, 0.4995, 0.0005]]]))
+    student = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]]]))
+    both = noise_statistics(student, teacher, torch.ones(1, 2))
+    assert both["noise_mass"] == pytest.approx((0.1 + 0.4) / 2)  # token 2 is under 1e-3 for the clean teacher
+    entropy = [-sum(p * math.log(p) for p in row) for row in ([0.7, 0.2, 0.1], [0.3, 0.3, 0.4])]
+    assert both["entropy"] == pytest.approx(sum(entropy) / 2, rel=1e-5)
+    first = noise_statistics(student, teacher, torch.tensor([[1.0, 0.0]]))
+    assert first["noise_mass"] == pytest.approx(0.1)
