@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the one seed every arm runs")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
@@ -50,17 +51,18 @@ def main() -> None:
     rates = {arm: baseline.get(arm.split("-")[0], 1e-4) for arm in settings.arms}
     out = Path(args.out) if args.out else reports_dir() / f"pilot-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    configs = [_config(scenario, recipe.lab_name, arm, 0, rates[arm], scenario.steps, f"pilot-{args.scenario}-{arm}")
+    configs = [_config(scenario, recipe.lab_name, arm, args.seed, rates[arm], scenario.steps,
+                       f"pilot-{args.scenario}-{arm}-s{args.seed}")
                for arm in settings.arms]
     run_dirs = _train_all(configs, args.workers, "pilot runs")
     (out / "runs").mkdir(exist_ok=True)
     runs_by_arm = {}
     for arm, config, run_dir in zip(settings.arms, configs, run_dirs):
         shutil.move(str(run_dir), out / "runs" / run_dir.name)
-        runs_by_arm[arm] = [{"seed": 0, "run": run_dir.name, "learning_rate": config.learning_rate}]
+        runs_by_arm[arm] = [{"seed": args.seed, "run": run_dir.name, "learning_rate": config.learning_rate}]
     data = build_report(settings, scenario, lab, reference["teacher"], reference["student"], [], rates, runs_by_arm,
                         out, seconds=time.time() - started, sampled_reference=sampled_reference)
-    data["pilot"] = (f"one seed, no sweep (rates from the baseline report's sweep: {rates}), "
+    data["pilot"] = (f"one seed ({args.seed}), no sweep (rates from the baseline report's sweep: {rates}), "
                      f"{args.steps} steps, evaluations every {args.eval_every}")
     write_report(out, data)
     markdown = (out / "report.md").read_text()
