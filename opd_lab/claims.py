@@ -78,8 +78,9 @@ NOT_TESTED = {
                 "wrong carries and swapped digits (P(!) near 1) but only half of the sums off by one",
     "noisy-teacher": "no full report yet; the noisy teacher's own sampled accuracy was measured: 73.2% / 40.2% / "
                      "21.4% at q = 0.01 / 0.03 / 0.05 (greedy 100.0% at every q; 500 problems, 4 samples each). A "
-                     "one-seed pilot at q = 0.03 (150 steps, no sweep; below) ended at sampled accuracy OPD 49.6%, "
-                     "SFT on noisy samples 4.9%, SFT on greedy answers 60.9%, RL 47.5%",
+                     "pilot at q = 0.03 (seeds 0 and 1, 150 steps, no sweep; below) ended at sampled accuracy OPD "
+                     "49.6% / 49.3%, SFT on noisy samples 4.9% / 3.9%, SFT on greedy answers 60.9% / 59.7%, RL "
+                     "47.5% / 47.2%",
 }
 
 
