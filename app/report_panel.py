@@ -44,7 +44,9 @@ def show_report(name: str | None):
             data = experiment.load_report(folder)
     except (FileNotFoundError, ValueError) as error:
         return f"**Cannot show this report.** {error}", None, pd.DataFrame()
-    text = (f"### Verdict\n{data['verdict']['sentence']}\n\n*Scenario `{data['scenario']}`"
+    sampled = experiment.sampled_lines(data)
+    text = (f"### Verdict (greedy accuracy)\n{data['verdict']['sentence']}\n\n"
+            + ("\n".join(sampled) + "\n" if sampled else "") + f"*Scenario `{data['scenario']}`"
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
             f"{data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%}; each method's learning rate "
             f"from the same sweep ({', '.join(f'{arm} {lr:g}' for arm, lr in data['learning_rates'].items())}).*")

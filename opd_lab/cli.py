@@ -143,6 +143,10 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare.add_argument("--scenario", default="baseline", choices=list(SCENARIOS) + ["two-experts"],
                          help="default: baseline; two-experts: multi-teacher OPD vs SFT, sequential OPD and RL "
                               "(opd_lab/two_experts.py)")
+    compare.add_argument("--protocol", default="from-base", choices=("from-base", "handoff"),
+                         help="from-base: every method from the base student (default); handoff: SFT on fixed "
+                              "datasets of 64..4096 teacher samples first, then SFT, OPD and RL from the plateau "
+                              "(the seed's protocol, opd_lab/handoff.py)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
@@ -322,6 +326,12 @@ def _dispatch(args) -> int | None:
         from opd_lab.two_experts import TwoExpertsSettings, run_two_experts
 
         run_two_experts(TwoExpertsSettings(quick=args.quick))
+    elif args.command == "compare" and args.protocol == "handoff":
+        from opd_lab.handoff import HandoffSettings, run_handoff
+
+        folder = run_handoff(HandoffSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick,
+                                             workers=args.workers), out=args.out)
+        print(f"report: {folder / 'handoff.md'}")
     elif args.command == "compare":
         from opd_lab.experiment import CompareSettings, run_compare
 

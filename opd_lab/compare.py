@@ -49,7 +49,18 @@ def method_configs(steps: int, sequences_per_step: int, base: RunConfig | None =
 # Arms beyond the three methods that `opd-lab compare --variants` can add.
 VARIANTS: dict[str, dict] = {
     "opd-full": {"method": "opd", "estimator": "full"},  # the exact reverse KL over the vocabulary
+    "opd-clipped": {"method": "opd", "estimator": "clipped"},  # the sampled advantage clamped
+    "opd-topk": {"method": "opd", "estimator": "topk"},  # reverse KL over the student's top-k, renormalized
+    "sft-greedy": {"method": "sft", "sft_source": "teacher_greedy"},  # sequence-level KD: the teacher's greedy answers
 }
+
+
+def arm_of(config: RunConfig) -> str:
+    """The arm a comparison's config belongs to (the inverse of `arm_overrides`)."""
+    for arm, fields in VARIANTS.items():
+        if all(getattr(config, name) == value for name, value in fields.items()):
+            return arm
+    return config.method
 
 
 def arm_overrides(arm: str, sequences_per_step: int, prompt_pool: int = 0) -> dict:
@@ -65,7 +76,8 @@ def arm_overrides(arm: str, sequences_per_step: int, prompt_pool: int = 0) -> di
     if arm == "sft":
         return {"method": "sft", "samples_per_prompt": 1, "batch_size": sequences_per_step, "prompt_pool": prompt_pool,
                 "sft_source": "teacher_dataset" if prompt_pool else "teacher"}
-    if arm == "opd" or arm in VARIANTS:
-        return {"method": "opd", "samples_per_prompt": 1, "batch_size": sequences_per_step, "prompt_pool": prompt_pool,
-                **VARIANTS.get(arm, {})}
+    if arm in VARIANTS:
+        return {**arm_overrides(VARIANTS[arm]["method"], sequences_per_step, prompt_pool), **VARIANTS[arm]}
+    if arm == "opd":
+        return {"method": "opd", "samples_per_prompt": 1, "batch_size": sequences_per_step, "prompt_pool": prompt_pool}
     raise ConfigError(f"unknown arm {arm!r}: use rl, sft, opd or one of {', '.join(VARIANTS)}")

@@ -32,10 +32,10 @@ from opd_lab import model_spec
 from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 METHODS = ("opd", "sft", "rl")
-ESTIMATORS = ("sampled", "full")
+ESTIMATORS = ("sampled", "full", "clipped", "topk")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
-SFT_SOURCES = ("teacher", "teacher_dataset", "reference")
+SFT_SOURCES = ("teacher", "teacher_greedy", "teacher_dataset", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 # Experiment trackers a run can stream to (opd_lab/tracking.py); each is an optional extra.
@@ -114,17 +114,25 @@ class RunConfig:
     max_grad_norm: float = _field(1.0, "Gradient clipping norm.")
     temperature: float = _field(1.0, "Sampling temperature of the student's rollouts.")
     max_new_tokens: int = _field(0, "Longest completion in tokens; 0 uses the task's own limit.")
-    estimator: str = _field("sampled", "OPD signal. sampled: per-token advantage log p_teacher - log p_student on the sampled token, with a policy-gradient loss; full: exact divergence over the whole vocabulary.", ESTIMATORS)
+    estimator: str = _field("sampled", "OPD signal. sampled: per-token advantage log p_teacher - log p_student on the sampled token, with a policy-gradient loss; clipped: the same advantage clamped to [-advantage_clip, advantage_clip]; full: exact divergence over the whole vocabulary; topk: exact reverse KL over the student's estimator_top_k most likely tokens, both distributions renormalized there.", ESTIMATORS)
+    advantage_clip: float = _field(5.0, "estimator=clipped: the bound on each token's advantage (the sampled log-ratio is unbounded below).")
+    estimator_top_k: int = _field(8, "estimator=topk: the student's most likely tokens per position the reverse KL is taken over.")
     divergence: str = _field("reverse_kl", "Divergence for the full estimator (sampled is always reverse KL).", DIVERGENCES)
     jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
     on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
     reward_coef: float = _field(0.0, "OPD only: weight of the task's reward added to each token's advantage.")
-    sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
+    sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_greedy: the teacher's greedy answers to fresh prompts (sequence-level KD); teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
+    teacher_noise: float = _field(0.0, "Mix uniform noise into the teacher: p = (1 - q) p_teacher + q / V per token, "
+                                  "with q this value (0: the clean teacher). Every use of the teacher sees it: OPD's "
+                                  "scores, SFT's samples (opd_lab/noisy_teacher.py). In-process teachers only.")
     finetune: str = _field("auto", "full or lora; auto is full for lab models and LoRA for real ones.", FINETUNE_MODES)
     lora_rank: int = _field(16, "LoRA rank.")
     lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
     eval_every: int = _field(25, "Evaluate held-out accuracy every N steps (and at the start and end).")
     eval_count: int = _field(200, "Held-out problems per evaluation.")
+    eval_samples: int = _field(4, "Each evaluation also samples this many completions per problem at temperature 1 "
+                               "and logs their mean accuracy as eval/sampled_accuracy, beside the greedy "
+                               "eval/accuracy (0: greedy only).")
     stop_at_accuracy: float = _field(0.0, "Finish early once held-out accuracy reaches this value (0: run all steps).")
     sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps. RL and SFT run the "
                                "teacher's forward only on these steps, for train/reverse_kl and the records "
@@ -165,7 +173,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool"):
+        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative (got {getattr(self, name)})")
         if not 0 < self.learning_rate < 1:
@@ -178,14 +186,27 @@ class RunConfig:
             raise ConfigError(f"stop_at_accuracy: must be in [0, 1] (got {self.stop_at_accuracy})")
         if not 0 <= self.on_policy_fraction <= 1:
             raise ConfigError(f"on_policy_fraction: must be in [0, 1] (got {self.on_policy_fraction})")
+        if not 0 <= self.teacher_noise < 1:
+            raise ConfigError(f"teacher_noise: must be in [0, 1) (got {self.teacher_noise})")
         if not 0 < self.jsd_beta < 1:
             raise ConfigError(f"jsd_beta: must be in (0, 1) (got {self.jsd_beta})")
         if self.method == "rl" and self.samples_per_prompt < 2:
             raise ConfigError("samples_per_prompt: RL compares samples of the same prompt, so it needs at least 2")
         if self.method == "sft" and self.sft_source == "teacher_dataset" and not self.prompt_pool:
             raise ConfigError("sft_source: teacher_dataset is one teacher sample per prompt of a fixed pool; set prompt_pool too")
-        if self.method == "opd" and self.estimator == "sampled" and self.divergence != "reverse_kl":
-            raise ConfigError("divergence: the sampled estimator is reverse KL; use estimator=full for forward_kl or jsd")
+        if self.method == "opd" and self.estimator != "full" and self.divergence != "reverse_kl":
+            raise ConfigError(f"divergence: the {self.estimator} estimator is reverse KL; use estimator=full for "
+                              "forward_kl or jsd")
+        if not self.advantage_clip > 0:
+            raise ConfigError(f"advantage_clip: must be positive (got {self.advantage_clip})")
+        if self.estimator_top_k < 1:
+            raise ConfigError(f"estimator_top_k: must be at least 1 (got {self.estimator_top_k})")
+        if self.teacher_noise and (self.teacher_server or self.teacher_servers):
+            raise ConfigError("teacher_noise: a teacher server's scores cannot be mixed with noise here; "
+                              "use an in-process teacher")
+        if self.estimator == "topk" and (self.teacher_server or self.teacher_servers):
+            raise ConfigError("estimator: topk needs the teacher's full logits; a teacher server gives its top-k "
+                              "only (use sampled or full)")
         _check_task_name(self.task, "task")
         if self.name and (problem := run_id_problem(self.name, RUN_NAME_MAX_LENGTH)):
             raise ConfigError(f"name: {problem} (got {self.name!r})")
@@ -239,6 +260,12 @@ class RunConfig:
         if self.method == "sft" and self.sft_source != "reference":
             raise ConfigError(f"sft_source: {self.sft_source} needs teacher samples, which a teacher server does not "
                               "write here; use sft_source=reference or the in-process teacher")
+        if self.method == "opd" and self.estimator == "topk":
+            raise ConfigError("estimator: topk needs the teacher's logits on the student's top-k tokens, which a "
+                              "teacher server does not return; use full (top-k + tail) or the in-process teacher")
+        if self.teacher_noise:
+            raise ConfigError("teacher_noise: the noise is mixed into an in-process teacher's logits; a teacher "
+                              "server's scores are used as they come")
         if self.method == "opd" and self.on_policy_fraction < 1:
             raise ConfigError(f"on_policy_fraction: {self.on_policy_fraction} mixes in teacher samples, which a teacher "
                               "server does not write here; use 1 or the in-process teacher")

@@ -33,6 +33,9 @@ class EvalResult:
     pass_at_k: float | None = None
     k: int = 0
     records: list[dict] = field(default_factory=list)
+    sampled_metrics: dict[str, float] = field(default_factory=dict)
+    """The task's own statistics of the sampled completions (`task.sample_metrics`, e.g. the
+    retry task's slip and recovery rates); empty for tasks without them."""
 
     def as_metrics(self, prefix: str = "eval/") -> dict[str, float]:
         """Namespaced metrics for metrics.jsonl."""
@@ -40,6 +43,8 @@ class EvalResult:
         if self.sampled_accuracy is not None:
             metrics[f"{prefix}sampled_accuracy"] = self.sampled_accuracy
             metrics[f"{prefix}pass@{self.k}"] = self.pass_at_k
+        metrics.update({f"{prefix}sampled_{name}": value for name, value in self.sampled_metrics.items()
+                        if value == value})  # nan (e.g. a recovery rate without slips) is left out
         return metrics
 
 
@@ -84,11 +89,16 @@ def evaluate(model, tokenizer, task: Task, count: int = 200, samples_per_problem
     if samples_per_problem > 0:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         repeated = [p for p in problems for _ in range(samples_per_problem)]
+        # The k samples of a problem share a batch, and batches are k times larger (up to 256
+        # rows): the decode loop's per-step overhead is paid once for more rows.
         sampled = answer(model, tokenizer, task, repeated, greedy=False, temperature=temperature,
-                         batch_size=batch_size, generator=generator, progress=progress)
+                         batch_size=max(batch_size, min(256, batch_size * samples_per_problem)),
+                         generator=generator, progress=progress)
         correct = [r["correct"] for r in sampled]
         groups = [correct[i : i + samples_per_problem] for i in range(0, len(correct), samples_per_problem)]
         result.sampled_accuracy = sum(correct) / len(correct)
         result.pass_at_k = sum(any(g) for g in groups) / len(groups)
         result.k = samples_per_problem
+        if hasattr(task, "sample_metrics"):
+            result.sampled_metrics = task.sample_metrics(repeated, [r["completion"] for r in sampled])
     return result

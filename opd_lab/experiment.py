@@ -37,7 +37,7 @@ from pathlib import Path
 
 from opd_lab import launcher, report, runs
 from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
-from opd_lab.compare import arm_overrides
+from opd_lab.compare import arm_of, arm_overrides
 from opd_lab.config import RunConfig
 from opd_lab.paths import MEASURED_RESULTS_DIR, data_dir
 from opd_lab.files import read_json, write_json_atomic
@@ -50,6 +50,8 @@ SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
 BASE_ARMS = ("rl", "sft", "opd")
 # --quick: tiny models (the scenario's recipe with TINY_RECIPE) and budgets, for CI and notebooks.
 QUICK = dict(steps=4, batch_size=8, sweep_steps=2, eval_every=2, eval_count=16, learning_rates=(1e-3, 3e-3))
+# Samples per held-out problem behind sampled accuracy (temperature 1): the runs' RunConfig.eval_samples.
+EVAL_SAMPLES = RunConfig.__dataclass_fields__["eval_samples"].default
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ class CompareSettings:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return BASE_ARMS + tuple(v for v in self.variants if v not in BASE_ARMS)
+        """The three methods, the scenario's own extra arms, then `variants`."""
+        extra = get_scenario(self.scenario).variants + self.variants
+        return BASE_ARMS + tuple(dict.fromkeys(v for v in extra if v not in BASE_ARMS))
 
     def budget(self) -> Scenario:
         """The scenario with the quick budgets applied when `quick`."""
@@ -107,7 +111,8 @@ def _config(scenario: Scenario, lab: str, arm: str, seed: int, learning_rate: fl
     return RunConfig(name=name, task=task, teacher=f"lab:{lab}", student=f"lab:{lab}", steps=steps,
                      learning_rate=learning_rate, warmup_steps=min(5, steps), seed=seed,
                      eval_every=scenario.eval_every, eval_count=scenario.eval_count, checkpoint_every=steps,
-                     stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool))
+                     stop_at_accuracy=stop_at, **arm_overrides(arm, scenario.batch_size, scenario.prompt_pool),
+                     **scenario.run_changes)
 
 
 def _mean_accuracy(rows: list[dict]) -> float:
@@ -130,16 +135,28 @@ def pick_learning_rates(sweep: list[dict]) -> dict[str, float]:
             for arm in arms}
 
 
-def reference_accuracies(lab: str, task: str, eval_count: int) -> dict:
-    """The teacher's and the base student's greedy accuracy on the runs' evaluation set."""
+def reference_accuracies(lab: str, task: str, eval_count: int, samples: int = 0, noise: float = 0.0) -> dict:
+    """The teacher's and the base student's greedy accuracy on the runs' evaluation set,
+    and with `samples` > 0 their sampled accuracy (`<role>_sampled`: the mean over that
+    many samples per problem at temperature 1, seed 0, as the runs' evaluations). The
+    teacher is the clean one (the target); with `noise` > 0, `noisy_teacher` holds the
+    noisy teacher's `{"greedy", "sampled"}` accuracy too."""
     from opd_lab.eval import evaluate
     from opd_lab.models import load_model
+    from opd_lab.noisy_teacher import NoisyTeacherModel
     from opd_lab.tasks import get_task
 
     found = {}
     for role in ("teacher", "student"):
         model, tokenizer = load_model(f"lab:{lab}", role, task)
-        found[role] = evaluate(model.eval(), tokenizer, get_task(task), count=eval_count).accuracy
+        result = evaluate(model.eval(), tokenizer, get_task(task), count=eval_count, samples_per_problem=samples)
+        found[role] = result.accuracy
+        if samples:
+            found[f"{role}_sampled"] = result.sampled_accuracy
+        if role == "teacher" and noise:
+            noisy = evaluate(NoisyTeacherModel(model, noise).eval(), tokenizer, get_task(task), count=eval_count,
+                             samples_per_problem=max(samples, 1))
+            found["noisy_teacher"] = {"noise": noise, "greedy": noisy.accuracy, "sampled": noisy.sampled_accuracy}
     return found
 
 
@@ -174,14 +191,19 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
         if stop.reason:  # asked before the handlers could interrupt anything
             raise BatchStopped(stop.reason)
         lab_summary = build_lab(recipe, progress_print=progress_print)
-        reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count)
+        reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES,
+                                         noise=scenario.run_changes.get("teacher_noise", 0.0))
     except BatchStopped:
         out.mkdir(parents=True, exist_ok=True)
         return _write_stopped(out, settings, stop.reason, [], progress_print)
     finally:
         stop.interruptible = False
     teacher, base = reference["teacher"], reference["student"]
-    progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems")
+    sampled_reference = {"teacher": reference["teacher_sampled"], "base": reference["student_sampled"],
+                         **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {})}
+    progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems "
+                   f"(greedy); sampled at temperature 1: teacher {sampled_reference['teacher']:.1%}, "
+                   f"base student {sampled_reference['base']:.1%}")
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. the learning-rate sweep: the same grid and budget for every arm
@@ -191,7 +213,7 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
     sweep_dirs = train_all(sweep_configs, settings.workers, "learning-rate sweep", stop, launched_by, progress_print)
     if stop.reason:
         return _write_stopped(out, settings, stop.reason, sweep_dirs, progress_print)
-    sweep = [{"arm": _arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
+    sweep = [{"arm": arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
               "final_kl": _final_kl(rows), "run": d.name}
              for c, d in zip(sweep_configs, sweep_dirs) for rows in [load_metrics(d)]]
     chosen = pick_learning_rates(sweep)
@@ -216,13 +238,14 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
     reported = moved[len(sweep_dirs):]
     runs_by_arm = {arm: [] for arm in settings.arms}
     for config, run_dir in zip(configs, reported):
-        runs_by_arm[_arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
+        runs_by_arm[arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
     # What was run is saved first, so that a failure while reporting loses nothing (see `refresh_report`).
     write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab_summary,
                                           "teacher_accuracy": teacher, "base_accuracy": base, "sweep": sweep,
-                                          "learning_rates": chosen, "runs": runs_by_arm})
+                                          "learning_rates": chosen, "runs": runs_by_arm,
+                                          "sampled_reference": sampled_reference})
     data = build_report(settings, scenario, lab_summary, teacher, base, sweep, chosen, runs_by_arm, out,
-                        seconds=time.time() - started)
+                        seconds=time.time() - started, sampled_reference=sampled_reference)
     write_report(out, data)
     progress_print(data["verdict"]["sentence"])
     return out
@@ -270,16 +293,18 @@ def stopped_markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _arm_of(config: RunConfig) -> str:
-    if config.method == "opd" and config.estimator == "full":
-        return "opd-full"
-    return config.method
-
-
 def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
-                 sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float) -> dict:
-    """The report's data, every number computed from the runs' metrics in `out/runs`."""
+                 sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float,
+                 sampled_reference: dict | None = None) -> dict:
+    """The report's data, every number computed from the runs' metrics in `out/runs`.
+
+    `verdict` judges greedy accuracy; with `sampled_reference` (the teacher's and base
+    student's sampled accuracy) and runs that logged it, `sampled` holds the same
+    summaries and verdict judged on sampled accuracy at temperature 1.
+    """
     summaries, verdict = _judge(out, runs_by_arm, base, teacher, scenario.steps)
+    verdict["accuracy"] = report.ACCURACY_WORDS[report.ACCURACY]
+    sampled = _judge_sampled(out, runs_by_arm, sampled_reference, scenario.steps)
     return {
         "scenario": settings.scenario, "label": settings.label, "quick": settings.quick, "seeds": settings.seeds,
         "condition": scenario.condition, "claims": list(scenario.claims),
@@ -288,7 +313,7 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
                      "eval_every": scenario.eval_every, "eval_count": scenario.eval_count, "workers": settings.workers},
         "lab": lab_summary, "teacher_accuracy": teacher, "base_accuracy": base,
         "sweep": sweep, "learning_rates": chosen, "runs": runs_by_arm, "summaries": summaries,
-        "verdict": verdict,
+        "verdict": verdict, **({"sampled": sampled, "sampled_reference": sampled_reference} if sampled else {}),
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -298,6 +323,40 @@ def _judge(folder: Path, runs_by_arm: dict, base: float, teacher: float, budget_
     summaries = {arm: report.summarize_arm([load_metrics(folder / "runs" / run["run"]) for run in runs], base, teacher)
                  for arm, runs in runs_by_arm.items()}
     return summaries, report.verdict(summaries, base, teacher, budget_steps=budget_steps)
+
+
+def _judge_sampled(folder: Path, runs_by_arm: dict, reference: dict | None, budget_steps: int) -> dict | None:
+    """The summaries and verdict on sampled accuracy, or None when the runs or the reference lack it."""
+    if not reference:
+        return None
+    runs = {arm: [load_metrics(folder / "runs" / run["run"]) for run in arm_runs] for arm, arm_runs in runs_by_arm.items()}
+    if not all(report.has_metric(rows, report.SAMPLED_ACCURACY) for rows in runs.values()):
+        return None
+    base, teacher = reference["base"], reference["teacher"]
+    summaries = {arm: report.summarize_arm(rows, base, teacher, metric=report.SAMPLED_ACCURACY)
+                 for arm, rows in runs.items()}
+    verdict = report.verdict(summaries, base, teacher, budget_steps=budget_steps)
+    verdict["accuracy"] = report.ACCURACY_WORDS[report.SAMPLED_ACCURACY]
+    return {"teacher_accuracy": teacher, "base_accuracy": base, "samples_per_problem": EVAL_SAMPLES,
+            "statistics": {arm: final_statistics(rows) for arm, rows in runs.items()},
+            **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {}),
+            "summaries": summaries, "verdict": verdict}
+
+
+def final_statistics(runs: list[list[dict]]) -> dict[str, float]:
+    """The median over seeds of each task statistic of the sampled completions at the last
+    evaluation that has it (`eval/sampled_<name>`, e.g. the retry task's recovery rate)."""
+    from statistics import median
+
+    names = sorted({key for rows in runs for row in rows for key in row
+                    if key.startswith("eval/sampled_") and key != report.SAMPLED_ACCURACY})
+    found = {}
+    for name in names:
+        last = [[row[name] for row in rows if name in row][-1:] for rows in runs]
+        values = [values[0] for values in last if values]
+        if values:
+            found[name.removeprefix("eval/sampled_")] = median(values)
+    return found
 
 
 def refresh_report(folder: str | Path) -> dict:
@@ -312,10 +371,14 @@ def refresh_report(folder: str | Path) -> dict:
         settings = CompareSettings(**{**data["settings_used"], "variants": tuple(data["settings_used"]["variants"])})
         data = build_report(settings, settings.budget(), data["lab"], data["teacher_accuracy"], data["base_accuracy"],
                             data["sweep"], data["learning_rates"], data["runs"], folder,
-                            seconds=data.get("seconds", float("nan")))
+                            seconds=data.get("seconds", float("nan")), sampled_reference=data.get("sampled_reference"))
     else:
         data["summaries"], data["verdict"] = _judge(folder, data["runs"], data["base_accuracy"],
                                                     data["teacher_accuracy"], data["settings"]["steps"])
+        data["verdict"]["accuracy"] = report.ACCURACY_WORDS[report.ACCURACY]
+        sampled = _judge_sampled(folder, data["runs"], data.get("sampled_reference"), data["settings"]["steps"])
+        if sampled:
+            data["sampled"] = sampled
     write_report(folder, data)
     return data
 
@@ -390,12 +453,29 @@ def grid_edges(data: dict) -> dict[str, str]:
     return edges
 
 
+def sampled_lines(data: dict) -> list[str]:
+    """The report's lines on sampled accuracy (temperature 1): its verdict and each arm's final value."""
+    sampled = data.get("sampled")
+    if not sampled:
+        return []
+    finals = "; ".join(f"{report.arm_label(arm)} {s['final_accuracy']['median']:.1%} "
+                       f"({s['final_accuracy']['min']:.1%}-{s['final_accuracy']['max']:.1%})"
+                       for arm, s in ((a, sampled["summaries"][a]) for a in report.ordered_arms(sampled["summaries"])))
+    return [f"**Verdict (sampled accuracy, temperature 1, mean of {sampled['samples_per_problem']} samples per "
+            f"problem).** {sampled['verdict']['sentence']}", "",
+            f"Sampled accuracy: teacher {sampled['teacher_accuracy']:.1%}, base student {sampled['base_accuracy']:.1%}; "
+            f"final, median (range) over seeds: {finals}."
+            + (f" The noisy teacher (q = {noisy['noise']:g}) the runs learned from: {noisy['sampled']:.1%} sampled, "
+               f"{noisy['greedy']:.1%} greedy." if (noisy := sampled.get("noisy_teacher")) else ""), ""]
+
+
 def report_markdown(data: dict) -> str:
     """The report as Markdown: the scenario, the sweep, the table and the verdict."""
     rows = target_rows(data)
     headers = list(rows[0]) if rows else []
     lines = [f"# opd-lab compare: scenario `{data['scenario']}`{' (quick)' if data['quick'] else ''}", "",
-             f"**Verdict.** {data['verdict']['sentence']}", "",
+             f"**Verdict (greedy accuracy).** {data['verdict']['sentence']}", "",
+             *sampled_lines(data),
              f"Condition: {data['condition']}", "",
              f"Teacher {data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%} "
              f"(greedy, {data['settings']['eval_count']} held-out problems). Budget {data['settings']['steps']} steps "

@@ -70,6 +70,21 @@ class LabRecipe:
     student_task: str = ""
     # The lab's name and folder: the scenario (see SCENARIOS), or the task when empty.
     name: str = ""
+    # Retry tasks only (opd_lab/tasks/retry.py): the share of the base student's examples written
+    # in the retry format (slips retracted with `!`, the slips masked), so it knows what `!` means.
+    student_retry_fraction: float = 0.0
+    # Gates: each model trains its recipe's steps, then, while its accuracy on a validation
+    # set (held-out problems drawn with another seed than the reported evaluation) is below
+    # its gate, `gate_round_steps` more steps at a lower peak rate, up to its step cap. So a
+    # build whose float round-off (the torch thread count) made a slower start still ends
+    # at its gate instead of wherever the fixed step count left it.
+    teacher_gate: float = 0.98
+    teacher_max_steps: int = 4000
+    student_gate: float = 0.35  # the base student must have the foundation...
+    student_gate_max: float = 0.80  # ...and a gap left to close (checked and printed, not trained for)
+    student_max_steps: int = 1400
+    gate_round_steps: int = 400
+    gate_eval_count: int = 300
 
     def __post_init__(self):
         # A lab is named after its task unless it has a name: a task file's path cannot name a lab
@@ -90,6 +105,14 @@ class LabRecipe:
         if not is_lab_name(self.lab_name):
             raise ValueError(f"LabRecipe: {self.lab_name!r} cannot name a lab (letters, digits, '.', '_', '-'; "
                              "give the recipe a name)")
+        if self.teacher_max_steps < self.teacher_steps or self.student_max_steps < self.student_steps:
+            raise ValueError("LabRecipe: a step cap must be at least the recipe's steps")
+        if not 0 <= self.student_retry_fraction <= 1:
+            raise ValueError("LabRecipe.student_retry_fraction must be in [0, 1]")
+        if self.student_retry_fraction and not hasattr(get_task(self.task), "training_example"):
+            raise ValueError(f"LabRecipe.student_retry_fraction: {self.task} is not a retry task")
+        if self.gate_round_steps < 1 or self.gate_eval_count < 1:
+            raise ValueError("LabRecipe.gate_round_steps and gate_eval_count must be at least 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,14 +133,17 @@ class LabRecipe:
 # (measured: sorting's teacher gets 79.0% after 1200 steps, 94.2% after 2400 and
 # 99.4% after 4000, with the base student at 64.0%; 170 s in all on 2 cores).
 TASK_RECIPES: dict[str, dict] = {
-    "sorting": {"teacher_steps": 4000},
+    "sorting": {"teacher_steps": 4000, "teacher_max_steps": 6000},
 }
 
 
-# A recipe small enough for unit tests (seconds): the models learn little.
+# A recipe small enough for unit tests (seconds): the models learn little, so its gates are
+# off (0 and 1) and its caps equal its steps: it trains exactly its steps, as before gates.
 TINY_RECIPE = dict(
     teacher_size=LabModelSize(32, 1, 2, 64), teacher_steps=30, student_size=LabModelSize(32, 1, 2, 64),
     student_examples=64, student_steps=5, eval_count=32,
+    teacher_gate=0.0, teacher_max_steps=30, student_gate=0.0, student_gate_max=1.0, student_max_steps=5,
+    gate_eval_count=16,
 )
 
 
@@ -129,6 +155,8 @@ TINY_RECIPE = dict(
 SMALL_TRAINED_RECIPE = dict(
     teacher_size=LabModelSize(64, 2, 4, 256), teacher_steps=800, teacher_batch_size=32, teacher_learning_rate=3e-3,
     student_size=LabModelSize(64, 2, 4, 256), student_examples=512, student_steps=300, eval_count=200,
+    # Fixed step counts, no gates: the tests check the accuracies it reaches (teacher >= 85%).
+    teacher_gate=0.0, teacher_max_steps=800, student_gate=0.0, student_gate_max=1.0, student_max_steps=300,
 )
 
 
@@ -139,12 +167,29 @@ def _cosine_lr(step: int, total: int, peak: float, warmup: int = 20) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def sft_train(model, tokenizer, examples: list[tuple[str, str]], steps: int, batch_size: int,
+def trained_token_mask(rollouts, character_masks: list[list[int] | None]) -> torch.Tensor:
+    """`rollouts.target_mask_BT` with the loss switched off on characters whose mask is 0.
+
+    The lab's tokenizer has one token per character, so completion character j is
+    target column `prompt_length - 1 + j`; None keeps a row's whole completion (and EOS).
+    """
+    mask_BT = rollouts.target_mask_BT.clone()
+    start = rollouts.prompt_length - 1
+    for row, characters in enumerate(character_masks):
+        if characters is not None:
+            off = [start + j for j, keep in enumerate(characters) if not keep]
+            mask_BT[row, off] = 0.0
+    return mask_BT
+
+
+def sft_train(model, tokenizer, examples: list[tuple], steps: int, batch_size: int,
               learning_rate: float, seed: int, description: str) -> float:
     """Train `model` with cross-entropy on (prompt, completion) pairs; returns the last loss.
 
-    Batches are drawn from `examples` with a seeded RNG (with replacement), so a fixed
-    example set and step count make a fixed model.
+    An example may be `(prompt, completion, character_mask)`: the loss then skips the
+    completion's characters whose mask is 0 (the retry task's corrupted steps). Batches
+    are drawn from `examples` with a seeded RNG (with replacement), so a fixed example
+    set and step count make a fixed model.
     """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
@@ -155,9 +200,11 @@ def sft_train(model, tokenizer, examples: list[tuple[str, str]], steps: int, bat
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, steps, learning_rate)
         batch = [rng.choice(examples) for _ in range(batch_size)]
-        rollouts = rollouts_from_texts(tokenizer, [p for p, _ in batch], [c for _, c in batch])
+        rollouts = rollouts_from_texts(tokenizer, [example[0] for example in batch], [example[1] for example in batch])
+        mask_BT = (trained_token_mask(rollouts, [example[2] if len(example) > 2 else None for example in batch])
+                   if any(len(example) > 2 for example in batch) else rollouts.target_mask_BT)
         logits = forward_logits(model, rollouts.sequences_BS, rollouts.attention_mask_BS)
-        loss, _ = cross_entropy_loss(target_logprobs(logits, rollouts), rollouts.target_mask_BT)
+        loss, _ = cross_entropy_loss(target_logprobs(logits, rollouts), mask_BT)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -188,10 +235,14 @@ def make_student(teacher, tokenizer, task, problems: list[Problem], size: LabMod
     return student.eval()
 
 
-def _reference_examples(problems: list[Problem]) -> list[tuple[str, str]]:
+def _reference_examples(problems: list[Problem], task=None, rng: random.Random | None = None) -> list[tuple]:
+    """(prompt, reference) pairs; for a retry task (one with `training_example`) the
+    references with retracted slips and their loss masks instead."""
     missing = [p.prompt for p in problems if p.reference is None]
     if missing:
         raise ValueError(f"the lab needs reference solutions; none for {missing[0]!r}")
+    if task is not None and hasattr(task, "training_example"):
+        return [task.training_example(p, rng) for p in problems]
     return [(p.prompt, p.reference) for p in problems]
 
 
@@ -217,7 +268,7 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            summary = _build(recipe, staging)
+            summary = _build(recipe, staging, progress_print)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(staging, folder)
@@ -226,16 +277,89 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
         return summary
 
 
-def _build(recipe: LabRecipe, folder) -> dict:
+# An extra round after a failed gate restarts the cosine schedule at this share of the recipe's peak rate.
+GATE_ROUND_RATE = 0.3
+
+
+def validation_accuracy(model, tokenizer, task, problems: list[Problem]) -> float:
+    """Greedy accuracy on `problems` (a gate's validation set)."""
+    records = answer(model, tokenizer, task, problems, greedy=True)
+    return sum(r["correct"] for r in records) / max(len(records), 1)
+
+
+def extend_to_gate(model, tokenizer, task, gate: float, steps_done: int, max_steps: int, round_steps: int,
+                   more_examples, validation: list[Problem], batch_size: int, learning_rate: float, seed: int,
+                   description: str, progress_print=print) -> dict:
+    """Train `model` (already trained `steps_done` steps) in rounds until it passes `gate`.
+
+    After each check whose validation accuracy is below `gate`, one more round of
+    `round_steps` steps (capped at `max_steps` in all) on `more_examples(round)`, with a
+    fresh cosine schedule peaking at `GATE_ROUND_RATE * learning_rate`. A gate of 0 or
+    less is off: no check, no extra step.
+
+    Returns:
+        `{"gate", "passed", "steps", "validation_accuracy", "checks"}`, `checks` being
+        `[steps so far, validation accuracy]` pairs, one per check.
+
+    Example:
+        >>> extend_to_gate(model, tok, task, 0.98, 1200, 2000, 400, more, problems, 32, 3e-3, 0, "teacher")
+        ... # doctest: +SKIP
+        {'gate': 0.98, 'passed': True, 'steps': 1600, 'validation_accuracy': 0.99, 'checks': [[1200, 0.84], [1600, 0.99]]}
+    """
+    if gate <= 0:
+        return {"gate": gate, "passed": True, "steps": steps_done, "validation_accuracy": None, "checks": []}
+    checks, round_index = [], 0
+    while True:
+        accuracy = validation_accuracy(model, tokenizer, task, validation)
+        checks.append([steps_done, accuracy])
+        progress_print(f"{description}: {accuracy:.1%} on {len(validation)} validation problems after "
+                       f"{steps_done} steps (gate {gate:.0%})")
+        if accuracy >= gate or steps_done >= max_steps:
+            break
+        steps = min(round_steps, max_steps - steps_done)
+        round_index += 1
+        sft_train(model, tokenizer, more_examples(round_index), steps, batch_size, GATE_ROUND_RATE * learning_rate,
+                  seed + round_index, f"{description} (gate round {round_index})")
+        steps_done += steps
+    return {"gate": gate, "passed": accuracy >= gate, "steps": steps_done, "validation_accuracy": accuracy,
+            "checks": checks}
+
+
+def retry_student_examples(teacher, tokenizer, task, problems: list[Problem], fraction: float,
+                           seed: int) -> list[tuple]:
+    """The base student's examples on a retry task: the teacher's greedy solutions, with a
+    `fraction` of them replaced by references with retracted (and masked) slips."""
+    rng = random.Random(seed)
+    examples = [(r["prompt"], r["completion"]) for r in answer(teacher, tokenizer, task, problems, greedy=True)]
+    for index in rng.sample(range(len(problems)), round(fraction * len(problems))):
+        examples[index] = task.training_example(problems[index], rng, rate=0.5)
+    return examples
+
+
+def _build(recipe: LabRecipe, folder, progress_print=print) -> dict:
     task = get_task(recipe.task)
     tokenizer = build_char_tokenizer()
     train_rng = random.Random(recipe.seed)
     started = time.perf_counter()
+    # The gates' validation set: held-out problems drawn with another seed than the reported evaluation's.
+    validation = task.eval_problems(recipe.gate_eval_count, seed=1)
 
     teacher = build_lab_model(recipe.teacher_size, tokenizer, seed=recipe.seed)
-    teacher_examples = _reference_examples(task.train_problems(recipe.teacher_steps * recipe.teacher_batch_size, train_rng))
+    teacher_examples = _reference_examples(task.train_problems(recipe.teacher_steps * recipe.teacher_batch_size,
+                                                               train_rng), task, random.Random(recipe.seed + 7))
     sft_train(teacher, tokenizer, teacher_examples, recipe.teacher_steps, recipe.teacher_batch_size,
               recipe.teacher_learning_rate, recipe.seed, "teacher")
+
+    def more_teacher_examples(round_index: int) -> list[tuple[str, str]]:  # fresh problems, apart from train_rng
+        rng = random.Random(recipe.seed * 1000 + 100 + round_index)
+        return _reference_examples(task.train_problems(recipe.gate_round_steps * recipe.teacher_batch_size, rng),
+                                   task, rng)
+
+    teacher_gate = extend_to_gate(teacher, tokenizer, task, recipe.teacher_gate, recipe.teacher_steps,
+                                  recipe.teacher_max_steps, recipe.gate_round_steps, more_teacher_examples, validation,
+                                  recipe.teacher_batch_size, recipe.teacher_learning_rate, recipe.seed, "teacher",
+                                  progress_print)
+    teacher.eval()
     teacher_seconds = time.perf_counter() - started
     teacher_eval = evaluate(teacher, tokenizer, task, count=recipe.eval_count)
 
@@ -243,16 +367,47 @@ def _build(recipe: LabRecipe, folder) -> dict:
     student_problems = task.train_problems(recipe.student_examples, train_rng)
     if recipe.student_task:
         foundation = get_task(recipe.student_task)
+        student_examples = _reference_examples(foundation.train_problems(recipe.student_examples, train_rng))
         student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
-        sft_train(student, tokenizer, _reference_examples(foundation.train_problems(recipe.student_examples, train_rng)),
-                  recipe.student_steps, recipe.student_batch_size, recipe.student_learning_rate, recipe.seed + 1,
-                  "student")
+        sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
+                  recipe.student_learning_rate, recipe.seed + 1, "student")
+        student.eval()
+    elif recipe.student_retry_fraction:
+        student_examples = retry_student_examples(teacher, tokenizer, task, student_problems,
+                                                  recipe.student_retry_fraction, recipe.seed + 2)
+        student = build_lab_model(recipe.student_size, tokenizer, seed=recipe.seed + 1)
+        sft_train(student, tokenizer, student_examples, recipe.student_steps, recipe.student_batch_size,
+                  recipe.student_learning_rate, recipe.seed + 1, "student")
         student.eval()
     else:
         student = make_student(teacher, tokenizer, task, student_problems, recipe.student_size, recipe.student_steps,
                                recipe.student_batch_size, recipe.student_learning_rate, seed=recipe.seed + 1)
+        student_examples = None
+    def more_student_examples(_round: int) -> list[tuple[str, str]]:
+        """Extra rounds reuse the student's examples (it sees `student_examples` solutions in all)."""
+        nonlocal student_examples
+        if student_examples is None:
+            student_examples = [(r["prompt"], r["completion"])
+                                for r in answer(teacher, tokenizer, task, student_problems, greedy=True)]
+        return student_examples
+
+    # An untrained student (student_steps 0) is the recipe's intent: no gate.
+    student_gate = extend_to_gate(student, tokenizer, task, recipe.student_gate if recipe.student_steps else 0.0,
+                                  recipe.student_steps, recipe.student_max_steps, recipe.gate_round_steps,
+                                  more_student_examples, validation, recipe.student_batch_size,
+                                  recipe.student_learning_rate, recipe.seed + 1, "student", progress_print)
+    student.eval()
     student_seconds = time.perf_counter() - student_started
     student_eval = evaluate(student, tokenizer, task, count=recipe.eval_count)
+    if student_gate["validation_accuracy"] is not None:
+        student_gate["below_max"] = student_gate["validation_accuracy"] <= recipe.student_gate_max
+        student_gate["passed"] = student_gate["passed"] and student_gate["below_max"]
+
+    retry = None
+    if hasattr(task, "training_example"):
+        from opd_lab.retry_gates import retry_gates
+
+        retry = retry_gates(teacher, tokenizer, task, validation, seed=recipe.seed)
 
     for role, model in (("teacher", teacher), ("student", student)):
         model.save_pretrained(folder / role)
@@ -263,26 +418,48 @@ def _build(recipe: LabRecipe, folder) -> dict:
         "lab": recipe.lab_name,
         "recipe": json.loads(json.dumps(recipe.to_dict())),
         "torch_threads": torch.get_num_threads(),
-        "teacher": {"parameters": count_parameters(teacher), "steps": recipe.teacher_steps,
-                    "accuracy": teacher_eval.accuracy, "seconds": round(teacher_seconds, 1)},
-        "student": {"parameters": count_parameters(student), "steps": recipe.student_steps,
+        "teacher": {"parameters": count_parameters(teacher), "steps": teacher_gate["steps"],
+                    "accuracy": teacher_eval.accuracy, "seconds": round(teacher_seconds, 1), "gate": teacher_gate},
+        "student": {"parameters": count_parameters(student), "steps": student_gate["steps"],
                     "examples": recipe.student_examples, "accuracy": student_eval.accuracy,
-                    "seconds": round(student_seconds, 1)},
+                    "seconds": round(student_seconds, 1), "gate": student_gate},
         "eval_count": recipe.eval_count,
+        **({"retry_gates": retry} if retry else {}),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(folder / SUMMARY_FILE, summary)
     return summary
 
 
+def gate_lines(summary: dict) -> list[str]:
+    """One line per model saying whether it passed its gate (labs built before gates have none)."""
+    lines = []
+    for role, label in (("teacher", "teacher"), ("student", "base student")):
+        gate = summary[role].get("gate")
+        if not gate or gate["validation_accuracy"] is None:
+            continue
+        bound = f">= {gate['gate']:.0%}"
+        if "below_max" in gate:
+            bound += f" and <= {summary['recipe']['student_gate_max']:.0%}"
+        lines.append(f"{label} gate ({bound} on {summary['recipe']['gate_eval_count']} validation problems): "
+                     f"{'passed' if gate['passed'] else 'FAILED'} at {gate['validation_accuracy']:.1%} after "
+                     f"{gate['steps']} steps")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
-    """A small text table of a lab summary."""
+    """A small text table of a lab summary, its gates and the torch threads it was built with."""
     lines = [f"Built-in lab: task {summary['task']} (held-out greedy accuracy on {summary['eval_count']} problems)",
              f"{'model':<14}{'parameters':>12}{'steps':>8}{'accuracy':>10}{'seconds':>9}"]
     for role, label in (("teacher", "teacher"), ("student", "base student")):
         row = summary[role]
         lines.append(f"{label:<14}{row['parameters']:>12,}{row['steps']:>8}{row['accuracy']:>10.1%}{row['seconds']:>9.1f}")
-    lines.append(f"total {summary['total_seconds']:.1f} s")
+    lines += gate_lines(summary)
+    if summary.get("retry_gates"):
+        from opd_lab.retry_gates import format_retry_gates
+
+        lines += format_retry_gates(summary["retry_gates"])
+    lines.append(f"total {summary['total_seconds']:.1f} s on {summary.get('torch_threads', '?')} torch threads")
     return "\n".join(lines)
 
 

@@ -327,6 +327,67 @@ def opd_sampled_advantages(teacher_logps_BT: torch.Tensor, student_sampling_logp
     return torch.where(mask_BT != 0, difference_BT, torch.zeros_like(difference_BT))
 
 
+def clipped_opd_advantages(teacher_logps_BT: torch.Tensor, student_sampling_logps_BT: torch.Tensor,
+                           mask_BT: torch.Tensor, clip: float) -> torch.Tensor:
+    """The `clipped` OPD signal: `opd_sampled_advantages` clamped to `[-clip, clip]`.
+
+    The sampled log-ratio is unbounded below: a token the student sampled but a
+    near-deterministic teacher gives 1e-8 gets an advantage near -18, and a handful of
+    such tokens dominate the batch's gradient (PowerOPD, arXiv 2606.17199, traces the
+    sampled estimator's high variance to this). Clipping bounds each token's weight; the
+    price is a bias: the gradient is no longer that of the reverse KL wherever the clip
+    binds.
+
+    Args:
+        teacher_logps_BT, student_sampling_logps_BT, mask_BT: as `opd_sampled_advantages`.
+        clip: the bound (> 0).
+    Returns:
+        advantages_BT: (B, T), detached, in `[-clip, clip]`, 0 off the mask.
+
+    Example:
+        >>> clipped_opd_advantages(torch.tensor([[-20.0, -1.0]]), torch.tensor([[-0.1, -2.0]]), torch.ones(1, 2), 5.0)
+        tensor([[-5.,  1.]])
+    """
+    if not clip > 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    return opd_sampled_advantages(teacher_logps_BT, student_sampling_logps_BT, mask_BT).clamp(-clip, clip)
+
+
+def topk_renormalized_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor,
+                                 k: int) -> torch.Tensor:
+    """Reverse KL between the two distributions restricted to the student's top-k tokens and renormalized there.
+
+    At each position S = the student's k most likely tokens (chosen without gradient);
+    `q_s = softmax(student_logits[S])`, `q_t = softmax(teacher_logits[S])`, and the
+    result is `KL(q_s || q_t) = sum_{v in S} q_s(v) (log q_s(v) - log q_t(v))`. It is
+    exact, not sampled, over the tokens the student actually puts mass on, and bounded
+    by the teacher's log-odds inside S rather than by the log-prob of one unlucky
+    sample (tinker-cookbook PR #677 measured it ahead of the sampled estimator). With
+    k = V it is the exact reverse KL. It ignores mass the student puts outside S and
+    how the teacher splits mass between S and the rest.
+
+    Args:
+        student_logits_BTV, teacher_logits_BTV: (B, T, V) logits (divide by the
+            temperature first to use another one).
+        k: tokens kept per position (1 <= k; clamped to V).
+    Returns:
+        kl_BT: (B, T), non-negative, differentiable through the student's logits.
+
+    Example:
+        >>> logits = torch.randn(1, 2, 6)
+        >>> bool(torch.allclose(topk_renormalized_reverse_kl(logits, logits + 1.0, 3), torch.zeros(1, 2), atol=1e-6))
+        True
+    """
+    _check_logits_pair(student_logits_BTV, teacher_logits_BTV)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(k, student_logits_BTV.shape[-1])
+    top_ids_BTK = student_logits_BTV.detach().topk(k, dim=-1).indices
+    student_BTK = F.log_softmax(_full_precision(student_logits_BTV).gather(-1, top_ids_BTK), dim=-1)
+    teacher_BTK = F.log_softmax(_full_precision(teacher_logits_BTV.detach()).gather(-1, top_ids_BTK), dim=-1)
+    return kl_from_logprobs(student_BTK, teacher_BTK)
+
+
 def group_normalized_advantages(rewards_N: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """GRPO-style advantages: each reward standardized within its prompt's group.
 
@@ -356,7 +417,7 @@ def group_normalized_advantages(rewards_N: torch.Tensor, group_size: int, eps: f
 def per_token_advantages(method: str, mask_BT: torch.Tensor, rewards_N: torch.Tensor,
                          teacher_logps_BT: torch.Tensor | None = None,
                          sampling_logps_BT: torch.Tensor | None = None, group_size: int = 1,
-                         reward_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+                         reward_coef: float = 0.0, advantage_clip: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The per-token advantage of on-policy samples: the one place OPD and RL differ.
 
     - OPD: `log p_t(x_t) - log p_s(x_t)` on each sampled token (`opd_sampled_advantages`,
@@ -375,6 +436,7 @@ def per_token_advantages(method: str, mask_BT: torch.Tensor, rewards_N: torch.Te
             and student log-probs recorded at sampling time (OPD only).
         group_size: samples per prompt (RL only).
         reward_coef: weight of the reward in OPD's advantage.
+        advantage_clip: > 0 clamps OPD's log-ratio to `[-clip, clip]` (`clipped_opd_advantages`).
     Returns:
         (advantages_BT, metrics): advantages detached, 0 off the mask; for RL the metric
         `zero_advantage_fraction`, the share of samples in groups whose rewards are all
@@ -389,7 +451,8 @@ def per_token_advantages(method: str, mask_BT: torch.Tensor, rewards_N: torch.Te
     if method == "opd":
         if teacher_logps_BT is None or sampling_logps_BT is None:
             raise ValueError("OPD's advantage needs teacher_logps_BT and sampling_logps_BT")
-        advantages_BT = opd_sampled_advantages(teacher_logps_BT, sampling_logps_BT, mask_BT)
+        advantages_BT = (clipped_opd_advantages(teacher_logps_BT, sampling_logps_BT, mask_BT, advantage_clip)
+                         if advantage_clip > 0 else opd_sampled_advantages(teacher_logps_BT, sampling_logps_BT, mask_BT))
         return advantages_BT + reward_coef * rewards_N[:, None] * mask_BT, {}
     if method == "rl":
         group_advantages_N = group_normalized_advantages(rewards_N, group_size)

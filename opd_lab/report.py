@@ -33,9 +33,13 @@ from opd_lab.plot_style import method_name
 
 GAP_FRACTIONS = (0.5, 0.8, 0.95)
 ACCURACY = "eval/accuracy"
+# Mean accuracy of k samples per problem at temperature 1 (RunConfig.eval_samples), beside greedy.
+SAMPLED_ACCURACY = "eval/sampled_accuracy"
+ACCURACY_WORDS = {ACCURACY: "greedy accuracy", SAMPLED_ACCURACY: "sampled accuracy (temperature 1)"}
 # cost name -> metrics key
 COSTS = {"steps": "step", "samples": "progress/samples", "flops": "perf/flops", "wall_s": "perf/wall_s"}
-VARIANT_LABELS = {"opd-full": "OPD (exact KL)"}
+VARIANT_LABELS = {"opd-full": "OPD (exact KL)", "opd-clipped": "OPD (clipped advantage)",
+                  "opd-topk": "OPD (top-k renormalized KL)", "sft-greedy": "SFT (teacher's greedy answers)"}
 
 
 def arm_label(arm: str) -> str:
@@ -43,7 +47,7 @@ def arm_label(arm: str) -> str:
     return VARIANT_LABELS.get(arm) or method_name(arm)
 
 
-ARM_ORDER = ("rl", "sft", "opd", "opd-full")
+ARM_ORDER = ("rl", "sft", "sft-greedy", "opd", "opd-full", "opd-clipped", "opd-topk")
 
 
 def ordered_arms(arms) -> list[str]:
@@ -56,8 +60,8 @@ def gap_target(base_accuracy: float, teacher_accuracy: float, fraction: float) -
     return base_accuracy + fraction * (teacher_accuracy - base_accuracy)
 
 
-def _evaluations(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if isinstance(row.get(ACCURACY), (int, float)) and math.isfinite(row[ACCURACY])]
+def _evaluations(rows: list[dict], metric: str = ACCURACY) -> list[dict]:
+    return [row for row in rows if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
 
 
 def _costs(row: dict) -> dict:
@@ -65,23 +69,29 @@ def _costs(row: dict) -> dict:
             for name, key in COSTS.items()}
 
 
-def cost_to_reach(rows: list[dict], target: float) -> dict | None:
-    """The costs at the first evaluation whose accuracy is at least `target` and stays
-    there at the next evaluation (the last evaluation counts as it is), or None."""
-    evaluations = _evaluations(rows)
-    reached = [row[ACCURACY] >= target - 1e-9 for row in evaluations]  # 0.5 + 0.6 * 0.5 = 0.7999999999999999
+def cost_to_reach(rows: list[dict], target: float, metric: str = ACCURACY) -> dict | None:
+    """The costs at the first evaluation whose `metric` (greedy accuracy by default) is at least
+    `target` and stays there at the next evaluation (the last evaluation counts as it is), or None."""
+    evaluations = _evaluations(rows, metric)
+    reached = [row[metric] >= target - 1e-9 for row in evaluations]  # 0.5 + 0.6 * 0.5 = 0.7999999999999999
     for index, row in enumerate(evaluations):
         if reached[index] and (index + 1 == len(evaluations) or reached[index + 1]):
             return _costs(row)
     return None
 
 
-def final_accuracy(rows: list[dict]) -> float:
-    """The accuracy of the run's last evaluation."""
-    evaluations = _evaluations(rows)
+def final_accuracy(rows: list[dict], metric: str = ACCURACY) -> float:
+    """The accuracy (`metric`) of the run's last evaluation."""
+    evaluations = _evaluations(rows, metric)
     if not evaluations:
-        raise ValueError("the run has no evaluation")
-    return float(evaluations[-1][ACCURACY])
+        raise ValueError(f"the run has no evaluation with {metric}")
+    return float(evaluations[-1][metric])
+
+
+def has_metric(runs: list[list[dict]], metric: str) -> bool:
+    """Whether every run has at least one evaluation with `metric` (runs from before
+    sampled accuracy have none)."""
+    return bool(runs) and all(_evaluations(rows, metric) for rows in runs)
 
 
 def _median_or_inf(values: list[float | None]) -> float:
@@ -89,13 +99,13 @@ def _median_or_inf(values: list[float | None]) -> float:
 
 
 def summarize_arm(runs: list[list[dict]], base_accuracy: float, teacher_accuracy: float,
-                  fractions=GAP_FRACTIONS) -> dict:
+                  fractions=GAP_FRACTIONS, metric: str = ACCURACY) -> dict:
     """Medians and spreads over the seeds of one arm.
 
     Args:
         runs: one list of metric rows per seed.
     Returns:
-        `{"seeds": n, "final_accuracy": {"median", "min", "max"}, "targets": [...]}`;
+        `{"seeds": n, "metric": metric, "final_accuracy": {"median", "min", "max"}, "targets": [...]}`;
         each target has `fraction`, `accuracy`, `reached` (seeds that got there), and per
         cost a dict with `median` (None when most seeds did not get there), `min`/`max`
         over the seeds that did, and `lower_bound` (the median of the reached cost or the
@@ -103,13 +113,13 @@ def summarize_arm(runs: list[list[dict]], base_accuracy: float, teacher_accuracy
     """
     if not runs:
         raise ValueError("an arm needs at least one run")
-    finals = [final_accuracy(rows) for rows in runs]
-    summary = {"seeds": len(runs),
+    finals = [final_accuracy(rows, metric) for rows in runs]
+    summary = {"seeds": len(runs), "metric": metric,
                "final_accuracy": {"median": median(finals), "min": min(finals), "max": max(finals)},
                "targets": []}
     for fraction in fractions:
         target = gap_target(base_accuracy, teacher_accuracy, fraction)
-        reached = [cost_to_reach(rows, target) for rows in runs]
+        reached = [cost_to_reach(rows, target, metric) for rows in runs]
         entry = {"fraction": fraction, "accuracy": target, "reached": sum(r is not None for r in reached)}
         for name in COSTS:
             values = [r[name] if r else None for r in reached]

@@ -227,3 +227,18 @@ def train_all(configs: list[RunConfig], workers: int, description: str, stop: St
             if worker.process.returncode in (0, -signal.SIGKILL):
                 worker.log.unlink(missing_ok=True)
     return results
+
+
+def train_batch(configs: list[RunConfig], workers: int, description: str, progress_print=print) -> list[Path]:
+    """`train_all` for a study that needs every run: SIGTERM or Ctrl-C stops the runs with a
+    checkpoint (they stay in the runs folder, resumable) and raises `BatchStopped`."""
+    stop = StopRequest()
+    previous = stop_on_signals(stop)
+    try:
+        run_dirs = train_all(configs, workers, description, stop, progress_print=progress_print)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if stop.reason or any(run_dir is None for run_dir in run_dirs):
+        raise BatchStopped(stop.reason or "a run did not start")
+    return run_dirs  # type: ignore[return-value]

@@ -47,15 +47,22 @@ class Scenario:
     learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
     """The sweep grid, the same for every method."""
     sweep_steps: int = 60
+    variants: tuple[str, ...] = ()
+    """Arms beyond RL, SFT and OPD that every comparison on this scenario runs (`compare.VARIANTS`)."""
+    run_changes: dict = field(default_factory=dict)
+    """RunConfig fields every run of the comparison sets (e.g. a noisy teacher)."""
+    lab: str = ""
+    """The lab it uses when it shares another scenario's (empty: its own, named after it)."""
     eval_every: int = 10
-    eval_count: int = 200
+    eval_count: int = 500
+    """Held-out problems per evaluation: 500 keeps the standard error near 2 points at 50%."""
 
     def recipe(self, quick: bool = False) -> LabRecipe:
         """The lab recipe; `quick` makes tiny models in seconds (for tests and CI)."""
         from opd_lab.lab import TINY_RECIPE, LabRecipe
 
         changes = {**self.recipe_changes, **(TINY_RECIPE if quick else {})}
-        return LabRecipe(name=self.name + ("-quick" if quick else ""), **changes)
+        return LabRecipe(name=(self.lab or self.name) + ("-quick" if quick else ""), **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,6 +78,10 @@ CLAIMS = {
     "strong-teacher": "OPD needs a strong teacher; with a weak one, RL with a verifier may win",
     "continual-learning": "OPD from the model's earlier self recovers a forgotten skill",
     "merging-experts": "OPD keeps two experts' skills where sequential training forgets",
+    "recovery": "Where slips can be undone, OPD teaches the student to recover from its own mistakes, which SFT on "
+                "the teacher's (almost slip-free) samples cannot (literature: DAgger; SCoRe)",
+    "noisy-teacher": "With a noisy teacher, OPD (zero-forcing reverse KL) beats SFT on the teacher's samples at "
+                     "temperature 1 (literature: Sriraman et al. 2026; GKD)",
 }
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -90,6 +101,27 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         # From the untrained initialization every method needs the rates and steps that train a model from
         # scratch (the lab's own base student: 700 steps at 3e-3); at 1e-5..3e-4 none learned anything in 200 steps.
         steps=600, learning_rates=(3e-4, 1e-3, 3e-3),
+    ),
+    Scenario(
+        name="noisy-teacher",
+        condition="A noisy teacher: the baseline's teacher mixed with uniform noise, p = 0.97 p_teacher + 0.03 / V "
+                  "per token, in OPD's scores and in SFT's samples. Its greedy answers stay those of the clean "
+                  "teacher; its samples slip. The target is the clean teacher; accuracy at temperature 1 is the "
+                  "measure where zero-forcing reverse KL should beat SFT on the noisy samples.",
+        claims=("noisy-teacher",),
+        recipe_changes=dict(task="addition"),
+        lab="baseline",
+        variants=("sft-greedy",),
+        run_changes=dict(teacher_noise=0.03),
+    ),
+    Scenario(
+        name="retry",
+        condition="Recoverable slips: 3-digit addition with a retract token `!` (\"the step I just wrote is wrong; I "
+                  "redo it\"); only the final answer is verified. The teacher was trained on solutions in which 30% of "
+                  "the steps are first written wrong and retracted (the wrong copies masked out of the loss), so it "
+                  "retracts slips but rarely makes them; the base student saw 10% of its examples in that format.",
+        claims=("recovery",),
+        recipe_changes=dict(task="addition-retry", student_retry_fraction=0.1),
     ),
     Scenario(
         name="weak-teacher",

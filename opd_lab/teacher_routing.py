@@ -52,7 +52,7 @@ class TeacherRouter:
             key = (f"lab:{task}" if spec == "lab" else spec, servers[task])
             if key not in loaded:
                 loaded[key] = load_teacher(spec, task, student_tokenizer, device, dtype, server=servers[task],
-                                           trust_remote_code=config.trust_remote_code)
+                                           trust_remote_code=config.trust_remote_code, noise=config.teacher_noise)
             teachers[task] = loaded[key]
         return cls(teachers)
 

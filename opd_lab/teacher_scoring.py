@@ -39,6 +39,7 @@ from opd_lab.flops import count_parameters
 from opd_lab.generation import Rollouts, completion_logits
 from opd_lab.losses import chunked_token_logprobs, tempered_log_softmax
 from opd_lab.models import PairMismatchError, check_pair_compatible, load_model, load_tokenizer, parameter_count
+from opd_lab.noisy_teacher import NoisyTeacherModel
 
 
 @dataclass
@@ -160,9 +161,11 @@ class Teacher:
 
 
 def load_teacher(spec: str, task: str, student_tokenizer, device: torch.device, dtype: torch.dtype,
-                 server: str = "", trust_remote_code: bool = False) -> Teacher:
+                 server: str = "", trust_remote_code: bool = False, noise: float = 0.0) -> Teacher:
     """The teacher `spec` for `task` (a bare 'lab' is that task's lab teacher), in process
-    (weights in `dtype`, eval mode, no gradients) or scored by `server`.
+    (weights in `dtype`, eval mode, no gradients) or scored by `server`. `noise` q > 0 mixes
+    uniform noise into an in-process teacher (`noisy_teacher.NoisyTeacherModel`), so its
+    scores, samples and greedy answers all come from (1 - q) p + q / V.
 
     Raises:
         PairMismatchError: its tokenizer or chat template differs from the student's; the
@@ -177,4 +180,7 @@ def load_teacher(spec: str, task: str, student_tokenizer, device: torch.device, 
                        parameter_count(spec, "teacher", task, trust_remote_code), None, server)
     model, _ = load_model(spec, "teacher", task, device, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval().requires_grad_(False)
-    return Teacher(spec, InProcessTeacher(model), count_parameters(model), model)
+    params = count_parameters(model)
+    if noise:
+        model = NoisyTeacherModel(model, noise)
+    return Teacher(spec, InProcessTeacher(model), params, model)

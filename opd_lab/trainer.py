@@ -191,6 +191,7 @@ class Trainer:
             with self._timed("sampling"):
                 rollouts = generate(teacher.model, self.tokenizer, [problems[i].prompt for i in group],
                                     self.max_new_tokens, temperature=self.config.temperature, generator=self.generator,
+                                    greedy=self.config.method == "sft" and self.config.sft_source == "teacher_greedy",
                                     row_seeds=self._row_seeds([rows.start + i for i in group], "teacher"))
             self.teachers.charge(self.flops, [tasks[i] for i in group], rollouts.attention_mask_BS, scoring=False)
             for i, row in enumerate(group):
@@ -259,6 +260,16 @@ class Trainer:
                                                     mask)
                 reverse_kl = None
                 logps = losses.gather_tokens(student_logps_BLV.detach(), targets)
+            elif config.method == "opd" and config.estimator == "topk":
+                temperature = config.temperature
+                kl_BL = losses.topk_renormalized_reverse_kl(student_logits / temperature, teacher_logits / temperature,
+                                                            config.estimator_top_k)
+                loss = losses.masked_mean(kl_BL, mask)
+                extra = {"loss": loss.item(), "topk_reverse_kl": loss.item()}
+                reverse_kl = float(losses.masked_mean(
+                    losses.chunked_reverse_kl(student_logits.detach(), teacher_logits, temperature), mask))
+                with torch.no_grad():
+                    logps = losses.token_logprobs(student_logits, targets, temperature)
             elif config.method == "opd" and config.estimator == "full":
                 temperature = config.temperature
                 loss, extra = losses.divergence_loss(
@@ -276,7 +287,8 @@ class Trainer:
                 advantages, signal_metrics = losses.per_token_advantages(
                     config.method, mask, rewards, teacher_logps_BT=teacher_logps,
                     sampling_logps_BT=sampling_logps, group_size=config.samples_per_prompt,
-                    reward_coef=config.reward_coef)
+                    reward_coef=config.reward_coef,
+                    advantage_clip=config.advantage_clip if config.estimator == "clipped" else 0.0)
                 loss, extra = losses.policy_gradient_loss(logps, sampling_logps, advantages, mask)
                 kl_name, kl_BL = token_kl(student_logits, scores, rollouts.temperature)
                 reverse_kl = float(losses.masked_mean(kl_BL, mask)) if kl_name == "reverse_kl" else None
@@ -460,7 +472,9 @@ class Trainer:
         """Held-out metrics (`eval/*`), measured by rank 0; the others return {} (they take
         part only to gather a sharded student). Every process calls it."""
         with sharding.gathered(self.student):
-            results = ({name: evaluate(self.student, self.tokenizer, task, count=self.config.eval_count)
+            results = ({name: evaluate(self.student, self.tokenizer, task, count=self.config.eval_count,
+                                          samples_per_problem=self.config.eval_samples, temperature=1.0,
+                                          seed=self.config.seed)
                         for name, task in self.tasks.items()} if self.world.is_main else {})
         self.student.train()
         if not self.multitask:

@@ -69,7 +69,7 @@ class TwoExpertsSettings:
     opd_learning_rate: float = 3e-5
     sft_learning_rate: float = 1e-4
     rl_learning_rate: float = 1e-5
-    """Each method's rate as the `baseline` scenario's sweep picked it (docs/results/baseline.json).
+    """Each method's rate as the `baseline` scenario's sweep picked it (opd_lab/data/results/baseline.json).
     One rate of 3e-4 for every arm made OPD lose both skills (addition 15% -> 5%, sorting 52% -> 31%)."""
     eval_every: int = 20
     eval_count: int = 100

@@ -50,7 +50,8 @@ def make_tokens(count: int, seed: int = 0, texts: list[str] | None = None) -> li
 def make_run(root: str | Path, run_id: str, method: str = "opd", steps: int = 20,
              eval_accuracy: dict[int, float] | None = None, batch_size: int = 8,
              tokens_per_sample: int = 12, flops_per_step: float = 1e12, seconds_per_step: float = 0.5,
-             sample_every: int = 10, samples_to_log: int = 2, teacher: str = "lab") -> Path:
+             sample_every: int = 10, samples_to_log: int = 2, teacher: str = "lab",
+             eval_metrics: dict[str, dict[int, float]] | None = None) -> Path:
     """Write a finished run folder `root/run_id` and return its path.
 
     Metrics rows go from step 0 (the starting model's evaluation) to `steps`;
@@ -58,7 +59,8 @@ def make_run(root: str | Path, run_id: str, method: str = "opd", steps: int = 20
     rising linearly from 0.1 to 0.8). Every row has the progress and perf counters
     (samples = step * batch_size, flops = step * flops_per_step, ...). Samples are
     logged every `sample_every` steps, `samples_to_log` rollouts each, the second one
-    shorter so that per-position tables need padding.
+    shorter so that per-position tables need padding. `eval_metrics` adds other
+    evaluation metrics (e.g. `eval/sampled_accuracy`), each mapping steps to values.
     """
     run_dir = Path(root) / run_id
     run_dir.mkdir(parents=True)
@@ -79,6 +81,9 @@ def make_run(root: str | Path, run_id: str, method: str = "opd", steps: int = 20
                         "train/reward": min(1.0, step / steps)})
         if step in eval_accuracy:
             row["eval/accuracy"] = eval_accuracy[step]
+        for key, values in (eval_metrics or {}).items():
+            if step in values:
+                row[key] = values[step]
         rows.append(row)
     append_jsonl(run_dir / METRICS_FILE, rows)
     samples = []

@@ -138,8 +138,8 @@ def test_quick_compare_end_to_end(lab_home, tmp_path):
 
 def test_every_scenario_has_a_valid_recipe_and_known_claims():
     for scenario in SCENARIOS.values():
-        assert scenario.recipe().lab_name == scenario.name
-        assert scenario.recipe(quick=True).lab_name == scenario.name + "-quick"
+        assert scenario.recipe().lab_name == (scenario.lab or scenario.name)
+        assert scenario.recipe(quick=True).lab_name == (scenario.lab or scenario.name) + "-quick"
         assert set(scenario.claims) <= set(report_claims())
 
 
@@ -229,3 +229,90 @@ def test_the_foundation_claim_needs_sft_to_learn_where_opd_does_not():
                            {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("foundation",))
     row = next(r for r in claim_rows({"no-foundation": nothing}) if r["claim"] == "foundation")
     assert row["verdict"].startswith("not shown")
+
+
+def test_sampled_verdict_is_judged_on_sampled_accuracy_and_says_so(tmp_path):
+    """Greedy and sampled accuracy can disagree: each verdict names the accuracy it judged."""
+    runs = {}
+    # Greedy: SFT reaches the teacher by step 10, OPD by step 40. Sampled (teacher 0.7, base 0.3):
+    # OPD reaches it by step 10, SFT never gets past 0.4.
+    greedy = {"sft": _rising(10), "opd": _rising(40)}
+    sampled = {"sft": {s: min(0.4, 0.3 + 0.01 * s) for s in range(0, 41, 5)},
+               "opd": {s: min(0.7, 0.3 + 0.04 * s) for s in range(0, 41, 5)}}
+    for arm in ("sft", "opd"):
+        make_run(tmp_path / "runs", f"cmp-{arm}", method=arm, steps=40, eval_accuracy=greedy[arm],
+                 eval_metrics={report.SAMPLED_ACCURACY: sampled[arm]})
+        runs[arm] = [{"seed": 0, "run": f"cmp-{arm}", "learning_rate": 1e-3}]
+    data = build_report(CompareSettings(scenario="baseline", seeds=1), get_scenario("baseline"), {}, TEACHER, BASE,
+                        sweep=[], chosen={"sft": 1e-3, "opd": 1e-3}, runs_by_arm=runs, out=tmp_path, seconds=1.0,
+                        sampled_reference={"teacher": 0.7, "base": 0.3})
+    assert data["verdict"]["winner"] == "sft" and data["verdict"]["accuracy"] == "greedy accuracy"
+    assert data["sampled"]["verdict"]["winner"] == "opd"
+    assert data["sampled"]["verdict"]["accuracy"].startswith("sampled accuracy")
+    assert data["sampled"]["summaries"]["sft"]["final_accuracy"]["median"] == pytest.approx(0.4)
+    write_report(tmp_path, data)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "**Verdict (greedy accuracy).** " + data["verdict"]["sentence"] in markdown
+    assert "**Verdict (sampled accuracy, temperature 1, mean of 4 samples per problem).** " in markdown
+    assert data["sampled"]["verdict"]["sentence"] in markdown
+    # Runs without sampled accuracy (older reports) get no sampled verdict.
+    old = build_report(CompareSettings(scenario="baseline", seeds=1), get_scenario("baseline"), {}, TEACHER, BASE,
+                       sweep=[], chosen={}, runs_by_arm={"sft": runs["sft"]}, out=tmp_path, seconds=1.0,
+                       sampled_reference=None)
+    assert "sampled" not in old
+
+
+def test_compare_reports_use_at_least_500_problems():
+    assert all(scenario.eval_count >= 500 for scenario in SCENARIOS.values())
+
+
+def test_noisy_teacher_scenario_runs_every_arm_against_the_noisy_teacher():
+    from opd_lab.experiment import _config
+
+    settings = CompareSettings(scenario="noisy-teacher", seeds=1)
+    assert settings.arms == ("rl", "sft", "opd", "sft-greedy")
+    scenario = settings.budget()
+    configs = {arm: _config(scenario, "baseline", arm, 0, 1e-4, 10, f"x-{arm}") for arm in settings.arms}
+    assert all(c.teacher_noise == 0.03 for c in configs.values())
+    assert configs["sft-greedy"].method == "sft" and configs["sft-greedy"].sft_source == "teacher_greedy"
+    assert configs["sft"].sft_source == "teacher"
+    from opd_lab.compare import arm_of
+
+    assert {arm: arm_of(c) for arm, c in configs.items()} == {arm: arm for arm in settings.arms}
+
+
+def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
+    from opd_lab.claims import noisy_teacher_row
+
+    def summary(final):
+        return {"seeds": 3, "final_accuracy": {"median": final, "min": final, "max": final}, "targets": []}
+
+    data = {"scenario": "noisy-teacher", "seeds": 3,
+            "sampled": {"samples_per_problem": 4, "teacher_accuracy": 0.98, "base_accuracy": 0.3,
+                        "noisy_teacher": {"noise": 0.03, "sampled": 0.40, "greedy": 0.99},
+                        "summaries": {"sft": summary(0.45), "opd": summary(0.60), "rl": summary(0.35)}}}
+    row = noisy_teacher_row(data)
+    assert row["verdict"] == "holds on the lab" and "OPD 60.0%" in row["measured"] and "40.0% sampled" in row["measured"]
+    data["sampled"]["summaries"]["opd"] = summary(0.42)  # above the noisy teacher, below SFT
+    assert noisy_teacher_row(data)["verdict"] == "does not hold"
+
+
+def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
+    from opd_lab.claims import recovery_row
+    from opd_lab.experiment import final_statistics
+
+    rows = [[{"step": 0, "eval/sampled_recovery_rate": 0.1}, {"step": 10, "eval/sampled_recovery_rate": 0.6,
+                                                               "eval/sampled_slip_rate": 0.02}],
+            [{"step": 10, "eval/sampled_recovery_rate": 0.4}], [{"step": 10}]]
+    assert final_statistics(rows) == {"recovery_rate": 0.5, "slip_rate": 0.02}
+
+    def summary(final):
+        return {"seeds": 3, "final_accuracy": {"median": final, "min": final, "max": final}, "targets": []}
+
+    data = {"scenario": "retry", "seeds": 3,
+            "sampled": {"summaries": {"sft": summary(0.7), "opd": summary(0.8)},
+                        "statistics": {"sft": {"recovery_rate": 0.05}, "opd": {"recovery_rate": 0.6}}}}
+    row = recovery_row(data)
+    assert row["verdict"] == "holds on the lab" and "recovery 60.0%" in row["measured"]
+    data["sampled"]["statistics"]["opd"]["recovery_rate"] = 0.01
+    assert recovery_row(data)["verdict"] == "does not hold"

@@ -106,3 +106,48 @@ def test_dashed_and_broken_labs_are_listed_never_raised(tmp_path, monkeypatch):
 
     checked = check_run_inputs(RunConfig(teacher="lab:baseline-quick", student="lab:baseline-quick"))
     assert checked.teacher == "lab:baseline-quick"  # preflight takes a dashed lab as it is
+
+
+def test_extend_to_gate_trains_rounds_until_the_gate_or_the_cap(monkeypatch):
+    """The gate logic alone: validation accuracies are scripted, training only counts steps."""
+    import opd_lab.lab as lab
+
+    trained = []
+    monkeypatch.setattr(lab, "sft_train", lambda model, tok, examples, steps, *rest: trained.append((steps, examples)))
+    scripted = iter([0.50, 0.90, 0.985, 0.2])
+    monkeypatch.setattr(lab, "validation_accuracy", lambda *args: next(scripted))
+    found = lab.extend_to_gate(None, None, None, gate=0.98, steps_done=1200, max_steps=4000, round_steps=400,
+                               more_examples=lambda r: f"round {r}", validation=[], batch_size=32,
+                               learning_rate=3e-3, seed=0, description="teacher", progress_print=lambda *_: None)
+    assert found["passed"] and found["steps"] == 2000 and found["validation_accuracy"] == 0.985
+    assert found["checks"] == [[1200, 0.50], [1600, 0.90], [2000, 0.985]]
+    assert trained == [(400, "round 1"), (400, "round 2")]
+
+    trained.clear()
+    scripted = iter([0.1, 0.2, 0.3])
+    capped = lab.extend_to_gate(None, None, None, gate=0.98, steps_done=1200, max_steps=1700, round_steps=400,
+                                more_examples=lambda r: r, validation=[], batch_size=32, learning_rate=3e-3, seed=0,
+                                description="teacher", progress_print=lambda *_: None)
+    assert not capped["passed"] and capped["steps"] == 1700 and [s for s, _ in trained] == [400, 100]
+
+    trained.clear()
+    off = lab.extend_to_gate(None, None, None, gate=0.0, steps_done=30, max_steps=30, round_steps=400,
+                             more_examples=lambda r: r, validation=[], batch_size=32, learning_rate=3e-3, seed=0,
+                             description="teacher")
+    assert off == {"gate": 0.0, "passed": True, "steps": 30, "validation_accuracy": None, "checks": []}
+    assert trained == []
+
+
+def test_tiny_build_that_misses_its_gate_trains_to_the_cap_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
+    recipe = LabRecipe(task="addition", name="gated", **{**TINY_RECIPE, "teacher_gate": 1.0, "teacher_max_steps": 40,
+                                                         "gate_round_steps": 5, "gate_eval_count": 8})
+    summary = build_lab(recipe, progress_print=lambda *_: None)
+    gate = summary["teacher"]["gate"]
+    assert summary["teacher"]["steps"] == 40 and not gate["passed"]
+    assert [steps for steps, _ in gate["checks"]] == [30, 35, 40]
+    assert summary["torch_threads"] == torch.get_num_threads()
+    table = format_summary(summary)
+    assert "teacher gate (>= 100% on 8 validation problems): FAILED" in table
+    assert f"on {torch.get_num_threads()} torch threads" in table
+    assert summary["student"]["gate"]["validation_accuracy"] is None  # the tiny recipe's student gate is off

@@ -284,3 +284,41 @@ def test_chunked_reverse_kl_equals_the_full_one(monkeypatch):
     torch.testing.assert_close(losses.chunked_reverse_kl(student, teacher, 0.8),
                                losses.per_token_reverse_kl(student, teacher, 0.8))
     assert losses.chunked_reverse_kl(student[:, :0], teacher[:, :0]).shape == (3, 0)
+
+
+def test_clipped_advantages_equal_the_sampled_ones_inside_the_bound_and_clamp_outside():
+    teacher = torch.tensor([[-0.5, -20.0, -3.0, -0.1]])
+    student = torch.tensor([[-1.0, -0.2, -0.5, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    sampled = losses.opd_sampled_advantages(teacher, student, mask)
+    clipped = losses.clipped_opd_advantages(teacher, student, mask, clip=5.0)
+    assert clipped.tolist() == [[0.5, -5.0, -2.5, 0.0]]
+    inside = sampled.abs() <= 5
+    assert torch.equal(clipped[inside], sampled[inside])
+    advantages, _ = losses.per_token_advantages("opd", mask, torch.zeros(1), teacher_logps_BT=teacher,
+                                                sampling_logps_BT=student, advantage_clip=5.0)
+    assert torch.equal(advantages, clipped)
+    with pytest.raises(ValueError, match="clip"):
+        losses.clipped_opd_advantages(teacher, student, mask, clip=0.0)
+
+
+def test_topk_renormalized_reverse_kl_is_exact_at_full_k_and_matches_a_hand_computation():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    torch.testing.assert_close(losses.topk_renormalized_reverse_kl(student, teacher, 7),
+                               losses.per_token_reverse_kl(student, teacher), rtol=1e-5, atol=1e-6)
+    assert torch.all(losses.topk_renormalized_reverse_kl(student, student, 3).abs() < 1e-6)
+    # By hand at one position: the student's top 2 are tokens 0 and 1.
+    s = torch.tensor([[[2.0, 1.0, -5.0]]])
+    t = torch.tensor([[[0.0, 1.0, 3.0]]])
+    q_s = torch.softmax(torch.tensor([2.0, 1.0]), 0)
+    q_t = torch.softmax(torch.tensor([0.0, 1.0]), 0)
+    expected = float((q_s * (q_s.log() - q_t.log())).sum())
+    assert float(losses.topk_renormalized_reverse_kl(s, t, 2)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_topk_renormalized_reverse_kl_trains_the_student_only():
+    student = torch.randn(1, 2, 5, requires_grad=True)
+    teacher = torch.randn(1, 2, 5, requires_grad=True)
+    losses.topk_renormalized_reverse_kl(student, teacher, 3).sum().backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None

@@ -33,7 +33,12 @@ def _steps(run_dir):
     dict(method="sft", sft_source="teacher"),
     dict(method="rl", samples_per_prompt=2),
     dict(method="opd", finetune="lora", lora_rank=4, learning_rate=1e-2),
-], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl", "opd-lora"])
+    dict(method="opd", teacher_noise=0.05),
+    dict(method="sft", sft_source="teacher_greedy", teacher_noise=0.05),
+    dict(method="opd", estimator="clipped", advantage_clip=2.0),
+    dict(method="opd", estimator="topk", estimator_top_k=4),
+], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl", "opd-lora", "opd-noisy-teacher", "sft-greedy",
+        "opd-clipped", "opd-topk"])
 def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     run_dir = run_folder.create_run(RunConfig(**SMALL, **overrides))
     assert run_training(run_dir, progress=False) == "finished", load_status(run_dir)
@@ -43,6 +48,7 @@ def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     rows = load_metrics(run_dir)
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[2]
+    assert 0 <= rows[2]["eval/sampled_accuracy"] <= rows[2]["eval/pass@4"] <= 1  # k = 4 samples at temperature 1
     for key in ("train/loss", "train/reverse_kl", "perf/flops", "perf/flops_training", "progress/samples",
                 "perf/wall_s", "perf/tokens_per_s", "perf/time_sampling", "perf/time_teacher", "perf/time_student",
                 "perf/time_optimizer"):

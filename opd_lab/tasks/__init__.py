@@ -13,6 +13,7 @@ from opd_lab.tasks.addition import AdditionTask, CarelessAdditionTask, Strategie
 from opd_lab.tasks.base import Problem, Task, Verdict
 from opd_lab.tasks.company import CompanyTask
 from opd_lab.tasks.jsonl import JsonlTask
+from opd_lab.tasks.retry import RetryAdditionTask
 from opd_lab.tasks.reverse import ReverseTask
 from opd_lab.tasks.sorting import SortingTask
 
@@ -25,6 +26,10 @@ BUILTIN_TASKS = {
     "addition6": lambda: AdditionTask(digits=6),
     "addition-strategies": lambda: StrategiesAdditionTask(digits=3),
     "addition-careless": lambda: CarelessAdditionTask(digits=3),
+    # Addition with a retract token `!` (opd_lab/tasks/retry.py): slips that can be undone.
+    "addition-retry": lambda: RetryAdditionTask(digits=3),
+    "addition4-retry": lambda: RetryAdditionTask(digits=4),
+    "addition5-retry": lambda: RetryAdditionTask(digits=5),
     "sorting": lambda: SortingTask(),
     "reverse": lambda: ReverseTask(),
     # Real chat models (SmolLM2-135M-Instruct and the like): the prompt is the user message.
@@ -49,6 +54,6 @@ def get_task(spec: str, regex: str | None = None) -> Task:
 
 
 __all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "INSTRUCTIONS_FILE", "AdditionTask", "CarelessAdditionTask", "CompanyTask",
-           "JsonlTask", "Problem",
+           "JsonlTask", "Problem", "RetryAdditionTask",
            "ReverseTask", "SortingTask", "StrategiesAdditionTask", "Task", "Verdict",
            "get_task"]
