@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from opd_lab.checkpoints import checkpoint_dirs
@@ -136,4 +137,9 @@ def hide_paths(text: str) -> str:
         replacements.append((home, "~"))
     for path, words in sorted(replacements, key=lambda pair: -len(pair[0])):
         text = text.replace(path, words)
-    return text
+    return _OTHER_PATH.sub(lambda match: match.group(1), text)
+
+
+# Any other absolute path (a model or task file elsewhere on the server): only its last
+# name is shown. Not a URL's path: a '/' after a letter, ':' or another '/' is left alone.
+_OTHER_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s/'\"`()<>\[\]]+/)+([^\s/'\"`()<>\[\]]+)")

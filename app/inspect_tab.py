@@ -27,6 +27,7 @@ import gradio as gr
 
 from app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, clear_pen, color_legend, pen_choices, pen_panel, red_pen,
                                 scale_of)
+from app.inputs import hide_paths
 from app.state import error_text, run_dir_of, run_ids
 from opd_lab import model_spec, plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
@@ -55,7 +56,8 @@ def judged_by(sample: dict) -> str:
     """Which teacher scored a logged sample (runs with several teachers log it per sample)."""
     if "teacher" not in sample:
         return ""
-    return f", judged by teacher {sample['teacher']}" + (f" ({sample['task']})" if sample.get("task") else "")
+    task = f" ({hide_paths(str(sample['task']))})" if sample.get("task") else ""
+    return f", judged by teacher {hide_paths(str(sample['teacher']))}{task}"
 
 
 def sample_choices(run_id: str, step) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.inputs import hide_paths
 from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
 from opd_lab import feedback, model_spec, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
@@ -132,7 +133,7 @@ def answer(choice: str, prompt: str, greedy: bool, temperature: float, seed: int
     except (runs.RunError, ModelLoadError, ValueError, OSError) as error:
         return "", error_text(error), "", []
     view = _view(records[0], prompt, color_by, STUDENT_TITLE, locked)
-    return completions[0], view, resolved["description"], records[0]
+    return completions[0], view, hide_paths(resolved["description"]), records[0]
 
 
 def score(choice: str, prompt: str, completion: str, color_by: str = DEFAULT_COLOR,

@@ -11,6 +11,7 @@ import pandas as pd
 
 from gradio.components.plot import PlotData
 
+from app.inputs import hide_paths
 from app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
                        run_dir_of, shared)
 from app.users import check_may_act, user_of
@@ -93,8 +94,8 @@ def run_summary(run_id: str) -> str:
     if row["state"] == "running":
         parts.append(f"ETA {format_duration(row['eta_s'])}")
     split = phase_split(run_dir)
-    return (" · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
-            + (f"  \n{split}" if split else ""))
+    return hide_paths(" · ".join(parts) + (f"  \n{row['message']}" if row["message"] else "")
+                      + (f"  \n{split}" if split else ""))  # a run's task file or teacher may be a server path
 
 
 def teachers_text(run_dir) -> str:

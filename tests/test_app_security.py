@@ -206,3 +206,15 @@ def test_an_attendees_comparison_at_the_limit_waits_in_line_and_stops_from_the_a
         experiment.stop_compare()
     stopped = [json.loads(path.read_text()) for path in experiment.reports_dir().glob(f"*/{experiment.STOPPED_FILE}")]
     assert len(stopped) == 1 and stopped[0]["stopped"] == "SIGTERM" and stopped[0]["finished"] == []
+
+
+def test_attendees_see_no_server_path_in_run_views(tmp_path, monkeypatch):
+    """A run trained from a terminal on files anywhere on the server: the app's views show
+    the files' names, never their folders."""
+    from app.inputs import hide_paths
+
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path / "home"))
+    assert hide_paths("Teacher: `/opt/models/teacher-7b` (the run's teacher)") == "Teacher: `teacher-7b` (the run's teacher)"
+    assert hide_paths(f"task {tmp_path / 'home' / 'tasks' / 'qa.jsonl'}") == "task tasks/qa.jsonl"
+    assert hide_paths("judged by teacher /srv/a/b/c.gguf (/data/x/qa.jsonl)") == "judged by teacher c.gguf (qa.jsonl)"
+    assert hide_paths("server http://10.0.0.1:8000/v1 and lab:addition") == "server http://10.0.0.1:8000/v1 and lab:addition"
