@@ -185,3 +185,24 @@ def pytest_terminal_summary(terminalreporter):
     skipped = [report for report in terminalreporter.stats.get("skipped", []) if "browser" in report.keywords]
     if skipped:
         terminalreporter.write_line(BROWSER_SKIP_LINE.format(count=len(skipped)))
+
+
+@pytest.fixture()
+def home(lab_home, tmp_path, monkeypatch):
+    """A data dir of its own (no runs of other tests count against its limit) sharing the
+    session's tiny lab; any training process a test left running is killed at the end."""
+    import signal
+
+    from opd_lab import run_folder, runs
+    from opd_lab.run_folder import load_status
+
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
+    monkeypatch.setenv("OPD_LAB_HOME", str(root))
+    monkeypatch.delenv("OPD_LAB_TASKS_DIR", raising=False)
+    yield root
+    for run_dir in run_folder.run_folders():
+        pid = (load_status(run_dir) or {}).get("pid") if (run_dir / "status.json").exists() else None
+        if pid and runs.is_active(run_dir):
+            os.kill(pid, signal.SIGKILL)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -21,20 +19,6 @@ from waiting import wait_for
 
 gr = pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
-
-
-@pytest.fixture()
-def home(lab_home, tmp_path, monkeypatch):
-    root = tmp_path / "home"
-    root.mkdir()
-    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
-    monkeypatch.setenv("OPD_LAB_HOME", str(root))
-    monkeypatch.delenv("OPD_LAB_TASKS_DIR", raising=False)
-    yield root
-    for run_dir in run_folder.run_folders():
-        pid = (run_folder.load_status(run_dir) or {}).get("pid")
-        if pid and runs.is_active(run_dir):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _form(**changes) -> list:

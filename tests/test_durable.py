@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import pickle
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,6 @@ from opd_lab.run_folder import load_metrics, load_status
 from opd_lab.train import run_training
 
 SMALL = dict(batch_size=4, eval_every=1000, eval_count=8, sample_every=1, samples_to_log=1, max_new_tokens=8)
-
-
-@pytest.fixture()
-def home(lab_home, tmp_path, monkeypatch):
-    """A data dir of its own sharing the session's tiny lab."""
-    root = tmp_path / "home"
-    root.mkdir()
-    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
-    monkeypatch.setenv("OPD_LAB_HOME", str(root))
-    yield root
-    for run_dir in run_folder.run_folders():  # leave no training process behind
-        pid = (load_status(run_dir) or {}).get("pid") if (run_dir / "status.json").exists() else None
-        if pid and runs._active(run_dir):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _steps(run_dir) -> list[int]:

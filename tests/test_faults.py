@@ -34,20 +34,6 @@ SMALL_FLAGS = ["--batch-size", "4", "--eval-every", "1000", "--eval-count", "8",
                "--max-new-tokens", "8"]
 
 
-@pytest.fixture()
-def home(lab_home, tmp_path, monkeypatch):
-    """A data dir of its own (no runs of other tests count against its limit) sharing the tiny lab."""
-    root = tmp_path / "home"
-    root.mkdir()
-    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
-    monkeypatch.setenv("OPD_LAB_HOME", str(root))
-    yield root
-    for run_dir in run_folder.run_folders():  # leave no training process behind
-        pid = (load_status(run_dir) or {}).get("pid") if (run_dir / "status.json").exists() else None
-        if pid and runs._active(run_dir):
-            os.kill(pid, signal.SIGKILL)
-
-
 def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
 

@@ -21,20 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(batch_size=4, eval_every=1000, eval_count=8, sample_every=1000, max_new_tokens=8)
 
 
-@pytest.fixture()
-def home(lab_home, tmp_path, monkeypatch):
-    """A data dir of its own sharing the session's tiny lab (and its scenario labs)."""
-    root = tmp_path / "home"
-    root.mkdir()
-    (root / "lab").symlink_to(Path(lab_home[0]) / "lab")
-    monkeypatch.setenv("OPD_LAB_HOME", str(root))
-    yield root
-    for run_dir in run_folder.run_folders():  # leave no training process behind
-        pid = (load_status(run_dir) or {}).get("pid") if (run_dir / "status.json").exists() else None
-        if pid and runs.is_active(run_dir):
-            os.kill(pid, signal.SIGKILL)
-
-
 def _state_letter(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
