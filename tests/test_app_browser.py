@@ -297,17 +297,21 @@ def test_the_runs_table_shows_state_step_and_accuracy_on_a_phone(page, screensho
 
 
 def test_the_launch_form_starts_a_two_teacher_run_and_inspect_names_each_teacher(page, screenshots, lab_home,
-                                                                                 tmp_path, monkeypatch):
+                                                                                 trained_lab_home, tmp_path,
+                                                                                 monkeypatch):
     """Several teachers from the browser: a task mix and a teacher per task, typed into the
     Launch form; the Runs summary names each task's teacher and Inspect the sample's. (In a
-    data dir of its own, with both tiny labs: the session's has no sorting lab.)"""
+    data dir of its own: the trained addition lab, whose teacher answers right, and a tiny
+    sorting lab; a trained sorting lab takes minutes to build.)"""
+    import shutil
+
     from playwright.sync_api import expect
 
     from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
 
     monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path / "home"))
-    for task in ("addition", "sorting"):
-        build_lab(LabRecipe(task=task, **TINY_RECIPE), progress_print=lambda *_: None)
+    shutil.copytree(trained_lab_home[0] / "lab" / "addition", tmp_path / "home" / "lab" / "addition")
+    build_lab(LabRecipe(task="sorting", **TINY_RECIPE), progress_print=lambda *_: None)
     page.locator("#field-name input").fill("browser-experts")
     page.locator("#field-task_weights input").fill("addition=0.5,sorting=0.5")
     page.locator("#field-teachers input").fill("addition=lab:addition,sorting=lab:sorting")
