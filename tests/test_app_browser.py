@@ -59,6 +59,8 @@ def page(app_url):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
+        # assertions wait as long as actions: a shared 2-core CI machine can take seconds to refresh
+        playwright_api.expect.set_options(timeout=30_000)
         page.goto(app_url)
         page.wait_for_selector("#launch-button")
         yield page
