@@ -58,7 +58,7 @@ def header() -> str:
         described = [f"**{lab.name}**{lab.describe()[len(lab.name):]}" for lab in labs]
         lines.append(f"Labs (held-out accuracy): {'; '.join(described)}.")
     else:
-        lines.append("No lab is built yet: run `opd-lab lab build` (about 2 minutes) before launching runs on "
+        lines.append("No lab is built yet: run `opd-lab lab build` (a few minutes) before launching runs on "
                      "the lab.")
     return "\n".join(lines)
 
@@ -203,7 +203,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | list[str] | Non
     if build and lab_summary(DEFAULT_TASK) is None:
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        print(f"Building the {DEFAULT_TASK} lab first (about 2 minutes on 2 cores; cached afterwards)...")
+        print(f"Building the {DEFAULT_TASK} lab first (a few minutes on 2 cores; cached afterwards)...")
         print(format_summary(build_lab(LabRecipe.for_task(DEFAULT_TASK))))
     warning = exposure_warning(host, auth)
     if warning:

@@ -15,7 +15,7 @@ seed give the same models and accuracies. A second build with the same recipe re
 the saved models.
 
 Run:
-    opd-lab lab build                 # addition, about 2 minutes on 2 cores
+    opd-lab lab build                 # addition, a few minutes on 2 cores (each model trains until its gate)
     opd-lab lab build --task sorting  # about 3 minutes (its teacher trains longer)
 """
 
