@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import socket
 from pathlib import Path
 
@@ -283,7 +284,12 @@ def test_the_runs_table_shows_state_step_and_accuracy_on_a_phone(page, screensho
     from opd_lab.paths import runs_dir
     from synthetic_runs import make_run
 
-    make_run(runs_dir(), "phone-opd-with-a-long-name", method="opd", steps=20)
+    from opd_lab.run_folder import update_status
+
+    run_dir = make_run(runs_dir(), "phone-opd-with-a-long-name", method="opd", steps=20)
+    # The newest run is the table's first row: with the session's many runs, a synthetic run
+    # without a creation time would sort last, below the rows the grid renders.
+    update_status(run_dir, created_at=time.time())
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(app_url + "?tab=runs")
     row = page.locator("#runs-table [role=row]", has_text="phone-opd-with-a-long-name")
