@@ -33,6 +33,8 @@ from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 METHODS = ("opd", "sft", "rl")
 ESTIMATORS = ("sampled", "full", "clipped", "topk")
+# How teacher-written completions are trained on (SFT's, and OPD's off-policy share).
+OFF_POLICY_LOSSES = ("cross_entropy", "exact")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 FINETUNE_MODES = ("auto", "full", "lora")
 SFT_SOURCES = ("teacher", "teacher_greedy", "teacher_dataset", "reference")
@@ -119,7 +121,8 @@ class RunConfig:
     estimator_top_k: int = _field(8, "estimator=topk: the student's most likely tokens per position the reverse KL is taken over.")
     divergence: str = _field("reverse_kl", "Divergence for the full estimator (sampled is always reverse KL).", DIVERGENCES)
     jsd_beta: float = _field(0.5, "Mixture weight of the generalized JSD, in (0, 1).")
-    on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples trained with cross-entropy.")
+    on_policy_fraction: float = _field(1.0, "OPD only: share of each batch sampled by the student; the rest are teacher samples, trained with `off_policy_loss`.")
+    off_policy_loss: str = _field("cross_entropy", "The loss on teacher-written completions (SFT's, and OPD's off-policy share). cross_entropy: the negative log-likelihood of the teacher's tokens, the one-sample estimate of the forward KL; exact: the `estimator` over the teacher's whole next-token distribution at every position of the teacher's prefix (estimator=full with its `divergence`, or topk), word-level distillation on teacher prefixes. In-process teachers only.", OFF_POLICY_LOSSES)
     reward_coef: float = _field(0.0, "OPD only: weight of the task's reward added to each token's advantage.")
     sft_source: str = _field("teacher", "SFT only. teacher: fresh teacher samples every step; teacher_greedy: the teacher's greedy answers to fresh prompts (sequence-level KD); teacher_dataset: one teacher sample per prompt of the pool, generated once and reused every epoch (off-policy distillation; needs prompt_pool); reference: the task's reference solutions.", SFT_SOURCES)
     teacher_noise: float = _field(0.0, "Mix uniform noise into the teacher: p = (1 - q) p_teacher + q / V per token, "
@@ -194,7 +197,13 @@ class RunConfig:
             raise ConfigError("samples_per_prompt: RL compares samples of the same prompt, so it needs at least 2")
         if self.method == "sft" and self.sft_source == "teacher_dataset" and not self.prompt_pool:
             raise ConfigError("sft_source: teacher_dataset is one teacher sample per prompt of a fixed pool; set prompt_pool too")
-        if self.method == "opd" and self.estimator != "full" and self.divergence != "reverse_kl":
+        if self.off_policy_loss == "exact" and self.method == "rl":
+            raise ConfigError("off_policy_loss: RL trains on its own samples only; exact applies to SFT and OPD")
+        if self.off_policy_loss == "exact" and self.estimator not in ("full", "topk"):
+            raise ConfigError(f"off_policy_loss: exact takes the full or topk estimator over the teacher's "
+                              f"distribution (got estimator={self.estimator})")
+        if ((self.method == "opd" or self.off_policy_loss == "exact") and self.estimator != "full"
+                and self.divergence != "reverse_kl"):
             raise ConfigError(f"divergence: the {self.estimator} estimator is reverse KL; use estimator=full for "
                               "forward_kl or jsd")
         if not self.advantage_clip > 0:
@@ -263,6 +272,9 @@ class RunConfig:
         if self.method == "opd" and self.estimator == "topk":
             raise ConfigError("estimator: topk needs the teacher's logits on the student's top-k tokens, which a "
                               "teacher server does not return; use full (top-k + tail) or the in-process teacher")
+        if self.off_policy_loss == "exact":
+            raise ConfigError("off_policy_loss: exact needs the teacher's whole distribution, which a teacher server "
+                              "does not return; use cross_entropy or the in-process teacher")
         if self.teacher_noise:
             raise ConfigError("teacher_noise: the noise is mixed into an in-process teacher's logits; a teacher "
                               "server's scores are used as they come")

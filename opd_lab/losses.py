@@ -388,6 +388,42 @@ def topk_renormalized_reverse_kl(student_logits_BTV: torch.Tensor, teacher_logit
     return kl_from_logprobs(student_BTK, teacher_BTK)
 
 
+def exact_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, mask_BT: torch.Tensor,
+               estimator: str, divergence: str = "reverse_kl", beta: float = 0.5, top_k: int = 8,
+               temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """An exact (not sampled) distillation loss on given prefixes, by `RunConfig.estimator`:
+    `full` is `divergence_loss` (`divergence` over the whole vocabulary), `topk` the mean of
+    `topk_renormalized_reverse_kl` over the student's `top_k` tokens. Both distributions are
+    taken at `temperature`.
+
+    The prefixes may be the student's (OPD) or the teacher's (`RunConfig.off_policy_loss`
+    = exact: word-level distillation on teacher-written completions); the loss only sees
+    logits of the same positions.
+
+    Args:
+        student_logits_BTV, teacher_logits_BTV: (B, T, V) logits of the completion positions.
+        mask_BT: (B, T) completion mask.
+        estimator: "full" or "topk".
+    Returns:
+        (loss, metrics) with `loss` (and `reverse_kl` for full, `topk_reverse_kl` for topk).
+
+    Example:
+        >>> logits = torch.randn(2, 3, 5)
+        >>> exact_loss(logits, logits, torch.ones(2, 3), "full", "forward_kl")[1]["loss"] < 1e-6
+        True
+    """
+    if temperature != 1.0:
+        student_logits_BTV, teacher_logits_BTV = student_logits_BTV / temperature, teacher_logits_BTV / temperature
+    if estimator == "full":
+        return divergence_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, divergence=divergence, beta=beta)
+    if estimator == "topk":
+        if divergence != "reverse_kl":
+            raise ValueError(f"the topk estimator is reverse KL only, got divergence {divergence!r}")
+        loss = masked_mean(topk_renormalized_reverse_kl(student_logits_BTV, teacher_logits_BTV, top_k), mask_BT)
+        return loss, {"loss": loss.item(), "topk_reverse_kl": loss.item()}
+    raise ValueError(f"an exact loss is estimator full or topk, got {estimator!r}")
+
+
 def group_normalized_advantages(rewards_N: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """GRPO-style advantages: each reward standardized within its prompt's group.
 

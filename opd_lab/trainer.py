@@ -333,13 +333,21 @@ class Trainer:
         with self._timed("student"):
             with self._student_precision():
                 student_logits = completion_logits(self.student, rollouts)
-            loss, _ = losses.cross_entropy_loss(
-                losses.chunked_token_logprobs(student_logits, targets, rollouts.temperature), mask)
         metrics = {"train/completion_len": float(mask.sum(dim=1).mean())}
         scores, tasks = None, self._tasks_of(problems)
+        if self.config.off_policy_loss == "exact":  # the teacher's whole distribution on its own prefixes
+            with self._timed("teacher"):
+                scores = self.teachers.score(rollouts, tasks, top_k=0)
+            self.teachers.charge(self.flops, tasks, rollouts.attention_mask_BS, scoring=True)
+        with self._timed("student"):
+            loss, _ = (losses.exact_loss(student_logits, scores.logits_BLV, mask, self.config.estimator,
+                                         self.config.divergence, self.config.jsd_beta, self.config.estimator_top_k,
+                                         self.config.temperature) if scores is not None else
+                       losses.cross_entropy_loss(losses.chunked_token_logprobs(student_logits, targets,
+                                                                               rollouts.temperature), mask))
         if teacher_view:
             with self._timed("teacher"):
-                scores = self.teachers.score(rollouts, tasks, top_k=self._server_top_k(True))
+                scores = scores if scores is not None else self.teachers.score(rollouts, tasks, top_k=self._server_top_k(True))
                 kl_name, kl_BL = token_kl(student_logits, scores, rollouts.temperature)
                 metrics[f"train/{kl_name}"] = float(losses.masked_mean(kl_BL, mask))
         verdicts = [self.tasks[t].verify(p, c) for t, p, c in zip(tasks, problems, rollouts.completions)]
