@@ -113,6 +113,18 @@ PATH = (("estimator", "student-reverse-sampled", "student-reverse-exact"),
         ("estimator", "teacher-forward-exact", "teacher-forward-sampled"))
 
 
+def training_order(cells) -> list[str]:
+    """`cells` with those on `PATH` first (SFT, OPD, then the walk's other cells), so that a
+    budget cut short still leaves the cells the decomposition needs.
+
+    Example:
+        >>> training_order(["student-reverse-topk", "student-reverse-exact", "teacher-forward-sampled"])
+        ['teacher-forward-sampled', 'student-reverse-exact', 'student-reverse-topk']
+    """
+    path = [SFT_CELL, OPD_CELL, *dict.fromkeys(cell for _, start, end in PATH for cell in (start, end))]
+    return sorted(cells, key=lambda name: path.index(name) if name in path else len(path) + list(CELLS).index(name))
+
+
 def cell_overrides(cell: Cell, sequences_per_step: int) -> dict:
     """The config fields of one cell's arm at `sequences_per_step` (the `compare.arm_overrides` style).
 
@@ -417,11 +429,12 @@ def decomposition_markdown(data: dict, title: str = "Decomposition of SFT's lead
                   f"{gradient['noise_to_signal']:.3g}" if gradient and gradient["noise_to_signal"] is not None
                   else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
+    resamplings = next((arm["gradient"]["resamplings"] for arm in data["arms"].values() if arm.get("gradient")), None)
     lines += ["", "Steps to a fraction of the gap: the first evaluation at or above it that the next evaluation "
               "confirms (`report.cost_to_reach`). Curve mean: mean held-out accuracy over the evaluations after "
               "step 0. Gradient noise: the loss's gradient at the base student on one fixed batch of prompts, "
-              "resampled 8 times (`decomposition.GradientVariance`): the mean over parameters of its variance "
-              "across resamplings, times the completion tokens per resampling (per token); and that variance over "
+              f"resampled {resamplings} times (`decomposition.GradientVariance`): the mean over parameters of its "
+              "variance across resamplings, times the completion tokens per resampling (per token); and that variance over "
               "the mean gradient's square (noise / signal).", "", "## How much of SFT's lead is what", ""]
     for metric in metric_names:
         lines += [data["sentences"][metric], ""]

@@ -193,3 +193,6 @@ def test_the_quick_runner_writes_a_report(home, tmp_path):
         f"decomposition-baseline-quick-{cell}" for cell in cells.split(",")}
     assert all(path.startswith(str(out)) for path in data["runs"].values())  # the runs live in the report folder
     assert "How much of SFT's lead is what" in (out / "decomposition.md").read_text()
+    (out / "decomposition.json").unlink()
+    again = main(["--quick", "--cells", cells, "--report-only", "--out", str(out)])  # from the finished runs
+    assert json.loads((again / "decomposition.json").read_text())["arms"] == data["arms"]
