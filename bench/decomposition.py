@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "samples per problem (sampled accuracy)": args.eval_samples, "gradient resamplings": args.resamplings,
                 "prompts in the fixed batch": args.variance_prompts or args.batch_size}
     if args.report_only:
-        return write_report(out, label, cells, started)
+        return write_report(out, label, cells, None)
     lab = build_lab(recipe, progress_print=print) if args.quick else lab_summary(recipe.lab_name)
     if lab is None:
         raise SystemExit(f"the lab {recipe.lab_name} is not built here; run `opd-lab lab build --scenario "
@@ -145,8 +145,9 @@ def finished_runs(out: Path, label: str, cells: list[str]) -> dict[str, Path]:
     return found
 
 
-def write_report(out: Path, label: str, cells: list[str], started: float) -> Path:
-    """`decomposition.json` and `.md` from the setup file and the cells' finished runs."""
+def write_report(out: Path, label: str, cells: list[str], started: float | None) -> Path:
+    """`decomposition.json` and `.md` from the setup file and the cells' finished runs; `started`
+    None (a report rewritten from the runs) keeps the earlier report's measured seconds."""
     from opd_lab import decomposition
     from opd_lab.files import read_json, write_json_atomic
     from opd_lab.run_folder import load_metrics
@@ -157,7 +158,11 @@ def write_report(out: Path, label: str, cells: list[str], started: float) -> Pat
     data = decomposition.decomposition_report(runs, setup["variances"], setup["reference"], setup["eval_count"])
     missing = [cell for cell in cells if cell not in run_dirs]
     data.update({"settings": setup["settings"], "lab": setup["lab"], "runs": {k: str(v) for k, v in run_dirs.items()},
-                 "not_finished": missing, "seconds": round(time.time() - started, 1)})
+                 "not_finished": missing})
+    if started is not None:
+        data["seconds"] = round(time.time() - started, 1)
+    elif (out / "decomposition.json").exists():
+        data["seconds"] = read_json(out / "decomposition.json").get("seconds")
     write_json_atomic(out / "decomposition.json", data)
     markdown = decomposition.decomposition_markdown(data)
     if missing:

@@ -238,10 +238,11 @@ def attribution_sentence(found: dict, metric_words: str, noise: float | None = N
         text += (f" Under the forward KL (exact), teacher-written prefixes changed the score by "
                  f"{points(found['prefix_under_forward'])}.")
     if noise is not None:
-        small = [s["factor"] for s in found["steps"] if abs(s["change"]) < noise]
+        small = [f"{s['factor']} ({s['from']} to {s['to']}, {points(s['change'])})"
+                 for s in found["steps"] if abs(s["change"]) < noise]
         if small:
-            text += (f" Steps smaller than the evaluation's resolution ({100 * noise:.1f} points, two standard "
-                     f"errors of a difference) are within noise: {', '.join(dict.fromkeys(small))}.")
+            text += (f" Steps smaller than the evaluation's resolution ({100 * noise:.1f} points: two standard "
+                     f"errors of the difference of two evaluations) are within noise: {'; '.join(small)}.")
     return text
 
 

@@ -121,7 +121,7 @@ def test_attribution_splits_the_lead_along_the_path_and_the_sentence_uses_its_nu
     sentence = decomposition.attribution_sentence(found, "greedy accuracy", noise=0.03)
     assert "by 30.0 points" in sentence and "+24.0 points (80% of the lead" in sentence
     assert "+8.0 points (27%" in sentence and "-2.0 points (-7%" in sentence
-    assert "within noise: divergence" in sentence
+    assert "within noise: divergence (teacher-reverse-exact to teacher-forward-exact, -2.0 points)." in sentence
     assert attribution({**SCORES, "teacher-reverse-exact": None})["lead"] is None
     behind = attribution({**SCORES, "teacher-forward-sampled": 0.55})
     assert "did not lead" in decomposition.attribution_sentence(behind, "greedy accuracy")
