@@ -331,7 +331,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
     runs.mkdir(exist_ok=True)
     for run_dir in stage1_dirs + stage2_dirs:
         shutil.move(str(run_dir), runs / run_dir.name)
-    data.update({"scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
+    data.update({"protocol": "handoff", "scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
                  "learning_rates": rates, "lab": lab, "seconds": round(time.time() - started, 1),
                  "runs": {"stage1": [d.name for d in stage1_dirs], "stage2": [d.name for d in stage2_dirs]}})
     write_json_atomic(out / "handoff.json", data)
