@@ -440,15 +440,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def wrap_lora(student, rank: int, alpha: int):
-    """Wrap the student in LoRA adapters (peft) on all linear layers; only they train."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    return get_peft_model(student, lora)
-
-
 @contextmanager
 def lora_merged(student, lora: bool):
     """Within the block, a LoRA student's adapters are merged into its base weights (one
@@ -469,12 +460,15 @@ def load_trainable_student(spec: str, task: str, device: torch.device, *, lora_r
 
     Its weights stay float32 whatever the run's dtype: AdamW, and LoRA's merge and unmerge
     for sampling, need them (the forward passes run under autocast instead). With
-    `lora_rank` > 0 it is wrapped in LoRA adapters (`wrap_lora`, scale `lora_alpha / lora_rank`)
-    and only they train; 0 trains every weight.
+    `lora_rank` > 0 it is wrapped in LoRA adapters (peft, scale `lora_alpha / lora_rank`)
+    on all linear layers and only they train; 0 trains every weight.
     """
     student, tokenizer = load_model(spec, "student", task, device, trust_remote_code=trust_remote_code)
     if lora_rank > 0:
-        student = wrap_lora(student, lora_rank, lora_alpha)
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(student, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
     student.train()
     return student, tokenizer
 
