@@ -24,7 +24,7 @@ tail lower bound from a teacher server (`train/reverse_kl_topk`), whatever train
 Example:
     >>> objective = objective_for(config, scores)  # doctest: +SKIP
     >>> result = objective(OnPolicyBatch(student_logits_BLV, targets_BL, sampling_logps_BL, mask_BL,
-    ...                                  rewards_B, scores, temperature=1.0), config)  # doctest: +SKIP
+    ...                                  rewards_B, scores), config)  # doctest: +SKIP
     >>> result.loss.backward()  # doctest: +SKIP
 """
 
@@ -54,7 +54,6 @@ class OnPolicyBatch:
     mask_BL: torch.Tensor  # (B, L) 1 on the completion tokens
     rewards_B: torch.Tensor  # (B,) the verifier's reward of each sample
     scores: TeacherScores | None  # the teacher's view; None for RL on a step that logs nothing
-    temperature: float  # the sampling temperature
 
 
 @dataclass

@@ -310,7 +310,7 @@ class Trainer:
             with self._student_precision():
                 student_logits = completion_logits(self.student, rollouts)
             batch = OnPolicyBatch(student_logits, rollouts.sequences_BS[:, rollouts.prompt_length :],
-                                  rollouts.completion_sampling_logprobs_BL, mask, rewards, scores, config.temperature)
+                                  rollouts.completion_sampling_logprobs_BL, mask, rewards, scores)
             objective = objective_for(config, scores)(batch, config)
         metrics = {"train/reward": rewards.mean().item(),
                    "train/accuracy": sum(v.correct for v in verdicts) / len(verdicts),

@@ -30,8 +30,7 @@ def _batch(seed: int = 0, same_teacher: bool = False, top_k_only: bool = False) 
     scores = TeacherScores(losses.gather_tokens(teacher_logps_BLV, targets_BL) * mask_BL,
                            top_ids_BLK=top.indices, top_logprobs_BLK=top.values,
                            logits_BLV=None if top_k_only else teacher_BLV)
-    return OnPolicyBatch(student_BLV, targets_BL, sampling_logps_BL, mask_BL, torch.tensor([1.0, 0.0, 1.0]),
-                         scores, temperature=1.0)
+    return OnPolicyBatch(student_BLV, targets_BL, sampling_logps_BL, mask_BL, torch.tensor([1.0, 0.0, 1.0]), scores)
 
 
 @pytest.mark.parametrize("settings, top_k_only, expected", [
