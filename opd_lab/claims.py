@@ -190,7 +190,9 @@ def handoff_row(data: dict) -> dict:
         if not found:
             return "not run"
         if found["steps"] is None:
-            return f"not reached ({found['reached']}/{found['seeds']} seeds)"
+            final = found.get("final_accuracy")
+            return (f"not reached ({found['reached']}/{found['seeds']} seeds"
+                    + ("" if final is None else f"; final accuracy {final:.1%}") + ")")
         return (f"{found['steps']:.0f} steps, {found['flops_training']:.1e} training FLOPs, {found['flops']:.1e} "
                 f"with sampling ({found['reached']}/{found['seeds']} seeds)")
 
@@ -198,7 +200,8 @@ def handoff_row(data: dict) -> dict:
         return "n/a" if value is None else f"{value:.2f}x"
 
     free, charged = ratios["flops_dataset_free"], ratios["flops_sampling_charged"]
-    measured = (f"hand-off: SFT on N = {', '.join(data['stage1'])} teacher samples gained "
+    sizes = sorted(int(size) for size in data["stage1"])
+    measured = (f"hand-off: SFT on N = {sizes[0]} to {sizes[-1]} teacher samples (doubling) gained "
                 f"{100 * fit['slope']:.1f} points per doubling (95% interval {100 * fit['slope_ci'][0]:.1f} to "
                 f"{100 * fit['slope_ci'][1]:.1f}); from N* = {data['n_star']} ({data['start_accuracy']:.1%}) to half "
                 f"the remaining gap ({data['target']:.1%}; teacher {data['teacher_accuracy']:.1%}), median of "
