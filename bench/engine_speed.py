@@ -3,10 +3,11 @@
 The machine is shared and its speed drifts, so the two engines run in one process, one
 thread, strictly alternating (base, current, base, current, ...), and only their paired
 ratio is meaningful. The base engine is `opd_lab/trainer.py` (`train.py` before the
-Trainer had a module of its own), `generation.py` (the sampler), `losses.py` and
-`sharding.py` (where it exists) as they were at `--base` (loaded under other module names); everything
-else (models, configs, tasks) is this checkout's, so the comparison isolates the changes
-to the training step.
+Trainer had a module of its own) and the modules the step is made of (`ENGINE_MODULES`:
+the sampler, losses, objectives, teachers, the student's loading, the process world)
+as they were at `--base`, where they exist (loaded under other module names); everything
+else (configs, tasks, the model files) is this checkout's, so the comparison isolates
+the changes to the training step.
 
 Run (after `opd-lab lab build`):
 
@@ -34,9 +35,10 @@ from opd_lab.config import RunConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The modules of the step, loaded from `--base` in this order (each one's imports of the
-# earlier ones are pointed at their base versions); the last one holds `Trainer`.
-ENGINE_MODULES = ("losses", "generation", "sharding", "trainer")
+# The modules of the step, loaded from `--base` in this order (each one imports the base
+# versions of the earlier ones); the last one holds `Trainer`.
+ENGINE_MODULES = ("losses", "generation", "models", "sharding", "distributed", "teacher_scoring", "teacher_routing",
+                  "teacher_dataset", "objectives", "trainer")
 
 
 def _exists(revision: str, path: str) -> bool:
@@ -46,29 +48,45 @@ def _exists(revision: str, path: str) -> bool:
 
 def load_base_engine(revision: str):
     """The module holding `Trainer` as it was at `revision` (`opd_lab.trainer`, or
-    `opd_lab.train` before it), with that revision's sampler, losses and sharding too,
-    imported as separate modules."""
+    `opd_lab.train` before it), with that revision's `ENGINE_MODULES` too, imported as
+    separate modules.
+
+    While they load, each one stands in for its namesake (`sys.modules["opd_lab.NAME"]` and
+    the package's attribute), so a later base module's `from opd_lab.NAME import X` gets
+    the base X even where this checkout renamed or moved it; the current modules are put
+    back afterwards. Import this checkout's engine first, so it never sees a base module.
+    """
+    import opd_lab
+
     folder = Path(tempfile.mkdtemp(prefix="opd-base-"))
-    loaded = {}
+    loaded, replaced = {}, {}
     names = [name for name in ENGINE_MODULES if _exists(revision, f"opd_lab/{name}.py")]
     if "trainer" not in names:
         names.append("train")
-    for name in names:
-        source = subprocess.run(["git", "show", f"{revision}:opd_lab/{name}.py"], cwd=REPO, check=True,
-                                capture_output=True, text=True).stdout
-        path = folder / f"{name}_base.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"opd_lab_{name}_base", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        for attribute, value in list(vars(module).items()):  # rebind imports of earlier modules
-            for earlier, base in loaded.items():
-                if value is sys.modules.get(f"opd_lab.{earlier}"):
-                    setattr(module, attribute, base)
-                elif getattr(value, "__module__", None) == f"opd_lab.{earlier}" and hasattr(base, attribute):
-                    setattr(module, attribute, getattr(base, attribute))
-        loaded[name] = module
+    try:
+        for name in names:
+            source = subprocess.run(["git", "show", f"{revision}:opd_lab/{name}.py"], cwd=REPO, check=True,
+                                    capture_output=True, text=True).stdout
+            path = folder / f"{name}_base.py"
+            path.write_text(source)
+            spec = importlib.util.spec_from_file_location(f"opd_lab_{name}_base", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            replaced.setdefault(name, (sys.modules.get(f"opd_lab.{name}"), getattr(opd_lab, name, None)))
+            sys.modules[f"opd_lab.{name}"] = module
+            setattr(opd_lab, name, module)
+            loaded[name] = module
+    finally:
+        for name, (current, attribute) in replaced.items():
+            if current is None:
+                sys.modules.pop(f"opd_lab.{name}", None)
+            else:
+                sys.modules[f"opd_lab.{name}"] = current
+            if attribute is None:
+                delattr(opd_lab, name)
+            else:
+                setattr(opd_lab, name, attribute)
     return loaded[names[-1]]
 
 

@@ -10,6 +10,12 @@ marked as a pilot: its numbers are measured, but one seed and no sweep of its ow
 make it a pilot, not a claim.
 
     python -m bench.pilot_compare --scenario noisy-teacher --steps 150 --eval-every 25
+
+Seeds run as separate pilots (`--seed S`, one folder each) can be joined into one
+report over all their seeds, which `--combine` checks were run alike (same scenario,
+steps, evaluations, rates and lab) before it judges them together:
+
+    python -m bench.pilot_compare --combine pilot-s0 pilot-s1 pilot-s2 --out noisy-teacher-3seeds
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -31,13 +38,22 @@ from opd_lab.scenarios import get_scenario
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--scenario", help="the lab scenario (needed unless --combine)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="the one seed every arm runs")
     parser.add_argument("--out", default="")
+    parser.add_argument("--combine", nargs="+", metavar="REPORT", help="join these pilot report folders "
+                        "(one seed each, run alike) into one report in --out; trains nothing")
     args = parser.parse_args()
+    if args.combine:
+        if not args.out:
+            parser.error("--combine needs --out")
+        combine([Path(folder) for folder in args.combine], Path(args.out))
+        return
+    if not args.scenario:
+        parser.error("--scenario is required")
 
     started = time.time()
     settings = CompareSettings(scenario=args.scenario, seeds=1, workers=args.workers)
@@ -70,6 +86,50 @@ def main() -> None:
     markdown = (out / "report.md").read_text()
     (out / "report.md").write_text(f"> **Pilot**: {data['pilot']}. Not a claim.\n\n" + markdown)
     print(f"report: {out / 'report.md'}")
+
+
+ALIKE = ("scenario", "learning_rates", "teacher_accuracy", "base_accuracy", "sampled_reference")
+
+
+def _how(report: dict) -> str:
+    """How a pilot ran, without its seed: 'no sweep (rates ...), N steps, evaluations every M'."""
+    return report["pilot"][report["pilot"].index("no sweep"):]
+
+
+def combine(folders: list[Path], out: Path) -> Path:
+    """One report over the seeds of several one-seed pilots run alike; refuses pilots that differ."""
+    reports = [json.loads((folder / "report.json").read_text()) for folder in folders]
+    first = reports[0]
+    for folder, report in zip(folders, reports):
+        differing = [key for key in ALIKE if report.get(key) != first.get(key)]
+        if differing or _how(report) != _how(first):
+            raise SystemExit(f"{folder} was not run like {folders[0]} (differs in: {differing or ['steps']})")
+    seeds = [seed for report in reports for arm_runs in report["runs"].values() for seed in {r["seed"] for r in arm_runs}]
+    seeds = sorted(set(seeds))
+    if len(seeds) != len(reports):
+        raise SystemExit(f"each pilot must have its own seed (got seeds {seeds} from {len(reports)} pilots)")
+    settings = CompareSettings(scenario=first["scenario"], seeds=len(seeds), workers=1)
+    budget = int(re.search(r"(\d+) steps, evaluations every", first["pilot"]).group(1))
+    scenario = dataclasses.replace(get_scenario(first["scenario"]), steps=budget)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    runs_by_arm: dict[str, list] = {}
+    for folder, report in zip(folders, reports):
+        for arm, arm_runs in report["runs"].items():
+            for run in arm_runs:
+                target = out / "runs" / run["run"]
+                if not target.exists():
+                    shutil.copytree(folder / "runs" / run["run"], target)
+                runs_by_arm.setdefault(arm, []).append(run)
+    data = build_report(settings, scenario, first["lab"], first["teacher_accuracy"], first["base_accuracy"], [],
+                        first["learning_rates"], runs_by_arm, out,
+                        seconds=sum(report["seconds"] for report in reports),
+                        sampled_reference=first.get("sampled_reference"))
+    data["pilot"] = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), each run as its own pilot; {_how(first)}"
+    write_report(out, data)
+    markdown = (out / "report.md").read_text()
+    (out / "report.md").write_text(f"> **Pilot**: {data['pilot']}. Not a sweep of its own.\n\n" + markdown)
+    print(f"report: {out / 'report.md'}")
+    return out
 
 
 if __name__ == "__main__":

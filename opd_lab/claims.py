@@ -90,6 +90,9 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
     by_claim = {claim: [d for d in results.values() if claim in d.get("claims", [])] for claim in CLAIMS}
     for data in by_claim["steps-vs-rl"]:
         rows.append(_ratio_row(data, "steps-vs-rl", "rl", "steps", 7))
+    for data in results.values():  # the seed's own protocol first: from SFT's plateau
+        if is_handoff(data):
+            rows.append(handoff_row(data))
     for data in by_claim["compute-vs-sft"]:
         rows.append(_ratio_row(data, "compute-vs-sft", "sft", "flops", 9))
     for data in by_claim["data-reuse"]:
@@ -166,6 +169,65 @@ def claim_rows(results: dict[str, dict]) -> list[dict]:
     return sorted(rows, key=lambda row: order.index(row["claim"]))
 
 
+def is_handoff(data: dict) -> bool:
+    """A report of `opd-lab compare --protocol handoff` (it has an N*)."""
+    return "n_star" in data
+
+
+def handoff_row(data: dict) -> dict:
+    """The compute-vs-SFT row of `opd-lab compare --protocol handoff`, the seed's protocol.
+
+    From N*, the SFT checkpoint where more teacher data stopped paying, OPD holds the
+    claim when it closes half of the remaining gap with at least 9x fewer FLOPs than SFT
+    on fresh teacher samples, the SFT dataset counted free (the seed's 9x); with more than
+    1x it holds in direction only; an arm that never got there makes the ratio a bound or
+    leaves it unknown.
+    """
+    fit, arms, ratios = data["fit"], data["arms"], data["ratios"]
+
+    def cost(arm: str) -> str:
+        found = arms.get(arm)
+        if not found:
+            return "not run"
+        if found["steps"] is None:
+            final = found.get("final_accuracy")
+            return (f"not reached ({found['reached']}/{found['seeds']} seeds"
+                    + ("" if final is None else f"; final accuracy {final:.1%}") + ")")
+        return (f"{found['steps']:.0f} steps, {found['flops_training']:.1e} training FLOPs, {found['flops']:.1e} "
+                f"with sampling ({found['reached']}/{found['seeds']} seeds)")
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    free, charged = ratios["flops_dataset_free"], ratios["flops_sampling_charged"]
+    sizes = sorted(int(size) for size in data["stage1"])
+    measured = (f"hand-off: SFT on N = {sizes[0]} to {sizes[-1]} teacher samples (doubling) gained "
+                f"{100 * fit['slope']:.1f} points per doubling (95% interval {100 * fit['slope_ci'][0]:.1f} to "
+                f"{100 * fit['slope_ci'][1]:.1f}); from N* = {data['n_star']} ({data['start_accuracy']:.1%}) to half "
+                f"the remaining gap ({data['target']:.1%}; teacher {data['teacher_accuracy']:.1%}), median of "
+                f"{max((a['seeds'] for a in arms.values()), default=0)} seeds: SFT on fresh teacher samples {cost('sft')}; "
+                f"OPD {cost('opd')}; RL {cost('rl')}. SFT / OPD FLOPs: {shown(free)} with the SFT data free (the "
+                f"seed's 9x), {shown(charged)} with its sampling charged (the seed's ~30x)")
+    opd_reached = arms.get("opd", {}).get("steps") is not None
+    sft_reached = arms.get("sft", {}).get("steps") is not None
+    if data["teacher_accuracy"] <= data["start_accuracy"]:
+        verdict = "not shown: SFT's plateau already matched the teacher"
+    elif not opd_reached and not sft_reached:
+        verdict = "not shown: neither SFT nor OPD closed half of the remaining gap"
+    elif not opd_reached:
+        verdict = "does not hold"
+    elif not sft_reached or free >= 9:
+        verdict = "holds on the lab" + ("" if sft_reached else " (SFT did not get there: a lower bound)")
+    elif free > 1:
+        verdict = f"holds on the lab, but smaller than the seed's 9x ({free:.2f}x)"
+    else:
+        verdict = "does not hold"
+    label = data.get("scenario", "?")
+    if data.get("quick"):
+        label += "-quick"
+    return {"claim": "compute-vs-sft", "scenario": f"{label}, hand-off", "measured": measured, "verdict": verdict}
+
+
 def recovery_row(data: dict) -> dict:
     """The retry scenario's row, judged on sampled accuracy (temperature 1): it holds when OPD
     ends above SFT on fresh teacher samples in sampled accuracy and in recovery rate,
@@ -204,7 +266,8 @@ def noisy_teacher_row(data: dict) -> dict:
     shown = ", ".join(f"{report.arm_label(arm)} {finals[arm]:.1%}" for arm in report.ordered_arms(finals))
     holds = finals.get("opd", 0.0) > max(finals.get("sft", 1.0), noisy["sampled"])
     return {"claim": "noisy-teacher", "scenario": data.get("label", data["scenario"]),
-            "measured": f"sampled accuracy (temperature 1, {sampled['samples_per_problem']} samples per problem), median "
+            "measured": (f"{data['pilot']} (a pilot): " if data.get("pilot") else "") +
+                        f"sampled accuracy (temperature 1, {sampled['samples_per_problem']} samples per problem), median "
                         f"final of {data['seeds']} seeds: {shown}; noisy teacher (q = {noisy['noise']:g}) "
                         f"{noisy['sampled']:.1%} sampled, {noisy['greedy']:.1%} greedy; clean teacher "
                         f"{sampled['teacher_accuracy']:.1%} sampled",
@@ -277,7 +340,7 @@ def verdict_lines(results: dict[str, dict]) -> list[str]:
     """Each compare report's verdicts: on greedy accuracy, and on sampled accuracy where it has one."""
     lines = []
     for name, data in results.items():
-        if "verdict" not in data or name.startswith("recipes/"):
+        if "verdict" not in data or name.startswith("recipes/") or is_handoff(data):
             continue
         lines.append(f"- `{name}` (greedy accuracy): {data['verdict']['sentence']}")
         if data.get("sampled"):

@@ -318,23 +318,18 @@ def gradient_variance(loss_of_resampling: Callable[[int], tuple], parameters: li
 
 def trainer_loss(trainer, problems: list, seed: int) -> tuple:
     """The loss one training step of `trainer` (`opd_lab.trainer.Trainer`) would take on
-    `problems`, sampled with `seed`, before gradient clipping: its parts (student-sampled and
-    teacher-written), weighted by their completion tokens as `Trainer.step` does.
+    `problems`, sampled with `seed`, before gradient clipping: the step's own parts
+    (student-sampled and teacher-written) averaged over their completion tokens, as
+    `Trainer.step` does in a one-process run.
 
     Returns:
         `(loss, completion_tokens)`.
     """
-    from opd_lab.trainer import on_policy_count
+    from opd_lab.trainer import token_weighted_sum
 
     trainer.generator.manual_seed(seed)
-    on_count = on_policy_count(trainer.config, len(problems))
-    parts = []
-    if on_count:
-        parts.append(trainer._on_policy_part(problems[:on_count], teacher_view=False))
-    if on_count < len(problems):
-        parts.append(trainer._off_policy_part(problems[on_count:], teacher_view=False, first_prompt=on_count))
-    tokens = sum(part.token_count for part in parts)
-    return sum(part.loss * part.token_count for part in parts) / tokens.clamp(min=1), int(tokens)
+    total, tokens = token_weighted_sum(trainer._parts(problems, logging=False), trainer.device)
+    return total / tokens.clamp(min=1), int(tokens)
 
 
 def arm_gradient_variance(config: RunConfig, work_dir, prompts: int, resamplings: int = RESAMPLINGS,

@@ -87,6 +87,11 @@ class World:
         """
         return range(_ceil_div(self.rank * count, self.size), _ceil_div((self.rank + 1) * count, self.size))
 
+    def row_seeds(self, seed: int, step: int, rows: Iterable[int], stream: str) -> list[int] | None:
+        """Per-row sampling seeds (`row_seeds`) in a launched run, so its samples do not
+        depend on the number of processes; None (the run's one generator) otherwise."""
+        return row_seeds(seed, step, rows, stream) if self.launched else None
+
     # --- collectives (the identity for one process) ------------------------------------
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -149,6 +154,43 @@ class World:
         with _collective(self), torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
                 torch.distributed.broadcast(tensor.data, src=0)
+
+    def token_mean(self, local_sum: torch.Tensor, local_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loss's mean over the *global* batch's tokens, from this process's token-weighted sum.
+
+        Args:
+            local_sum: () the sum over this process's tokens (with its graph).
+            local_tokens: () how many tokens that is.
+        Returns:
+            `(for_backward, value)`: `local_sum / global tokens`, whose gradients summed over
+            the processes (`sum_gradients`) are the gradient of the global mean; and that
+            global mean, the same on every process (the two are one tensor in a one-process run).
+
+        Example:
+            >>> World().token_mean(torch.tensor(6.0), torch.tensor(3.0))
+            (tensor(2.), tensor(2.))
+        """
+        if self.size == 1:
+            mean = local_sum / local_tokens.clamp(min=1)
+            return mean, mean
+        global_sum, global_tokens = self.sum(torch.stack([local_sum.detach().float().cpu(),
+                                                          local_tokens.float().cpu()])).tolist()
+        return local_sum / max(global_tokens, 1.0), torch.tensor(global_sum / max(global_tokens, 1.0))
+
+    def sum_since(self, before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
+        """Running counts of the whole run from each process's own: every count's value
+        `before` (the same on every process) plus the sum over the processes of how much
+        each added since. One all-reduce, in float64 so FLOP counts stay exact; `now` itself
+        in a one-process run.
+
+        Example:
+            >>> World().sum_since({"samples": 4.0}, {"samples": 8.0})
+            {'samples': 8.0}
+        """
+        if self.size == 1:
+            return dict(now)
+        added = self.sum(torch.tensor([now[key] - before[key] for key in now], dtype=torch.float64)).tolist()
+        return {key: before[key] + value for key, value in zip(now, added)}
 
     def mean_metrics(self, values: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
         """The global batch's metrics from each process's means (`combine_weighted_means`)."""

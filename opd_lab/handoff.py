@@ -163,7 +163,9 @@ def handoff_report(stage1: dict[int, list[dict]], stage2: dict[str, list[list[di
     arms = {}
     for arm, runs in stage2.items():
         costs = [cost_at(rows, target) for rows in runs]
+        finals = [_evaluations(rows)[-1][ACCURACY] for rows in runs if _evaluations(rows)]
         arms[arm] = {"seeds": len(runs), "reached": sum(c is not None for c in costs),
+                     "final_accuracy": median(finals) if finals else None,
                      **{name: _median_cost(costs, name) for name in ("steps", "sequences", "flops_training", "flops")}}
 
     def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -211,11 +213,14 @@ def handoff_markdown(data: dict, scenario: str) -> str:
               *(["**The teacher is not ahead of N*: there is nothing to hand off.**", ""]
                 if data["teacher_accuracy"] <= data["start_accuracy"] else []),
               "## Stage 2: from N*'s checkpoint to the target (medians over seeds)", "",
-              "| arm | seeds reached | steps | sequences | training FLOPs | all FLOPs |", "|---|---|---|---|---|---|"]
+              "| arm | seeds reached | steps | sequences | training FLOPs | all FLOPs | final accuracy |",
+              "|---|---|---|---|---|---|---|"]
     for arm, cost in data["arms"].items():
         shown = [("not reached" if cost[name] is None else f"{cost[name]:.0f}" if name in ("steps", "sequences")
                   else f"{cost[name]:.2e}") for name in ("steps", "sequences", "flops_training", "flops")]
-        lines.append(f"| {arm} | {cost['reached']}/{cost['seeds']} | " + " | ".join(shown) + " |")
+        final = cost.get("final_accuracy")
+        lines.append(f"| {arm} | {cost['reached']}/{cost['seeds']} | " + " | ".join(shown)
+                     + f" | {'n/a' if final is None else f'{final:.1%}'} |")
     ratios, prediction = data["ratios"], data["fit_prediction"]
     lines += ["", "## Hand-off ratios (SFT / OPD; above 1: OPD cheaper)", "",
               "- " + _ratio_text(ratios["flops_dataset_free"], "FLOPs, the SFT dataset free (the seed's 9x)"),
@@ -267,6 +272,28 @@ def _chosen_rates(scenario: str) -> dict[str, float]:
     path = MEASURED_RESULTS_DIR / f"{scenario}.json"
     chosen = json.loads(path.read_text()).get("learning_rates", {}) if path.exists() else {}
     return {arm: chosen.get(arm, DEFAULT_RATE) for arm in HANDOFF_ARMS}
+
+
+def refresh_handoff(folder) -> dict:
+    """Recompute a hand-off report folder's numbers from its runs (after a change to the
+    report's rules); its settings, lab and timing stay. Rewrites handoff.json and .md."""
+    import json
+    from pathlib import Path
+
+    from opd_lab.run_folder import load_config, load_metrics, write_json_atomic
+
+    folder = Path(folder)
+    data = json.loads((folder / "handoff.json").read_text())
+    stage1 = {int(load_config(folder / "runs" / name)["prompt_pool"]): load_metrics(folder / "runs" / name)
+              for name in data["runs"]["stage1"]}
+    stage2: dict[str, list] = {}
+    for name in data["runs"]["stage2"]:
+        stage2.setdefault(load_config(folder / "runs" / name)["method"], []).append(load_metrics(folder / "runs" / name))
+    data.update(handoff_report(stage1, stage2, data["teacher_accuracy"], data["settings"]["min_gain"]))
+    data.setdefault("protocol", "handoff")
+    write_json_atomic(folder / "handoff.json", data)
+    (folder / "handoff.md").write_text(handoff_markdown(data, data["scenario"]))
+    return data
 
 
 def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
@@ -331,7 +358,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
     runs.mkdir(exist_ok=True)
     for run_dir in stage1_dirs + stage2_dirs:
         shutil.move(str(run_dir), runs / run_dir.name)
-    data.update({"scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
+    data.update({"protocol": "handoff", "scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
                  "learning_rates": rates, "lab": lab, "seconds": round(time.time() - started, 1),
                  "runs": {"stage1": [d.name for d in stage1_dirs], "stage2": [d.name for d in stage2_dirs]}})
     write_json_atomic(out / "handoff.json", data)

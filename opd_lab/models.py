@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -409,19 +410,21 @@ def check_pair_compatible(teacher_tokenizer, student_tokenizer) -> None:
     check_chat_templates(teacher_tokenizer, student_tokenizer)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, gpu: int | None = None) -> torch.device:
     """The torch device for `RunConfig.device`: "auto" is CUDA when there is a GPU, else the CPU.
 
+    Args:
+        gpu: the GPU of this process in a data-parallel run (its local rank); None picks
+            the default one. A CPU device ignores it.
     Raises:
         RuntimeError: "cuda" asked for on a machine without a CUDA GPU.
     """
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was requested but no CUDA GPU is available")
-    return torch.device(name)
+    device = torch.device(name)
+    return torch.device("cuda", gpu) if device.type == "cuda" and gpu is not None else device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -437,13 +440,37 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def wrap_lora(student, rank: int, alpha: int):
-    """Wrap the student in LoRA adapters (peft) on all linear layers; only they train."""
-    from peft import LoraConfig, get_peft_model
+@contextmanager
+def lora_merged(student, lora: bool):
+    """Within the block, a LoRA student's adapters are merged into its base weights (one
+    matmul per layer instead of three, for sampling); they are unmerged after it, for
+    training. Nothing happens to a student trained whole (`lora` False)."""
+    if lora:
+        student.merge_adapter()
+    try:
+        yield student
+    finally:
+        if lora:
+            student.unmerge_adapter()
 
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    return get_peft_model(student, lora)
+
+def load_trainable_student(spec: str, task: str, device: torch.device, *, lora_rank: int, lora_alpha: int,
+                           trust_remote_code: bool = False):
+    """The student a run trains, as `(model, tokenizer)`, in training mode.
+
+    Its weights stay float32 whatever the run's dtype: AdamW, and LoRA's merge and unmerge
+    for sampling, need them (the forward passes run under autocast instead). With
+    `lora_rank` > 0 it is wrapped in LoRA adapters (peft, scale `lora_alpha / lora_rank`)
+    on all linear layers and only they train; 0 trains every weight.
+    """
+    student, tokenizer = load_model(spec, "student", task, device, trust_remote_code=trust_remote_code)
+    if lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(student, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+    student.train()
+    return student, tokenizer
 
 
 def load_pair(

@@ -123,7 +123,7 @@ def per_task_metrics(tasks: list[str], verdicts: list, mask_BL: torch.Tensor, kl
 
     Args:
         tasks: each row's task; verdicts: each row's `Verdict`; mask_BL: (B, L) completion mask;
-        kl_name, kl_BL: the per-token KL and its metric name (`teacher_routing.token_kl`).
+        kl_name, kl_BL: the per-token KL and its metric name (`objectives.TokenKL`).
     """
     rows = {"train/accuracy": torch.tensor([float(v.correct) for v in verdicts]),
             "train/reward": torch.tensor([float(v.reward) for v in verdicts])}

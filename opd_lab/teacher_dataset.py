@@ -1,8 +1,12 @@
-"""The fixed teacher dataset: one teacher sample per prompt of a run's pool, made once.
+"""Fixed SFT data: the teacher dataset (one teacher sample per pool prompt, made once) or references.
 
-This is the seed's off-policy distillation data (`RunConfig.sft_source="teacher_dataset"`):
-SFT trains on it epoch after epoch, where OPD samples afresh. In a multi-task run each
-prompt is answered by its own task's teacher (`teacher_routing`).
+The teacher dataset is the seed's off-policy distillation data
+(`RunConfig.sft_source="teacher_dataset"`): SFT trains on it epoch after epoch, where OPD
+samples afresh. In a multi-task run each prompt is answered by its own task's teacher
+(`teacher_routing`). `fixed_completions` is what the trainer asks: the completion of each
+prompt when a run's SFT data does not change from step to step (that dataset, or the
+task's reference solutions with `sft_source="reference"`), or None when the teacher
+writes fresh ones every step (`TeacherRouter.write`).
 
 Example:
     >>> completions = teacher_dataset(run_dir / SFT_DATASET_FILE, trainer.teachers, pool, ...)  # doctest: +SKIP
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from opd_lab.config import RunConfig
 from opd_lab.flops import FlopsCounter
 from opd_lab.generation import generate
 from opd_lab.files import read_jsonl, write_text_atomic
@@ -50,3 +56,19 @@ def teacher_dataset(path: Path, teachers: TeacherRouter, pool: list[Problem], de
     teachers.charge(flops, [row.get("task", default_task) for row in rows],
                     torch.tensor([row["tokens"] for row in rows]).reshape(-1, 1), scoring=False)
     return {row["prompt"]: row["completion"] for row in rows}
+
+
+def fixed_completions(config: RunConfig, path: Path, teachers: TeacherRouter, pool: list[Problem], tokenizer,
+                      max_new_tokens: int, device: torch.device,
+                      flops: FlopsCounter) -> Callable[[Problem], str] | None:
+    """The completion an SFT run trains on for each problem, when it is fixed for the run:
+    its row of the teacher dataset at `path` (made here on first use: `teacher_dataset`),
+    or its task's reference solution. None when the teacher writes fresh completions each
+    step (`sft_source` "teacher" or "teacher_greedy", and OPD's off-policy share)."""
+    if config.method != "sft" or config.sft_source not in ("teacher_dataset", "reference"):
+        return None
+    if config.sft_source == "reference":
+        return lambda problem: problem.reference or problem.answer
+    dataset = teacher_dataset(path, teachers, pool, config.task, tokenizer, max_new_tokens, config.temperature,
+                              config.seed, device, flops)
+    return lambda problem: dataset[problem.prompt]

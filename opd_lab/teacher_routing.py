@@ -10,7 +10,7 @@ only, and putting the answers back in the batch's row order. A run with one teac
 one group: the batch goes to it whole, exactly as before routing existed.
 
 Example:
-    >>> router = TeacherRouter.load(config, student_tokenizer, device, dtype)  # doctest: +SKIP
+    >>> router = TeacherRouter.load(config, device, dtype)  # doctest: +SKIP
     >>> scores = router.score(rollouts, tasks=["addition", "sorting"], top_k=0)  # doctest: +SKIP
     >>> router.spec_of("sorting")  # doctest: +SKIP
     'lab:sorting'
@@ -22,9 +22,9 @@ import dataclasses
 
 import torch
 
-from opd_lab import losses
 from opd_lab.flops import FlopsCounter, forward_flops
-from opd_lab.generation import Rollouts
+from opd_lab.generation import Rollouts, generate, rollouts_from_texts
+from opd_lab.models import load_tokenizer
 from opd_lab.teacher_scoring import Teacher, TeacherScores, load_teacher
 
 
@@ -42,8 +42,11 @@ class TeacherRouter:
         self.flops_by_task = dict.fromkeys(teachers, 0.0)
 
     @classmethod
-    def load(cls, config, student_tokenizer, device: torch.device, dtype: torch.dtype) -> "TeacherRouter":
-        """Every teacher `config` names (`RunConfig.teacher_map`, `server_map`), each loaded once."""
+    def load(cls, config, device: torch.device, dtype: torch.dtype) -> "TeacherRouter":
+        """Every teacher `config` names (`RunConfig.teacher_map`, `server_map`), each loaded once:
+        in process (weights in `dtype`, mixed with `teacher_noise`) or behind its server, after
+        checking that it shares the student's tokenizer (`teacher_scoring.load_teacher`)."""
+        student_tokenizer = load_tokenizer(config.student, "student", config.task, config.trust_remote_code)
         loaded: dict[tuple[str, str], Teacher] = {}
         teachers = {}
         servers = config.server_map()
@@ -65,6 +68,12 @@ class TeacherRouter:
     @property
     def any_server(self) -> bool:
         return any(teacher.server for teacher in self.teachers.values())
+
+    def server_top_k(self, k: int) -> int:
+        """The top-k to ask for when `k` alternatives per position are wanted (the top-k + tail
+        KL, the token view's): `k` when a teacher is a server, 0 when all run in process,
+        whose scores hold the whole distribution anyway."""
+        return k if self.any_server else 0
 
     def spec_of(self, task: str) -> str:
         """The teacher of `task`, by name (a bare 'lab' named as that task's lab, `lab:TASK`)."""
@@ -91,6 +100,31 @@ class TeacherRouter:
             teacher = self.teachers[task]
             grouped.setdefault(id(teacher), (teacher, []))[1].append(row)
         return list(grouped.values())
+
+    def write(self, tokenizer, prompts: list[str], tasks: list[str], max_new_tokens: int, flops: FlopsCounter, *,
+              temperature: float, greedy: bool, generator: torch.Generator,
+              row_seeds: list[int] | None = None) -> Rollouts:
+        """Completions written by each row's teacher (SFT data, OPD's off-policy share), one
+        `generation.generate` call per teacher, charged to `flops` as sampling.
+
+        Args:
+            prompts, tasks: each row's prompt and task; row_seeds: each row's sampling seed
+                (`distributed.row_seeds`), or None to draw from `generator`.
+        Returns:
+            the rollouts in the rows' order (re-tokenized from the texts when several
+            teachers wrote them). Only in-process teachers write: a server scores only.
+        """
+        completions = [""] * len(prompts)
+        for teacher, group in self.groups(tasks):  # one group unless the tasks have several teachers
+            rollouts = generate(teacher.model, tokenizer, [prompts[i] for i in group], max_new_tokens,
+                                temperature=temperature, generator=generator, greedy=greedy,
+                                row_seeds=[row_seeds[i] for i in group] if row_seeds is not None else None)
+            self.charge(flops, [tasks[i] for i in group], rollouts.attention_mask_BS, scoring=False)
+            if len(group) == len(prompts):
+                return rollouts
+            for i, row in enumerate(group):
+                completions[row] = rollouts.completions[i]
+        return rollouts_from_texts(tokenizer, prompts, completions, device=rollouts.sequences_BS.device)
 
     def score(self, rollouts: Rollouts, tasks: list[str], top_k: int = 0) -> TeacherScores:
         """`TeacherScorer.score` over a mixed batch: row i scored by the teacher of `tasks[i]`.
@@ -131,19 +165,3 @@ def merge_scores(parts: list[tuple[list[int], TeacherScores]], batch: int) -> Te
     if merged["logprobs_BL"] is None:
         raise ValueError("every teacher must return the sampled tokens' log-probs")
     return TeacherScores(**merged)
-
-
-def token_kl(student_logits_BLV: torch.Tensor, scores: TeacherScores | None,
-             temperature: float) -> tuple[str, torch.Tensor | None]:
-    """Each token's reverse KL from the student to its teacher, (B, L), without a graph.
-
-    Returns:
-        ("reverse_kl", the exact KL) from full logits; ("reverse_kl_topk", its top-k + tail
-        lower bound) from a teacher server's top-k; ("", None) when there are neither.
-    """
-    if scores is not None and scores.logits_BLV is not None:
-        return "reverse_kl", losses.chunked_reverse_kl(student_logits_BLV.detach(), scores.logits_BLV, temperature)
-    if scores is not None and scores.top_ids_BLK is not None:
-        return "reverse_kl_topk", losses.topk_tail_reverse_kl(losses.tempered_log_softmax(
-            student_logits_BLV.detach(), temperature), scores.top_ids_BLK, scores.top_logprobs_BLK)
-    return "", None

@@ -20,16 +20,12 @@ import pytest
 def lab_home(tmp_path_factory):
     """A data dir holding a tiny addition lab; OPD_LAB_HOME points at it for the session."""
     home = tmp_path_factory.mktemp("opd-lab-home")
-    previous = os.environ.get("OPD_LAB_HOME")
-    os.environ["OPD_LAB_HOME"] = str(home)
-    from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPD_LAB_HOME", str(home))
+        from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
 
-    summary = build_lab(LabRecipe(**TINY_RECIPE), progress_print=lambda *_: None)
-    yield home, summary
-    if previous is None:
-        os.environ.pop("OPD_LAB_HOME", None)
-    else:
-        os.environ["OPD_LAB_HOME"] = previous
+        summary = build_lab(LabRecipe(**TINY_RECIPE), progress_print=lambda *_: None)
+        yield home, summary
 
 
 # Sources whose change makes a cached trained lab stale, with the recipe and torch's version:
@@ -83,18 +79,12 @@ def build_or_reuse_trained_lab(cache_root: Path) -> tuple[Path, dict]:
 
     recipe = LabRecipe(**SMALL_TRAINED_RECIPE)
     home = cache_root / recipe_key(recipe)
-    previous = os.environ.get("OPD_LAB_HOME")
-    os.environ["OPD_LAB_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPD_LAB_HOME", str(home))
         folder = home / "lab" / recipe.lab_name
         summary = _usable_lab(folder, recipe)
         if summary is None:
             summary = build_lab(recipe, force=folder.exists(), progress_print=lambda *_: None)
-    finally:
-        if previous is None:
-            os.environ.pop("OPD_LAB_HOME", None)
-        else:
-            os.environ["OPD_LAB_HOME"] = previous
     return folder, summary
 
 
@@ -139,19 +129,13 @@ def smollm2_home(tmp_path_factory):
     Returns `(home, source_of_first_load)`; tests point OPD_LAB_HOME at `home` with monkeypatch.
     """
     home = tmp_path_factory.mktemp("smollm2-home")
-    previous = os.environ.get("OPD_LAB_HOME")
-    os.environ["OPD_LAB_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPD_LAB_HOME", str(home))
         from opd_lab.models import load_model
 
         model, _ = load_model("smollm2")
         first_source = model.config._name_or_path
         del model
-    finally:
-        if previous is None:
-            os.environ.pop("OPD_LAB_HOME", None)
-        else:
-            os.environ["OPD_LAB_HOME"] = previous
     return home, first_source
 
 

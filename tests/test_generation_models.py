@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from opd_lab.generation import encode_prompts, forward_logits, generate, rollouts_from_texts, target_logprobs
-from opd_lab.models import ModelLoadError, check_pair_compatible, load_model, load_pair
-from opd_lab.tasks import get_task
+from opd_lab.models import ModelLoadError, check_pair_compatible, load_model
 from opd_lab.tokenizer import build_char_tokenizer
 
 PROMPTS = ["347+285=", "1+2=", "999+999=", "10+5=", "12+345="]

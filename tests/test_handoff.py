@@ -81,3 +81,55 @@ def test_handoff_settings_and_cli_flag():
         HandoffSettings(scenario="baseline", sizes=(64,))
     args = build_parser().parse_args(["compare", "--protocol", "handoff", "--scenario", "retry"])
     assert args.protocol == "handoff" and args.scenario == "retry"
+
+
+def test_the_claims_row_of_a_handoff_report_judges_its_ratio():
+    from opd_lab.claims import claim_rows, handoff_row
+
+    stage1 = {64: _rows({0: 0.4, 10: 0.6}, 1.0, 0.0), 128: _rows({0: 0.4, 10: 0.7}, 1.0, 0.0),
+              256: _rows({0: 0.4, 10: 0.705}, 1.0, 0.0)}
+    # N* = 128 (0.7); target 0.8. OPD: step 10 at 200 FLOPs/step; SFT: step 40 at 100 training FLOPs/step.
+    stage2 = {"sft": [_rows({0: 0.7, 40: 0.8}, 100.0, 60.0)], "opd": [_rows({0: 0.7, 10: 0.8}, 50.0, 150.0)],
+              "rl": [_rows({0: 0.7, 30: 0.75}, 10.0, 10.0)]}
+    data = {**handoff_report(stage1, stage2, 0.9), "scenario": "baseline", "quick": False}
+    row = handoff_row(data)
+    assert row["claim"] == "compute-vs-sft" and row["scenario"] == "baseline, hand-off"
+    assert "2.00x with the SFT data free" in row["measured"] and "3.20x with its sampling charged" in row["measured"]
+    assert "RL not reached (0/1 seeds; final accuracy 75.0%)" in row["measured"]
+    assert row["verdict"] == "holds on the lab, but smaller than the seed's 9x (2.00x)"
+    # OPD far cheaper: the claim holds; OPD never there: it does not.
+    cheap = {**data, "ratios": {**data["ratios"], "flops_dataset_free": 12.0}}
+    assert handoff_row(cheap)["verdict"] == "holds on the lab"
+    slow = {**data, "arms": {**data["arms"], "opd": {**data["arms"]["opd"], "steps": None, "reached": 0}},
+            "ratios": {**data["ratios"], "flops_dataset_free": None}}
+    assert handoff_row(slow)["verdict"] == "does not hold"
+    dearer = {**data, "ratios": {**data["ratios"], "flops_dataset_free": 0.5}}
+    assert handoff_row(dearer)["verdict"] == "does not hold"
+    # The claims table carries the hand-off row beside nothing else for that claim.
+    rows = [r for r in claim_rows({"handoff-baseline": data}) if r["claim"] == "compute-vs-sft"]
+    assert [r["scenario"] for r in rows] == ["baseline, hand-off"]
+
+
+def test_a_report_folder_is_recomputed_from_its_runs(tmp_path):
+    import json
+
+    from opd_lab.handoff import refresh_handoff
+
+    runs = {"s64": ({"method": "sft", "prompt_pool": 64}, _rows({0: 0.4, 10: 0.6}, 1.0, 0.0)),
+            "s128": ({"method": "sft", "prompt_pool": 128}, _rows({0: 0.4, 10: 0.7}, 1.0, 0.0)),
+            "s256": ({"method": "sft", "prompt_pool": 256}, _rows({0: 0.4, 10: 0.705}, 1.0, 0.0)),
+            "sft": ({"method": "sft", "prompt_pool": 0}, _rows({0: 0.7, 40: 0.8}, 100.0, 60.0)),
+            "opd": ({"method": "opd", "prompt_pool": 128}, _rows({0: 0.7, 10: 0.75, 20: 0.72}, 50.0, 150.0))}
+    for name, (config, rows) in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "handoff.json").write_text(json.dumps({
+        "scenario": "baseline", "teacher_accuracy": 0.9, "settings": {"min_gain": 0.01}, "lab": {"kept": True},
+        "runs": {"stage1": ["s64", "s128", "s256"], "stage2": ["sft", "opd"]}}))
+    data = refresh_handoff(tmp_path)
+    assert data["n_star"] == 128 and data["target"] == pytest.approx(0.8) and data["lab"] == {"kept": True}
+    assert data["arms"]["sft"]["steps"] == 40 and data["arms"]["opd"]["steps"] is None
+    assert data["arms"]["opd"]["final_accuracy"] == 0.72 and data["protocol"] == "handoff"
+    assert json.loads((tmp_path / "handoff.json").read_text())["n_star"] == 128
+    assert "| opd | 0/1 |" in (tmp_path / "handoff.md").read_text()

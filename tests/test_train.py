@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -37,8 +36,9 @@ def _steps(run_dir):
     dict(method="sft", sft_source="teacher_greedy", teacher_noise=0.05),
     dict(method="opd", estimator="clipped", advantage_clip=2.0),
     dict(method="opd", estimator="topk", estimator_top_k=4),
+    dict(method="sft", sft_source="reference"),
 ], ids=["opd-sampled", "opd-full", "opd-jsd-mixed", "sft", "rl", "opd-lora", "opd-noisy-teacher", "sft-greedy",
-        "opd-clipped", "opd-topk"])
+        "opd-clipped", "opd-topk", "sft-reference"])
 def test_two_step_smoke_run_writes_a_complete_folder(lab_home, overrides):
     run_dir = run_folder.create_run(RunConfig(**SMALL, **overrides))
     assert run_training(run_dir, progress=False) == "finished", load_status(run_dir)
