@@ -11,6 +11,7 @@ row, from the numbers in those files only; a claim no report tests says so.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -265,13 +266,22 @@ def noisy_teacher_row(data: dict) -> dict:
     noisy = sampled["noisy_teacher"]
     shown = ", ".join(f"{report.arm_label(arm)} {finals[arm]:.1%}" for arm in report.ordered_arms(finals))
     holds = finals.get("opd", 0.0) > max(finals.get("sft", 1.0), noisy["sampled"])
+    verdict = "holds on the lab" if holds else "does not hold"
+    if holds and finals.get("sft-greedy", 0.0) > finals["opd"]:
+        verdict += (f", but SFT on the teacher's greedy answers did better ({finals['sft-greedy']:.1%}): the win is "
+                    f"training on the teacher's mode")
+    if holds and finals.get("rl", 0.0) >= finals["opd"] - 0.03:
+        verdict += f"; RL, which never sees the teacher, came within 3 points ({finals['rl']:.1%})"
+    steps = re.search(r"(\d+) steps", data.get("pilot", ""))
+    pilot = (f"a pilot ({data['seeds']} seeds, no sweep of its own: each arm at the baseline sweep's rate"
+             + (f", {steps.group(1)} steps" if steps else "") + "): ") if data.get("pilot") else ""
     return {"claim": "noisy-teacher", "scenario": data.get("label", data["scenario"]),
-            "measured": (f"{data['pilot']} (a pilot): " if data.get("pilot") else "") +
+            "measured": pilot +
                         f"sampled accuracy (temperature 1, {sampled['samples_per_problem']} samples per problem), median "
                         f"final of {data['seeds']} seeds: {shown}; noisy teacher (q = {noisy['noise']:g}) "
                         f"{noisy['sampled']:.1%} sampled, {noisy['greedy']:.1%} greedy; clean teacher "
                         f"{sampled['teacher_accuracy']:.1%} sampled",
-            "verdict": "holds on the lab" if holds else "does not hold"}
+            "verdict": verdict}
 
 
 def smollm2_continual_row(data: dict) -> dict:

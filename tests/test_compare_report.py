@@ -295,6 +295,13 @@ def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
     assert row["verdict"] == "holds on the lab" and "OPD 60.0%" in row["measured"] and "40.0% sampled" in row["measured"]
     data["sampled"]["summaries"]["opd"] = summary(0.42)  # above the noisy teacher, below SFT
     assert noisy_teacher_row(data)["verdict"] == "does not hold"
+    # The controls qualify a win: SFT on the greedy answers above OPD, RL within 3 points of it.
+    data["sampled"]["summaries"].update(opd=summary(0.50), rl=summary(0.48), **{"sft-greedy": summary(0.61)})
+    verdict = noisy_teacher_row(data)["verdict"]
+    assert verdict.startswith("holds on the lab, but SFT on the teacher's greedy answers did better (61.0%)")
+    assert verdict.endswith("RL, which never sees the teacher, came within 3 points (48.0%)")
+    data["pilot"] = "3 seeds (0, 1, 2), each run as its own pilot; no sweep (...), 150 steps, evaluations every 25"
+    assert noisy_teacher_row(data)["measured"].startswith("a pilot (3 seeds, no sweep of its own")
 
 
 def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
