@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from opd_lab.handoff import (fit_log_linear, handoff_markdown, handoff_report, plateau_size)
+from opd_lab.studies.handoff import (fit_log_linear, handoff_markdown, handoff_report, plateau_size)
 
 
 def _rows(curve: dict[int, float], flops_training: float, flops_other: float, batch: int = 64) -> list[dict]:
@@ -75,7 +75,7 @@ def test_handoff_ratios_follow_from_the_runs_metrics():
 
 def test_handoff_settings_and_cli_flag():
     from opd_lab.cli import build_parser
-    from opd_lab.handoff import HandoffSettings
+    from opd_lab.studies.handoff import HandoffSettings
 
     with pytest.raises(ValueError):
         HandoffSettings(scenario="baseline", sizes=(64,))

@@ -19,31 +19,41 @@ and is stopped with a checkpoint if the comparison's own process dies. SIGTERM o
 Ctrl-C starts nothing more, stops the runs training now (with a checkpoint), and
 writes `report.md` and `stopped.json` listing what finished.
 
-The report folder holds the runs, `report.json` (every number, the sweep, the verdict),
-`report.md` (the compute-to-target table and the verdict) and `curves.html` (mean and
-spread over seeds, by steps and by FLOPs). `opd_lab.report` computes the numbers from
-the runs' own metrics.
+The report folder is a study folder (`opd_lab.studies.stages`) with the stages `lab`
+(the lab built, the teacher's and base student's accuracy), `sweep` and `runs`: its
+`study.json` records each stage when it ends and each run as it finishes, with its
+path. The runs stay in the runs folder (the Runs tab lists them). Rerunning a killed or
+stopped comparison with the same `--out` skips the finished stages and runs and trains
+only what is missing:
+
+    opd-lab compare --scenario baseline --out ~/.cache/opd-lab/reports/baseline-20261203-101500
+
+The folder also holds `report.json` (every number, the sweep, the verdict, each run's
+path), `report.md` (the compute-to-target table and the verdict) and `curves.html`
+(mean and spread over seeds, by steps and by FLOPs). `opd_lab.report` computes the
+numbers from the runs' own metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from opd_lab import launcher, report, runs
-from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
-from opd_lab.compare import arm_of, arm_overrides
-from opd_lab.config import RunConfig
-from opd_lab.paths import MEASURED_RESULTS_DIR, data_dir
+from opd_lab import report, runs
+from opd_lab.config import ConfigError, RunConfig
 from opd_lab.files import read_json, write_json_atomic
-from opd_lab.run_folder import RunError, load_metrics, summarize_run
-from opd_lab.scenarios import Scenario, get_scenario
+from opd_lab.paths import MEASURED_RESULTS_DIR, data_dir
+from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
+from opd_lab.run_folder import load_metrics, summarize_run
+from opd_lab.studies.arms import arm_of, arm_overrides
+from opd_lab.studies.scenarios import Scenario, get_scenario
+from opd_lab.studies.stages import STATE_FILE, StudyState
 
+STUDY = "comparison"
 REPORT_FILE = "report.json"
 STOPPED_FILE = "stopped.json"  # a comparison stopped before its end: what finished (no verdict)
 SWEEP_SEED = 1000  # the sweep's seed is never one of the reported seeds
@@ -180,91 +190,147 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
 
 def _run_compare(settings: CompareSettings, out: str | Path | None, progress_print, launched_by: str | None,
                  stop: StopRequest) -> Path:
-    from opd_lab.lab import build_lab
-
     started = time.time()
     scenario = settings.budget()
     recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
     out = Path(out) if out else reports_dir() / f"{settings.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    state = open_comparison(out, settings)
+
+    # 0. the lab and the two ends of the gap (the teacher's and the base student's accuracy)
     stop.interruptible = True
     try:
         if stop.reason:  # asked before the handlers could interrupt anything
             raise BatchStopped(stop.reason)
-        lab_summary = build_lab(recipe, progress_print=progress_print)
-        reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES,
-                                         noise=scenario.run_changes.get("teacher_noise", 0.0))
+        lab = state.run_stage("lab", lambda: _measure_lab(recipe, scenario, progress_print), progress_print)
     except BatchStopped:
-        out.mkdir(parents=True, exist_ok=True)
         return _write_stopped(out, settings, stop.reason, [], progress_print)
     finally:
         stop.interruptible = False
+    reference = lab["reference"]
     teacher, base = reference["teacher"], reference["student"]
     sampled_reference = {"teacher": reference["teacher_sampled"], "base": reference["student_sampled"],
                          **({"noisy_teacher": reference["noisy_teacher"]} if "noisy_teacher" in reference else {})}
     progress_print(f"teacher {teacher:.1%}, base student {base:.1%} on {scenario.eval_count} held-out problems "
                    f"(greedy); sampled at temperature 1: teacher {sampled_reference['teacher']:.1%}, "
                    f"base student {sampled_reference['base']:.1%}")
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1. the learning-rate sweep: the same grid and budget for every arm
-    sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
-                             f"sweep-{settings.label}-{arm}-lr{lr:g}")
-                     for arm in settings.arms for lr in scenario.learning_rates]
-    sweep_dirs = train_all(sweep_configs, settings.workers, "learning-rate sweep", stop, launched_by, progress_print)
-    if stop.reason:
-        return _write_stopped(out, settings, stop.reason, sweep_dirs, progress_print)
-    sweep = [{"arm": arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(rows),
-              "final_kl": _final_kl(rows), "run": d.name}
-             for c, d in zip(sweep_configs, sweep_dirs) for rows in [load_metrics(d)]]
-    chosen = pick_learning_rates(sweep)
+    sweep_dirs: list[Path | None] = []
+    if state.done("sweep") is None:
+        sweep_configs = [_config(scenario, recipe.lab_name, arm, SWEEP_SEED, lr, scenario.sweep_steps,
+                                 f"sweep-{settings.label}-{arm}-lr{lr:g}")
+                         for arm in settings.arms for lr in scenario.learning_rates]
+        sweep_dirs = _train_stage(state, "sweep", sweep_configs, settings.workers, "learning-rate sweep", stop,
+                                  launched_by, progress_print)
+        if stop.reason:
+            return _write_stopped(out, settings, stop.reason, sweep_dirs, progress_print)
+        rows = [{"arm": arm_of(c), "learning_rate": c.learning_rate, "score": _mean_accuracy(metrics),
+                 "final_kl": _final_kl(metrics), "run": d.name, "path": str(d)}
+                for c, d in zip(sweep_configs, sweep_dirs) for metrics in [load_metrics(d)]]
+        state.record("sweep", {"sweep": rows, "learning_rates": pick_learning_rates(rows)})
+    else:
+        progress_print(f"stage sweep: already done in {out.name}")
+    sweep, chosen = state.done("sweep")["sweep"], state.done("sweep")["learning_rates"]
 
     # 2. the reported runs: every arm and seed at its rate, until 95% of the gap or the budget
-    stop_at = report.gap_target(base, teacher, max(report.GAP_FRACTIONS))
-    configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
-                       f"cmp-{settings.label}-{arm}-s{seed}", stop_at=stop_at)
-               for arm in settings.arms for seed in range(settings.seeds)]
-    run_dirs = train_all(configs, settings.workers, "comparison runs", stop, launched_by, progress_print)
-    if stop.reason:
-        return _write_stopped(out, settings, stop.reason, sweep_dirs + run_dirs, progress_print)
+    if state.done("runs") is None:
+        stop_at = report.gap_target(base, teacher, max(report.GAP_FRACTIONS))
+        configs = [_config(scenario, recipe.lab_name, arm, seed, chosen[arm], scenario.steps,
+                           f"cmp-{settings.label}-{arm}-s{seed}", stop_at=stop_at)
+                   for arm in settings.arms for seed in range(settings.seeds)]
+        run_dirs = _train_stage(state, "runs", configs, settings.workers, "comparison runs", stop, launched_by,
+                                progress_print)
+        if stop.reason:
+            return _write_stopped(out, settings, stop.reason, sweep_dirs + run_dirs, progress_print)
+        runs_by_arm = {arm: [] for arm in settings.arms}
+        for config, run_dir in zip(configs, run_dirs):
+            runs_by_arm[arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "path": str(run_dir),
+                                                "learning_rate": config.learning_rate})
+        state.record("runs", {"runs": runs_by_arm})
+    else:
+        progress_print(f"stage runs: already done in {out.name}")
+    runs_by_arm = state.done("runs")["runs"]
 
-    # 3. the report folder: the runs, the numbers, the verdict, the figure
-    runs_folder = out / "runs"
-    runs_folder.mkdir(exist_ok=True)
-    moved = []
-    for run_dir in sweep_dirs + run_dirs:
-        target = runs_folder / run_dir.name
-        shutil.move(str(run_dir), target)
-        moved.append(target)
-    reported = moved[len(sweep_dirs):]
-    runs_by_arm = {arm: [] for arm in settings.arms}
-    for config, run_dir in zip(configs, reported):
-        runs_by_arm[arm_of(config)].append({"seed": config.seed, "run": run_dir.name, "learning_rate": config.learning_rate})
+    # 3. the report: the numbers, the verdict, the figure (recomputed from the runs' metrics on every rerun)
     # What was run is saved first, so that a failure while reporting loses nothing (see `refresh_report`).
-    write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab_summary,
+    write_json_atomic(out / REPORT_FILE, {"settings_used": dataclasses.asdict(settings), "lab": lab["lab"],
                                           "teacher_accuracy": teacher, "base_accuracy": base, "sweep": sweep,
                                           "learning_rates": chosen, "runs": runs_by_arm,
                                           "sampled_reference": sampled_reference})
-    data = build_report(settings, scenario, lab_summary, teacher, base, sweep, chosen, runs_by_arm, out,
+    data = build_report(settings, scenario, lab["lab"], teacher, base, sweep, chosen, runs_by_arm, out,
                         seconds=time.time() - started, sampled_reference=sampled_reference)
     write_report(out, data)
+    (out / STOPPED_FILE).unlink(missing_ok=True)  # a rerun that finished what a stop left
+    state.finish()
     progress_print(data["verdict"]["sentence"])
     return out
 
 
+def open_comparison(out: Path, settings: CompareSettings) -> StudyState:
+    """The comparison's study folder: new, or one to go on with, made with the same settings
+    (`workers` aside: how many runs train side by side changes no number).
+
+    Raises:
+        ConfigError: `out` holds another study, or this comparison with other settings.
+    """
+    wanted = {key: value for key, value in dataclasses.asdict(settings).items() if key != "workers"}
+    found = (read_json(out / STATE_FILE, default=None) or {}).get("settings")
+    if found is not None and {key: value for key, value in found.items() if key != "workers"} != \
+            json.loads(json.dumps(wanted)):
+        raise ConfigError(f"{out} holds this comparison with other settings ({found}): pick another --out")
+    return StudyState.open(out, study=STUDY, setting=settings.label, settings=dataclasses.asdict(settings))
+
+
+def _measure_lab(recipe, scenario: Scenario, progress_print) -> dict:
+    """Stage `lab`: build (or reuse) the scenario's lab and measure the two ends of the gap."""
+    from opd_lab.lab import build_lab
+
+    summary = build_lab(recipe, progress_print=progress_print)
+    reference = reference_accuracies(recipe.lab_name, recipe.task, scenario.eval_count, EVAL_SAMPLES,
+                                     noise=scenario.run_changes.get("teacher_noise", 0.0))
+    return {"lab": summary, "reference": reference}
+
+
+def _train_stage(state: StudyState, stage: str, configs: list[RunConfig], workers: int, description: str,
+                 stop: StopRequest, launched_by: str | None, progress_print) -> list[Path | None]:
+    """Train the runs of `stage` this folder has not finished yet; returns every config's run
+    folder in order (None: never started because of a stop).
+
+    Each run that finishes is recorded in `study.json` at once (by its config's name, unique
+    within the comparison), so a comparison killed in the middle of a stage retrains only
+    the runs that had not finished. A run stopped before its end is trained again in full.
+    """
+    finished = state.parts(stage)
+    missing = [index for index, config in enumerate(configs) if config.name not in finished]
+    if len(missing) < len(configs):
+        progress_print(f"{description}: {len(configs) - len(missing)} of {len(configs)} runs already finished "
+                       f"in {state.folder.name}")
+
+    def record_if_finished(position: int, run_dir: Path) -> None:
+        if runs.status_of(run_dir).get("state") == "finished":
+            state.record_part(stage, configs[missing[position]].name, str(run_dir))
+
+    trained = train_all([configs[index] for index in missing], workers, description, stop, launched_by,
+                        progress_print, on_finished=record_if_finished) if missing else []
+    found: list[Path | None] = [Path(finished[config.name]) if config.name in finished else None for config in configs]
+    for index, run_dir in zip(missing, trained):
+        found[index] = run_dir
+    return found
+
+
 def _write_stopped(out: Path, settings: CompareSettings, reason: str, run_dirs: list[Path | None],
                    progress_print) -> Path:
-    """The report of a comparison stopped early: the finished runs (moved into `out/runs`)
-    with their numbers, the stopped ones (left in the runs folder, resumable), and how
-    many never started. No verdict: it would compare arms that did not all run."""
+    """The report of a comparison stopped early: the finished runs with their numbers, the
+    stopped ones (resumable), and how many never started. No verdict: it would compare
+    arms that did not all run. Rerunning the comparison with the same `--out` goes on
+    from its last finished stage and run."""
     finished, unfinished = [], []
-    (out / "runs").mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for run_dir in run_dirs:
         if run_dir is None:
             continue
         if runs.status_of(run_dir).get("state") == "finished":
-            target = out / "runs" / run_dir.name
-            shutil.move(str(run_dir), target)
-            finished.append(summarize_run(target))
+            finished.append({**summarize_run(run_dir), "path": str(run_dir)})
         else:
             unfinished.append(run_dir.name)
     data = {"stopped": reason, "settings_used": dataclasses.asdict(settings), "finished": finished,
@@ -273,7 +339,8 @@ def _write_stopped(out: Path, settings: CompareSettings, reason: str, run_dirs: 
     write_json_atomic(out / STOPPED_FILE, data)
     (out / "report.md").write_text(stopped_markdown(data))
     progress_print(f"comparison stopped ({reason}): {len(finished)} runs finished, {len(unfinished)} stopped "
-                   f"(resumable), {data['never_started']} never started; report: {out / 'report.md'}")
+                   f"(resumable), {data['never_started']} never started; report: {out / 'report.md'}; "
+                   f"rerun with --out {out} to go on")
     return out
 
 
@@ -296,7 +363,7 @@ def stopped_markdown(data: dict) -> str:
 def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dict, teacher: float, base: float,
                  sweep: list[dict], chosen: dict, runs_by_arm: dict, out: Path, seconds: float,
                  sampled_reference: dict | None = None) -> dict:
-    """The report's data, every number computed from the runs' metrics in `out/runs`.
+    """The report's data, every number computed from the runs' metrics (`report.run_path`).
 
     `verdict` judges greedy accuracy; with `sampled_reference` (the teacher's and base
     student's sampled accuracy) and runs that logged it, `sampled` holds the same
@@ -320,7 +387,7 @@ def build_report(settings: CompareSettings, scenario: Scenario, lab_summary: dic
 
 def _judge(folder: Path, runs_by_arm: dict, base: float, teacher: float, budget_steps: int) -> tuple[dict, dict]:
     """Each arm's summary over its seeds and the verdict, from the runs' metrics in `folder/runs`."""
-    summaries = {arm: report.summarize_arm([load_metrics(folder / "runs" / run["run"]) for run in runs], base, teacher)
+    summaries = {arm: report.summarize_arm([load_metrics(report.run_path(folder, run)) for run in runs], base, teacher)
                  for arm, runs in runs_by_arm.items()}
     return summaries, report.verdict(summaries, base, teacher, budget_steps=budget_steps)
 
@@ -329,7 +396,8 @@ def _judge_sampled(folder: Path, runs_by_arm: dict, reference: dict | None, budg
     """The summaries and verdict on sampled accuracy, or None when the runs or the reference lack it."""
     if not reference:
         return None
-    runs = {arm: [load_metrics(folder / "runs" / run["run"]) for run in arm_runs] for arm, arm_runs in runs_by_arm.items()}
+    runs = {arm: [load_metrics(report.run_path(folder, run)) for run in arm_runs]
+            for arm, arm_runs in runs_by_arm.items()}
     if not all(report.has_metric(rows, report.SAMPLED_ACCURACY) for rows in runs.values()):
         return None
     base, teacher = reference["base"], reference["teacher"]
@@ -385,7 +453,7 @@ def refresh_report(folder: str | Path) -> dict:
 
 def write_report(out: Path, data: dict) -> None:
     """report.json, report.md and curves.html in `out`."""
-    from opd_lab.plots_compare import seed_band_figure
+    from opd_lab.plots import seed_band_figure
 
     write_json_atomic(out / REPORT_FILE, data)
     (out / "report.md").write_text(report_markdown(data))
@@ -501,64 +569,12 @@ def report_markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-COMPARE_LOG = "compare-log.txt"
-
-
 def report_path(name: str) -> Path:
     """The folder of the report called `name` (a folder name under the reports dir), validated."""
     for folder in list_reports():
         if folder.name == name:
             return folder
     raise FileNotFoundError(f"no compare report named {name!r}")
-
-
-COMPARE_PROCESS_FILE = ".compare.json"  # the comparison started from the app: its process and who asked
-
-
-def running_compare() -> dict | None:
-    """The comparison started by `start_compare` while its process runs: its record
-    (pid, start time, user, scenario, log), else None. A finished one reads as finished
-    even while its pid is an unreaped zombie or belongs to another process now."""
-    path = reports_dir() / COMPARE_PROCESS_FILE
-    process = launcher.recorded(path)
-    if process is None or not process.alive():
-        return None
-    return read_json(path, default=None)
-
-
-def compare_running() -> bool:
-    """Whether a comparison started by `start_compare` is still running."""
-    return running_compare() is not None
-
-
-def start_compare(scenario: str, quick: bool = False, seeds: int = 3, user: str | None = None) -> Path:
-    """Start `opd-lab compare` as a detached background process (`opd_lab.launcher`); returns its log.
-
-    One at a time: a comparison trains two runs side by side. Its runs go through the
-    run limit and the queue like any run, recorded as launched by `user`.
-
-    Raises:
-        RunError: a comparison is already running.
-    """
-    CompareSettings(scenario=scenario, seeds=seeds, quick=quick)  # validates before starting anything
-    if compare_running():
-        raise RunError("a comparison is already running; wait for its report")
-    log = reports_dir() / COMPARE_LOG
-    log.write_text("")
-    process, _ = launcher.start(["compare", "--scenario", scenario, "--seeds", str(seeds),
-                                 *(["--quick"] if quick else []), *(["--launched-by", user] if user else [])], log=log)
-    launcher.record(reports_dir() / COMPARE_PROCESS_FILE, process, user=user, scenario=scenario, quick=quick,
-                    at=time.time())
-    return log
-
-
-def stop_compare() -> str:
-    """Ask the running comparison to stop (SIGTERM: its runs stop with a checkpoint and
-    it writes the report of what finished); a message."""
-    process = launcher.recorded(reports_dir() / COMPARE_PROCESS_FILE)
-    if process is None or not process.signal(signal.SIGTERM):
-        return "no comparison is running"
-    return "stop requested: the comparison stops its runs with a checkpoint and reports what finished"
 
 
 MEASURED_PREFIX = "measured: "
