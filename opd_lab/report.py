@@ -2,7 +2,8 @@
 
 Pure functions over the runs' own metrics (the rows of each run's `metrics.jsonl`), so
 every number in a compare report can be traced to the evaluations it came from and
-tested on synthetic runs. Progress is measured as a share of the **gap** from the base
+tested on synthetic runs; at the end, the same numbers for runs picked by hand (the
+Compare tab, notebook 3: `run_labels`, `compare_runs`, which read the run folders). Progress is measured as a share of the **gap** from the base
 student to the teacher: `target = base + fraction * (teacher - base)`, so a 50% row
 is never reached "at step 0" by a student that already starts above half of the
 teacher's accuracy.

@@ -2,7 +2,7 @@
 
 Synthetic runs (accuracy curves and FLOPs made up, no model) go through the same code
 as `opd-lab compare` and the Compare tab: `report.summarize_arm` and `report.verdict`,
-or `run_comparison.compare_runs` over run folders.
+or `report.compare_runs` over run folders.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from opd_lab import report
 from opd_lab.paths import MEASURED_RESULTS_DIR
 from opd_lab.studies.scenarios import CLAIMS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: docs/ and README.md
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 

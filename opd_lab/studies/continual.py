@@ -64,7 +64,7 @@ INSTRUCTIONS, FACTS, DOCUMENTS = "instructions", "company-qa", "company-docs"
 def run_continual(setting: ContinualSettings | str, out: str | Path | None = None, original: str | None = None,
                   progress_print=print) -> dict:
     """The continual-learning study in one setting, end to end (or finished in `out`);
-    returns its data (`study.json`: `stages` holds each stage's scores and runs).
+    returns its data (`study.json`: `stages` holds each stage's scores and runs) and its `folder`.
 
     Args:
         setting: a `ContinualSettings` (the lab), or a setting of the SmolLM2 recipe file
@@ -80,13 +80,13 @@ def run_continual(setting: ContinualSettings | str, out: str | Path | None = Non
         recipe = load_recipe(STUDY, setting)
         state = open_recipe(recipe, out)
         progress_print(f"recipe {recipe.name} ({recipe.setting}) in {state.folder}")
-        return run_recipe_stages(recipe, state, progress_print)
+        return {**run_recipe_stages(recipe, state, progress_print), "folder": str(state.folder)}
     from opd_lab.paths import lab_dir
 
     original = str(Path(original).expanduser()) if original else str(lab_dir(setting.old_task) / "teacher")
     folder = out or data_dir() / "studies" / f"{STUDY}-{LAB_SETTING}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = StudyState.open(folder, study=STUDY, setting=LAB_SETTING, settings=asdict(setting), original=original)
-    return run_lab(setting, state, original, progress_print)
+    return {**run_lab(setting, state, original, progress_print), "folder": str(state.folder)}
 
 
 # The lab setting (notebook 4 walks through it; the claims table reads `python -m bench.continual_learning`).
