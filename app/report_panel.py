@@ -16,7 +16,7 @@ import pandas as pd
 
 from app.users import refusal, user_of
 from opd_lab import report
-from opd_lab.studies import background, comparison
+from opd_lab.studies import background, comparison_report
 from opd_lab.studies.claims import ROOT
 from opd_lab.plots import seed_band_figure
 from opd_lab.studies.scenarios import SCENARIOS
@@ -27,25 +27,25 @@ NO_REPORT = ("No comparison report yet. Start one below (the quick one takes abo
 
 def report_names() -> list[str]:
     """Local report folders (newest first), then the reports measured for the repository's claims table."""
-    return ([folder.name for folder in comparison.list_reports()]
-            + [comparison.MEASURED_PREFIX + name for name in comparison.committed_reports()])
+    return ([folder.name for folder in comparison_report.list_reports()]
+            + [comparison_report.MEASURED_PREFIX + name for name in comparison_report.committed_reports()])
 
 
 def show_report(name: str | None):
     """(verdict markdown, figure, table) of the report called `name`."""
     if not name:
         return NO_REPORT, None, pd.DataFrame()
-    committed = comparison.committed_reports()
+    committed = comparison_report.committed_reports()
     try:
-        if name.startswith(comparison.MEASURED_PREFIX) and name[len(comparison.MEASURED_PREFIX):] in committed:
+        if name.startswith(comparison_report.MEASURED_PREFIX) and name[len(comparison_report.MEASURED_PREFIX):] in committed:
             folder = None
-            data = json.loads(committed[name[len(comparison.MEASURED_PREFIX):]].read_text())
+            data = json.loads(committed[name[len(comparison_report.MEASURED_PREFIX):]].read_text())
         else:
-            folder = comparison.report_path(name)
-            data = comparison.load_report(folder)
+            folder = comparison_report.report_path(name)
+            data = comparison_report.load_report(folder)
     except (FileNotFoundError, ValueError) as error:
         return f"**Cannot show this report.** {error}", None, pd.DataFrame()
-    sampled = comparison.sampled_lines(data)
+    sampled = comparison_report.sampled_lines(data)
     text = (f"### Verdict (greedy accuracy)\n{data['verdict']['sentence']}\n\n"
             + ("\n".join(sampled) + "\n" if sampled else "") + f"*Scenario `{data['scenario']}`"
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
@@ -56,7 +56,7 @@ def show_report(name: str | None):
         text += ("\n\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped, so "
                  "there is no figure: run the comparison to get one. Why it came out this way: "
                  "**Why the measured verdicts came out as they did**, below.*")
-    return text, seed_band_figure(folder) if folder else None, pd.DataFrame(comparison.target_rows(data))
+    return text, seed_band_figure(folder) if folder else None, pd.DataFrame(comparison_report.target_rows(data))
 
 
 NOTES_FILE = ROOT / "docs" / "claims-notes.md"

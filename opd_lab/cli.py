@@ -343,7 +343,7 @@ def _compare(args) -> int | None:
 
 
 def _dispatch(args) -> int | None:
-    from opd_lab import files, run_folder, runs
+    from opd_lab import run_folder, runs
 
     if getattr(args, "run_command", None) is not None:
         return args.run_command(args)

@@ -10,8 +10,8 @@ import pytest
 
 from opd_lab import report
 from opd_lab.run_folder import load_metrics
-from opd_lab.studies.comparison import (CompareSettings, build_report, load_report, pick_learning_rates, run_compare,
-                                        target_rows, write_report)
+from opd_lab.studies.comparison import CompareSettings, build_report, pick_learning_rates, run_compare
+from opd_lab.studies.comparison_report import load_report, target_rows, write_report
 from opd_lab.studies.scenarios import SCENARIOS, get_scenario
 from synthetic_runs import make_run
 
@@ -151,7 +151,7 @@ def report_claims():
 
 def test_the_app_shows_a_report_by_name_only(lab_home):
     from app import report_panel
-    from opd_lab.studies.comparison import reports_dir
+    from opd_lab.studies.comparison_report import reports_dir
 
     folder = reports_dir() / "synthetic-report"
     folder.mkdir(exist_ok=True)
@@ -197,7 +197,7 @@ def test_the_claims_table_judges_from_the_numbers():
 
 def test_the_app_lists_the_measured_reports_without_runs(lab_home):
     from app import report_panel
-    from opd_lab.studies.comparison import MEASURED_PREFIX, committed_reports
+    from opd_lab.studies.comparison_report import MEASURED_PREFIX, committed_reports
 
     measured = committed_reports()
     assert "baseline" in measured  # opd_lab/data/results/baseline.json, behind the claims table

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from opd_lab import files, launcher, ownership, run_batch, run_folder, runs
-from opd_lab.studies import background, comparison
+from opd_lab.studies import background, comparison_report
 from opd_lab.config import RunConfig
 from opd_lab.run_folder import load_status
 from waiting import wait_for
@@ -30,7 +30,7 @@ def _state_letter(pid: int) -> str:
 
 
 def test_a_finished_comparison_reads_finished_while_its_pid_is_a_zombie_or_reused(home):
-    record = comparison.reports_dir() / background.COMPARE_PROCESS_FILE
+    record = comparison_report.reports_dir() / background.COMPARE_PROCESS_FILE
     started, process = launcher.start(["runs"], log=home / "quick.log", reap=False)  # exits at once, unreaped
     launcher.record(record, started, user="ana")
     assert wait_for(lambda: _state_letter(started.pid) == "Z", timeout=60, interval=0.1)
@@ -150,7 +150,7 @@ def test_a_signalled_comparison_stops_its_runs_and_reports_what_finished(home, h
     assert compare.returncode == (143 if how == "SIGTERM" else 130), stderr
     assert "Traceback" not in stderr
 
-    stopped = files.read_json(out / comparison.STOPPED_FILE)
+    stopped = files.read_json(out / comparison_report.STOPPED_FILE)
     assert stopped["stopped"] == how.replace("SIGINT", "Ctrl-C")
     reported = {row["run"] for row in stopped["finished"]}
     assert finished_before <= reported  # every run finished before the signal is in the report

@@ -67,7 +67,8 @@ def test_a_killed_comparison_resumes_by_stage(home, tmp_path):
     reported run would leave it. The rerun with the same --out trains only the two
     missing runs, and its report reads every run from the runs folder."""
     from opd_lab import report, run_folder
-    from opd_lab.studies.comparison import STOPPED_FILE, CompareSettings, run_compare
+    from opd_lab.studies.comparison import CompareSettings, run_compare
+    from opd_lab.studies.comparison_report import STOPPED_FILE
 
     settings = CompareSettings(scenario="baseline", quick=True, seeds=1, workers=2)
     out = run_compare(settings, out=tmp_path / "r", progress_print=quiet)

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 def _quick_report(home: Path) -> Path:
     """A report folder as `opd-lab compare --scenario baseline --quick` writes it, over synthetic runs."""
-    from opd_lab.studies.comparison import CompareSettings, build_report, write_report
+    from opd_lab.studies.comparison import CompareSettings, build_report
+    from opd_lab.studies.comparison_report import write_report
     from opd_lab.studies.scenarios import get_scenario
 
     folder = home / "reports" / "baseline-quick"

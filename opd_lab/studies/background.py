@@ -25,7 +25,8 @@ from pathlib import Path
 from opd_lab import launcher
 from opd_lab.files import read_json
 from opd_lab.run_folder import RunError
-from opd_lab.studies.comparison import CompareSettings, reports_dir
+from opd_lab.studies.comparison import CompareSettings
+from opd_lab.studies.comparison_report import reports_dir
 from opd_lab.studies.recipes import load_recipe, new_recipe_folder, recipes_dir
 from opd_lab.studies.stages import STATE_FILE
 

@@ -283,7 +283,8 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
     from opd_lab import checkpoints
     from opd_lab.studies.arms import arm_overrides
     from opd_lab.config import RunConfig
-    from opd_lab.studies.comparison import QUICK, reference_accuracies, reports_dir
+    from opd_lab.studies.comparison import QUICK, reference_accuracies
+    from opd_lab.studies.comparison_report import reports_dir
     from opd_lab.run_batch import train_batch
     from opd_lab.lab import build_lab
     from opd_lab.run_folder import load_metrics, write_json_atomic
