@@ -38,22 +38,21 @@ runs' own metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from opd_lab import report, runs
-from opd_lab.config import ConfigError, RunConfig
-from opd_lab.files import read_json, write_json_atomic
+from opd_lab.config import RunConfig
+from opd_lab.files import write_json_atomic
 from opd_lab.run_batch import BatchStopped, StopRequest, stop_on_signals, train_all
 from opd_lab.run_folder import load_metrics, summarize_run
 from opd_lab.studies.arms import arm_of, arm_overrides
 from opd_lab.studies.comparison_report import (REPORT_FILE, STOPPED_FILE, SWEEP_SEED, load_report, reports_dir,
                                                stopped_markdown, write_report)
 from opd_lab.studies.scenarios import Scenario, get_scenario
-from opd_lab.studies.stages import STATE_FILE, StudyState
+from opd_lab.studies.stages import StudyState
 
 STUDY = "comparison"
 BASE_ARMS = ("rl", "sft", "opd")
@@ -266,12 +265,8 @@ def open_comparison(out: Path, settings: CompareSettings) -> StudyState:
     Raises:
         ConfigError: `out` holds another study, or this comparison with other settings.
     """
-    wanted = {key: value for key, value in dataclasses.asdict(settings).items() if key != "workers"}
-    found = (read_json(out / STATE_FILE, default=None) or {}).get("settings")
-    if found is not None and {key: value for key, value in found.items() if key != "workers"} != \
-            json.loads(json.dumps(wanted)):
-        raise ConfigError(f"{out} holds this comparison with other settings ({found}): pick another --out")
-    return StudyState.open(out, study=STUDY, setting=settings.label, settings=dataclasses.asdict(settings))
+    return StudyState.open(out, study=STUDY, setting=settings.label, settings=dataclasses.asdict(settings),
+                           free=("workers",))
 
 
 def _measure_lab(recipe, scenario: Scenario, progress_print) -> dict:

@@ -304,6 +304,13 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
         "lab": build_lab(recipe, progress_print=progress_print),
         "teacher": reference_accuracies(recipe.lab_name, recipe.task, budget.eval_count)["teacher"]}, progress_print)
     lab, teacher = measured["lab"], measured["teacher"]
+
+    def trained(stage: str, configs: list[RunConfig], description: str) -> list[Path]:
+        """The run folders of `stage`: trained now, or those an earlier pass of this study recorded."""
+        found = state.run_stage(stage, lambda: {"runs": [str(path) for path in train_batch(
+            configs, settings.workers, description, progress_print)]}, progress_print)
+        return [Path(path) for path in found["runs"]]
+
     common = dict(task=recipe.task, teacher=f"lab:{recipe.lab_name}", eval_every=budget.eval_every,
                   eval_count=budget.eval_count, finetune="full", **scenario.run_changes)
 
@@ -314,8 +321,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
                                          settings.stage1_epochs * size // budget.batch_size)),
         eval_samples=0, checkpoint_every=budget.eval_every, keep_checkpoints=1,
         **{**arm_overrides("sft", budget.batch_size, size), **common}) for size in sizes]
-    stage1_dirs = [Path(path) for path in state.run_stage("stage1", lambda: {"runs": [str(path) for path in train_batch(
-        stage1_configs, settings.workers, "handoff stage 1", progress_print)]}, progress_print)["runs"]]
+    stage1_dirs = trained("stage1", stage1_configs, "handoff stage 1")
     stage1 = {size: load_metrics(d) for size, d in zip(sizes, stage1_dirs)}
     preview = handoff_report(stage1, {}, teacher, settings.min_gain)
     n_star = preview["n_star"]
@@ -331,8 +337,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
         stop_at_accuracy=preview["target"], checkpoint_every=budget.steps,
         **{**arm_overrides(arm, budget.batch_size, n_star if arm == "opd" else 0), **common})
         for arm in HANDOFF_ARMS for seed in range(settings.seeds)]
-    stage2_dirs = [Path(path) for path in state.run_stage("stage2", lambda: {"runs": [str(path) for path in train_batch(
-        stage2_configs, settings.workers, "handoff stage 2", progress_print)]}, progress_print)["runs"]]
+    stage2_dirs = trained("stage2", stage2_configs, "handoff stage 2")
     stage2 = {arm: [load_metrics(d) for c, d in zip(stage2_configs, stage2_dirs) if c.method == arm]
               for arm in HANDOFF_ARMS}
 

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +43,18 @@ class StudyState:
     data: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, folder: str | Path, study: str, setting: str, **recorded) -> "StudyState":
+    def open(cls, folder: str | Path, study: str, setting: str, settings: dict | None = None,
+             free: tuple[str, ...] = (), **recorded) -> "StudyState":
         """The state in `folder` (created if new): a study goes on where it stopped.
 
+        Args:
+            settings: what the study runs with, recorded; a folder made with other
+                settings is refused (its finished stages would not be this study's),
+                except for the keys in `free`, which change no result (e.g. `workers`).
+            recorded: more to record beside the settings (a file's path, ...).
+
         Raises:
-            ConfigError: the folder holds another study or setting.
+            ConfigError: the folder holds another study or setting, or other settings.
         """
         folder = Path(folder).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
@@ -54,6 +62,12 @@ class StudyState:
         if data and (data.get("study"), data.get("setting")) != (study, setting):
             raise ConfigError(f"{folder} holds the study {data.get('study')!r} ({data.get('setting')}), "
                               f"not {study!r} ({setting}): pick another folder")
+        if settings is not None:
+            settings = json.loads(json.dumps(settings))  # as study.json holds them (tuples are lists)
+            found = data.get("settings")
+            if found is not None and _without(found, free) != _without(settings, free):
+                raise ConfigError(f"{folder} holds this study with other settings ({found}): pick another folder")
+            data["settings"] = settings
         data.update(study=study, setting=setting, **recorded)
         data.setdefault("stages", {})
         data.setdefault("parts", {})
@@ -106,3 +120,7 @@ class StudyState:
             write_text_atomic(path, markdown)
             progress_print(f"results: {path}")
         return path
+
+
+def _without(settings: dict, keys: tuple[str, ...]) -> dict:
+    return {key: value for key, value in settings.items() if key not in keys}

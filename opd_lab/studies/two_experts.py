@@ -235,13 +235,13 @@ def curves_figure(result: dict, x: str = "step"):
 
 def run_two_experts(settings: TwoExpertsSettings, out: str | Path | None = None, progress_print=print) -> dict:
     """Build the scenario, run every arm, write the report; returns the report's dict
-    (with `folder`, the study folder: default `<data dir>/reports/<lab name>`).
+    (with `folder`, the study folder: default `<data dir>/reports/<lab name>-<time>`).
 
     Stages (`opd_lab.studies.stages`): `student`, then one per arm; rerun on the same
     folder, the study skips the stages it finished.
     """
     started = time.perf_counter()
-    folder = Path(out) if out else data_dir() / "reports" / settings.lab_name
+    folder = Path(out) if out else data_dir() / "reports" / f"{settings.lab_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = StudyState.open(folder, study="two-experts", setting=settings.lab_name,
                             settings=dataclasses.asdict(settings))
     student_summary = state.run_stage("student", lambda: {"summary": build_student(settings, progress_print)},
