@@ -313,30 +313,24 @@ def _obey_early_sigterm(args, received: list) -> bool:
 def _compare(args) -> int | None:
     """`opd-lab compare`: the study its scenario and protocol name (`opd_lab.studies.STUDIES`)."""
     from opd_lab import files
+    from opd_lab.studies.comparison_report import STOPPED_FILE
 
     study = compare_study(args.scenario, args.protocol)
-    run = study.load()
+    run, settings = study.load(), study.settings_class()
     if study.name == "two-experts":
-        from opd_lab.studies.two_experts import TwoExpertsSettings
-
-        folder = run(TwoExpertsSettings(quick=args.quick), out=args.out)["folder"]
-        print(f"report: {Path(folder) / 'report.md'}")
+        folder = Path(run(settings(quick=args.quick), out=args.out)["folder"])
+        print(f"report: {folder / 'report.md'}")
         return None
     if study.name == "handoff":
-        from opd_lab.studies.handoff import HandoffSettings
-
-        folder = run(HandoffSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick,
-                                     workers=args.workers), out=args.out)
+        folder = run(settings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers),
+                     out=args.out)
         print(f"report: {folder / 'handoff.md'}")
         return None
-    from opd_lab.studies.comparison import CompareSettings
-
-    settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
-                               variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                               prompt_pool=args.prompt_pool)
-    folder = run(settings, out=args.out, launched_by=args.launched_by)
+    folder = run(settings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
+                          variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                          prompt_pool=args.prompt_pool), out=args.out, launched_by=args.launched_by)
     print(f"report: {folder / 'report.md'}")
-    stopped = files.read_json(folder / "stopped.json", default={}) or {}
+    stopped = files.read_json(folder / STOPPED_FILE, default={}) or {}
     if stopped.get("stopped"):  # 128 + the signal's number, as a shell reports it
         return 130 if stopped["stopped"] == "Ctrl-C" else 143 if stopped["stopped"] == "SIGTERM" else 1
     return None

@@ -49,6 +49,16 @@ def _as_paths(run_dirs) -> list[Path]:
     return [Path(run_dir).expanduser() for run_dir in run_dirs]
 
 
+def _checked_runs(run_dirs, smoothing: float, labels: Sequence[str] | None) -> list[Path]:
+    """The run folders of a curves figure, after checking its smoothing and its labels (one per run)."""
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
+    paths = _as_paths(run_dirs)
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    return paths
+
+
 def method_of(run_dir: str | os.PathLike) -> str:
     """The run's method ("opd", "sft", "rl") from its config.json; "?" if unknown."""
     return str(load_config(run_dir).get("method", "?"))
@@ -145,11 +155,7 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
         A figure with one trace per run that has at least one point.
     """
     x_key, _ = _x_key(x)
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
-    paths = _as_paths(run_dirs)
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    paths = _checked_runs(run_dirs, smoothing, labels)
     fig = go.Figure()
     for index, path in enumerate(paths):
         xs, ys = metric_points(load_metrics(path), x_key, metric)
@@ -212,11 +218,7 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
         A figure with one trace per run that has points, named like "OPD (run_id)".
     """
     x_key, _ = _x_key(x)
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
-    paths = _as_paths(run_dirs)
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    paths = _checked_runs(run_dirs, smoothing, labels)
     fig = go.Figure()
     seen: dict[str, int] = {}
     for index, path in enumerate(paths):

@@ -45,6 +45,11 @@ def test_the_registry_names_every_study_and_its_entry_loads():
     assert study("compare").load() is run_compare
     assert study("continual-learning").load() is run_recipe_stages
     assert all(callable(entry.load()) for entry in STUDIES.values())
+    from opd_lab.studies.comparison import CompareSettings
+
+    assert study("compare").settings_class() is CompareSettings
+    with pytest.raises(TypeError, match="recipe file"):
+        study("prune-distill").settings_class()
     assert compare_study("two-experts").name == "two-experts"
     assert compare_study("baseline", "handoff").name == "handoff"
     assert compare_study("baseline").name == "compare"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Study:
-    """A study by name: its module and the function that runs it."""
+    """A study by name: its module, the function that runs it, and its settings."""
 
     name: str
     module: str
@@ -41,6 +41,8 @@ class Study:
     function: str
     """The function that runs it: `(settings, out=None, ...)` for the lab studies,
     `(recipe, state, progress_print)` for a recipe's stages."""
+    settings: str | None
+    """The settings dataclass in `module`; None for a recipe (its settings are a recipe file)."""
     command: str
     """The command line that runs it."""
 
@@ -48,14 +50,26 @@ class Study:
         """The function that runs the study (imports its module)."""
         return getattr(importlib.import_module(self.module), self.function)
 
+    def settings_class(self):
+        """The study's settings dataclass (imports its module).
+
+        Raises:
+            TypeError: a recipe, whose settings are a recipe file (`studies.recipes.load_recipe`).
+        """
+        if self.settings is None:
+            raise TypeError(f"{self.name} is a recipe: its settings are a recipe file")
+        return getattr(importlib.import_module(self.module), self.settings)
+
 
 STUDIES = {study.name: study for study in (
-    Study("compare", "opd_lab.studies.comparison", "run_compare", "opd-lab compare --scenario NAME"),
-    Study("handoff", "opd_lab.studies.handoff", "run_handoff", "opd-lab compare --protocol handoff"),
-    Study("two-experts", "opd_lab.studies.two_experts", "run_two_experts", "opd-lab compare --scenario two-experts"),
-    Study("continual-learning", "opd_lab.studies.continual", "run_recipe_stages",
+    Study("compare", "opd_lab.studies.comparison", "run_compare", "CompareSettings",
+          "opd-lab compare --scenario NAME"),
+    Study("handoff", "opd_lab.studies.handoff", "run_handoff", "HandoffSettings", "opd-lab compare --protocol handoff"),
+    Study("two-experts", "opd_lab.studies.two_experts", "run_two_experts", "TwoExpertsSettings",
+          "opd-lab compare --scenario two-experts"),
+    Study("continual-learning", "opd_lab.studies.continual", "run_recipe_stages", None,
           "opd-lab recipe continual-learning"),
-    Study("prune-distill", "opd_lab.studies.prune_distill", "run", "opd-lab recipe prune-distill"),
+    Study("prune-distill", "opd_lab.studies.prune_distill", "run", None, "opd-lab recipe prune-distill"),
 )}
 
 
