@@ -163,3 +163,15 @@ def test_a_signalled_comparison_stops_its_runs_and_reports_what_finished(home, h
     accounted = len(reported) + len(stopped["unfinished"]) + stopped["never_started"]
     assert accounted in (6, 6 + 3)  # the quick sweep (3 methods x 2 rates), then one seed per method
     assert len(reported) < accounted
+    if how == "SIGTERM":  # rerun with the same --out: it goes on by stage, and trains only what had not finished
+        from opd_lab.studies.comparison import CompareSettings, run_compare
+
+        finished = [f for f in run_folder.run_folders() if runs.status_of(f).get("state") == "finished"]
+        before = set(run_folder.run_folders())
+        run_compare(CompareSettings(scenario="baseline", quick=True, seeds=1), out=out, progress_print=lambda *_: None)
+        trained = [f for f in run_folder.run_folders() if f not in before]
+        assert len(trained) == 9 - len(finished)  # the 6 sweep runs and 3 reported runs, less those already done
+        assert {run_folder.load_config(f)["name"] for f in trained}.isdisjoint(
+            run_folder.load_config(f)["name"] for f in finished)
+        data = files.read_json(out / comparison_report.REPORT_FILE)
+        assert data["verdict"]["sentence"] and not (out / comparison_report.STOPPED_FILE).exists()
