@@ -27,6 +27,10 @@ def test_a_study_folder_skips_finished_stages_and_records_parts(tmp_path):
     assert calls == ["lab"]
     assert again.parts("sweep") == {"sweep-rl-lr0.001": "/runs/sweep-rl"} and again.done("sweep") is None
     saved = json.loads((tmp_path / "s" / STATE_FILE).read_text())
+    (tmp_path / "s" / STATE_FILE).write_text(json.dumps({**saved, "seconds": 100.0}))  # an earlier pass's time
+    third = StudyState.open(tmp_path / "s", study="comparison", setting="baseline", settings={"seeds": 3})
+    assert 100.0 <= third.elapsed() < 160 and json.loads((tmp_path / "s" / STATE_FILE).read_text())["seconds"] >= 100
+    saved = json.loads((tmp_path / "s" / STATE_FILE).read_text())
     assert saved["study"] == "comparison" and saved["stages"]["lab"]["teacher"] == 0.9 and "finished" not in saved
     again.finish("# done\n", progress_print=quiet)
     assert (tmp_path / "s" / "study.md").read_text() == "# done\n"

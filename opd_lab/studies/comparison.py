@@ -182,7 +182,6 @@ def run_compare(settings: CompareSettings, out: str | Path | None = None, progre
 
 def _run_compare(settings: CompareSettings, out: str | Path | None, progress_print, launched_by: str | None,
                  stop: StopRequest) -> Path:
-    started = time.time()
     scenario = settings.budget()
     recipe = get_scenario(settings.scenario).recipe(quick=settings.quick)
     out = Path(out) if out else reports_dir() / f"{settings.label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -250,7 +249,7 @@ def _run_compare(settings: CompareSettings, out: str | Path | None, progress_pri
                                           "learning_rates": chosen, "runs": runs_by_arm,
                                           "sampled_reference": sampled_reference})
     data = build_report(settings, scenario, lab["lab"], teacher, base, sweep, chosen, runs_by_arm, out,
-                        seconds=time.time() - started, sampled_reference=sampled_reference)
+                        seconds=state.elapsed(), sampled_reference=sampled_reference)  # every pass, if resumed
     write_report(out, data)
     (out / STOPPED_FILE).unlink(missing_ok=True)  # a rerun that finished what a stop left
     state.finish()

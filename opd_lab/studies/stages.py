@@ -36,11 +36,16 @@ class StudyState:
     `data` holds `study` and `setting` (which study this folder belongs to), whatever the
     study recorded with them (`settings`, ...), `stages` (stage name -> its result),
     `parts` (stage name -> {part key -> result} for stages recorded piece by piece),
-    `started` and, once done, `finished`.
+    `started`, `seconds` (spent by every pass on the folder, as of the last save) and,
+    once done, `finished`.
     """
 
     folder: Path
     data: dict = field(default_factory=dict)
+    opened: float = field(default_factory=time.time)
+    """When this pass on the folder began."""
+    earlier_seconds: float = 0.0
+    """The time the earlier passes on this folder spent (as of their last save)."""
 
     @classmethod
     def open(cls, folder: str | Path, study: str, setting: str, settings: dict | None = None,
@@ -72,9 +77,14 @@ class StudyState:
         data.setdefault("stages", {})
         data.setdefault("parts", {})
         data.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
-        state = cls(folder, data)
+        data.setdefault("seconds", 0.0)
+        state = cls(folder, data, earlier_seconds=data["seconds"])
         state.save()
         return state
+
+    def elapsed(self) -> float:
+        """Seconds spent on this study by every pass on its folder, this one included."""
+        return self.earlier_seconds + time.time() - self.opened
 
     def done(self, stage: str) -> dict | None:
         """The saved result of `stage`, or None when it has not finished."""
@@ -95,6 +105,7 @@ class StudyState:
         self.save()
 
     def save(self) -> None:
+        self.data["seconds"] = round(self.elapsed(), 1)
         write_json_atomic(self.folder / STATE_FILE, self.data)
 
     def run_stage(self, name: str, work, progress_print=print) -> dict:
