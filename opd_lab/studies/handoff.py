@@ -291,7 +291,6 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
     from opd_lab.studies.scenarios import get_scenario
     from opd_lab.studies.stages import StudyState
 
-    started = time.time()
     scenario = get_scenario(settings.scenario)
     budget = dataclasses.replace(scenario, **QUICK) if settings.quick else scenario
     sizes = QUICK_SIZES if settings.quick else settings.sizes
@@ -343,7 +342,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
 
     data = handoff_report(stage1, stage2, teacher, settings.min_gain)
     data.update({"scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
-                 "learning_rates": rates, "lab": lab, "seconds": round(time.time() - started, 1),
+                 "learning_rates": rates, "lab": lab, "seconds": round(state.elapsed(), 1),
                  "runs": {"stage1": [str(d) for d in stage1_dirs], "stage2": [str(d) for d in stage2_dirs]}})
     write_json_atomic(out / "handoff.json", data)
     (out / "handoff.md").write_text(handoff_markdown(data, settings.scenario))

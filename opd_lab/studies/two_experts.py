@@ -240,7 +240,6 @@ def run_two_experts(settings: TwoExpertsSettings, out: str | Path | None = None,
     Stages (`opd_lab.studies.stages`): `student`, then one per arm; rerun on the same
     folder, the study skips the stages it finished.
     """
-    started = time.perf_counter()
     folder = Path(out) if out else data_dir() / "reports" / f"{settings.lab_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = StudyState.open(folder, study="two-experts", setting=settings.lab_name,
                             settings=dataclasses.asdict(settings))
@@ -266,7 +265,7 @@ def run_two_experts(settings: TwoExpertsSettings, out: str | Path | None = None,
     sampled = {arm: found["sampled"] for arm, found in arms.items()}
     runs = {arm: found["runs"] for arm, found in arms.items()}
     result = {"settings": dataclasses.asdict(settings), "student": student_summary, "curves": curves, "runs": runs,
-              "verdict": verdict(curves, sampled), "seconds": round(time.perf_counter() - started, 1)}
+              "verdict": verdict(curves, sampled), "seconds": round(state.elapsed(), 1)}
     write_json_atomic(folder / "report.json", result)
     write_text_atomic(folder / "report.md", report_markdown(result))
     state.finish()
