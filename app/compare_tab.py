@@ -15,9 +15,9 @@ from app import report_panel
 from app.inputs import hide_paths
 from app.state import error_text, file_stamp, forget_runs_list, run_dir_of, run_ids
 from app.users import record
-from opd_lab import plots, report, run_comparison, runs
+from opd_lab import plots, report, runs
 from opd_lab.cli import error_line
-from opd_lab.compare import method_configs
+from opd_lab.studies.arms import method_configs
 from opd_lab.config import RL_SAMPLES_PER_PROMPT, RunConfig
 from opd_lab.lab import lab_summary_of
 from opd_lab.plot_style import DEFAULT_SMOOTHING
@@ -67,13 +67,13 @@ def comparison(selected: list[str], x: str, metric: str, smoothing: float = 0.0,
         return None, empty_table, error_text(error)
     metric = metric or DEFAULT_METRIC
     base, teacher, note = _lab_accuracies(run_dirs)
-    labels = run_comparison.run_labels([load_config(run_dir) for run_dir in run_dirs])
+    labels = report.run_labels([load_config(run_dir) for run_dir in run_dirs])
     figure = plots.method_comparison(run_dirs, x=x, metric=metric, labels=labels,
                                      smoothing=min(max(float(smoothing or 0.0), 0.0), 0.99), log_y=bool(log_y),
                                      teacher_accuracy=teacher if metric.endswith("accuracy") else None)
     if teacher is None:
         return figure, empty_table, note
-    found = run_comparison.compare_runs(run_dirs, base, teacher)
+    found = report.compare_runs(run_dirs, base, teacher)
     note = (f"### Verdict\n{found['verdict']['sentence']}\n\n*{report.GAP_DEFINITION} Here it runs from the base "
             f"student's {base:.1%} to the lab teacher's {teacher:.1%}. FLOPs count sampling, teacher scoring and "
             "training; \"> x\" is the whole budget of a run that did not get there.*")

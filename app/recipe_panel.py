@@ -2,7 +2,7 @@
 
 The panel shows what the chosen recipe does, the terminal command that does the same,
 and the recipes started so far with their finished stages; a finished recipe's table
-(`recipe.md`) is shown under them. Each training stage is an ordinary run, so it
+(`study.md`) is shown under them. Each training stage is an ordinary run, so it
 appears in the Runs tab while it trains and opens in Compare and Inspect.
 """
 
@@ -12,8 +12,9 @@ import gradio as gr
 
 from opd_lab.cli import error_line
 from opd_lab.config import ConfigError
-from opd_lab.recipes import RECIPES, load_recipe
-from opd_lab.recipes.background import describe, recipe_folders, start_recipe
+from opd_lab.studies.recipes import RECIPES, load_recipe
+from opd_lab.studies.background import describe, recipe_folders, start_recipe
+from opd_lab.studies.stages import RESULTS_FILE
 
 SETTING_CHOICES = [("this machine (GPU if there is one, else CPU)", "auto"), ("CPU (about 20 minutes)", "cpu"),
                    ("GPU", "gpu"), ("quick smoke test (a minute, meaningless scores)", "quick")]
@@ -39,10 +40,10 @@ def recipes_table(limit: int = 8) -> str:
         info = describe(folder)
         lines.append(f"| {info['recipe']} | {info['setting']} | {info['state']} | "
                      f"{', '.join(info['stages']) or '-'} | `{info['folder']}` |")
-        if finished is None and info["state"] == "finished" and (folder / "recipe.md").exists():
+        if finished is None and info["state"] == "finished" and (folder / RESULTS_FILE).exists():
             finished = folder
     if finished is not None:
-        lines += ["", (finished / "recipe.md").read_text(encoding="utf-8")]
+        lines += ["", (finished / RESULTS_FILE).read_text(encoding="utf-8")]
     return "\n".join(lines)
 
 

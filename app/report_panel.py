@@ -1,6 +1,6 @@
 """The Compare tab's report panel: the verdict, figure and table of an `opd-lab compare` report.
 
-The panel shows a report folder made by `opd_lab.experiment.run_compare` (the CLI's
+The panel shows a report folder made by `opd_lab.studies.comparison.run_compare` (the CLI's
 `opd-lab compare`, or the button here, which starts it in the background): the
 verdict computed from the runs, the mean and spread over seeds by steps and FLOPs,
 and the compute-to-target table. The browser only names a report; it is looked up
@@ -15,10 +15,11 @@ import gradio as gr
 import pandas as pd
 
 from app.users import refusal, user_of
-from opd_lab import experiment, report
-from opd_lab.claims import ROOT
-from opd_lab.plots_compare import seed_band_figure
-from opd_lab.scenarios import SCENARIOS
+from opd_lab import report
+from opd_lab.studies import background, comparison_report
+from opd_lab.studies.claims import ROOT
+from opd_lab.plots import seed_band_figure
+from opd_lab.studies.scenarios import SCENARIOS
 
 NO_REPORT = ("No comparison report yet. Start one below (the quick one takes about a minute; a full one "
              "10-20 minutes on 2 cores), or run `opd-lab compare --scenario baseline` in a terminal.")
@@ -26,25 +27,25 @@ NO_REPORT = ("No comparison report yet. Start one below (the quick one takes abo
 
 def report_names() -> list[str]:
     """Local report folders (newest first), then the reports measured for the repository's claims table."""
-    return ([folder.name for folder in experiment.list_reports()]
-            + [experiment.MEASURED_PREFIX + name for name in experiment.committed_reports()])
+    return ([folder.name for folder in comparison_report.list_reports()]
+            + [comparison_report.MEASURED_PREFIX + name for name in comparison_report.committed_reports()])
 
 
 def show_report(name: str | None):
     """(verdict markdown, figure, table) of the report called `name`."""
     if not name:
         return NO_REPORT, None, pd.DataFrame()
-    committed = experiment.committed_reports()
+    committed = comparison_report.committed_reports()
     try:
-        if name.startswith(experiment.MEASURED_PREFIX) and name[len(experiment.MEASURED_PREFIX):] in committed:
+        if name.startswith(comparison_report.MEASURED_PREFIX) and name[len(comparison_report.MEASURED_PREFIX):] in committed:
             folder = None
-            data = json.loads(committed[name[len(experiment.MEASURED_PREFIX):]].read_text())
+            data = json.loads(committed[name[len(comparison_report.MEASURED_PREFIX):]].read_text())
         else:
-            folder = experiment.report_path(name)
-            data = experiment.load_report(folder)
+            folder = comparison_report.report_path(name)
+            data = comparison_report.load_report(folder)
     except (FileNotFoundError, ValueError) as error:
         return f"**Cannot show this report.** {error}", None, pd.DataFrame()
-    sampled = experiment.sampled_lines(data)
+    sampled = comparison_report.sampled_lines(data)
     text = (f"### Verdict (greedy accuracy)\n{data['verdict']['sentence']}\n\n"
             + ("\n".join(sampled) + "\n" if sampled else "") + f"*Scenario `{data['scenario']}`"
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
@@ -55,7 +56,7 @@ def show_report(name: str | None):
         text += ("\n\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped, so "
                  "there is no figure: run the comparison to get one. Why it came out this way: "
                  "**Why the measured verdicts came out as they did**, below.*")
-    return text, seed_band_figure(folder) if folder else None, pd.DataFrame(experiment.target_rows(data))
+    return text, seed_band_figure(folder) if folder else None, pd.DataFrame(comparison_report.target_rows(data))
 
 
 NOTES_FILE = ROOT / "docs" / "claims-notes.md"
@@ -86,7 +87,7 @@ def start(scenario: str, quick: bool, request: gr.Request | None = None):
 
     Its runs queue under the run limit like anyone's, recorded as that user's."""
     try:
-        experiment.start_compare(scenario, quick=bool(quick), user=user_of(request))
+        background.start_compare(scenario, quick=bool(quick), user=user_of(request))
     except (RuntimeError, ValueError) as error:
         return f"**Not started.** {error}"
     return (f"Started `opd-lab compare --scenario {scenario}{' --quick' if quick else ''}` in the background. "
@@ -97,17 +98,17 @@ def start(scenario: str, quick: bool, request: gr.Request | None = None):
 def stop(request: gr.Request | None = None, instructor: str | None = None) -> str:
     """Stop the running comparison (its launcher or the instructor): its runs stop with a
     checkpoint and it reports what finished."""
-    running = experiment.running_compare()
+    running = background.running_compare()
     if running is None:
         return "No comparison is running."
     reason = refusal(running.get("user"), user_of(request), instructor)
     if reason:
         return "**Not stopped.** " + reason.replace("this run", "this comparison").replace("stop, resume or delete", "stop")
-    return experiment.stop_compare().capitalize() + "."
+    return background.stop_compare().capitalize() + "."
 
 
 def status() -> str:
-    running = experiment.running_compare()
+    running = background.running_compare()
     if running is None:
         return "No comparison is running."
     user = running.get("user")

@@ -1,7 +1,7 @@
 """OPD vs SFT vs RL on the built-in lab, with the same budget, in one process.
 
 Trains the three methods from the lab's base student with the configs of
-`opd_lab.compare.method_configs` (same steps, same number of sequences per step; RL
+`opd_lab.studies.arms.method_configs` (same steps, same number of sequences per step; RL
 samples 4 completions for a quarter of the prompts), then
 prints each run's held-out accuracy before and after, its compute (samples, FLOPs,
 wall time) and what each paid to close shares of the gap from the base student to the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from opd_lab import report
-from opd_lab.compare import method_configs
+from opd_lab.studies.arms import method_configs
 from opd_lab.config import RunConfig
 from opd_lab.lab import build_lab
 from opd_lab.plots import method_of

@@ -3,7 +3,7 @@
 Builds (or reuses) the addition lab, fine-tunes its teacher on the `reverse` task with
 30% old data, then recovers addition with OPD from the original model, and writes the
 three stages' accuracies to `opd_lab/data/results/continual-learning.json` (read by
-`python -m opd_lab.claims`).
+`python -m opd_lab.studies.claims`).
 
     python -m bench.continual_learning             # about 3 minutes on 2 cores
     python -m bench.continual_learning --out /tmp/cl.json --learn-steps 4 --recover-steps 4   # smoke
@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from opd_lab.continual import ContinualSettings, run_continual_learning
+from opd_lab.studies.continual import ContinualSettings, lab_skills, run_continual
 from opd_lab.paths import MEASURED_RESULTS_DIR
 from opd_lab.lab import LabRecipe, build_lab
 from opd_lab.paths import lab_dir
@@ -34,12 +34,13 @@ def main() -> None:
     settings = ContinualSettings(learn_steps=args.learn_steps, recover_steps=args.recover_steps, seed=args.seed)
     started = time.time()
     lab = build_lab(LabRecipe.for_task(settings.old_task))
-    result = run_continual_learning(settings, original=str(lab_dir(settings.old_task) / "teacher"))
-    data = {"settings": asdict(settings), "recover_steps": settings.recover_steps, "stages": result["stages"],
+    study = run_continual(settings, original=str(lab_dir(settings.old_task) / "teacher"))
+    stages = lab_skills(study)
+    data = {"settings": asdict(settings), "recover_steps": settings.recover_steps, "stages": stages,
             "lab": {"teacher": lab["teacher"]["accuracy"]}, "seconds": round(time.time() - started, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
-    for stage, skills in result["stages"].items():
+    for stage, skills in stages.items():
         print(f"{stage:<16} old skill {skills['old']:.1%}   new skill {skills['new']:.1%}")
     print(f"wrote {args.out}")
 

@@ -1,6 +1,6 @@
 """The `decomposition` diagnostic on the baseline lab: prefix source x divergence x estimator.
 
-Trains one arm per meaningful cell of `opd_lab.decomposition.CELLS` (9 arms) through
+Trains one arm per meaningful cell of `opd_lab.studies.decomposition.CELLS` (9 arms) through
 `opd_lab.run_batch.train_batch`, each from the lab's base student with the same learning
 rate, batch, budget and seed; measures each arm's gradient noise at the base student over
 8 resamplings of one fixed batch; and writes `decomposition.json` and `decomposition.md`
@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     import torch
 
-    from opd_lab import decomposition
+    from opd_lab.studies import decomposition
     from opd_lab.config import RunConfig
-    from opd_lab.experiment import reference_accuracies, reports_dir
+    from opd_lab.studies.comparison import reference_accuracies
+    from opd_lab.studies.comparison_report import reports_dir
     from opd_lab.files import read_json, write_json_atomic
     from opd_lab.lab import build_lab, lab_summary
     from opd_lab.run_batch import train_batch
-    from opd_lab.scenarios import get_scenario
+    from opd_lab.studies.scenarios import get_scenario
 
     torch.set_num_threads(1)
     started = time.time()
@@ -148,7 +149,7 @@ def finished_runs(out: Path, label: str, cells: list[str]) -> dict[str, Path]:
 def write_report(out: Path, label: str, cells: list[str], started: float | None) -> Path:
     """`decomposition.json` and `.md` from the setup file and the cells' finished runs; `started`
     None (a report rewritten from the runs) keeps the earlier report's measured seconds."""
-    from opd_lab import decomposition
+    from opd_lab.studies import decomposition
     from opd_lab.files import read_json, write_json_atomic
     from opd_lab.run_folder import load_metrics
 

@@ -6,7 +6,9 @@ entropy and its *noise mass*: the probability it gives to tokens the clean teach
 gives less than 1e-3 (`noisy_teacher.noise_statistics`). SFT on the noisy teacher's
 samples should learn that mass; reverse KL (OPD) should not.
 
-    python -m bench.noise_mass <report folder>/runs/*        # the runs of a noisy-teacher report
+    python -m bench.noise_mass <pilot folder>/runs/*   # the runs of a bench.pilot_compare pilot
+    python -m bench.noise_mass RUN_FOLDER ...          # e.g. the runs an opd-lab compare report lists
+                                                       # (report.json: runs -> arm -> each run's `path`)
 """
 
 from __future__ import annotations

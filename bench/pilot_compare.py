@@ -30,10 +30,10 @@ from pathlib import Path
 
 from opd_lab.paths import MEASURED_RESULTS_DIR as RESULTS_DIR
 from opd_lab.run_batch import train_batch
-from opd_lab.experiment import (CompareSettings, EVAL_SAMPLES, _config, build_report,
-                                reference_accuracies, reports_dir, write_report)
+from opd_lab.studies.comparison import CompareSettings, EVAL_SAMPLES, _config, build_report, reference_accuracies
+from opd_lab.studies.comparison_report import reports_dir, write_report
 from opd_lab.lab import build_lab
-from opd_lab.scenarios import get_scenario
+from opd_lab.studies.scenarios import get_scenario
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
     opd-lab train --processes 2 [--method opd ...]   data-parallel, through accelerate launch
     opd-lab launch [CONFIG] [--processes N] [...]    start a detached run, print its id
     opd-lab compare [--scenario baseline] [--quick]  RL vs SFT vs OPD, several seeds, a verdict
-    opd-lab compare --scenario two-experts [--quick] several teachers, one student (opd_lab/two_experts.py)
+    opd-lab compare --scenario two-experts [--quick] several teachers, one student (opd_lab/studies/two_experts.py)
     opd-lab preflight --teacher T --student S        will OPD work for this pair? (exit 3: no-go)
     opd-lab recipe continual-learning [--setting cpu] a recipe on a real model (SmolLM2)
     opd-lab runs                                     list runs
@@ -42,11 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from opd_lab.compare import VARIANTS
-from opd_lab.quiet import silence_third_party
 from opd_lab.config import TRACKERS, ConfigError, RunConfig, command_line, config_fields, flag_of
-from opd_lab.recipes import RECIPES, SETTINGS
-from opd_lab.scenarios import SCENARIOS, get_scenario
+from opd_lab.quiet import silence_third_party
+from opd_lab.studies import compare_study
+from opd_lab.studies.arms import VARIANTS
+from opd_lab.studies.recipes import RECIPES, SETTINGS
+from opd_lab.studies.scenarios import SCENARIOS, get_scenario
+from opd_lab.studies.stages import RESULTS_FILE
 from opd_lab.tasks import BUILTIN_TASKS, DEFAULT_TASK
 
 
@@ -142,18 +144,19 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
     compare = commands.add_parser("compare", help="RL vs SFT vs OPD on a lab scenario: several seeds, a verdict")
     compare.add_argument("--scenario", default="baseline", choices=list(SCENARIOS) + ["two-experts"],
                          help="default: baseline; two-experts: multi-teacher OPD vs SFT, sequential OPD and RL "
-                              "(opd_lab/two_experts.py)")
+                              "(opd_lab/studies/two_experts.py)")
     compare.add_argument("--protocol", default="from-base", choices=("from-base", "handoff"),
                          help="from-base: every method from the base student (default); handoff: SFT on fixed "
                               "datasets of 64..4096 teacher samples first, then SFT, OPD and RL from the plateau "
-                              "(the seed's protocol, opd_lab/handoff.py)")
+                              "(the seed's protocol, opd_lab/studies/handoff.py)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     compare.add_argument("--variants", default="", help="extra arms, comma-separated: " + ", ".join(VARIANTS))
     compare.add_argument("--quick", action="store_true", help="tiny models and budgets (seconds; for CI and notebooks)")
     compare.add_argument("--workers", type=int, default=2, help="runs trained at once, one thread each (default 2)")
     compare.add_argument("--prompt-pool", type=int, default=None,
                          help="every method reuses the same N prompts; SFT trains on one fixed teacher sample per prompt")
-    compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>)")
+    compare.add_argument("--out", help="report folder (default: <data dir>/reports/<scenario>-<time>); a killed or "
+                         "stopped comparison rerun with the same --out skips its finished stages and runs")
     compare.add_argument("--launched-by", help=argparse.SUPPRESS)  # the app's user who started it
 
     preflight = commands.add_parser(
@@ -307,8 +310,34 @@ def _obey_early_sigterm(args, received: list) -> bool:
     return bool(received)
 
 
+def _compare(args) -> int | None:
+    """`opd-lab compare`: the study its scenario and protocol name (`opd_lab.studies.STUDIES`)."""
+    from opd_lab import files
+    from opd_lab.studies.comparison_report import STOPPED_FILE
+
+    study = compare_study(args.scenario, args.protocol)
+    run, settings = study.load(), study.settings_class()
+    if study.name == "two-experts":
+        folder = Path(run(settings(quick=args.quick), out=args.out)["folder"])
+        print(f"report: {folder / 'report.md'}")
+        return None
+    if study.name == "handoff":
+        folder = run(settings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers),
+                     out=args.out)
+        print(f"report: {folder / 'handoff.md'}")
+        return None
+    folder = run(settings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
+                          variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                          prompt_pool=args.prompt_pool), out=args.out, launched_by=args.launched_by)
+    print(f"report: {folder / 'report.md'}")
+    stopped = files.read_json(folder / STOPPED_FILE, default={}) or {}
+    if stopped.get("stopped"):  # 128 + the signal's number, as a shell reports it
+        return 130 if stopped["stopped"] == "Ctrl-C" else 143 if stopped["stopped"] == "SIGTERM" else 1
+    return None
+
+
 def _dispatch(args) -> int | None:
-    from opd_lab import files, run_folder, runs
+    from opd_lab import run_folder, runs
 
     if getattr(args, "run_command", None) is not None:
         return args.run_command(args)
@@ -322,32 +351,13 @@ def _dispatch(args) -> int | None:
         else:
             recipe = LabRecipe.for_task(args.task, seed=args.seed)
         print(format_summary(build_lab(recipe, force=args.force)))
-    elif args.command == "compare" and args.scenario == "two-experts":  # several teachers: its own study
-        from opd_lab.two_experts import TwoExpertsSettings, run_two_experts
-
-        run_two_experts(TwoExpertsSettings(quick=args.quick))
-    elif args.command == "compare" and args.protocol == "handoff":
-        from opd_lab.handoff import HandoffSettings, run_handoff
-
-        folder = run_handoff(HandoffSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick,
-                                             workers=args.workers), out=args.out)
-        print(f"report: {folder / 'handoff.md'}")
     elif args.command == "compare":
-        from opd_lab.experiment import CompareSettings, run_compare
-
-        settings = CompareSettings(scenario=args.scenario, seeds=args.seeds, quick=args.quick, workers=args.workers,
-                                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                                   prompt_pool=args.prompt_pool)
-        folder = run_compare(settings, out=args.out, launched_by=args.launched_by)
-        print(f"report: {folder / 'report.md'}")
-        stopped = files.read_json(folder / "stopped.json", default={}) or {}
-        if stopped.get("stopped"):  # 128 + the signal's number, as a shell reports it
-            return 130 if stopped["stopped"] == "Ctrl-C" else 143 if stopped["stopped"] == "SIGTERM" else 1
+        return _compare(args)
     elif args.command == "recipe":
-        from opd_lab.recipes import run_recipe
+        from opd_lab.studies.recipes import run_recipe
 
         folder = run_recipe(args.recipe, args.setting, out=args.out)
-        print(f"results: {folder / 'recipe.md'}")
+        print(f"results: {folder / RESULTS_FILE}")
     elif args.command == "eval":
         _eval(args)
     elif args.command == "preflight":

@@ -1,8 +1,7 @@
 """The one way opd-lab starts a process of its own: `python -m opd_lab ...`, with its log.
 
-Runs (`opd_lab.runs`), recipes (`opd_lab.recipes.background`) and comparisons
-(`opd_lab.experiment`) all start their processes here, so each gets the same three
-things right once:
+Runs (`opd_lab.runs`), recipes and comparisons (`opd_lab.studies.background`) all start
+their processes here, so each gets the same three things right once:
 
 - the environment: `paths.child_environment()` (the same data dir, this very package
   first on PYTHONPATH), plus what the caller adds;

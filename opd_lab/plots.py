@@ -23,8 +23,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
+from opd_lab import report
+from opd_lab.files import read_json
 from opd_lab.plot_style import FIGURE_LAYOUT, METRIC_TITLES, method_color, method_name
 from opd_lab.run_folder import load_config, load_metrics
 
@@ -43,6 +47,16 @@ def _as_paths(run_dirs) -> list[Path]:
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     return [Path(run_dir).expanduser() for run_dir in run_dirs]
+
+
+def _checked_runs(run_dirs, smoothing: float, labels: Sequence[str] | None) -> list[Path]:
+    """The run folders of a curves figure, after checking its smoothing and its labels (one per run)."""
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
+    paths = _as_paths(run_dirs)
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    return paths
 
 
 def method_of(run_dir: str | os.PathLike) -> str:
@@ -141,11 +155,7 @@ def training_curves(run_dirs, metric: str = "eval/accuracy", x: str = "step", sm
         A figure with one trace per run that has at least one point.
     """
     x_key, _ = _x_key(x)
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
-    paths = _as_paths(run_dirs)
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    paths = _checked_runs(run_dirs, smoothing, labels)
     fig = go.Figure()
     for index, path in enumerate(paths):
         xs, ys = metric_points(load_metrics(path), x_key, metric)
@@ -199,7 +209,7 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
     """OPD vs SFT vs RL on one chart: each run coloured by its config's method.
 
     Runs of the same method get shades of its colour and differ by dash; `labels`
-    (e.g. `opd_lab.run_comparison.run_labels`) name them, default "OPD (run_id)".
+    (e.g. `opd_lab.report.run_labels`) name them, default "OPD (run_id)".
     `smoothing` and `log_y` as in `training_curves`. With
     `teacher_accuracy`, a dashed horizontal line marks the teacher. With `log_x`, the
     step-0 points (x = 0) drop out, as a logarithmic axis has no 0.
@@ -208,11 +218,7 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
         A figure with one trace per run that has points, named like "OPD (run_id)".
     """
     x_key, _ = _x_key(x)
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
-    paths = _as_paths(run_dirs)
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"labels: expected {len(paths)} names, one per run (got {len(labels)})")
+    paths = _checked_runs(run_dirs, smoothing, labels)
     fig = go.Figure()
     seen: dict[str, int] = {}
     for index, path in enumerate(paths):
@@ -235,3 +241,60 @@ def method_comparison(run_dirs, x: str = "flops", metric: str = "eval/accuracy",
     if not fig.data:
         placeholder(fig, f"no run has {metric!r} yet")
     return fig
+
+
+# The figure of a compare report (`opd-lab compare`): mean and spread over seeds.
+# Runs of one arm are evaluated at the same steps, so by steps the seeds line up; a
+# seed that stopped early (it closed 95% of the gap) keeps its last accuracy. By FLOPs
+# each seed is interpolated on a common grid. The band is the range over seeds.
+#
+# Example:
+#     >>> seed_band_figure("~/.cache/opd-lab/reports/baseline-20261125-101500")  # doctest: +SKIP
+
+ARM_COLORS = {"opd-full": "#7c3aed"}
+
+
+def seed_bands(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mean, min and max over seeds on `grid`; a seed holds its last value after its end."""
+    values = np.stack([np.interp(grid, xs, ys, right=ys[-1]) for xs, ys in curves])
+    return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def seed_band_figure(folder: str | Path) -> go.Figure:
+    """Accuracy (mean and range over seeds) against steps and FLOPs, with the teacher and targets."""
+    folder = Path(folder).expanduser()
+    data = read_json(folder / "report.json")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("by optimizer steps", "by total FLOPs"),
+                           horizontal_spacing=0.08)
+    for arm in report.ordered_arms(data["runs"]):
+        runs = data["runs"][arm]
+        color = ARM_COLORS.get(arm) or method_color(arm)
+        rows = [load_metrics(report.run_path(folder, run)) for run in runs]
+        for col, x_key in ((1, "step"), (2, "perf/flops")):
+            curves = [tuple(np.asarray(v, dtype=float) for v in metric_points(r, x_key, report.ACCURACY)) for r in rows]
+            curves = [c for c in curves if len(c[0])]
+            if not curves:
+                continue
+            top = max(xs[-1] for xs, _ in curves)
+            grid = np.linspace(0, top, 60) if x_key != "step" else np.unique(np.concatenate([xs for xs, _ in curves]))
+            mean, low, high = seed_bands(curves, grid)
+            name = report.arm_label(arm)
+            figure.add_trace(go.Scatter(x=np.concatenate([grid, grid[::-1]]), y=np.concatenate([high, low[::-1]]),
+                                        fill="toself", fillcolor=color, opacity=0.15, line={"width": 0},
+                                        hoverinfo="skip", showlegend=False, legendgroup=arm), row=1, col=col)
+            figure.add_trace(go.Scatter(x=grid, y=mean, mode="lines", line={"color": color, "width": 2},
+                                        name=f"{name} (mean of {len(curves)})", legendgroup=arm,
+                                        showlegend=col == 1), row=1, col=col)
+    for col in (1, 2):
+        figure.add_hline(y=data["teacher_accuracy"], line={"dash": "dash", "color": "#111827"}, row=1, col=col,
+                         annotation_text="teacher" if col == 1 else None)
+        figure.add_hline(y=report.gap_target(data["base_accuracy"], data["teacher_accuracy"], 0.95),
+                         line={"dash": "dot", "color": "#6b7280"}, row=1, col=col,
+                         annotation_text="95% of the gap" if col == 1 else None)
+    figure.update_yaxes(title_text="held-out accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    figure.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    figure.update_xaxes(title_text="step", row=1, col=1)
+    figure.update_xaxes(title_text="FLOPs (sampling + teacher + training)", row=1, col=2)
+    figure.update_layout(title=f"Scenario {data['scenario']}: {data['verdict']['sentence']}", title_font_size=13,
+                         template="plotly_white", height=430, margin={"t": 80}, legend={"orientation": "h", "y": -0.2})
+    return figure

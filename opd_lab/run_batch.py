@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -162,9 +163,12 @@ def serve_worker() -> None:
 
 
 def train_all(configs: list[RunConfig], workers: int, description: str, stop: StopRequest,
-              launched_by: str | None = None, progress_print=print) -> list[Path | None]:
+              launched_by: str | None = None, progress_print=print,
+              on_finished: Callable[[int, Path], None] | None = None) -> list[Path | None]:
     """Train `configs`, at most `workers` at once and never past the run limit; returns
     their run folders in order (None for a run never started because of a stop).
+    `on_finished(index, run_dir)` is called as soon as a run stops training (finished,
+    stopped or failed: its status says which), e.g. to record it before the others end.
 
     Each run is created like any other (`runs.claim_if_room`): it waits while the limit
     is full or other runs wait before it, and this loop serves the queue
@@ -192,6 +196,8 @@ def train_all(configs: list[RunConfig], workers: int, description: str, stop: St
                 if not runs.is_active(worker.run_dir):
                     results[index] = worker.run_dir
                     del training[index]
+                    if on_finished is not None:
+                        on_finished(index, worker.run_dir)
                     idle.append(worker)
                     bar.update(1)
                     status = runs.status_of(worker.run_dir)

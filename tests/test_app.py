@@ -260,7 +260,7 @@ def test_comparison_has_one_row_per_run_and_a_verdict_that_matches_it(runs_root,
 
 
 def test_legends_name_what_differs_between_runs():
-    from opd_lab.run_comparison import run_labels
+    from opd_lab.report import run_labels
 
     configs = [{"method": "opd", "estimator": "full", "temperature": 0.7, "seed": 0, "name": "a"},
                {"method": "opd", "estimator": "sampled", "temperature": 1.0, "seed": 0, "name": "b"},
@@ -271,7 +271,7 @@ def test_legends_name_what_differs_between_runs():
 
 
 def test_three_methods_share_the_budget():
-    from opd_lab.compare import method_configs
+    from opd_lab.studies.arms import method_configs
     from opd_lab.config import ConfigError, RunConfig
 
     base = RunConfig(method="opd", estimator="full", divergence="jsd", on_policy_fraction=0.5, eval_every=3, seed=7)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from opd_lab import experiment, ownership, run_folder, runs
+from opd_lab import ownership, run_folder, runs
+from opd_lab.studies import background, comparison_report
 from opd_lab.config import RunConfig
 from waiting import wait_for
 
@@ -178,17 +179,17 @@ def test_an_attendees_comparison_at_the_limit_waits_in_line_and_stops_from_the_a
         message = report_panel.start("baseline", True, ana)
         assert message.startswith("Started") and "wait in line" in message and str(home) not in message
         assert report_panel.status() == "A comparison is running (started by ana)."
-        log = experiment.reports_dir() / experiment.COMPARE_LOG
+        log = comparison_report.reports_dir() / background.COMPARE_LOG
         assert wait_for(lambda: "waiting for a free place" in log.read_text(), timeout=240), log.read_text()
         time.sleep(2)
         assert [folder.name for folder in run_folder.run_folders()] == [other.name]  # nothing started past the limit
         assert report_panel.stop(ben, "teacher").startswith("**Not stopped.** this comparison belongs to ana")
         assert report_panel.stop(ana, "teacher").startswith("Stop requested")
-        assert wait_for(lambda: not experiment.compare_running(), timeout=10, interval=0.1)
+        assert wait_for(lambda: not background.compare_running(), timeout=10, interval=0.1)
     finally:
         owner.release()
-        experiment.stop_compare()
-    stopped = [json.loads(path.read_text()) for path in experiment.reports_dir().glob(f"*/{experiment.STOPPED_FILE}")]
+        background.stop_compare()
+    stopped = [json.loads(path.read_text()) for path in comparison_report.reports_dir().glob(f"*/{comparison_report.STOPPED_FILE}")]
     assert len(stopped) == 1 and stopped[0]["stopped"] == "SIGTERM" and stopped[0]["finished"] == []
 
 

@@ -9,10 +9,10 @@ from statistics import median
 import pytest
 
 from opd_lab import report
-from opd_lab.experiment import (CompareSettings, build_report, load_report, pick_learning_rates, run_compare, target_rows,
-                                write_report)
 from opd_lab.run_folder import load_metrics
-from opd_lab.scenarios import SCENARIOS, get_scenario
+from opd_lab.studies.comparison import CompareSettings, build_report, pick_learning_rates, run_compare
+from opd_lab.studies.comparison_report import load_report, target_rows, write_report
+from opd_lab.studies.scenarios import SCENARIOS, get_scenario
 from synthetic_runs import make_run
 
 BASE, TEACHER = 0.5, 0.9  # targets: 50% of the gap 0.7, 80% 0.82, 95% 0.88
@@ -126,7 +126,7 @@ def test_quick_compare_end_to_end(lab_home, tmp_path):
     for arm, runs in data["runs"].items():
         chosen = data["learning_rates"][arm]
         assert pick_learning_rates(data["sweep"])[arm] == chosen
-        metrics = [load_metrics(folder / "runs" / run["run"]) for run in runs]
+        metrics = [load_metrics(report.run_path(folder, run)) for run in runs]
         assert all(m[0]["eval/accuracy"] == data["base_accuracy"] for m in metrics)  # the same base student
         for target in data["summaries"][arm]["targets"]:
             steps = median(_recomputed_steps(m, target["accuracy"]) for m in metrics)
@@ -144,14 +144,14 @@ def test_every_scenario_has_a_valid_recipe_and_known_claims():
 
 
 def report_claims():
-    from opd_lab.scenarios import CLAIMS
+    from opd_lab.studies.scenarios import CLAIMS
 
     return CLAIMS
 
 
 def test_the_app_shows_a_report_by_name_only(lab_home):
     from app import report_panel
-    from opd_lab.experiment import reports_dir
+    from opd_lab.studies.comparison_report import reports_dir
 
     folder = reports_dir() / "synthetic-report"
     folder.mkdir(exist_ok=True)
@@ -178,7 +178,7 @@ def _claims_data(curves: dict, flops: dict, claims: tuple, pool: int = 0) -> dic
 
 
 def test_the_claims_table_judges_from_the_numbers():
-    from opd_lab.claims import claim_rows
+    from opd_lab.studies.claims import claim_rows
 
     sft_wins = _claims_data({"rl": [_rising(40)] * 3, "sft": [_rising(10)] * 3, "opd": [_rising(20)] * 3},
                             {"rl": 1e9, "sft": 1e9, "opd": 1e9}, ("steps-vs-rl", "compute-vs-sft"))
@@ -197,7 +197,7 @@ def test_the_claims_table_judges_from_the_numbers():
 
 def test_the_app_lists_the_measured_reports_without_runs(lab_home):
     from app import report_panel
-    from opd_lab.experiment import MEASURED_PREFIX, committed_reports
+    from opd_lab.studies.comparison_report import MEASURED_PREFIX, committed_reports
 
     measured = committed_reports()
     assert "baseline" in measured  # opd_lab/data/results/baseline.json, behind the claims table
@@ -218,7 +218,7 @@ def test_the_sweep_picks_the_best_score_and_breaks_ties_by_the_kl_to_the_teacher
 
 
 def test_the_foundation_claim_needs_sft_to_learn_where_opd_does_not():
-    from opd_lab.claims import claim_rows
+    from opd_lab.studies.claims import claim_rows
 
     flat, slow = {s: BASE for s in range(0, 41, 5)}, {s: BASE + 0.1 * s / 40 for s in range(0, 41, 5)}
     learned = _claims_data({"rl": [flat] * 3, "sft": [slow] * 3, "opd": [flat] * 3},
@@ -267,7 +267,7 @@ def test_compare_reports_use_at_least_500_problems():
 
 
 def test_noisy_teacher_scenario_runs_every_arm_against_the_noisy_teacher():
-    from opd_lab.experiment import _config
+    from opd_lab.studies.comparison import _config
 
     settings = CompareSettings(scenario="noisy-teacher", seeds=1)
     assert settings.arms == ("rl", "sft", "opd", "sft-greedy")
@@ -276,13 +276,13 @@ def test_noisy_teacher_scenario_runs_every_arm_against_the_noisy_teacher():
     assert all(c.teacher_noise == 0.03 for c in configs.values())
     assert configs["sft-greedy"].method == "sft" and configs["sft-greedy"].sft_source == "teacher_greedy"
     assert configs["sft"].sft_source == "teacher"
-    from opd_lab.compare import arm_of
+    from opd_lab.studies.arms import arm_of
 
     assert {arm: arm_of(c) for arm, c in configs.items()} == {arm: arm for arm in settings.arms}
 
 
 def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
-    from opd_lab.claims import noisy_teacher_row
+    from opd_lab.studies.claims import noisy_teacher_row
 
     def summary(final):
         return {"seeds": 3, "final_accuracy": {"median": final, "min": final, "max": final}, "targets": []}
@@ -305,8 +305,8 @@ def test_noisy_teacher_claim_is_judged_on_sampled_accuracy():
 
 
 def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
-    from opd_lab.claims import recovery_row
-    from opd_lab.experiment import final_statistics
+    from opd_lab.studies.claims import recovery_row
+    from opd_lab.studies.comparison import final_statistics
 
     rows = [[{"step": 0, "eval/sampled_recovery_rate": 0.1}, {"step": 10, "eval/sampled_recovery_rate": 0.6,
                                                                "eval/sampled_slip_rate": 0.02}],

@@ -1,4 +1,4 @@
-"""The continual-learning recipe (notebook 4, bench/continual_learning.py) end to end on the tiny lab."""
+"""The continual-learning study's lab setting (notebook 4, bench/continual_learning.py) end to end on the tiny lab."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from opd_lab.continual import ContinualSettings, run_continual_learning, write_new_material
+from opd_lab.config import ConfigError
 from opd_lab.paths import lab_dir
+from opd_lab.studies.continual import ContinualSettings, lab_skills, run_continual, write_new_material
 
 
 def test_new_material_mixes_in_the_asked_share_of_old_data(tmp_path):
@@ -19,8 +20,21 @@ def test_new_material_mixes_in_the_asked_share_of_old_data(tmp_path):
         ContinualSettings(old_data_share=1.0)
 
 
-def test_three_stages_are_measured(lab_home):
+def test_three_stages_are_measured_and_a_rerun_skips_them(lab_home, tmp_path):
+    from opd_lab.run_folder import load_config, run_folders
+
     settings = ContinualSettings(new_material_rows=40, learn_steps=2, recover_steps=2, eval_count=8)
-    result = run_continual_learning(settings, original=str(lab_dir("addition") / "teacher"))
-    assert list(result["stages"]) == ["original", "after_learning", "after_recovery"]
-    assert all(set(skills) == {"old", "new"} for skills in result["stages"].values())
+    original = str(lab_dir("addition") / "teacher")
+    study = run_continual(settings, out=tmp_path / "cl", original=original, progress_print=lambda *_: None)
+    skills = lab_skills(study)
+    assert list(skills) == ["before", "finetune", "recover"] and study["finished"]
+    assert all(set(scores) == {"old", "new"} and all(0 <= v <= 1 for v in scores.values()) for scores in skills.values())
+    recover = load_config(study["stages"]["recover"]["run_dir"])
+    assert (recover["method"], recover["teacher"], recover["student"]) == ("opd", original,
+                                                                          study["stages"]["finetune"]["model"])
+    assert "| original model |" in (tmp_path / "cl" / "study.md").read_text()
+    runs_before = len(run_folders())
+    again = run_continual(settings, out=tmp_path / "cl", original=original, progress_print=lambda *_: None)
+    assert len(run_folders()) == runs_before and lab_skills(again) == skills  # every stage was done: none reruns
+    with pytest.raises(ConfigError, match="pick another folder"):
+        run_continual("quick", out=tmp_path / "cl")  # the folder holds the lab setting, not SmolLM2's

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from opd_lab import decomposition, losses, run_folder
-from opd_lab.compare import arm_overrides
+from opd_lab import losses, run_folder
+from opd_lab.studies import decomposition
+from opd_lab.studies.arms import arm_overrides
 from opd_lab.config import ConfigError, RunConfig
-from opd_lab.decomposition import CELLS, GradientVariance, attribution, gradient_variance, steps_to_gap
+from opd_lab.studies.decomposition import CELLS, GradientVariance, attribution, gradient_variance, steps_to_gap
 from opd_lab.run_folder import load_metrics, load_status
 from opd_lab.train import run_training
 

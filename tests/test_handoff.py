@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from opd_lab.handoff import (fit_log_linear, handoff_markdown, handoff_report, plateau_size)
+from opd_lab.studies.handoff import (fit_log_linear, handoff_markdown, handoff_report, plateau_size)
 
 
 def _rows(curve: dict[int, float], flops_training: float, flops_other: float, batch: int = 64) -> list[dict]:
@@ -75,7 +75,7 @@ def test_handoff_ratios_follow_from_the_runs_metrics():
 
 def test_handoff_settings_and_cli_flag():
     from opd_lab.cli import build_parser
-    from opd_lab.handoff import HandoffSettings
+    from opd_lab.studies.handoff import HandoffSettings
 
     with pytest.raises(ValueError):
         HandoffSettings(scenario="baseline", sizes=(64,))
@@ -84,7 +84,7 @@ def test_handoff_settings_and_cli_flag():
 
 
 def test_the_claims_row_of_a_handoff_report_judges_its_ratio():
-    from opd_lab.claims import claim_rows, handoff_row
+    from opd_lab.studies.claims import claim_rows, handoff_row
 
     stage1 = {64: _rows({0: 0.4, 10: 0.6}, 1.0, 0.0), 128: _rows({0: 0.4, 10: 0.7}, 1.0, 0.0),
               256: _rows({0: 0.4, 10: 0.705}, 1.0, 0.0)}
@@ -113,7 +113,7 @@ def test_the_claims_row_of_a_handoff_report_judges_its_ratio():
 def test_a_report_folder_is_recomputed_from_its_runs(tmp_path):
     import json
 
-    from opd_lab.handoff import refresh_handoff
+    from opd_lab.studies.handoff import refresh_handoff
 
     runs = {"s64": ({"method": "sft", "prompt_pool": 64}, _rows({0: 0.4, 10: 0.6}, 1.0, 0.0)),
             "s128": ({"method": "sft", "prompt_pool": 128}, _rows({0: 0.4, 10: 0.7}, 1.0, 0.0)),

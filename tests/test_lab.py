@@ -69,7 +69,7 @@ def test_recipe_for_task_applies_the_task_adjustments_then_the_changes():
 
 def test_one_naming_rule_for_labs():
     from opd_lab.lab import is_lab_name
-    from opd_lab.scenarios import SCENARIOS
+    from opd_lab.studies.scenarios import SCENARIOS
 
     for scenario in SCENARIOS.values():  # every name the CLI can make is a lab name
         assert is_lab_name(scenario.recipe().lab_name) and is_lab_name(scenario.recipe(quick=True).lab_name)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from opd_lab import experiment, files, launcher, ownership, run_batch, run_folder, runs
+from opd_lab import files, launcher, ownership, run_batch, run_folder, runs
+from opd_lab.studies import background, comparison_report
 from opd_lab.config import RunConfig
 from opd_lab.run_folder import load_status
 from waiting import wait_for
@@ -29,19 +30,19 @@ def _state_letter(pid: int) -> str:
 
 
 def test_a_finished_comparison_reads_finished_while_its_pid_is_a_zombie_or_reused(home):
-    record = experiment.reports_dir() / experiment.COMPARE_PROCESS_FILE
+    record = comparison_report.reports_dir() / background.COMPARE_PROCESS_FILE
     started, process = launcher.start(["runs"], log=home / "quick.log", reap=False)  # exits at once, unreaped
     launcher.record(record, started, user="ana")
     assert wait_for(lambda: _state_letter(started.pid) == "Z", timeout=60, interval=0.1)
     assert os.path.exists(f"/proc/{started.pid}")  # the pid still answers os.kill(pid, 0)
-    assert not started.alive() and not experiment.compare_running()
+    assert not started.alive() and not background.compare_running()
     process.wait()
 
     # A pid given to another process since: this test's own pid, with another start time.
     launcher.record(record, launcher.Launched(os.getpid(), ownership.process_start_time(os.getpid()) - 1))
-    assert not experiment.compare_running()
+    assert not background.compare_running()
     launcher.record(record, launcher.Launched(os.getpid(), ownership.process_start_time(os.getpid())))
-    assert experiment.compare_running()  # the very process recorded: running
+    assert background.compare_running()  # the very process recorded: running
 
 
 def test_the_launcher_gives_children_the_data_dir_and_reaps_them(home):
@@ -99,7 +100,7 @@ def test_a_comparison_at_the_run_limit_waits_in_line(home, monkeypatch):
 def _training_pids(home: Path) -> list[int]:
     """Training processes of runs in `home` still alive (by pid and start time)."""
     alive = []
-    for folder in list((home / "runs").glob("*")) + list(home.glob("report/runs/*")):
+    for folder in (home / "runs").glob("*"):
         status = load_status(folder) if (folder / "status.json").exists() else {}
         if status.get("pid") and ownership.process_alive(status["pid"], status.get("pid_started")):
             alive.append(status["pid"])
@@ -149,11 +150,12 @@ def test_a_signalled_comparison_stops_its_runs_and_reports_what_finished(home, h
     assert compare.returncode == (143 if how == "SIGTERM" else 130), stderr
     assert "Traceback" not in stderr
 
-    stopped = files.read_json(out / experiment.STOPPED_FILE)
+    stopped = files.read_json(out / comparison_report.STOPPED_FILE)
     assert stopped["stopped"] == how.replace("SIGINT", "Ctrl-C")
     reported = {row["run"] for row in stopped["finished"]}
     assert finished_before <= reported  # every run finished before the signal is in the report
-    assert all((out / "runs" / name).is_dir() for name in reported)
+    assert all(Path(row["path"]).is_dir() and Path(row["path"]).parent == runs.runs_dir()
+               for row in stopped["finished"])  # the runs stay in the runs folder, their paths recorded
     for folder in training:  # a run training at the signal: finished in time, or stopped with a checkpoint
         if folder.name not in reported:
             assert load_status(folder)["state"] == "stopped"
@@ -161,3 +163,15 @@ def test_a_signalled_comparison_stops_its_runs_and_reports_what_finished(home, h
     accounted = len(reported) + len(stopped["unfinished"]) + stopped["never_started"]
     assert accounted in (6, 6 + 3)  # the quick sweep (3 methods x 2 rates), then one seed per method
     assert len(reported) < accounted
+    if how == "SIGTERM":  # rerun with the same --out: it goes on by stage, and trains only what had not finished
+        from opd_lab.studies.comparison import CompareSettings, run_compare
+
+        finished = [f for f in run_folder.run_folders() if runs.status_of(f).get("state") == "finished"]
+        before = set(run_folder.run_folders())
+        run_compare(CompareSettings(scenario="baseline", quick=True, seeds=1), out=out, progress_print=lambda *_: None)
+        trained = [f for f in run_folder.run_folders() if f not in before]
+        assert len(trained) == 9 - len(finished)  # the 6 sweep runs and 3 reported runs, less those already done
+        assert {run_folder.load_config(f)["name"] for f in trained}.isdisjoint(
+            run_folder.load_config(f)["name"] for f in finished)
+        data = files.read_json(out / comparison_report.REPORT_FILE)
+        assert data["verdict"]["sentence"] and not (out / comparison_report.STOPPED_FILE).exists()

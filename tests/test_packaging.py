@@ -59,15 +59,19 @@ def installed(tmp_path_factory):
 def test_the_wheel_ships_the_measured_results(installed):
     python, _, env, root = installed
     code = ("import opd_lab, app, json; from app.report_panel import report_names, show_report; "
+            "from opd_lab.studies.recipes import RECIPES, load_recipe; "
             "names = report_names(); text, figure, table = show_report('measured: baseline'); "
-            "print(json.dumps({'file': opd_lab.__file__, 'app': app.__file__, 'names': names, 'text': text, 'rows': len(table)}))")
+            "recipes = [str(load_recipe(name, 'cpu').path) for name in RECIPES]; "
+            "print(json.dumps({'file': opd_lab.__file__, 'app': app.__file__, 'names': names, 'text': text, "
+            "'rows': len(table), 'recipes': recipes}))")
     found = subprocess.run([str(python), "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr[-3000:]
     data = json.loads(found.stdout.strip().splitlines()[-1])
-    for module in (data["file"], data["app"]):  # the installed copies, not a checkout's
+    for module in (data["file"], data["app"], *data["recipes"]):  # the installed copies, not a checkout's
         assert module.startswith(str(root / "venv")), module
     assert {"measured: baseline", "measured: weak-teacher", "measured: no-foundation"} <= set(data["names"])
     assert data["text"].startswith("### Verdict") and data["rows"] > 0
+    assert len(data["recipes"]) == 2  # the recipe files are package data of opd_lab.studies
 
 
 def test_the_installed_app_serves_the_measured_reports(installed):

@@ -11,7 +11,7 @@ from opd_lab.cli import main
 from opd_lab.lab import LabRecipe, build_lab
 from opd_lab.models import LabModelSize, ModelLoadError, check_pair_compatible
 from opd_lab.pair_check import (FOUNDATION_FLOOR, PairMeasurements, judge, measure_pair, teacher_top_k_hits)
-from opd_lab.scenarios import get_scenario
+from opd_lab.studies.scenarios import get_scenario
 from opd_lab.tokenizer import build_char_tokenizer
 
 HEALTHY = PairMeasurements("t", "s", "addition", problems=50, top_k=5, student_pass_rate=0.5,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from opd_lab.config import ConfigError
-from opd_lab.recipes import RECIPES, Recipe, RecipeState, load_recipe
+from opd_lab.studies.recipes import RECIPES, Recipe, load_recipe, open_recipe
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -43,26 +43,26 @@ def test_bad_recipes_and_settings_are_refused_with_the_file(tmp_path):
 
 def test_a_recipe_folder_skips_finished_stages(tmp_path):
     recipe = load_recipe("prune-distill", "quick")
-    state = RecipeState.open(recipe, tmp_path / "r")
+    state = open_recipe(recipe, tmp_path / "r")
     calls = []
     first = state.run_stage("prune", lambda: calls.append(1) or {"model": "m"}, progress_print=lambda *_: None)
     assert first["model"] == "m" and "seconds" in first
-    saved = json.loads((tmp_path / "r" / "recipe.json").read_text())
+    saved = json.loads((tmp_path / "r" / "study.json").read_text())
     assert saved["stages"]["prune"]["model"] == "m"
-    again = RecipeState.open(recipe, tmp_path / "r")  # a rerun with --out
+    again = open_recipe(recipe, tmp_path / "r")  # a rerun with --out
     assert again.run_stage("prune", lambda: calls.append(2) or {"model": "other"},
                            progress_print=lambda *_: None)["model"] == "m"
     assert calls == [1]
-    with pytest.raises(ConfigError, match="pick another --out"):
-        RecipeState.open(load_recipe("continual-learning", "quick"), tmp_path / "r")
+    with pytest.raises(ConfigError, match="pick another folder"):
+        open_recipe(load_recipe("continual-learning", "quick"), tmp_path / "r")
 
 
 def test_continual_learning_recipe_end_to_end_and_resumed(smollm2_cached, tmp_path):
-    from opd_lab.recipes import run_recipe
+    from opd_lab.studies.recipes import run_recipe
     from opd_lab.run_folder import load_config, run_folders
 
     folder = run_recipe("continual-learning", "quick", out=tmp_path / "cl", progress_print=lambda *_: None)
-    data = json.loads((folder / "recipe.json").read_text())
+    data = json.loads((folder / "study.json").read_text())
     assert set(data["stages"]) == {"before", "finetune", "recover", "mix", "kl_to_original"} and data["finished"]
     drift = data["stages"]["kl_to_original"]["models"]
     assert set(drift) == {"finetune", "recover", "mix"} and all(m["kl"] >= 0 and m["tokens"] > 0 for m in drift.values())
@@ -75,7 +75,7 @@ def test_continual_learning_recipe_end_to_end_and_resumed(smollm2_cached, tmp_pa
     assert recover["student"] == data["stages"]["finetune"]["model"]  # the fine-tuned model learns from its old self
     mix_rows = [json.loads(line) for line in (folder / "mixture.jsonl").read_text().splitlines()]
     assert len(mix_rows) == 8 and sum(r["answer"] == "" for r in mix_rows) == data["stages"]["mix"]["mixture"]["old_rows"]
-    table = (folder / "recipe.md").read_text()
+    table = (folder / "study.md").read_text()
     assert table.count("\n| ") == 5  # the header and four stages
     runs_before = len(run_folders())
     run_recipe("continual-learning", "quick", out=folder, progress_print=lambda *_: None)  # finished: nothing reruns
@@ -84,16 +84,16 @@ def test_continual_learning_recipe_end_to_end_and_resumed(smollm2_cached, tmp_pa
 
 def test_prune_distill_recipe_end_to_end(smollm2_cached, tmp_path):
     from opd_lab.models import load_model
-    from opd_lab.recipes import run_recipe
+    from opd_lab.studies.recipes import run_recipe
 
     folder = run_recipe("prune-distill", "quick", out=tmp_path / "pd", progress_print=lambda *_: None)
-    data = json.loads((folder / "recipe.json").read_text())
+    data = json.loads((folder / "study.json").read_text())
     pruned = data["stages"]["prune"]
     assert len(pruned["dropped"]) == 2 and pruned["parameters_after"] < pruned["parameters"]
     model, _ = load_model(pruned["model"])
     assert model.config.num_hidden_layers == pruned["layers"] - 2
     assert set(data["summaries"]) == {"rl", "sft", "opd"}
-    assert data["verdict"]["sentence"] in (folder / "recipe.md").read_text()
+    assert data["verdict"]["sentence"] in (folder / "study.md").read_text()
     assert set(data["stages"]["kl_to_teacher"]["models"]) == {"student", "rl", "sft", "opd"}
 
 
@@ -102,18 +102,18 @@ def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, mo
 
     from app import recipe_panel
     from opd_lab import ownership
-    from opd_lab.recipes.background import PROCESS_FILE, describe, recipes_dir
+    from opd_lab.studies.background import PROCESS_FILE, describe, recipes_dir
 
     monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
     assert recipe_panel.recipes_table() == "No recipe started yet."
     done = recipes_dir() / "prune-distill-cpu-1"
     done.mkdir(parents=True)
-    (done / "recipe.json").write_text(json.dumps({"recipe": "prune-distill", "setting": "cpu", "finished": "now",
+    (done / "study.json").write_text(json.dumps({"recipe": "prune-distill", "setting": "cpu", "finished": "now",
                                                   "stages": {"prune": {}, "reference": {}}}))
-    (done / "recipe.md").write_text("# Recipe prune-distill (cpu)\n\n**Verdict.** OPD won.\n")
+    (done / "study.md").write_text("# Recipe prune-distill (cpu)\n\n**Verdict.** OPD won.\n")
     live = recipes_dir() / "continual-learning-cpu-2"
     live.mkdir()
-    (live / "recipe.json").write_text(json.dumps({"recipe": "continual-learning", "setting": "cpu",
+    (live / "study.json").write_text(json.dumps({"recipe": "continual-learning", "setting": "cpu",
                                                   "stages": {"before": {}}}))
     (live / PROCESS_FILE).write_text(json.dumps({"pid": os.getpid(), "started": ownership.process_start_time(os.getpid())}))
     assert describe(live)["state"] == "running" and describe(done)["state"] == "finished"
@@ -131,7 +131,7 @@ def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, mo
 def test_the_claims_row_of_the_committed_smollm2_recipe_is_computed_from_its_numbers():
     import copy
 
-    from opd_lab.claims import smollm2_continual_row
+    from opd_lab.studies.claims import smollm2_continual_row
     from opd_lab.paths import MEASURED_RESULTS_DIR
 
     data = json.loads((MEASURED_RESULTS_DIR / "recipes" / "smollm2-continual-learning.json").read_text())

@@ -4,7 +4,7 @@ and the report holds each skill's accuracy over steps and FLOPs with a verdict."
 import pytest
 
 from opd_lab.run_folder import load_config, load_metrics
-from opd_lab.two_experts import ARMS, TwoExpertsSettings, run_two_experts, verdict
+from opd_lab.studies.two_experts import ARMS, TwoExpertsSettings, run_two_experts, verdict
 
 QUICK = TwoExpertsSettings(steps=2, batch_size=8, eval_every=1, eval_count=8, sampled_eval_count=4,
                            student_examples=16, student_steps=3, quick=True)
@@ -56,7 +56,7 @@ def test_the_verdict_holds_only_when_sequential_training_forgot_and_opd_kept_bot
 
 
 def test_a_two_experts_report_becomes_its_claims_row():
-    from opd_lab.claims import claim_rows
+    from opd_lab.studies.claims import claim_rows
 
     final = {arm: {"step": 4, "flops": 1e9, "addition": 0.9, "sorting": 0.8} for arm in ARMS}
     data = {"settings": {"eval_count": 100, "steps": 4},

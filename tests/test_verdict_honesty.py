@@ -2,7 +2,7 @@
 
 Synthetic runs (accuracy curves and FLOPs made up, no model) go through the same code
 as `opd-lab compare` and the Compare tab: `report.summarize_arm` and `report.verdict`,
-or `run_comparison.compare_runs` over run folders.
+or `report.compare_runs` over run folders.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from opd_lab import report
-from opd_lab.run_comparison import compare_runs, run_labels
+from opd_lab.report import compare_runs, run_labels
 from synthetic_runs import make_run
 
 BASE, TEACHER = 0.5, 0.9  # 50% of the gap: 0.7; 80%: 0.82; 95%: 0.88

@@ -34,8 +34,9 @@ def free_port() -> int:
 
 def _quick_report(home: Path) -> Path:
     """A report folder as `opd-lab compare --scenario baseline --quick` writes it, over synthetic runs."""
-    from opd_lab.experiment import CompareSettings, build_report, write_report
-    from opd_lab.scenarios import get_scenario
+    from opd_lab.studies.comparison import CompareSettings, build_report
+    from opd_lab.studies.comparison_report import write_report
+    from opd_lab.studies.scenarios import get_scenario
 
     folder = home / "reports" / "baseline-quick"
     runs = {}
@@ -56,7 +57,7 @@ def workshop_home(trained_lab_home, tmp_path_factory):
     `weak-teacher` labs (tiny models under the names the CLI gives), a quick compare report,
     and a lab folder a killed copy left without its summary."""
     from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab
-    from opd_lab.scenarios import get_scenario
+    from opd_lab.studies.scenarios import get_scenario
 
     home = tmp_path_factory.mktemp("workshop-home")
     trained, _ = trained_lab_home

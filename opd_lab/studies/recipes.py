@@ -7,8 +7,9 @@
 A recipe file (YAML) names the recipe and gives one block of settings per machine
 (`cpu`, `gpu`, and `quick` for tests). Each stage that trains is an ordinary run
 (`RunConfig` fields), so its folder opens in the app's Runs, Compare and Inspect tabs
-like any lab run. The recipe's own folder (`<data dir>/recipes/<name>-<setting>-<time>/`)
-holds `recipe.json`, written after every stage, and `recipe.md`, the table of results.
+like any lab run. The recipe's own folder (`<data dir>/recipes/<name>-<setting>-<time>/`) is a study
+folder (`opd_lab.studies.stages`): `study.json`, written after every stage, and
+`study.md`, the table of results.
 Rerunning with `--out FOLDER` skips the stages that folder already finished, so an
 interrupted recipe loses at most its current stage.
 
@@ -16,27 +17,27 @@ The recipes (shipped in this folder):
 
 - `continual-learning`: fine-tune SmolLM2-135M-Instruct on a fictional company's
   documents, measure what it forgets of instruction following, and recover it by OPD
-  with the original model as teacher (`opd_lab.recipes.continual_learning`);
+  with the original model as teacher (`opd_lab.studies.continual`, which also holds
+  its lab setting);
 - `prune-distill`: drop a block of layers, then recover by OPD from the full model,
-  against SFT on the teacher's answers and RL on the checks (`opd_lab.recipes.prune_distill`).
+  against SFT on the teacher's answers and RL on the checks (`opd_lab.studies.prune_distill`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from opd_lab.config import ConfigError, RunConfig
 from opd_lab.paths import data_dir
-from opd_lab.files import read_json, write_json_atomic, write_text_atomic
+from opd_lab.studies.stages import StudyState
 
 RECIPE_DIR = Path(__file__).parent
 RECIPES = ("continual-learning", "prune-distill")
 SETTINGS = ("auto", "cpu", "gpu", "quick")
-STATE_FILE = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -111,79 +112,34 @@ def load_recipe(name_or_path: str, setting: str = "auto") -> Recipe:
                   description=str(data.get("description", "")).strip())
 
 
-@dataclass
-class RecipeState:
-    """What a recipe has done so far, saved after every stage (`recipe.json`)."""
+def recipes_dir() -> Path:
+    """Where recipe folders go by default: `<data dir>/recipes/`."""
+    return data_dir() / "recipes"
 
-    folder: Path
-    data: dict = field(default_factory=dict)
 
-    @classmethod
-    def open(cls, recipe: Recipe, out: str | Path | None) -> "RecipeState":
-        """The state in `out` (to go on with a recipe) or in a new folder."""
-        if out is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = data_dir() / "recipes" / f"{recipe.name}-{recipe.setting}-{stamp}"
-        folder = Path(out).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        data = read_json(folder / STATE_FILE) or {}
-        if data and (data.get("recipe"), data.get("setting")) != (recipe.name, recipe.setting):
-            raise ConfigError(f"{folder} holds the recipe {data.get('recipe')!r} ({data.get('setting')}), "
-                              f"not {recipe.name!r} ({recipe.setting}): pick another --out")
-        data.update(recipe=recipe.name, setting=recipe.setting, file=str(recipe.path), settings=recipe.values)
-        data.setdefault("stages", {})
-        data.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
-        state = cls(folder, data)
-        state.save()
-        return state
+def new_recipe_folder(recipe: Recipe) -> Path:
+    """A fresh folder for `recipe`: `<data dir>/recipes/<name>-<setting>-<time>`."""
+    return recipes_dir() / f"{recipe.name}-{recipe.setting}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    def done(self, stage: str) -> dict | None:
-        return self.data["stages"].get(stage)
 
-    def record(self, stage: str, result: dict) -> dict:
-        self.data["stages"][stage] = result
-        self.save()
-        return result
+def open_recipe(recipe: Recipe, out: str | Path | None = None) -> StudyState:
+    """The recipe's study folder `out` (to go on with it) or a new one.
 
-    def save(self) -> None:
-        write_json_atomic(self.folder / STATE_FILE, self.data)
-
-    def run_stage(self, name: str, work, progress_print=print) -> dict:
-        """The result of stage `name`: `work()`'s dict, timed and saved, unless this
-        folder already finished that stage (then its saved result)."""
-        found = self.done(name)
-        if found is not None:
-            progress_print(f"stage {name}: already done in {self.folder.name}")
-            return found
-        progress_print(f"stage {name} ...")
-        started = time.time()
-        result = work()
-        result["seconds"] = round(time.time() - started, 1)
-        return self.record(name, result)
-
-    def finish(self, markdown: str, progress_print=print) -> Path:
-        """Mark the recipe finished and write `recipe.md`."""
-        self.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.save()
-        path = self.write_markdown(markdown)
-        progress_print(f"results: {path}")
-        return path
-
-    def write_markdown(self, text: str) -> Path:
-        path = self.folder / "recipe.md"
-        write_text_atomic(path, text)
-        return path
+    Raises:
+        ConfigError: `out` holds another recipe or setting.
+    """
+    return StudyState.open(out if out is not None else new_recipe_folder(recipe), study=recipe.name,
+                           setting=recipe.setting, recipe=recipe.name, file=str(recipe.path),
+                           settings=recipe.values)
 
 
 def run_recipe(name_or_path: str, setting: str = "auto", out: str | Path | None = None,
                progress_print=print) -> Path:
     """Run a recipe end to end (or finish one in `out`); returns its folder."""
+    from opd_lab.studies import study
+
     recipe = load_recipe(name_or_path, setting)
-    state = RecipeState.open(recipe, out)
+    state = open_recipe(recipe, out)
     progress_print(f"recipe {recipe.name} ({recipe.setting}) in {state.folder}")
-    if recipe.name == "continual-learning":
-        from opd_lab.recipes.continual_learning import run
-    else:
-        from opd_lab.recipes.prune_distill import run
-    run(recipe, state, progress_print)
+    study(recipe.name).load()(recipe, state, progress_print)
     return state.folder

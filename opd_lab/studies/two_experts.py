@@ -49,6 +49,7 @@ from opd_lab.models import build_lab_model, load_model
 from opd_lab.paths import data_dir, lab_dir
 from opd_lab.files import write_json_atomic, write_text_atomic
 from opd_lab.run_folder import load_metrics, task_metric
+from opd_lab.studies.stages import StudyState
 from opd_lab.tasks import get_task
 from opd_lab.tokenizer import build_char_tokenizer
 from opd_lab.train import train
@@ -232,27 +233,41 @@ def curves_figure(result: dict, x: str = "step"):
     return figure
 
 
-def run_two_experts(settings: TwoExpertsSettings, progress_print=print) -> dict:
-    """Build the scenario, run every arm, write the report; returns the report's dict."""
-    started = time.perf_counter()
-    student_summary = build_student(settings, progress_print)
-    folder = data_dir() / "reports" / settings.lab_name
-    folder.mkdir(parents=True, exist_ok=True)
-    curves, sampled, runs = {}, {}, {}
-    for arm, configs in settings.arm_configs(f"lab:{settings.lab_name}").items():
+def run_two_experts(settings: TwoExpertsSettings, out: str | Path | None = None, progress_print=print) -> dict:
+    """Build the scenario, run every arm, write the report; returns the report's dict
+    (with `folder`, the study folder: default `<data dir>/reports/<lab name>-<time>`).
+
+    Stages (`opd_lab.studies.stages`): `student`, then one per arm; rerun on the same
+    folder, the study skips the stages it finished.
+    """
+    folder = Path(out) if out else data_dir() / "reports" / f"{settings.lab_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    state = StudyState.open(folder, study="two-experts", setting=settings.lab_name,
+                            settings=dataclasses.asdict(settings))
+    student_summary = state.run_stage("student", lambda: {"summary": build_student(settings, progress_print)},
+                                      progress_print)["summary"]
+
+    def run_arm(configs: list[RunConfig]) -> dict:
         run_dirs, student = [], None
         for config in configs:
             config = config.with_overrides(student=student) if student else config
-            progress_print(f"{arm}: {config.name}")
+            progress_print(f"{config.name}")
             run_dirs.append(train(config, progress=False))
             student = str(checkpoints.latest(run_dirs[-1]))
-        curves[arm], runs[arm] = arm_curve(run_dirs), [str(path) for path in run_dirs]
         model, tokenizer = load_model(student)
-        sampled[arm] = {task: evaluate(model, tokenizer, get_task(task), count=settings.sampled_eval_count,
-                                       samples_per_problem=1, seed=settings.seed).sampled_accuracy for task in TASKS}
+        return {"curve": arm_curve(run_dirs), "runs": [str(path) for path in run_dirs],
+                "sampled": {task: evaluate(model, tokenizer, get_task(task), count=settings.sampled_eval_count,
+                                           samples_per_problem=1, seed=settings.seed).sampled_accuracy
+                            for task in TASKS}}
+
+    arms = {arm: state.run_stage(arm, lambda configs=configs: run_arm(configs), progress_print)
+            for arm, configs in settings.arm_configs(f"lab:{settings.lab_name}").items()}
+    curves = {arm: found["curve"] for arm, found in arms.items()}
+    sampled = {arm: found["sampled"] for arm, found in arms.items()}
+    runs = {arm: found["runs"] for arm, found in arms.items()}
     result = {"settings": dataclasses.asdict(settings), "student": student_summary, "curves": curves, "runs": runs,
-              "verdict": verdict(curves, sampled), "seconds": round(time.perf_counter() - started, 1)}
+              "verdict": verdict(curves, sampled), "seconds": round(state.elapsed(), 1)}
     write_json_atomic(folder / "report.json", result)
     write_text_atomic(folder / "report.md", report_markdown(result))
+    state.finish()
     progress_print(report_markdown(result))
-    return result
+    return {**result, "folder": str(folder)}

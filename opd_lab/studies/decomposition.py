@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from opd_lab import report
-from opd_lab.compare import arm_overrides
+from opd_lab.studies.arms import arm_overrides
 from opd_lab.config import RunConfig
 
 DECOMPOSITION_FRACTIONS = (0.5, 0.8)

@@ -256,7 +256,7 @@ class HandoffSettings:
     workers: int = 2
 
     def __post_init__(self):
-        from opd_lab.scenarios import get_scenario
+        from opd_lab.studies.scenarios import get_scenario
 
         get_scenario(self.scenario)
         if self.seeds < 1 or self.workers < 1 or len(self.sizes) < 2:
@@ -297,32 +297,46 @@ def refresh_handoff(folder) -> dict:
 
 
 def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
-    """Build the lab, run both stages, write `handoff.json` and `handoff.md` in the report folder."""
+    """Build the lab, run both stages, write `handoff.json` and `handoff.md` in the report folder.
+
+    The folder is a study folder (`opd_lab.studies.stages`) with the stages `lab`,
+    `stage1` and `stage2`; rerun on the same folder, the study skips the finished ones.
+    The runs stay in the runs folder; `handoff.json` records their paths.
+    """
     import dataclasses
-    import shutil
     import time
     from pathlib import Path
 
     from opd_lab import checkpoints
-    from opd_lab.compare import arm_overrides
+    from opd_lab.studies.arms import arm_overrides
     from opd_lab.config import RunConfig
-    from opd_lab.experiment import QUICK, reference_accuracies, reports_dir
+    from opd_lab.studies.comparison import QUICK, reference_accuracies
+    from opd_lab.studies.comparison_report import reports_dir
     from opd_lab.run_batch import train_batch
     from opd_lab.lab import build_lab
     from opd_lab.run_folder import load_metrics, write_json_atomic
-    from opd_lab.scenarios import get_scenario
+    from opd_lab.studies.scenarios import get_scenario
+    from opd_lab.studies.stages import StudyState
 
-    started = time.time()
     scenario = get_scenario(settings.scenario)
     budget = dataclasses.replace(scenario, **QUICK) if settings.quick else scenario
     sizes = QUICK_SIZES if settings.quick else settings.sizes
     recipe = scenario.recipe(quick=settings.quick)
-    lab = build_lab(recipe, progress_print=progress_print)
-    teacher = reference_accuracies(recipe.lab_name, recipe.task, budget.eval_count)["teacher"]
     rates = _chosen_rates(settings.scenario)
     label = settings.scenario + ("-quick" if settings.quick else "")
     out = Path(out) if out else reports_dir() / f"handoff-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    state = StudyState.open(out, study="handoff", setting=label, settings=dataclasses.asdict(settings))
+    measured = state.run_stage("lab", lambda: {
+        "lab": build_lab(recipe, progress_print=progress_print),
+        "teacher": reference_accuracies(recipe.lab_name, recipe.task, budget.eval_count)["teacher"]}, progress_print)
+    lab, teacher = measured["lab"], measured["teacher"]
+
+    def trained(stage: str, configs: list[RunConfig], description: str) -> list[Path]:
+        """The run folders of `stage`: trained now, or those an earlier pass of this study recorded."""
+        found = state.run_stage(stage, lambda: {"runs": [str(path) for path in train_batch(
+            configs, settings.workers, description, progress_print)]}, progress_print)
+        return [Path(path) for path in found["runs"]]
+
     common = dict(task=recipe.task, teacher=f"lab:{recipe.lab_name}", eval_every=budget.eval_every,
                   eval_count=budget.eval_count, finetune="full", **scenario.run_changes)
 
@@ -333,7 +347,7 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
                                          settings.stage1_epochs * size // budget.batch_size)),
         eval_samples=0, checkpoint_every=budget.eval_every, keep_checkpoints=1,
         **{**arm_overrides("sft", budget.batch_size, size), **common}) for size in sizes]
-    stage1_dirs = train_batch(stage1_configs, settings.workers, "handoff stage 1", progress_print)
+    stage1_dirs = trained("stage1", stage1_configs, "handoff stage 1")
     stage1 = {size: load_metrics(d) for size, d in zip(sizes, stage1_dirs)}
     preview = handoff_report(stage1, {}, teacher, settings.min_gain)
     n_star = preview["n_star"]
@@ -349,18 +363,16 @@ def run_handoff(settings: HandoffSettings, out=None, progress_print=print):
         stop_at_accuracy=preview["target"], checkpoint_every=budget.steps,
         **{**arm_overrides(arm, budget.batch_size, n_star if arm == "opd" else 0), **common})
         for arm in HANDOFF_ARMS for seed in range(settings.seeds)]
-    stage2_dirs = train_batch(stage2_configs, settings.workers, "handoff stage 2", progress_print)
+    stage2_dirs = trained("stage2", stage2_configs, "handoff stage 2")
     stage2 = {arm: [load_metrics(d) for c, d in zip(stage2_configs, stage2_dirs) if c.method == arm]
               for arm in HANDOFF_ARMS}
 
     data = handoff_report(stage1, stage2, teacher, settings.min_gain)
-    runs = out / "runs"
-    runs.mkdir(exist_ok=True)
-    for run_dir in stage1_dirs + stage2_dirs:
-        shutil.move(str(run_dir), runs / run_dir.name)
-    data.update({"protocol": "handoff", "scenario": settings.scenario, "quick": settings.quick, "settings": dataclasses.asdict(settings),
-                 "learning_rates": rates, "lab": lab, "seconds": round(time.time() - started, 1),
-                 "runs": {"stage1": [d.name for d in stage1_dirs], "stage2": [d.name for d in stage2_dirs]}})
+    data.update({"protocol": "handoff", "scenario": settings.scenario, "quick": settings.quick,
+                 "settings": dataclasses.asdict(settings), "learning_rates": rates, "lab": lab,
+                 "seconds": round(state.elapsed(), 1),
+                 "runs": {"stage1": [str(d) for d in stage1_dirs], "stage2": [str(d) for d in stage2_dirs]}})
     write_json_atomic(out / "handoff.json", data)
     (out / "handoff.md").write_text(handoff_markdown(data, settings.scenario))
+    state.finish()
     return out

@@ -1,7 +1,7 @@
 """Recipe `prune-distill`: drop a block of layers from a chat model, then recover it by
 OPD from the full model, against SFT on the teacher's answers and RL on the checks.
 
-Stages (each saved in `recipe.json` when it ends):
+Stages (each saved in the folder's `study.json` when it ends):
 
 1. `prune`: choose the block of `drop_layers` consecutive layers whose input and output
    hidden states are the most alike on a few instruction prompts (`opd_lab.prune`),
@@ -9,7 +9,7 @@ Stages (each saved in `recipe.json` when it ends):
 2. `reference`: the full model's (the teacher's) and the pruned student's held-out
    instruction following, the two ends of the gap;
 3. `rl`, `sft`, `opd`: one run each from the pruned student, with the same sequences
-   per step, steps, learning rate, seed and evaluation (`opd_lab.compare.arm_overrides`);
+   per step, steps, learning rate, seed and evaluation (`opd_lab.studies.arms.arm_overrides`);
 4. `kl_to_teacher`: each model's exact per-token reverse KL to the teacher on its own
    samples of the held-out prompts (`pair_check.student_sample_stats`), a continuous
    measure of how close it came to the teacher: a 135M model passes few instruction
@@ -23,12 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from opd_lab import report
-from opd_lab.compare import arm_overrides
+from opd_lab.studies.arms import arm_overrides
 from opd_lab.models import load_model
 from opd_lab.paths import data_dir
 from opd_lab.prune import choose_block, drop_layers, layers_to_keep, save_pruned
-from opd_lab.recipes import Recipe, RecipeState
-from opd_lab.recipes.scoring import kl_to_reference, last_step, score
+from opd_lab.studies.recipes import Recipe
+from opd_lab.studies.stages import StudyState
+from opd_lab.studies.scoring import kl_to_reference, last_step, score
 from opd_lab.run_folder import load_metrics
 from opd_lab.tasks import get_task
 from opd_lab.train import train
@@ -54,8 +55,8 @@ def prune(original: str, drop: int, probe_prompts: int, folder: Path) -> dict:
             "parameters": parameters, "parameters_after": sum(p.numel() for p in model.parameters())}
 
 
-def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
-    """All stages; returns the recipe's data (also in `recipe.json` and `recipe.md`)."""
+def run(recipe: Recipe, state: StudyState, progress_print=print) -> dict:
+    """All stages; returns the recipe's data (also in `study.json` and `study.md`)."""
     original = str(recipe.number("model"))
     cap = int(recipe.values.get("eval_max_new_tokens", 0))
     drop = int(recipe.number("drop_layers"))
@@ -95,7 +96,7 @@ def run(recipe: Recipe, state: RecipeState, progress_print=print) -> dict:
 
 
 def markdown(data: dict) -> str:
-    """`recipe.md`: the pruned model, the gap, each method's result and the verdict."""
+    """`study.md`: the pruned model, the gap, each method's result and the verdict."""
     stages, settings = data["stages"], data["settings"]
     pruned, reference = stages["prune"], stages["reference"]
     lines = [f"# Recipe prune-distill ({data['setting']})", "",
