@@ -18,6 +18,7 @@ from app.users import refusal, user_of
 from opd_lab import report
 from opd_lab.studies import background, comparison_report
 from opd_lab.studies.claims import ROOT
+from opd_lab.studies.handoff import handoff_markdown
 from opd_lab.plots import seed_band_figure
 from opd_lab.studies.scenarios import SCENARIOS
 
@@ -28,29 +29,53 @@ NO_REPORT = ("No comparison report yet. Start one below (the quick one takes abo
 def report_names() -> list[str]:
     """Local report folders (newest first), then the reports measured for the repository's claims table."""
     return ([folder.name for folder in comparison_report.list_reports()]
+            + [folder.name for folder in comparison_report.list_handoff_reports()]
             + [comparison_report.MEASURED_PREFIX + name for name in comparison_report.committed_reports()])
+
+
+def _find(name: str) -> tuple[dict, bool]:
+    """(the report's data, whether it is a measured one shipped with the package) of the report called `name`."""
+    committed = comparison_report.committed_reports()
+    if name.startswith(comparison_report.MEASURED_PREFIX) and name[len(comparison_report.MEASURED_PREFIX):] in committed:
+        return json.loads(committed[name[len(comparison_report.MEASURED_PREFIX):]].read_text()), True
+    for folder in comparison_report.list_handoff_reports():
+        if folder.name == name:
+            return json.loads((folder / "handoff.json").read_text()), False
+    return comparison_report.load_report(comparison_report.report_path(name)), False
+
+
+def handoff_view(data: dict, measured: bool):
+    """(markdown, table) of a hand-off report: its stages, fit and ratios; the table is stage 1's points."""
+    text = (handoff_markdown(data, data.get("scenario", "?")).replace("\n## ", "\n#### ")
+            .replace("# opd-lab compare --protocol handoff", "### The hand-off from SFT's plateau (--protocol handoff)", 1))
+    if measured:
+        text += "\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped.*"
+    table = pd.DataFrame([{"N (teacher samples)": int(size), "best accuracy": f"{point['accuracy']:.1%}",
+                           "at step": point["step"], "training FLOPs": f"{point['flops_training']:.2e}"}
+                          for size, point in sorted(data["stage1"].items(), key=lambda item: int(item[0]))])
+    return text, table
 
 
 def show_report(name: str | None):
     """(verdict markdown, figure, table) of the report called `name`."""
     if not name:
         return NO_REPORT, None, pd.DataFrame()
-    committed = comparison_report.committed_reports()
     try:
-        if name.startswith(comparison_report.MEASURED_PREFIX) and name[len(comparison_report.MEASURED_PREFIX):] in committed:
-            folder = None
-            data = json.loads(committed[name[len(comparison_report.MEASURED_PREFIX):]].read_text())
-        else:
-            folder = comparison_report.report_path(name)
-            data = comparison_report.load_report(folder)
+        data, measured = _find(name)
     except (FileNotFoundError, ValueError) as error:
         return f"**Cannot show this report.** {error}", None, pd.DataFrame()
+    if "n_star" in data:
+        text, table = handoff_view(data, measured)
+        return text, None, table
+    folder = None if measured else comparison_report.report_path(name)
     sampled = comparison_report.sampled_lines(data)
+    rates = ", ".join(f"{arm} {lr:g}" for arm, lr in data["learning_rates"].items())
     text = (f"### Verdict (greedy accuracy)\n{data['verdict']['sentence']}\n\n"
             + ("\n".join(sampled) + "\n" if sampled else "") + f"*Scenario `{data['scenario']}`"
             f"{' (quick settings)' if data['quick'] else ''}: {data['condition']} Teacher "
-            f"{data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%}; each method's learning rate "
-            f"from the same sweep ({', '.join(f'{arm} {lr:g}' for arm, lr in data['learning_rates'].items())}).*")
+            f"{data['teacher_accuracy']:.1%}, base student {data['base_accuracy']:.1%}; "
+            + (f"a pilot, not a claim: {data['pilot']}.*" if data.get("pilot") else
+               f"each method's learning rate from the same sweep ({rates}).*"))
     text += f"\n\n*{report.GAP_DEFINITION}*"
     if folder is None:
         text += ("\n\n*Measured for the repository's claims table (docs/claims.md); its runs are not shipped, so "

@@ -209,6 +209,28 @@ def test_the_app_lists_the_measured_reports_without_runs(lab_home):
     assert report_panel.show_report(MEASURED_PREFIX + "../baseline")[0].startswith("**Cannot show")
 
 
+def test_the_app_shows_a_handoff_report_and_marks_a_pilot(lab_home):
+    from app import report_panel
+    from opd_lab.studies.comparison_report import MEASURED_PREFIX, committed_reports, reports_dir
+
+    measured = committed_reports()
+    # The seed's protocol, measured on the baseline: stage 1's points are the table.
+    handoff = json.loads(measured["handoff-baseline"].read_text())
+    text, figure, table = report_panel.show_report(MEASURED_PREFIX + "handoff-baseline")
+    assert text.startswith("### The hand-off from SFT's plateau") and f"N* = {handoff['n_star']}" in text and figure is None
+    assert list(table["N (teacher samples)"]) == sorted(int(n) for n in handoff["stage1"])
+    # A hand-off folder of this data dir is listed and shown the same way.
+    folder = reports_dir() / "handoff-synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "handoff.json").write_text(json.dumps({**handoff, "scenario": "noisy-teacher"}))
+    assert "handoff-synthetic" in report_panel.report_names()
+    assert "scenario `noisy-teacher`" in report_panel.show_report("handoff-synthetic")[0]
+    # A pilot (no sweep of its own) says so instead of claiming a sweep.
+    pilot = json.loads(measured["noisy-teacher"].read_text())
+    text = report_panel.show_report(MEASURED_PREFIX + "noisy-teacher")[0]
+    assert ("a pilot, not a claim: " + pilot["pilot"]) in text and "from the same sweep" not in text
+
+
 def test_the_sweep_picks_the_best_score_and_breaks_ties_by_the_kl_to_the_teacher():
     sweep = [{"arm": "sft", "learning_rate": 1e-4, "score": 0.7, "final_kl": 0.5},
              {"arm": "sft", "learning_rate": 3e-4, "score": 0.8, "final_kl": 0.9},

@@ -183,7 +183,18 @@ def committed_reports() -> dict[str, Path]:
     if not MEASURED_RESULTS_DIR.is_dir():
         return {}
     return {path.stem: path for path in sorted(MEASURED_RESULTS_DIR.glob("*.json"))
-            if {"verdict", "summaries"} <= set(json.loads(path.read_text()))}  # not two-experts (arms' curves)
+            if is_shown(json.loads(path.read_text()))}  # not two-experts (arms' curves)
+
+
+def is_shown(data: dict) -> bool:
+    """A report the Compare tab shows: a comparison's (a verdict over arms) or a hand-off's (an N*)."""
+    return {"verdict", "summaries"} <= set(data) or "n_star" in data
+
+
+def list_handoff_reports() -> list[Path]:
+    """Hand-off report folders (`opd-lab compare --protocol handoff`) under the data dir, newest first."""
+    return sorted((p for p in reports_dir().iterdir() if (p / "handoff.json").exists()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def measured_report(scenario: str) -> tuple[dict | None, str]:
