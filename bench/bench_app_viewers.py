@@ -38,7 +38,7 @@ from pathlib import Path
 
 SERVER = """
 import sys
-from app.main import build_app
+from opd_lab_app.main import build_app
 build_app().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
 """
 TARGET_P95_S, TARGET_CPU, TARGET_SPEED = 1.0, 0.25, 0.85

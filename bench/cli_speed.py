@@ -2,7 +2,7 @@
 
 A command that lists runs needs neither torch nor transformers, yet it used to import
 both first. This benchmark makes a data dir with 20 finished runs (synthetic folders,
-150 metrics rows each), then times whole fresh processes, `python -c "from app.cli
+150 metrics rows each), then times whole fresh processes, `python -c "from opd_lab_app.cli
 import main; main([...])"`, as a user's shell would start them: the `--base` revision's
 code (extracted with `git archive`) and this checkout's, strictly alternating, so that
 the shared machine's drift hits both alike. It prints each side's median and the ratio.
@@ -36,8 +36,11 @@ COMMANDS = {"runs": ["runs"], "--help": ["--help"]}
 
 
 def extract_revision(revision: str, into: Path) -> Path:
-    """The package folders (`opd_lab/`, `app/`) of `revision`, written under `into`."""
-    archive = subprocess.run(["git", "archive", revision, "opd_lab", "app"], cwd=REPO, check=True,
+    """The package folders (`opd_lab/`, `opd_lab_app/`) of `revision`, written under `into`."""
+    listed = subprocess.run(["git", "ls-tree", "--name-only", revision], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split()
+    app = "opd_lab_app" if "opd_lab_app" in listed else "app"  # the app's package before its rename
+    archive = subprocess.run(["git", "archive", revision, "opd_lab", app], cwd=REPO, check=True,
                              capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
@@ -54,7 +57,8 @@ def make_home(folder: Path, count: int) -> Path:
 def time_command(code_root: Path, home: Path, args: list[str]) -> float:
     """Wall-clock seconds of one fresh `opd-lab ARGS` process running the code under `code_root`."""
     env = {**os.environ, "PYTHONPATH": str(code_root), "OPD_LAB_HOME": str(home)}
-    script = f"from app.cli import main; main({args!r})"
+    package = "opd_lab_app" if (code_root / "opd_lab_app").is_dir() else "app"
+    script = f"from {package}.cli import main; main({args!r})"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=home, capture_output=True, text=True)
     seconds = time.perf_counter() - started

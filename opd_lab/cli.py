@@ -13,7 +13,7 @@
     opd-lab stop RUN | opd-lab resume RUN            stop gracefully / continue
     opd-lab delete RUN                               remove a run that is not running
     opd-lab export RUN --to tensorboard [--dir D]    a finished run into an experiment tracker
-    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `app.cli`)
+    opd-lab app [--host 127.0.0.1] [--port 7860]     the web app (added by `opd_lab_app.cli`)
 
 The training flags are generated from `RunConfig`'s fields; a YAML/JSON config file
 may set them too (flags win). Every error ends the command with one line on stderr
@@ -21,7 +21,7 @@ that names the file or field and what to do, and exit status 2 (a bad input or
 request) or 1 (anything else); `--debug` also prints the traceback, and a run's own
 traceback is in its log.txt. `--data-dir` (or `$OPD_LAB_HOME`) picks where the lab
 and the runs live. The library never imports the app: the `opd-lab` console script is
-`app.cli.main`, which calls `main` here with the `app` subcommand as an extra
+`opd_lab_app.cli.main`, which calls `main` here with the `app` subcommand as an extra
 `Command`; `python -m opd_lab` (what launched runs execute) has no `app` subcommand.
 
 The command line answers at once: this module imports no torch, transformers or

@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from app.main import build_app
-from app.state import run_ids
+from opd_lab_app.main import build_app
+from opd_lab_app.state import run_ids
 from opd_lab import run_folder
 from opd_lab.config import RunConfig
 from opd_lab.lab import LabRecipe, build_lab
@@ -39,7 +39,7 @@ def prepare() -> tuple[str, str]:
             config = RunConfig(name=f"shots-{method}", method=method, steps=12, batch_size=4, eval_every=4,
                                eval_count=64, sample_every=4, checkpoint_every=4)
             run_training(run_folder.create_run(config), progress=False)
-    from app.state import forget_runs_list
+    from opd_lab_app.state import forget_runs_list
 
     forget_runs_list()
     ids = run_ids()

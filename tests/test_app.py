@@ -30,7 +30,7 @@ def runs_root(lab_home):
 
 
 def _form(**changes) -> list:
-    from app.launch_tab import FORM_FIELDS
+    from opd_lab_app.launch_tab import FORM_FIELDS
 
     values = [changes.pop(spec.name, spec.default) for spec in FORM_FIELDS]
     assert not changes, f"not form fields: {changes}"
@@ -63,7 +63,7 @@ def _wait_state(run_dir, states, timeout=120.0) -> dict:
 
 
 def test_form_has_every_config_field_but_the_locked_ones():
-    from app.launch_tab import FIELD_NAMES, config_from_form
+    from opd_lab_app.launch_tab import FIELD_NAMES, config_from_form
     from opd_lab.config import RunConfig
 
     names = [spec.name for spec in dataclasses.fields(RunConfig)]
@@ -78,14 +78,14 @@ def test_form_has_every_config_field_but_the_locked_ones():
 
 
 def test_built_form_widgets_follow_field_types(lab_home):
-    from app.main import build_app
+    from opd_lab_app.main import build_app
 
     demo = build_app()
     by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     assert isinstance(by_id["field-method"], gr.Dropdown)
     assert isinstance(by_id["field-steps"], gr.Number) and by_id["field-steps"].precision == 0
     assert isinstance(by_id["field-learning_rate"], gr.Number)
-    assert isinstance(by_id["field-teacher"], gr.Dropdown)  # choices, not paths (app.inputs)
+    assert isinstance(by_id["field-teacher"], gr.Dropdown)  # choices, not paths (opd_lab_app.inputs)
     assert "lab:addition" in [value for _, value in by_id["field-teacher"].choices]
     assert isinstance(by_id["field-name"], gr.Textbox)
     assert "field-trust_remote_code" not in by_id
@@ -93,8 +93,8 @@ def test_built_form_widgets_follow_field_types(lab_home):
 
 
 def test_form_labels_are_words_with_the_field_name_second(lab_home):
-    from app.launch_tab import FIELD_NAMES
-    from app.main import build_app
+    from opd_lab_app.launch_tab import FIELD_NAMES
+    from opd_lab_app.main import build_app
 
     demo = build_app()
     by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -107,7 +107,7 @@ def test_form_labels_are_words_with_the_field_name_second(lab_home):
 
 
 def test_preview_lists_only_changed_flags():
-    from app.launch_tab import check_form, preview_command
+    from opd_lab_app.launch_tab import check_form, preview_command
 
     assert preview_command(_form()) == "opd-lab launch"
     command = preview_command(_form(method="rl", samples_per_prompt=4, steps=6, learning_rate=3e-4,
@@ -120,7 +120,7 @@ def test_preview_lists_only_changed_flags():
 
 
 def test_launch_with_a_bad_value_shows_the_error_and_creates_no_run(runs_root):
-    from app.launch_tab import launch_run
+    from opd_lab_app.launch_tab import launch_run
 
     before = _folders(runs_root)
     message, run_id = launch_run(_form(learning_rate=5.0))
@@ -133,8 +133,8 @@ def test_launch_with_a_bad_value_shows_the_error_and_creates_no_run(runs_root):
 
 
 def test_launch_at_the_run_limit_queues_the_run_with_its_place(runs_root, monkeypatch):
-    from app.launch_tab import launch_run
-    from app.runs_tab import TABLE_HEADERS, run_rows
+    from opd_lab_app.launch_tab import launch_run
+    from opd_lab_app.runs_tab import TABLE_HEADERS, run_rows
     from opd_lab import runs
 
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "0")
@@ -147,7 +147,7 @@ def test_launch_at_the_run_limit_queues_the_run_with_its_place(runs_root, monkey
 
 
 def test_presets_fill_the_form():
-    from app.launch_tab import FIELD_NAMES, preset_values
+    from opd_lab_app.launch_tab import FIELD_NAMES, preset_values
 
     values = dict(zip(FIELD_NAMES, preset_values("RL on the lab")))
     assert values["method"] == "rl" and values["samples_per_prompt"] == 4 and values["batch_size"] == 8
@@ -159,7 +159,7 @@ def test_presets_fill_the_form():
 
 
 def test_config_shows_as_yaml_and_loads_back_from_pasted_text_without_trust_remote_code():
-    from app.launch_tab import FIELD_NAMES, MAX_CONFIG_CHARS, config_text, load_config_text
+    from opd_lab_app.launch_tab import FIELD_NAMES, MAX_CONFIG_CHARS, config_text, load_config_text
 
     text, message = config_text(_form(method="sft", steps=7, name="saved"))
     assert "steps: 7" in text and "saved.yaml" in message
@@ -181,7 +181,7 @@ def test_config_shows_as_yaml_and_loads_back_from_pasted_text_without_trust_remo
 
 
 def test_run_table_has_one_row_per_run(runs_root):
-    from app.runs_tab import TABLE_HEADERS, run_rows, run_summary
+    from opd_lab_app.runs_tab import TABLE_HEADERS, run_rows, run_summary
 
     make_run(runs_root, "table-demo", method="rl", steps=20, eval_accuracy={0: 0.1, 20: 0.8})
     rows = {row[0]: dict(zip(TABLE_HEADERS, row)) for row in run_rows()}
@@ -192,8 +192,8 @@ def test_run_table_has_one_row_per_run(runs_root):
 
 
 def test_run_table_names_owners_filters_mine_and_says_starting(runs_root):
-    from app.runs_tab import TABLE_HEADERS, run_rows, state_text
-    from app.state import forget_runs_list
+    from opd_lab_app.runs_tab import TABLE_HEADERS, run_rows, state_text
+    from opd_lab_app.state import forget_runs_list
     from opd_lab.run_folder import record_launcher
 
     record_launcher(make_run(runs_root, "owned-by-ana"), "ana")
@@ -209,7 +209,7 @@ def test_run_table_names_owners_filters_mine_and_says_starting(runs_root):
 
 @pytest.mark.parametrize("bad_id", ["../../etc", "..", "/etc/passwd", "a/../../b", "", "runs/../x"])
 def test_run_ids_that_leave_the_runs_folder_are_rejected(runs_root, bad_id):
-    from app import compare_tab, inspect_tab, playground_tab, runs_tab
+    from opd_lab_app import compare_tab, inspect_tab, playground_tab, runs_tab
 
     before = _folders(runs_root)
     for message in (runs_tab.stop_run(bad_id), runs_tab.resume_run(bad_id), runs_tab.delete_run(bad_id, True),
@@ -223,7 +223,7 @@ def test_run_ids_that_leave_the_runs_folder_are_rejected(runs_root, bad_id):
 
 
 def test_delete_needs_the_confirmation(runs_root):
-    from app.runs_tab import delete_run
+    from opd_lab_app.runs_tab import delete_run
 
     make_run(runs_root, "to-delete")
     assert "I am sure" in delete_run("to-delete", False)
@@ -236,7 +236,7 @@ def test_delete_needs_the_confirmation(runs_root):
 
 
 def test_comparison_has_one_row_per_run_and_a_verdict_that_matches_it(runs_root, monkeypatch):
-    from app import compare_tab
+    from opd_lab_app import compare_tab
 
     make_run(runs_root, "cmp-opd", method="opd", eval_accuracy={0: 0.4, 10: 0.7, 20: 0.8})
     make_run(runs_root, "cmp-rl", method="rl", eval_accuracy={0: 0.4, 10: 0.5, 20: 0.6})
@@ -288,7 +288,7 @@ def test_three_methods_share_the_budget():
 
 
 def test_the_trio_launches_at_max_runs_2_through_the_queue(runs_root, monkeypatch):
-    from app.compare_tab import launch_three
+    from opd_lab_app.compare_tab import launch_three
     from opd_lab import runs
 
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "2")
@@ -315,7 +315,7 @@ def test_the_trio_launches_at_max_runs_2_through_the_queue(runs_root, monkeypatc
 
 
 def test_inspect_shows_a_logged_sample(runs_root):
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
 
     make_run(runs_root, "inspect-demo", steps=20, sample_every=10)
     assert inspect_tab.steps_of("inspect-demo") == [10, 20]
@@ -335,7 +335,7 @@ def test_inspect_shows_a_logged_sample(runs_root):
 
 
 def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_root):
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
     from opd_lab.files import append_jsonl
     from opd_lab.run_folder import SAMPLES_FILE
     from synthetic_runs import make_tokens
@@ -358,7 +358,7 @@ def test_inspect_side_by_side_shows_the_same_prompt_or_says_it_is_missing(runs_r
 
 
 def test_the_red_pen_in_inspect_uses_the_checkpoint_nearest_the_writer(runs_root):
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
     from opd_lab.checkpoints import STATE_FILE
 
     run_dir = make_run(runs_root, "pen-demo", steps=20, sample_every=10)
@@ -375,7 +375,7 @@ def test_the_red_pen_in_inspect_uses_the_checkpoint_nearest_the_writer(runs_root
 
 
 def test_the_red_pen_rewrites_a_logged_sample(trained_run):
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
 
     run_id = trained_run.name
     sample = inspect_tab.logged_sample(run_id, 2, 0)
@@ -408,7 +408,7 @@ def trained_run(lab_home):
 
 
 def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, monkeypatch):
-    from app import playground_tab
+    from opd_lab_app import playground_tab
 
     choices = dict((value, label) for label, value in playground_tab.model_choices())
     choice = f"run:{trained_run.name}/step_000002"
@@ -429,7 +429,7 @@ def test_playground_answers_with_a_checkpoint_and_caches_models(trained_run, mon
 
 
 def test_playground_rejects_unknown_models(lab_home):
-    from app import playground_tab
+    from opd_lab_app import playground_tab
 
     for choice in ("lab:../../etc", "lab:sorting", "run:nope/step_000001", "/etc/passwd", ""):
         completion, view, _, _ = playground_tab.answer(choice, "1+1=", True, 1.0, 0, "reverse_kl")
@@ -441,7 +441,7 @@ def test_playground_rejects_unknown_models(lab_home):
 
 @pytest.fixture()
 def served_app(lab_home):
-    from app.main import build_app
+    from opd_lab_app.main import build_app
 
     demo = build_app()
     port = free_port()
@@ -472,7 +472,7 @@ def test_client_endpoints(served_app, runs_root):
 def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
     from gradio_client import Client
 
-    from app.main import build_app
+    from opd_lab_app.main import build_app
     from opd_lab import run_folder, runs
 
     demo = build_app()
@@ -505,7 +505,7 @@ def test_a_run_launched_by_the_app_survives_the_app(lab_home, runs_root):
 
 
 def test_parse_auth_and_the_instructor():
-    from app.main import choose_instructor, parse_auth
+    from opd_lab_app.main import choose_instructor, parse_auth
 
     assert parse_auth(None) == []
     assert parse_auth("me:se:cret") == [("me", "se:cret")]
@@ -525,7 +525,7 @@ def test_parse_auth_and_the_instructor():
 
 
 def test_only_the_launcher_or_the_instructor_may_act_on_a_run():
-    from app.users import refusal
+    from opd_lab_app.users import refusal
 
     assert refusal("ana", "ana", "teacher") is None
     assert refusal("ana", "teacher", "teacher") is None
@@ -539,7 +539,7 @@ def test_only_the_launcher_or_the_instructor_may_act_on_a_run():
 def test_stop_and_delete_refuse_another_users_run(runs_root):
     from types import SimpleNamespace
 
-    from app import runs_tab
+    from opd_lab_app import runs_tab
     from opd_lab.run_folder import STOP_FILE, launcher_of, record_launcher
 
     run_dir = make_run(runs_root, "owned-demo")
@@ -562,7 +562,7 @@ def test_stop_and_delete_refuse_another_users_run(runs_root):
 def test_the_served_app_records_the_launcher_and_refuses_other_users(lab_home, runs_root):
     from gradio_client import Client
 
-    from app.main import build_app
+    from opd_lab_app.main import build_app
     from opd_lab.run_folder import launcher_of, run_path
 
     demo = build_app(instructor="teacher")
@@ -585,7 +585,7 @@ def test_the_served_app_records_the_launcher_and_refuses_other_users(lab_home, r
 
 
 def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home, monkeypatch):
-    import app.main
+    import opd_lab_app.main
     import opd_lab.lab
 
     launched, built = {}, []
@@ -594,33 +594,33 @@ def test_serve_sets_the_run_limit_builds_a_missing_lab_and_passes_auth(lab_home,
         def launch(self, **kwargs):
             launched.update(kwargs)
 
-    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code, instructor: launched.update(
+    monkeypatch.setattr(opd_lab_app.main, "build_app", lambda trust_remote_code, instructor: launched.update(
         trust=trust_remote_code, instructor=instructor) or FakeApp())
-    monkeypatch.setattr(app.main, "lab_summary", lambda task: None)  # as if no lab were built
+    monkeypatch.setattr(opd_lab_app.main, "lab_summary", lambda task: None)  # as if no lab were built
     monkeypatch.setattr(opd_lab.lab, "build_lab", lambda recipe: built.append(recipe.task) or {})
     monkeypatch.setattr(opd_lab.lab, "format_summary", lambda summary: "summary")
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")  # restored after the test; serve overwrites it
-    monkeypatch.setattr(app.main, "start_queue_worker", lambda: launched.update(queue=True))
-    app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
+    monkeypatch.setattr(opd_lab_app.main, "start_queue_worker", lambda: launched.update(queue=True))
+    opd_lab_app.main.serve(host="0.0.0.0", port=7999, auth="me:pw", max_runs=5, trust_remote_code=True, build=True)
     assert built == ["addition"]
     assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7999
     assert launched["auth"].__self__.passwords == {"me": "pw"} and launched["trust"] is True and launched["queue"] is True
     assert "instructor" in launched["auth_message"] and launched["instructor"] == "me"
     assert os.environ["OPD_LAB_MAX_RUNS"] == "5"
     built.clear()
-    app.main.serve(build=False)
+    opd_lab_app.main.serve(build=False)
     assert built == [] and launched["auth_message"] is None
 
 
 def test_serving_to_the_network_without_a_password_warns(lab_home, monkeypatch, capsys):
-    import app.main
+    import opd_lab_app.main
 
-    monkeypatch.setattr(app.main, "build_app", lambda trust_remote_code, instructor: type(
+    monkeypatch.setattr(opd_lab_app.main, "build_app", lambda trust_remote_code, instructor: type(
         "Fake", (), {"launch": lambda *a, **k: None})())
-    monkeypatch.setattr(app.main, "start_queue_worker", lambda: None)
-    app.main.serve(host="0.0.0.0", build=False)
+    monkeypatch.setattr(opd_lab_app.main, "start_queue_worker", lambda: None)
+    opd_lab_app.main.serve(host="0.0.0.0", build=False)
     assert "without --auth" in capsys.readouterr().err
-    app.main.serve(host="127.0.0.1", build=False)
+    opd_lab_app.main.serve(host="127.0.0.1", build=False)
     assert "WARNING" not in capsys.readouterr().err
 
 
@@ -654,7 +654,7 @@ def darkest(view: str) -> list[int]:
 
 
 def test_playground_default_colouring_shows_the_typed_mistakes(lab_home, monkeypatch):
-    from app import playground_tab
+    from opd_lab_app import playground_tab
     from opd_lab import tokenview
 
     monkeypatch.setattr(playground_tab.feedback, "score_completions", lambda *a, **k: [field_report_records()])
@@ -680,7 +680,7 @@ def test_teacher_sentence_agrees_or_corrects():
 
 
 def test_red_pen_rewrites_from_the_corrected_token(lab_home):
-    from app import playground_tab
+    from opd_lab_app import playground_tab
 
     view, about, records = playground_tab.score("lab:addition", "1+2=", "1+2+0=03;3")
     choices = playground_tab.pen_choices(records, 6)
@@ -696,7 +696,7 @@ def test_red_pen_rewrites_from_the_corrected_token(lab_home):
 
 
 def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
-    from app import launch_tab
+    from opd_lab_app import launch_tab
 
     values = launch_tab.preset_values(launch_tab.DEFAULTS_PRESET)
     assert launch_tab.check_form(values) == "Ready: press **Launch**."
@@ -706,7 +706,7 @@ def test_form_is_ready_only_when_the_lab_and_models_exist(lab_home):
 
 
 def test_playground_legend_names_each_colouring_once():
-    from app.playground_tab import color_legend
+    from opd_lab_app.playground_tab import color_legend
 
     legend = color_legend()
     assert legend.count("Advantage") == 1 and legend.lower().count("advantage:") == 0
@@ -714,8 +714,8 @@ def test_playground_legend_names_each_colouring_once():
 
 
 def test_run_summary_shows_where_the_step_time_went(runs_root):
-    from app.runs_tab import phase_split, run_summary
-    from app.state import run_dir_of
+    from opd_lab_app.runs_tab import phase_split, run_summary
+    from opd_lab_app.state import run_dir_of
     from opd_lab.files import append_jsonl
     from opd_lab.run_folder import METRICS_FILE
 
@@ -741,7 +741,7 @@ def _fake_lab(name: str, teacher: float, student: float) -> None:
 def test_the_teacher_line_is_the_runs_own_teacher_for_a_named_lab(runs_root):
     """An `opd-lab compare` run trains against `lab:NAME`: its dashed line is that lab's teacher,
     not the task's default lab's."""
-    from app import compare_tab, runs_tab
+    from opd_lab_app import compare_tab, runs_tab
 
     _fake_lab("weak-teacher-demo", teacher=0.55, student=0.2)
     make_run(runs_root, "named-lab-run", teacher="lab:weak-teacher-demo")
@@ -762,7 +762,7 @@ def test_the_teacher_line_is_the_runs_own_teacher_for_a_named_lab(runs_root):
 
 
 def test_a_teacher_that_is_not_a_lab_draws_no_line(runs_root, tmp_path):
-    from app import runs_tab
+    from opd_lab_app import runs_tab
 
     make_run(runs_root, "hub-teacher-run", teacher="HuggingFaceTB/SmolLM2-360M-Instruct")
     figure, _, _ = runs_tab.run_figures("hub-teacher-run", "train/loss")
@@ -771,7 +771,7 @@ def test_a_teacher_that_is_not_a_lab_draws_no_line(runs_root, tmp_path):
 
 def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_root, monkeypatch):
     """A classroom of viewers of one training run costs one figure build per new metrics row, not one per viewer."""
-    from app import runs_tab, state
+    from opd_lab_app import runs_tab, state
     from opd_lab import plots
     from opd_lab.files import append_jsonl
     from opd_lab.run_folder import METRICS_FILE
@@ -794,7 +794,7 @@ def test_run_figures_are_built_once_per_change_of_the_metrics_and_shared(runs_ro
 
 def test_the_compare_chart_redraws_once_more_after_a_run_ends(runs_root):
     """The chart follows the runs' files, not their state: the last evaluation lands after the last step."""
-    from app.compare_tab import refresh_signature
+    from opd_lab_app.compare_tab import refresh_signature
     from opd_lab.files import append_jsonl
     from opd_lab.run_folder import METRICS_FILE, update_status
 
@@ -811,7 +811,7 @@ def test_the_compare_chart_redraws_once_more_after_a_run_ends(runs_root):
 
 def test_compare_aims_at_the_teacher_of_the_runs_own_lab(runs_root, monkeypatch):
     """Runs on `lab:baseline-quick` are measured against that lab's teacher, not the task's default lab."""
-    from app import compare_tab
+    from opd_lab_app import compare_tab
     from opd_lab.lab import TINY_RECIPE, LabRecipe, build_lab, lab_summary, lab_summary_of
 
     build_lab(LabRecipe(name="baseline-quick", **TINY_RECIPE), progress_print=lambda *_: None)

@@ -34,8 +34,8 @@ def free_port() -> int:
 
 @pytest.fixture()
 def app_url(lab_home):
-    from app.main import build_app
-    from app.state import start_queue_worker, stop_queue_worker
+    from opd_lab_app.main import build_app
+    from opd_lab_app.state import start_queue_worker, stop_queue_worker
 
     demo = build_app()
     port = free_port()
@@ -178,7 +178,7 @@ def test_playground_marks_the_typed_mistakes_and_the_red_pen_rewrites(page, scre
     """The field report's deliberate mistake, with the full lab's scores (the tiny lab's teacher is untrained)."""
     from playwright.sync_api import expect
 
-    from app import playground_tab
+    from opd_lab_app import playground_tab
     from tests.test_app import darkest, field_report_records
 
     monkeypatch.setattr(playground_tab.feedback, "score_completions", lambda *a, **k: [field_report_records()])

@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 
 def _form(**changes) -> list:
-    from app.launch_tab import FORM_FIELDS
+    from opd_lab_app.launch_tab import FORM_FIELDS
 
     return [changes.pop(spec.name, spec.default) for spec in FORM_FIELDS]
 
@@ -42,7 +42,7 @@ def _free_port() -> int:
 @pytest.fixture()
 def served(home):
     """The app served as `opd-lab app` serves it (guarded), with an instructor and two attendees."""
-    from app.main import build_app, guarded
+    from opd_lab_app.main import build_app, guarded
 
     demo = build_app(instructor="teacher")
     port = _free_port()
@@ -57,7 +57,7 @@ def served(home):
 # --- paths --------------------------------------------------------------------------------
 
 def test_a_task_or_model_outside_the_choices_is_refused_with_one_answer(home, tmp_path):
-    from app.inputs import browser_fields, refusal_of, resolve_task, task_choices
+    from opd_lab_app.inputs import browser_fields, refusal_of, resolve_task, task_choices
 
     secret = _task_file(tmp_path / "secret.jsonl")
     for value in (str(secret), str(tmp_path / "missing.jsonl"), "../secret.jsonl", "tasks/../../secret.jsonl"):
@@ -95,8 +95,8 @@ def test_launch_and_preview_through_the_served_app_reveal_no_server_file(served,
 
 
 def test_messages_and_the_header_name_no_server_path(home):
-    from app.inputs import hide_paths
-    from app.main import header
+    from opd_lab_app.inputs import hide_paths
+    from opd_lab_app.main import header
 
     assert str(home) not in header()
     text = hide_paths(f"{home}/tasks/x.jsonl, line 3: not valid JSON; see {home}/runs")
@@ -121,7 +121,7 @@ def test_uploads_are_refused_by_the_server_whatever_the_browser_sends(served):
 # --- logins --------------------------------------------------------------------------------
 
 def test_repeated_wrong_passwords_lock_the_user_out_for_a_while():
-    from app import security
+    from opd_lab_app import security
 
     now = [1000.0]
     waited = []
@@ -151,15 +151,15 @@ def test_the_served_app_refuses_the_right_password_after_a_burst_of_wrong_ones(s
 
 
 def test_auth_file_keeps_passwords_off_the_command_line(tmp_path, monkeypatch):
-    import app.main
-    from app.cli import main
-    from app.security import read_auth_file
+    import opd_lab_app.main
+    from opd_lab_app.cli import main
+    from opd_lab_app.security import read_auth_file
 
     logins = tmp_path / "logins.txt"
     logins.write_text("# the workshop\nteacher:pw0\n\nana:p:w1\n")
     assert read_auth_file(logins) == ["teacher:pw0", "ana:p:w1"]
     served = {}
-    monkeypatch.setattr(app.main, "serve", lambda **kwargs: served.update(kwargs))
+    monkeypatch.setattr(opd_lab_app.main, "serve", lambda **kwargs: served.update(kwargs))
     assert main(["app", "--auth-file", str(logins), "--port", str(_free_port()), "--no-build"]) == 0
     assert served["auth"] == ["teacher:pw0", "ana:p:w1"]
     (tmp_path / "bad.txt").write_text("teacher\n")
@@ -170,7 +170,7 @@ def test_auth_file_keeps_passwords_off_the_command_line(tmp_path, monkeypatch):
 # --- comparisons from the app ----------------------------------------------------------------
 
 def test_an_attendees_comparison_at_the_limit_waits_in_line_and_stops_from_the_app(home, monkeypatch):
-    from app import report_panel
+    from opd_lab_app import report_panel
 
     monkeypatch.setenv("OPD_LAB_MAX_RUNS", "1")
     other, owner = ownership.create_owned_run(RunConfig(steps=2, name="holds-the-place"))
@@ -196,7 +196,7 @@ def test_an_attendees_comparison_at_the_limit_waits_in_line_and_stops_from_the_a
 def test_attendees_see_no_server_path_in_run_views(tmp_path, monkeypatch):
     """A run trained from a terminal on files anywhere on the server: the app's views show
     the files' names, never their folders."""
-    from app.inputs import hide_paths
+    from opd_lab_app.inputs import hide_paths
 
     monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path / "home"))
     assert hide_paths("Teacher: `/opt/models/teacher-7b` (the run's teacher)") == "Teacher: `teacher-7b` (the run's teacher)"

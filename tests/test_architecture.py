@@ -2,7 +2,7 @@
 
 The layers are read from the diagram in docs/architecture.md; the imports from the
 source (`ast`, every `import` anywhere in a file, lazy ones included). A subpackage
-(`tasks`, `recipes`) is one unit; `app` is one unit above the library.
+(`tasks`, `recipes`) is one unit; `opd_lab_app` (the app) is one unit above the library.
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ def documented_layers(text: str) -> list[tuple[str, list[str]]]:
 
 def _unit(module: str) -> str | None:
     parts = module.split(".")
-    if parts[0] == "app":
-        return "app"
+    if parts[0] == "opd_lab_app":
+        return "opd_lab_app"
     if parts[0] != "opd_lab" or len(parts) == 1:
         return None
     return parts[1]
 
 
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
-    """Unit -> the units it imports (itself excluded), for `opd_lab/` and `app/`."""
+    """Unit -> the units it imports (itself excluded), for `opd_lab/` and `opd_lab_app/`."""
     graph: dict[str, set[str]] = {}
-    for path in sorted([*root.glob("opd_lab/**/*.py"), *root.glob("app/*.py")]):
+    for path in sorted([*root.glob("opd_lab/**/*.py"), *root.glob("opd_lab_app/*.py")]):
         parts = path.relative_to(root).with_suffix("").parts
         unit = _unit(".".join(part for part in parts if part != "__init__"))
         if unit is None:  # opd_lab/__init__.py
@@ -114,7 +114,7 @@ def test_no_import_runs_up_a_layer_and_there_is_no_circle():
 
 
 def test_the_library_never_imports_the_app():
-    assert [unit for unit, targets in import_graph().items() if unit != "app" and "app" in targets] == []
+    assert [unit for unit, targets in import_graph().items() if unit != "opd_lab_app" and "opd_lab_app" in targets] == []
 
 
 def test_the_checks_catch_an_upward_import_and_a_circle():
@@ -137,4 +137,4 @@ def test_lazy_imports_count(tmp_path):
 
 def test_the_app_reads_run_folders_and_never_imports_the_engine():
     """The metrics schema (`PHASES`...) lives with the run folder, so the app needs no engine module."""
-    assert import_graph()["app"] & {"train", "trainer", "sharding", "distributed", "teacher_scoring"} == set()
+    assert import_graph()["opd_lab_app"] & {"train", "trainer", "sharding", "distributed", "teacher_scoring"} == set()

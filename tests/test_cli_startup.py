@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "gradio")
 PROBE = """
 import contextlib, io, json, sys
-from app.cli import main
+from opd_lab_app.cli import main
 out, err = io.StringIO(), io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
@@ -78,7 +78,7 @@ def test_delete_removes_a_stopped_run_without_importing_torch(home_with_runs):
 
 
 def test_compare_defaults_to_the_baseline_scenario():
-    from app.cli import APP_COMMAND
+    from opd_lab_app.cli import APP_COMMAND
     from opd_lab.cli import build_parser
 
     args = build_parser([APP_COMMAND]).parse_args(["compare", "--quick"])

@@ -150,7 +150,7 @@ def report_claims():
 
 
 def test_the_app_shows_a_report_by_name_only(lab_home):
-    from app import report_panel
+    from opd_lab_app import report_panel
     from opd_lab.studies.comparison_report import reports_dir
 
     folder = reports_dir() / "synthetic-report"
@@ -196,7 +196,7 @@ def test_the_claims_table_judges_from_the_numbers():
 
 
 def test_the_app_lists_the_measured_reports_without_runs(lab_home):
-    from app import report_panel
+    from opd_lab_app import report_panel
     from opd_lab.studies.comparison_report import MEASURED_PREFIX, committed_reports
 
     measured = committed_reports()
@@ -210,7 +210,7 @@ def test_the_app_lists_the_measured_reports_without_runs(lab_home):
 
 
 def test_the_app_shows_a_handoff_report_and_marks_a_pilot(lab_home):
-    from app import report_panel
+    from opd_lab_app import report_panel
     from opd_lab.studies.comparison_report import MEASURED_PREFIX, committed_reports, reports_dir
 
     measured = committed_reports()

@@ -236,7 +236,7 @@ def test_an_rl_run_on_rows_without_answers_is_refused_and_a_partial_file_warned(
 
 
 def test_a_host_that_is_not_this_machines_is_named_as_the_problem():
-    from app.cli import check_port
+    from opd_lab_app.cli import check_port
 
     with pytest.raises(ValueError, match="--host 10.255.255.1: not an address of this machine"):
         check_port("10.255.255.1", 7860)

@@ -280,7 +280,7 @@ def test_relative_paths_are_made_absolute_at_launch(home, tmp_path, monkeypatch)
 
 
 def test_the_launch_form_refuses_a_model_path_with_one_line_whether_or_not_it_exists(home):
-    from app.launch_tab import FORM_FIELDS, launch_run
+    from opd_lab_app.launch_tab import FORM_FIELDS, launch_run
 
     answers = set()
     for path in ("/no/such/model", str(home / "lab" / "addition" / "teacher")):  # missing, then a real model

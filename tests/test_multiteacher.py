@@ -288,17 +288,17 @@ def test_repeated_teacher_and_task_flags_fill_the_per_task_fields():
 
 
 def _form(**changes) -> list:
-    from app.launch_tab import FORM_FIELDS
+    from opd_lab_app.launch_tab import FORM_FIELDS
 
     return [changes.pop(spec.name, spec.default) for spec in FORM_FIELDS]
 
 
 def test_the_launch_form_starts_a_two_teacher_run_and_the_views_show_each_teacher(two_labs):
     pytest.importorskip("gradio")
-    from app.compare_tab import comparison
-    from app.inspect_tab import sample_choices, token_view
-    from app.launch_tab import check_form, launch_run
-    from app.runs_tab import metric_choices, run_figures, run_summary
+    from opd_lab_app.compare_tab import comparison
+    from opd_lab_app.inspect_tab import sample_choices, token_view
+    from opd_lab_app.launch_tab import check_form, launch_run
+    from opd_lab_app.runs_tab import metric_choices, run_figures, run_summary
     from opd_lab.paths import runs_dir
     from waiting import wait_for
 

@@ -58,11 +58,11 @@ def installed(tmp_path_factory):
 
 def test_the_wheel_ships_the_measured_results(installed):
     python, _, env, root = installed
-    code = ("import opd_lab, app, json; from app.report_panel import report_names, show_report; "
+    code = ("import opd_lab, opd_lab_app, json; from opd_lab_app.report_panel import report_names, show_report; "
             "from opd_lab.studies.recipes import RECIPES, load_recipe; "
             "names = report_names(); text, figure, table = show_report('measured: baseline'); "
             "recipes = [str(load_recipe(name, 'cpu').path) for name in RECIPES]; "
-            "print(json.dumps({'file': opd_lab.__file__, 'app': app.__file__, 'names': names, 'text': text, "
+            "print(json.dumps({'file': opd_lab.__file__, 'app': opd_lab_app.__file__, 'names': names, 'text': text, "
             "'rows': len(table), 'recipes': recipes}))")
     found = subprocess.run([str(python), "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr[-3000:]

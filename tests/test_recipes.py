@@ -100,7 +100,7 @@ def test_prune_distill_recipe_end_to_end(smollm2_cached, tmp_path):
 def test_recipe_folders_are_described_and_shown_in_the_launch_panel(tmp_path, monkeypatch):
     import os
 
-    from app import recipe_panel
+    from opd_lab_app import recipe_panel
     from opd_lab import ownership
     from opd_lab.studies.background import PROCESS_FILE, describe, recipes_dir
 

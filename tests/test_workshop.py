@@ -134,7 +134,7 @@ def test_the_app_starts_with_every_lab_and_report_a_workshop_leaves(workshop_hom
 
 @pytest.fixture()
 def served(trained_lab):
-    from app.main import build_app
+    from opd_lab_app.main import build_app
 
     demo = build_app()
     port = free_port()
@@ -154,7 +154,7 @@ def test_red_pen_in_the_playground_verifies_against_the_true_answer(served, trai
 
     from opd_lab.tasks import get_task
 
-    from app import playground_tab
+    from opd_lab_app import playground_tab
 
     task = get_task("addition")
     client = Client(served, verbose=False)
@@ -177,7 +177,7 @@ def test_red_pen_in_the_playground_verifies_against_the_true_answer(served, trai
 
 
 def test_red_pen_skips_the_verdict_when_the_task_does_not_know_the_answer(trained_lab):
-    from app import playground_tab
+    from opd_lab_app import playground_tab
 
     _, _, records = playground_tab.score("lab:addition", "hello", "1+1+0=02;2")
     _, verdict = playground_tab.red_pen("lab:addition", "hello", records, 0, "2")
@@ -213,7 +213,7 @@ def trained_runs(trained_lab_home):
 def test_red_pen_in_inspect_verifies_against_the_true_answer(served, trained_runs):
     from gradio_client import Client
 
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
     from opd_lab.tasks import get_task
 
     run_id = trained_runs["opd"]
@@ -229,7 +229,7 @@ def test_red_pen_in_inspect_verifies_against_the_true_answer(served, trained_run
 
 
 def test_side_by_side_says_an_sft_sample_was_written_by_the_teacher(trained_lab, trained_runs):
-    from app import inspect_tab
+    from opd_lab_app import inspect_tab
 
     opd, sft = trained_runs["opd"], trained_runs["sft"]
     assert all(s["written_by"] == "teacher" for s in inspect_tab.load_samples(inspect_tab.run_dir_of(sft)))

@@ -23,7 +23,7 @@ pytestmark = [
 @pytest.fixture()
 def trained_page(trained_lab):
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from app.main import build_app
+    from opd_lab_app.main import build_app
 
     demo = build_app()
     port = free_port()
@@ -50,7 +50,7 @@ def _disagreement(records: list[dict]) -> int:
 def test_red_pen_on_the_trained_lab_in_the_playground_and_inspect(trained_page, tmp_path):
     from playwright.sync_api import expect
 
-    from app import playground_tab
+    from opd_lab_app import playground_tab
     from opd_lab import run_folder
     from opd_lab.config import RunConfig
     from opd_lab.tasks import get_task

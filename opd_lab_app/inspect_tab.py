@@ -25,10 +25,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, clear_pen, color_legend, pen_choices, pen_panel, red_pen,
+from opd_lab_app.playground_tab import (COLOR_CHOICES, DEFAULT_COLOR, clear_pen, color_legend, pen_choices, pen_panel, red_pen,
                                 scale_of)
-from app.inputs import hide_paths
-from app.state import error_text, run_dir_of, run_ids
+from opd_lab_app.inputs import hide_paths
+from opd_lab_app.state import error_text, run_dir_of, run_ids
 from opd_lab import model_spec, plots_kl, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, step_of
 from opd_lab.plot_style import DEFAULT_SMOOTHING

@@ -11,10 +11,10 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app import report_panel
-from app.inputs import hide_paths
-from app.state import error_text, file_stamp, forget_runs_list, run_dir_of, run_ids
-from app.users import record
+from opd_lab_app import report_panel
+from opd_lab_app.inputs import hide_paths
+from opd_lab_app.state import error_text, file_stamp, forget_runs_list, run_dir_of, run_ids
+from opd_lab_app.users import record
 from opd_lab import plots, report, runs
 from opd_lab.cli import error_line
 from opd_lab.studies.arms import method_configs

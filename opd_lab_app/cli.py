@@ -1,7 +1,7 @@
 """The `opd-lab` console command: the library's command line plus `opd-lab app`.
 
 The library (`opd_lab`) never imports the app, so the app adds its own subcommand to
-the library's parser (`opd_lab.cli.Command`). The console script and `python -m app`
+the library's parser (`opd_lab.cli.Command`). The console script and `python -m opd_lab_app`
 run `main` here; every other subcommand is the library's.
 
 Run:
@@ -67,14 +67,14 @@ def _serve(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-runs: must be at least 1 (got {args.max_runs})")
     auth = list(args.auth or [])
     if args.auth_file:
-        from app.security import read_auth_file
+        from opd_lab_app.security import read_auth_file
 
         auth += read_auth_file(args.auth_file)
     if args.tasks_dir:
-        from app.inputs import TASKS_DIR_VAR
+        from opd_lab_app.inputs import TASKS_DIR_VAR
 
         os.environ[TASKS_DIR_VAR] = str(Path(args.tasks_dir).expanduser().resolve())
-    from app.main import serve  # gradio loads only for this subcommand
+    from opd_lab_app.main import serve  # gradio loads only for this subcommand
 
     serve(host=args.host, port=args.port, auth=auth or None, max_runs=args.max_runs,
           trust_remote_code=args.trust_remote_code, build=not args.no_build, instructor=args.instructor)

@@ -11,10 +11,10 @@ import pandas as pd
 
 from gradio.components.plot import PlotData
 
-from app.inputs import hide_paths
-from app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
+from opd_lab_app.inputs import hide_paths
+from opd_lab_app.state import (error_text, file_stamp, forget_runs_list, format_accuracy, format_duration, list_runs,
                        run_dir_of, shared)
-from app.users import check_may_act, user_of
+from opd_lab_app.users import check_may_act, user_of
 from opd_lab import plots, runs
 from opd_lab.plot_style import DEFAULT_SMOOTHING
 from opd_lab.lab import lab_summary_of
@@ -137,7 +137,7 @@ def run_figures(run_id: str, metric: str, smoothing: float = 0.0, log_y: bool = 
     """(accuracy figure with the teacher line, `metric` figure, last log lines) of one run.
 
     The figures are built once per change of the run's metrics file and shared by every
-    viewer (`app.state.shared`), already serialized for the browser (`gr.Plot` sends them as
+    viewer (`opd_lab_app.state.shared`), already serialized for the browser (`gr.Plot` sends them as
     they are).
     """
     run_dir = run_dir_of(run_id)
@@ -198,7 +198,7 @@ def _signature(run_id: str, metric: str):
 
 
 def stop_run(run_id: str, request: gr.Request | None = None, instructor: str | None = None) -> str:
-    """Ask the run to stop; `request` and `instructor` decide whether this user may (`app.users`)."""
+    """Ask the run to stop; `request` and `instructor` decide whether this user may (`opd_lab_app.users`)."""
     try:
         run_dir = run_dir_of(run_id)
         check_may_act(run_dir, request, instructor)
@@ -242,7 +242,7 @@ def build(instructor: str | None = None) -> dict:
     """The tab's widgets and events (call inside a `gr.Tab`); returns the run picker.
 
     Args:
-        instructor: with `--auth`, the user who may stop, resume or delete every run (`app.users`).
+        instructor: with `--auth`, the user who may stop, resume or delete every run (`opd_lab_app.users`).
     """
     gr.Markdown(INTRO, elem_classes="tab-intro")
     table = gr.Dataframe(run_table(), headers=TABLE_HEADERS, interactive=False, label="Runs",

@@ -6,7 +6,7 @@ booleans, a number box for ints and floats, a text box otherwise) with the field
 equivalent `opd-lab launch ...` command, saves and loads YAML/JSON configs, and
 launches through `opd_lab.runs` (a detached process, no shell).
 
-The task and model fields offer choices, never paths (`app.inputs`): the built-in tasks
+The task and model fields offer choices, never paths (`opd_lab_app.inputs`): the built-in tasks
 and the instructor's task files, the built labs and the runs' checkpoints; anything else
 is refused with one answer, whether or not such a file exists, and no message shows a
 server path. A config is saved and loaded as text (copy it, paste it), so the app takes
@@ -28,10 +28,10 @@ import functools
 import gradio as gr
 import yaml
 
-from app import recipe_panel
-from app.inputs import browser_fields, hide_paths, model_choices, task_choices
-from app.state import forget_runs_list
-from app.users import record
+from opd_lab_app import recipe_panel
+from opd_lab_app.inputs import browser_fields, hide_paths, model_choices, task_choices
+from opd_lab_app.state import forget_runs_list
+from opd_lab_app.users import record
 from opd_lab import preflight, runs
 from opd_lab.cli import error_line
 from opd_lab.config import PRESETS, ConfigError, RunConfig, command_line, config_fields, parse_config_text
@@ -72,7 +72,7 @@ def form_dict(values) -> dict:
 
 def config_from_form(values, trust_remote_code: bool = False) -> RunConfig:
     """The validated config of the form's values, its task and models the server's names
-    for the browser's choices (`app.inputs`); raises ConfigError naming the bad field."""
+    for the browser's choices (`opd_lab_app.inputs`); raises ConfigError naming the bad field."""
     data = form_dict(values)
     missing = [name for name, value in zip(FIELD_NAMES, values) if value is None]
     if missing:
@@ -132,7 +132,7 @@ def launch_run(values, trust_remote_code: bool = False, request: gr.Request | No
     A bad value or an input that fails its checks (`opd_lab.preflight`) creates no run
     folder; the message is the line `opd-lab launch` would print. At the run limit the
     run waits in line (`runs.submit_run`) and starts when a place frees. With a login
-    (`request.username`), the user is recorded as the run's launcher (`app.users`).
+    (`request.username`), the user is recorded as the run's launcher (`opd_lab_app.users`).
     """
     try:
         run_dir, pid = runs.submit_run(config_from_form(values, trust_remote_code))
@@ -202,7 +202,7 @@ def _component(spec: dataclasses.Field):
     label, choices = field_label(spec.name), spec.metadata.get("choices")
     info = f"{spec.metadata['help']} [{spec.name}]"
     key = f"field-{spec.name}"
-    if spec.name in CHOSEN_FIELDS:  # a choice, not a path (`app.inputs`); the server checks it again
+    if spec.name in CHOSEN_FIELDS:  # a choice, not a path (`opd_lab_app.inputs`); the server checks it again
         return gr.Dropdown(CHOSEN_FIELDS[spec.name](), value=spec.default, label=label, info=info, elem_id=key,
                            allow_custom_value=True)
     if choices:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.inputs import hide_paths
-from app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
+from opd_lab_app.inputs import hide_paths
+from opd_lab_app.state import ModelCache, checkpoint_of, error_text, run_dir_of, run_ids
 from opd_lab import feedback, model_spec, runs, tokenview
 from opd_lab.checkpoints import checkpoint_dirs, load_with_teacher
 from opd_lab.config import ConfigError, RunConfig

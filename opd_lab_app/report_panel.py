@@ -14,7 +14,7 @@ import json
 import gradio as gr
 import pandas as pd
 
-from app.users import refusal, user_of
+from opd_lab_app.users import refusal, user_of
 from opd_lab import report
 from opd_lab.studies import background, comparison_report
 from opd_lab.studies.claims import ROOT

@@ -9,9 +9,9 @@ Run:
 Classroom mode (one machine, a room of attendees): serve on 0.0.0.0 with --auth (the app
 warns without it); at the run limit a launch waits in line with its place shown and
 starts when a place frees (`opd_lab.runs.submit_run`); every viewer's polling shares one
-scan of the runs folder per second (`app.state.list_runs`). With several `--auth` users, each
+scan of the runs folder per second (`opd_lab_app.state.list_runs`). With several `--auth` users, each
 run records who launched it, and only that user or the instructor (`--instructor`, by default
-the first `--auth` user) may stop, resume or delete it (`app.users`).
+the first `--auth` user) may stop, resume or delete it (`opd_lab_app.users`).
 
 Five tabs, each a thin view over the library: **Launch** (a form generated from
 `RunConfig`), **Runs** (live table, curves, log, stop/resume/delete), **Compare**
@@ -30,10 +30,10 @@ import sys
 
 import gradio as gr
 
-from app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
-from app.page_script import PAGE_SCRIPT, remember
-from app.security import MAX_UPLOAD_BYTES, LoginGuard, UploadGuard
-from app.state import run_ids, start_queue_worker
+from opd_lab_app import compare_tab, inspect_tab, launch_tab, playground_tab, runs_tab
+from opd_lab_app.page_script import PAGE_SCRIPT, remember
+from opd_lab_app.security import MAX_UPLOAD_BYTES, LoginGuard, UploadGuard
+from opd_lab_app.state import run_ids, start_queue_worker
 from opd_lab.lab import built_labs, lab_summary
 from opd_lab.paths import data_dir
 from opd_lab.tasks import DEFAULT_TASK
@@ -71,7 +71,7 @@ def build_app(trust_remote_code: bool = False, instructor: str | None = None) ->
             may load models that ship their own Python code. Only the command line sets
             it; the browser cannot.
         instructor: with a login, the user who may stop, resume and delete every run;
-            the others only their own (`app.users`).
+            the others only their own (`opd_lab_app.users`).
     """
     with gr.Blocks(title="opd-lab", analytics_enabled=False) as demo:
         gr.Markdown(header(), elem_id="app-header")
@@ -218,7 +218,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | list[str] | Non
 
 
 def guarded(credentials: list[tuple[str, str]]) -> dict:
-    """The `launch` settings that guard the app's doors (`app.security`): logins checked
+    """The `launch` settings that guard the app's doors (`opd_lab_app.security`): logins checked
     with throttling, and uploads refused on the server (with gradio's own size limit too)."""
     from starlette.middleware import Middleware
 

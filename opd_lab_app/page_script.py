@@ -12,13 +12,13 @@
   wide screen, are stacked, each the full width.
 * The open tab and the selected run are kept in the URL (`?tab=runs&run=...`), so a
   reload, or the page reloading itself after an app restart, comes back to them
-  (this script opens the tab; `app.main` selects the run on load).
+  (this script opens the tab; `opd_lab_app.main` selects the run on load).
 """
 
 import json
 
 NARROW_PX = 640  # phones, and narrow windows
-# Runs table columns (app.runs_tab.TABLE_HEADERS, 0-based) hidden on narrow screens: method, task, ETA, message, owner.
+# Runs table columns (opd_lab_app.runs_tab.TABLE_HEADERS, 0-based) hidden on narrow screens: method, task, ETA, message, owner.
 HIDDEN_WHEN_NARROW = (1, 2, 5, 7, 8)
 # The widths of the columns left (run, state, step, accuracy), in % of the table.
 NARROW_WIDTHS = {0: 31, 3: 23, 4: 26, 6: 20}
