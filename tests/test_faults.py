@@ -263,7 +263,7 @@ def test_a_bad_run_limit_or_port_is_one_line_before_anything_starts(home):
         port = taken.getsockname()[1]
         for bad_port, expected in ((str(port), "cannot listen on"), ("70000", "between 1 and 65535")):
             started = time.time()
-            app = subprocess.run([sys.executable, "-m", "app", "app", "--port", bad_port, "--no-build"],
+            app = subprocess.run([sys.executable, "-m", "opd_lab_app", "app", "--port", bad_port, "--no-build"],
                                  capture_output=True, text=True, env=_env(), timeout=120)
             assert app.returncode == 2 and expected in _one_line(app.stderr), app.stderr
             assert "app on http" not in app.stdout and time.time() - started < 30

@@ -100,7 +100,7 @@ def test_the_app_starts_with_every_lab_and_report_a_workshop_leaves(workshop_hom
 
     port = free_port()
     env = {**os.environ, "OPD_LAB_HOME": str(workshop_home), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "app", "app", "--no-build", "--port", str(port)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "opd_lab_app", "app", "--no-build", "--port", str(port)], env=env,
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
