@@ -133,3 +133,16 @@ def test_a_report_folder_is_recomputed_from_its_runs(tmp_path):
     assert data["arms"]["opd"]["final_accuracy"] == 0.72 and data["protocol"] == "handoff"
     assert json.loads((tmp_path / "handoff.json").read_text())["n_star"] == 128
     assert "| opd | 0/1 |" in (tmp_path / "handoff.md").read_text()
+
+
+def test_a_scenario_without_a_report_takes_the_rates_of_the_lab_it_shares(tmp_path, monkeypatch):
+    import json
+
+    from opd_lab.studies import handoff
+
+    monkeypatch.setattr("opd_lab.paths.MEASURED_RESULTS_DIR", tmp_path)
+    assert handoff._chosen_rates("noisy-teacher") == {arm: handoff.DEFAULT_RATE for arm in handoff.HANDOFF_ARMS}
+    (tmp_path / "baseline.json").write_text(json.dumps({"learning_rates": {"sft": 1e-4, "opd": 3e-5, "rl": 1e-5}}))
+    assert handoff._chosen_rates("noisy-teacher") == {"sft": 1e-4, "opd": 3e-5, "rl": 1e-5}  # shares baseline's lab
+    (tmp_path / "noisy-teacher.json").write_text(json.dumps({"learning_rates": {"sft": 3e-4, "opd": 1e-4}}))
+    assert handoff._chosen_rates("noisy-teacher") == {"sft": 3e-4, "opd": 1e-4, "rl": handoff.DEFAULT_RATE}

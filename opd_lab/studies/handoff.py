@@ -264,14 +264,19 @@ class HandoffSettings:
 
 
 def _chosen_rates(scenario: str) -> dict[str, float]:
-    """Each arm's rate from the scenario's committed compare report (its sweep), else `DEFAULT_RATE`."""
+    """Each arm's rate from the scenario's committed compare report (its sweep), else from the
+    report of the scenario whose lab it shares (noisy-teacher: baseline's), else `DEFAULT_RATE`."""
     import json
 
     from opd_lab.paths import MEASURED_RESULTS_DIR
+    from opd_lab.studies.scenarios import get_scenario
 
-    path = MEASURED_RESULTS_DIR / f"{scenario}.json"
-    chosen = json.loads(path.read_text()).get("learning_rates", {}) if path.exists() else {}
-    return {arm: chosen.get(arm, DEFAULT_RATE) for arm in HANDOFF_ARMS}
+    for name in dict.fromkeys((scenario, get_scenario(scenario).lab or scenario)):
+        path = MEASURED_RESULTS_DIR / f"{name}.json"
+        chosen = json.loads(path.read_text()).get("learning_rates", {}) if path.exists() else {}
+        if chosen:
+            return {arm: chosen.get(arm, DEFAULT_RATE) for arm in HANDOFF_ARMS}
+    return {arm: DEFAULT_RATE for arm in HANDOFF_ARMS}
 
 
 def refresh_handoff(folder) -> dict:
