@@ -208,7 +208,10 @@ def handoff_row(data: dict) -> dict:
                 f"the remaining gap ({data['target']:.1%}; teacher {data['teacher_accuracy']:.1%}), median of "
                 f"{max((a['seeds'] for a in arms.values()), default=0)} seeds: SFT on fresh teacher samples {cost('sft')}; "
                 f"OPD {cost('opd')}; RL {cost('rl')}. SFT / OPD FLOPs: {shown(free)} with the SFT data free (the "
-                f"seed's 9x), {shown(charged)} with its sampling charged (the seed's ~30x)")
+                f"seed's 9x), {shown(charged)} with its sampling charged (the seed's ~30x)"
+                + (f"; rates {', '.join(f'{arm} {rate:g}' for arm, rate in data['learning_rates'].items())}"
+                   if data.get("learning_rates") else "")
+                + (f" ({data['rerun']})" if data.get("rerun") else ""))
     opd_reached = arms.get("opd", {}).get("steps") is not None
     sft_reached = arms.get("sft", {}).get("steps") is not None
     if data["teacher_accuracy"] <= data["start_accuracy"]:
