@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from statistics import median
 
 import pytest
@@ -345,3 +346,18 @@ def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
     assert row["verdict"] == "holds on the lab" and "recovery 60.0%" in row["measured"]
     data["sampled"]["statistics"]["opd"]["recovery_rate"] = 0.01
     assert recovery_row(data)["verdict"] == "does not hold"
+
+
+def test_a_report_without_a_sweep_names_its_rates_and_no_grid():
+    from opd_lab.studies.comparison_report import grid_edges, report_markdown
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "opd_lab/data/results/noisy-teacher.json").read_text())
+    assert data["sweep"] == [] and grid_edges(data) == {}
+    text = report_markdown(data)
+    assert "At the edge of the grid" not in text and "## Learning-rate sweep" not in text
+    last = text.rstrip().splitlines()[-1]
+    assert last.startswith("No sweep of its own: ")
+    assert set(last[len("No sweep of its own: "):-1].split(", ")) == {
+        "RL 1e-05", "SFT 0.0001", "OPD 3e-05", "SFT (teacher's greedy answers) 0.0001"}
+    baseline = json.loads((Path(__file__).resolve().parents[1] / "opd_lab/data/results/baseline.json").read_text())
+    assert "## Learning-rate sweep" in report_markdown(baseline)  # a swept report keeps its sweep table

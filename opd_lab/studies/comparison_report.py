@@ -108,8 +108,8 @@ def target_rows(data: dict) -> list[dict]:
 
 
 def grid_edges(data: dict) -> dict[str, str]:
-    """Arms whose chosen learning rate is the grid's lowest or highest value."""
-    grid = data["settings"]["learning_rates"]
+    """Arms whose chosen learning rate is the grid's lowest or highest value (none without a sweep)."""
+    grid = data["settings"]["learning_rates"] if data.get("sweep") else []
     edges = {}
     for arm, rate in data["learning_rates"].items():
         if len(grid) > 1 and rate == min(grid):
@@ -153,6 +153,9 @@ def report_markdown(data: dict) -> str:
              "\"not reached\" when most seeds did not reach it; \"more than\" ratios use the whole budget.", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(row[h]) for h in headers) + " |" for row in rows]
+    if not data.get("sweep"):  # a pilot: rates taken from elsewhere, no grid of its own
+        rates = ", ".join(f"{report.arm_label(arm)} {rate:g}" for arm, rate in data["learning_rates"].items())
+        return "\n".join(lines + ["", "## Learning rates", f"No sweep of its own: {rates}."]) + "\n"
     lines += ["", "## Learning-rate sweep (the same grid and budget for every method)",
               f"{data['settings']['sweep_steps']} steps, seed {SWEEP_SEED}; score = mean held-out accuracy over "
               "the sweep's evaluations; equal scores go to the lower per-token KL to the teacher at the sweep's end.",
