@@ -93,18 +93,21 @@ def policy_gradient(batch: OnPolicyBatch, config: RunConfig) -> Objective:
     return Objective(loss, {**_own(metrics, logps_BL, batch), **signal_metrics})
 
 
+def _exact(batch: OnPolicyBatch, config: RunConfig) -> Objective:
+    """The exact loss of the run's estimator (`losses.exact_loss`, the same function the
+    off-policy part uses on teacher-written prefixes), differentiated through the student."""
+    loss, metrics = losses.exact_loss(batch.student_logits_BLV, batch.scores.logits_BLV, batch.mask_BL,
+                                      config.estimator, config.divergence, beta=config.jsd_beta,
+                                      top_k=config.estimator_top_k, temperature=config.temperature)
+    with torch.no_grad():  # only for train/logprob_diff: no graph
+        logps_BL = losses.token_logprobs(batch.student_logits_BLV, batch.targets_BL, config.temperature)
+    return Objective(loss, _own(metrics, logps_BL, batch))
+
+
 def full_divergence(batch: OnPolicyBatch, config: RunConfig) -> Objective:
     """OPD `full` with the teacher in process: the exact divergence (`RunConfig.divergence`)
-    over the vocabulary at the sampling temperature, differentiated through the student."""
-    temperature = config.temperature
-    student_BLV, teacher_BLV = batch.student_logits_BLV, batch.scores.logits_BLV
-    if temperature != 1.0:
-        student_BLV, teacher_BLV = student_BLV / temperature, teacher_BLV / temperature
-    loss, metrics = losses.divergence_loss(student_BLV, teacher_BLV, batch.mask_BL,
-                                           divergence=config.divergence, beta=config.jsd_beta)
-    with torch.no_grad():  # only for train/logprob_diff: no graph
-        logps_BL = losses.token_logprobs(batch.student_logits_BLV, batch.targets_BL, temperature)
-    return Objective(loss, _own(metrics, logps_BL, batch))
+    over the vocabulary at the sampling temperature."""
+    return _exact(batch, config)
 
 
 def topk_tail(batch: OnPolicyBatch, config: RunConfig) -> Objective:
@@ -122,13 +125,7 @@ def topk_tail(batch: OnPolicyBatch, config: RunConfig) -> Objective:
 def topk_renormalized(batch: OnPolicyBatch, config: RunConfig) -> Objective:
     """OPD `topk`: the exact reverse KL over the student's `estimator_top_k` most likely
     tokens, both distributions renormalized there (`losses.topk_renormalized_reverse_kl`)."""
-    temperature = config.temperature
-    kl_BL = losses.topk_renormalized_reverse_kl(batch.student_logits_BLV / temperature,
-                                                batch.scores.logits_BLV / temperature, config.estimator_top_k)
-    loss = losses.masked_mean(kl_BL, batch.mask_BL)
-    with torch.no_grad():
-        logps_BL = losses.token_logprobs(batch.student_logits_BLV, batch.targets_BL, temperature)
-    return Objective(loss, {**sampler_gap(logps_BL, batch), "topk_reverse_kl": loss.item()})
+    return _exact(batch, config)
 
 
 def objective_for(config: RunConfig,
