@@ -151,3 +151,23 @@ def test_tiny_build_that_misses_its_gate_trains_to_the_cap_and_says_so(tmp_path,
     assert "teacher gate (>= 100% on 8 validation problems): FAILED" in table
     assert f"on {torch.get_num_threads()} torch threads" in table
     assert summary["student"]["gate"]["validation_accuracy"] is None  # the tiny recipe's student gate is off
+
+
+def test_lab_build_threads_sets_torch_threads_for_the_build_and_refuses_a_negative(monkeypatch, capsys):
+    """`opd-lab lab build --threads 4` builds with 4 torch threads (a 4-core machine's round-off,
+    even on 2 cores), which the summary then records."""
+    import opd_lab.lab as lab_module
+    from opd_lab.cli import main
+
+    seen = []
+    monkeypatch.setattr(lab_module, "build_lab", lambda recipe, force=False: seen.append(torch.get_num_threads())
+                        or {"stub": True})
+    monkeypatch.setattr(lab_module, "format_summary", lambda summary: "built")
+    before = torch.get_num_threads()
+    try:
+        assert main(["lab", "build", "--threads", "3"]) == 0
+        assert seen == [3] and "built" in capsys.readouterr().out
+        assert main(["lab", "build", "--threads", "-1"]) == 2
+        assert "--threads must be at least 1" in capsys.readouterr().err and seen == [3]
+    finally:
+        torch.set_num_threads(before)
