@@ -136,6 +136,8 @@ class RunConfig:
     eval_samples: int = _field(4, "Each evaluation also samples this many completions per problem at temperature 1 "
                                "and logs their mean accuracy as eval/sampled_accuracy, beside the greedy "
                                "eval/accuracy (0: greedy only).")
+    eval_max_new_tokens: int = _field(0, "Cut each evaluation answer at this many tokens (0: the task's own limit). "
+                                      "Answers cut short can score lower; for smoke runs and slow CPUs.")
     stop_at_accuracy: float = _field(0.0, "Finish early once held-out accuracy reaches this value (0: run all steps).")
     sample_every: int = _field(10, "Log per-token records of a few rollouts every N steps. RL and SFT run the "
                                "teacher's forward only on these steps, for train/reverse_kl and the records "
@@ -176,7 +178,8 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool", "eval_samples"):
+        for name in ("warmup_steps", "max_new_tokens", "samples_to_log", "reward_coef", "prompt_pool", "eval_samples",
+                     "eval_max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative (got {getattr(self, name)})")
         if not 0 < self.learning_rate < 1:

@@ -50,13 +50,15 @@ class EvalResult:
 
 def answer(model, tokenizer, task: Task, problems: list[Problem], greedy: bool = True,
            temperature: float = 1.0, batch_size: int = 64, generator: torch.Generator | None = None,
-           progress: bool = False) -> list[dict]:
-    """Generate and verify one completion per problem; one record per problem."""
+           progress: bool = False, max_new_tokens: int = 0) -> list[dict]:
+    """Generate and verify one completion per problem; one record per problem. Answers are
+    cut at `max_new_tokens` when it is set and below the task's own limit."""
+    limit = min(task.max_new_tokens, max_new_tokens) if max_new_tokens > 0 else task.max_new_tokens
     records = []
     chunks = range(0, len(problems), batch_size)
     for start in tqdm(chunks, desc="evaluating", disable=not progress, leave=False):
         chunk = problems[start : start + batch_size]
-        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], task.max_new_tokens,
+        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], limit,
                             temperature=temperature, greedy=greedy, generator=generator)
         for problem, completion, length in zip(chunk, rollouts.completions, rollouts.completion_lengths):
             verdict = task.verify(problem, completion)
@@ -67,19 +69,22 @@ def answer(model, tokenizer, task: Task, problems: list[Problem], greedy: bool =
 
 
 def evaluate(model, tokenizer, task: Task, count: int = 200, samples_per_problem: int = 0,
-             temperature: float = 1.0, batch_size: int = 64, seed: int = 0, progress: bool = False) -> EvalResult:
+             temperature: float = 1.0, batch_size: int = 64, seed: int = 0, progress: bool = False,
+             max_new_tokens: int = 0) -> EvalResult:
     """Score `model` on the first `count` held-out problems of `task`.
 
     Args:
         samples_per_problem: k > 0 also samples k completions per problem at
             `temperature` and reports sampled accuracy and pass@k (any of k correct).
         seed: seeds sampling, so the same model gives the same sampled scores.
+        max_new_tokens: > 0 cuts every answer at this many tokens (`RunConfig.eval_max_new_tokens`).
 
     Returns:
         EvalResult; `records` holds the greedy answers.
     """
     problems = task.eval_problems(count)
-    records = answer(model, tokenizer, task, problems, greedy=True, batch_size=batch_size, progress=progress)
+    records = answer(model, tokenizer, task, problems, greedy=True, batch_size=batch_size, progress=progress,
+                     max_new_tokens=max_new_tokens)
     result = EvalResult(
         accuracy=sum(r["correct"] for r in records) / len(records),
         mean_completion_length=sum(r["length"] for r in records) / len(records),
@@ -93,7 +98,7 @@ def evaluate(model, tokenizer, task: Task, count: int = 200, samples_per_problem
         # rows): the decode loop's per-step overhead is paid once for more rows.
         sampled = answer(model, tokenizer, task, repeated, greedy=False, temperature=temperature,
                          batch_size=max(batch_size, min(256, batch_size * samples_per_problem)),
-                         generator=generator, progress=progress)
+                         generator=generator, progress=progress, max_new_tokens=max_new_tokens)
         correct = [r["correct"] for r in sampled]
         groups = [correct[i : i + samples_per_problem] for i in range(0, len(correct), samples_per_problem)]
         result.sampled_accuracy = sum(correct) / len(correct)

@@ -24,6 +24,18 @@ def test_evaluate_reports_greedy_sampled_and_pass_at_k(lab_pair):
     assert {"prompt", "answer", "completion", "correct", "reward", "length"} <= set(record)
 
 
+def test_eval_max_new_tokens_cuts_every_answer_and_the_task_limit_stays(lab_pair):
+    """`RunConfig.eval_max_new_tokens` (smoke runs, slow CPUs) cuts greedy and sampled answers
+    alike; the task's own limit is untouched for the next evaluation."""
+    teacher, _, tokenizer = lab_pair
+    task = get_task("addition")
+    full = evaluate(teacher, tokenizer, task, count=8, samples_per_problem=2, seed=1)
+    cut = evaluate(teacher, tokenizer, task, count=8, samples_per_problem=2, seed=1, max_new_tokens=4)
+    assert max(r["length"] for r in full.records) > 4 >= max(r["length"] for r in cut.records)
+    assert cut.accuracy == 0.0  # a 3-digit sum's worked answer needs far more than 4 tokens
+    assert task.max_new_tokens == get_task("addition").max_new_tokens
+
+
 def test_every_config_field_has_help_and_a_cli_flag():
     parser = build_parser()
     help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
@@ -59,6 +71,7 @@ def test_config_is_frozen_and_round_trips(tmp_path):
     ({"name": "../escape"}, "name"),
     ({"steps": True}, "steps"),
     ({"dtype": "float16"}, "dtype"),
+    ({"eval_max_new_tokens": -1}, "eval_max_new_tokens"),
 ])
 def test_bad_values_name_the_field(changes, field):
     with pytest.raises(ConfigError, match=f"^{field}"):

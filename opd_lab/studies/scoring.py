@@ -62,10 +62,8 @@ def score(source: str | Path, counts: dict[str, int], max_new_tokens: int = 0, p
     model, tokenizer = load_stage_model(source)
     scores = {}
     for task_name, count in counts.items():
-        task = get_task(task_name)
-        if max_new_tokens:
-            task.max_new_tokens = min(task.max_new_tokens, max_new_tokens)
-        result = evaluate(model, tokenizer, task, count=count, progress=progress)
+        result = evaluate(model, tokenizer, get_task(task_name), count=count, progress=progress,
+                          max_new_tokens=max_new_tokens)
         scores[task_name] = {
             "accuracy": result.accuracy,
             "reward": sum(r["reward"] for r in result.records) / len(result.records),
