@@ -123,10 +123,9 @@ def build_parser(extra_commands: Sequence[Command] = ()) -> argparse.ArgumentPar
                        + ", ".join(SCENARIOS))
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even if a matching lab exists")
-    build.add_argument("--threads", type=int, default=0,
-                       help="torch threads to build with (default: torch's own choice); the thread count changes "
-                            "float round-off, so this reproduces a build made on a machine with that many; "
-                            "the summary records it")
+    build.add_argument("--threads", type=int, default=1,
+                       help="torch threads to build on (default 1, on every machine: the thread count changes float "
+                            "round-off, so the lab itself; another count, with --force, reproduces a lab built with it)")
 
     evaluate = commands.add_parser("eval", help="held-out accuracy of a model on a task")
     evaluate.add_argument("model", help="'lab-teacher', 'lab-student', a directory, a .gguf file, or a hub id")
@@ -346,21 +345,15 @@ def _dispatch(args) -> int | None:
     if getattr(args, "run_command", None) is not None:
         return args.run_command(args)
     if args.command == "lab":
-        import torch
-
         from opd_lab.lab import LabRecipe, build_lab, format_summary
 
-        if args.threads < 0:
-            raise ValueError(f"--threads must be at least 1 (or 0 for torch's choice), got {args.threads}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
         if args.scenario:
             from dataclasses import replace
 
             recipe = replace(get_scenario(args.scenario).recipe(), seed=args.seed)
         else:
             recipe = LabRecipe.for_task(args.task, seed=args.seed)
-        print(format_summary(build_lab(recipe, force=args.force)))
+        print(format_summary(build_lab(recipe, force=args.force, threads=args.threads)))
     elif args.command == "compare":
         return _compare(args)
     elif args.command == "recipe":

@@ -10,9 +10,11 @@
    the foundations but not yet the skill).
 
 Both are saved with `save_pretrained`, with the character tokenizer, under
-`<data_dir>/lab/<task>/`. Everything is step-based and seeded: the same recipe and
-seed give the same models and accuracies. A second build with the same recipe reuses
-the saved models.
+`<data_dir>/lab/<task>/`. Everything is step-based and seeded, and a build trains on
+`BUILD_THREADS` (one) torch thread whatever the machine's core count: float round-off
+depends on the thread count, so the same recipe and seed give the same models and
+accuracies on a 2-core and an 8-core machine (with the same CPU instruction set). A
+second build with the same recipe reuses the saved models.
 
 Run:
     opd-lab lab build                 # addition, a few minutes on 2 cores (each model trains until its gate)
@@ -29,7 +31,9 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -246,15 +250,37 @@ def _reference_examples(problems: list[Problem], task=None, rng: random.Random |
     return [(p.prompt, p.reference) for p in problems]
 
 
-def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_print=print) -> dict:
+# Lab builds train on this many torch threads, whatever the core count. The lab's models
+# are small enough that a second thread costs more than it saves, and the round-off (so
+# the lab itself: a base student at 75.2% on one thread, 48.6% on two) depends on it.
+BUILD_THREADS = 1
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block on `count` torch threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_print=print,
+              threads: int = BUILD_THREADS) -> dict:
     """Build (or reuse) the lab of `recipe.task`; returns the summary dict.
 
     The summary holds, for teacher and base student: parameters, steps, held-out greedy
-    accuracy, and seconds taken. Builds are serialized by a lock file (the app and the
-    CLI may both ask at once) and written to a temporary folder that replaces the old
-    lab only when complete, so an interrupted build never leaves a half-built lab.
+    accuracy, seconds taken, and the torch threads it was built on (`threads`: pass
+    another count to reproduce a lab built with it). Builds are serialized by a lock file
+    (the app and the CLI may both ask at once) and written to a temporary folder that
+    replaces the old lab only when complete, so an interrupted build never leaves a
+    half-built lab.
     """
     recipe = recipe or LabRecipe.for_task()
+    if threads < 1:
+        raise ValueError(f"a lab builds on at least 1 torch thread, got {threads}")
     folder = lab_dir(recipe.lab_name)
     folder.parent.mkdir(parents=True, exist_ok=True)
     wanted = json.loads(json.dumps(recipe.to_dict()))
@@ -268,7 +294,8 @@ def build_lab(recipe: LabRecipe | None = None, force: bool = False, progress_pri
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            summary = _build(recipe, staging, progress_print)
+            with torch_threads(threads):
+                summary = _build(recipe, staging, progress_print)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(staging, folder)

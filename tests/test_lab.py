@@ -153,21 +153,25 @@ def test_tiny_build_that_misses_its_gate_trains_to_the_cap_and_says_so(tmp_path,
     assert summary["student"]["gate"]["validation_accuracy"] is None  # the tiny recipe's student gate is off
 
 
-def test_lab_build_threads_sets_torch_threads_for_the_build_and_refuses_a_negative(monkeypatch, capsys):
-    """`opd-lab lab build --threads 4` builds with 4 torch threads (a 4-core machine's round-off,
-    even on 2 cores), which the summary then records."""
-    import opd_lab.lab as lab_module
+def test_a_build_runs_on_its_thread_count_records_it_and_restores_the_callers(tmp_path, monkeypatch, capsys):
+    """Builds train on `BUILD_THREADS` (1) torch threads whatever the machine, so the round-off,
+    and so the lab, is the same on every core count; `opd-lab lab build --threads N --force`
+    reproduces a lab built on N. The caller's own thread count is untouched."""
     from opd_lab.cli import main
+    from opd_lab.lab import BUILD_THREADS
 
-    seen = []
-    monkeypatch.setattr(lab_module, "build_lab", lambda recipe, force=False: seen.append(torch.get_num_threads())
-                        or {"stub": True})
-    monkeypatch.setattr(lab_module, "format_summary", lambda summary: "built")
-    before = torch.get_num_threads()
+    monkeypatch.setenv("OPD_LAB_HOME", str(tmp_path))
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count, which a build must leave as it found it
     try:
-        assert main(["lab", "build", "--threads", "3"]) == 0
-        assert seen == [3] and "built" in capsys.readouterr().out
-        assert main(["lab", "build", "--threads", "-1"]) == 2
-        assert "--threads must be at least 1" in capsys.readouterr().err and seen == [3]
+        assert BUILD_THREADS == 1
+        assert build_lab(LabRecipe(**TINY_RECIPE), progress_print=lambda *_: None)["torch_threads"] == 1
+        assert torch.get_num_threads() == 2
+        rebuilt = build_lab(LabRecipe(**TINY_RECIPE), force=True, threads=3, progress_print=lambda *_: None)
+        assert rebuilt["torch_threads"] == 3 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="at least 1 torch thread"):
+            build_lab(LabRecipe(**TINY_RECIPE), threads=0)
+        assert main(["lab", "build", "--threads", "0"]) == 2  # one line, before anything is built
+        assert "at least 1 torch thread" in capsys.readouterr().err
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(caller)
