@@ -486,7 +486,8 @@ def format_summary(summary: dict) -> str:
         from opd_lab.retry_gates import format_retry_gates
 
         lines += format_retry_gates(summary["retry_gates"])
-    lines.append(f"total {summary['total_seconds']:.1f} s on {summary.get('torch_threads', '?')} torch threads")
+    threads = summary.get("torch_threads", "?")
+    lines.append(f"total {summary['total_seconds']:.1f} s on {threads} torch thread{'' if threads == 1 else 's'}")
     return "\n".join(lines)
 
 

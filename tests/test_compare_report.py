@@ -226,10 +226,15 @@ def test_the_app_shows_a_handoff_report_and_marks_a_pilot(lab_home):
     (folder / "handoff.json").write_text(json.dumps({**handoff, "scenario": "noisy-teacher"}))
     assert "handoff-synthetic" in report_panel.report_names()
     assert "scenario `noisy-teacher`" in report_panel.show_report("handoff-synthetic")[0]
-    # A pilot (no sweep of its own) says so instead of claiming a sweep.
-    pilot = json.loads(measured["noisy-teacher"].read_text())
-    text = report_panel.show_report(MEASURED_PREFIX + "noisy-teacher")[0]
+    # A pilot (no sweep of its own; the measured one of docs/results/pilots) says so instead of claiming a sweep.
+    pilot = json.loads((Path(__file__).resolve().parents[1] / "docs/results/pilots/noisy-teacher-pilot-3seeds.json")
+                       .read_text())
+    (reports_dir() / "pilot-synthetic").mkdir(parents=True, exist_ok=True)
+    (reports_dir() / "pilot-synthetic" / "report.json").write_text(json.dumps(pilot))
+    text = report_panel.show_report("pilot-synthetic")[0]
     assert ("a pilot, not a claim: " + pilot["pilot"]) in text and "from the same sweep" not in text
+    full = report_panel.show_report(MEASURED_PREFIX + "noisy-teacher")[0]  # the full comparison: no pilot line
+    assert "a pilot, not a claim" not in full and "noisy-teacher" in full
 
 
 def test_the_sweep_picks_the_best_score_and_breaks_ties_by_the_kl_to_the_teacher():
@@ -351,7 +356,8 @@ def test_recovery_claim_reads_the_runs_final_slip_statistics(tmp_path):
 def test_a_report_without_a_sweep_names_its_rates_and_no_grid():
     from opd_lab.studies.comparison_report import grid_edges, report_markdown
 
-    data = json.loads((Path(__file__).resolve().parents[1] / "opd_lab/data/results/noisy-teacher.json").read_text())
+    pilot = Path(__file__).resolve().parents[1] / "docs/results/pilots/noisy-teacher-pilot-3seeds.json"
+    data = json.loads(pilot.read_text())
     assert data["sweep"] == [] and grid_edges(data) == {}
     text = report_markdown(data)
     assert "At the edge of the grid" not in text and "## Learning-rate sweep" not in text
