@@ -138,6 +138,9 @@ class LabRecipe:
 # 99.4% after 4000, with the base student at 64.0%; 170 s in all on 2 cores).
 TASK_RECIPES: dict[str, dict] = {
     "sorting": {"teacher_steps": 4000, "teacher_max_steps": 6000},
+    # A careless teacher is weak on purpose (right about half the time on the true sums):
+    # the >= 98% gate would only train it to its cap and fail, so it has none.
+    "addition-careless": {"teacher_gate": 0.0},
 }
 
 

@@ -175,3 +175,14 @@ def test_a_build_runs_on_its_thread_count_records_it_and_restores_the_callers(tm
         assert "at least 1 torch thread" in capsys.readouterr().err
     finally:
         torch.set_num_threads(caller)
+
+
+def test_a_weak_teacher_on_purpose_has_no_teacher_gate_and_the_strong_ones_keep_theirs():
+    """The weak-teacher scenario's teacher is right about half the time by design: a >= 98% gate
+    would train it to its cap and print FAILED. Its student keeps its gate."""
+    from opd_lab.studies.scenarios import get_scenario
+
+    for recipe in (get_scenario("weak-teacher").recipe(), LabRecipe.for_task("addition-careless")):
+        assert recipe.teacher_gate == 0.0 and recipe.student_gate == 0.35
+    for name in ("baseline", "no-foundation", "retry"):
+        assert get_scenario(name).recipe().teacher_gate == 0.98

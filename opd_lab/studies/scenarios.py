@@ -129,7 +129,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                   "right only when that column gets no carry (about half the problems); the verifier checks the "
                   "true sum.",
         claims=("strong-teacher",),
-        recipe_changes=dict(task="addition-careless"),
+        recipe_changes=dict(task="addition-careless", teacher_gate=0.0),  # weak on purpose: no teacher gate
         steps=200,
     ),
 )}
