@@ -372,8 +372,7 @@ class Trainer:
         part only to gather a sharded student). Every process calls it."""
         with sharding.gathered(self.student):
             results = ({name: evaluate(self.student, self.tokenizer, task, count=self.config.eval_count,
-                                       samples_per_problem=self.config.eval_samples, temperature=1.0,
-                                       seed=self.config.seed,
+                                       samples_per_problem=self.config.eval_samples, temperature=1.0, seed=self.config.seed,
                                        max_new_tokens=self.config.eval_max_new_tokens).as_metrics()
                         for name, task in self.tasks.items()} if self.world.is_main else {})
         self.student.train()
