@@ -273,14 +273,23 @@ def build(trust_remote_code: bool = False) -> dict:
 
     step_outputs = [sample, view, heatmap, over_training]
     look = [color, locked, smoothing, log_y]
-    run.input(on_run_change, inputs=[run, *look], outputs=[step, *step_outputs], api_visibility="private")
-    gr.on([step.input, smoothing.release, log_y.input], on_step, inputs=[run, step, sample, *look],
+
+    def cleared_then(trigger, **render):
+        """On `trigger`, empty the red pen, then render the new sample: its tokens appear only
+        once the pen is cleared, so a click on them cannot be undone by a late clear."""
+        trigger(clear_pen, outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private",
+                queue=False).then(**render, api_visibility="private")
+
+    cleared_then(run.input, fn=on_run_change, inputs=[run, *look], outputs=[step, *step_outputs])
+    cleared_then(step.input, fn=on_step, inputs=[run, step, sample, *look], outputs=step_outputs)
+    gr.on([smoothing.release, log_y.input], on_step, inputs=[run, step, sample, *look],
           outputs=step_outputs, api_visibility="private")
-    previous.click(lambda *a: on_move(*a, -1), inputs=[run, step, sample, *look], outputs=[step, *step_outputs],
-                   api_visibility="private")
-    following.click(lambda *a: on_move(*a, +1), inputs=[run, step, sample, *look], outputs=[step, *step_outputs],
-                    api_visibility="private")
-    gr.on([sample.input, color.input, locked.input], token_view, inputs=[run, step, sample, color, locked],
+    cleared_then(previous.click, fn=lambda *a: on_move(*a, -1), inputs=[run, step, sample, *look],
+                 outputs=[step, *step_outputs])
+    cleared_then(following.click, fn=lambda *a: on_move(*a, +1), inputs=[run, step, sample, *look],
+                 outputs=[step, *step_outputs])
+    cleared_then(sample.input, fn=token_view, inputs=[run, step, sample, color, locked], outputs=view)
+    gr.on([color.input, locked.input], token_view, inputs=[run, step, sample, color, locked],
           outputs=view, api_name="token_view")
 
     def on_other_run(other, step_value):
@@ -305,7 +314,4 @@ def build(trust_remote_code: bool = False) -> dict:
                         api_visibility="private")
     pen.click(on_pen, inputs=[run, step, sample, pen_position, pen_text, color, locked],
               outputs=[pen_view, pen_result], api_name="inspect_red_pen")
-    # Cleared when the user moves to another sample, before it arrives (a clear after it could race a click).
-    gr.on([run.input, step.input, sample.input, previous.click, following.click], clear_pen,
-          outputs=[pen_position, pen_text, pen_result, pen_view], api_visibility="private", queue=False)
     return {"run": run, "other_run": other_run}
