@@ -58,11 +58,12 @@ class Scenario:
     """Held-out problems per evaluation: 500 keeps the standard error near 2 points at 50%."""
 
     def recipe(self, quick: bool = False) -> LabRecipe:
-        """The lab recipe; `quick` makes tiny models in seconds (for tests and CI)."""
+        """The lab recipe: its task's (`LabRecipe.for_task`) with this scenario's changes; `quick` makes tiny models in
+        seconds (for tests and CI)."""
         from opd_lab.lab import TINY_RECIPE, LabRecipe
 
         changes = {**self.recipe_changes, **(TINY_RECIPE if quick else {})}
-        return LabRecipe(name=(self.lab or self.name) + ("-quick" if quick else ""), **changes)
+        return LabRecipe.for_task(name=(self.lab or self.name) + ("-quick" if quick else ""), **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,7 +130,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                   "right only when that column gets no carry (about half the problems); the verifier checks the "
                   "true sum.",
         claims=("strong-teacher",),
-        recipe_changes=dict(task="addition-careless", teacher_gate=0.0),  # weak on purpose: no teacher gate
+        recipe_changes=dict(task="addition-careless"),  # its task's recipe has no teacher gate (lab.TASK_RECIPES)
         steps=200,
     ),
 )}
